@@ -1,0 +1,1 @@
+//! fieldbridge: bridges Modbus RTU/TCP and line-based serial devices to MQTT.
