@@ -1,0 +1,130 @@
+//! `fieldbridge check`: what a config will do, for a person reading it before a restart.
+
+use std::fmt::Write as _;
+
+use crate::config::{BusConfig, BusKind, Config, Parity};
+use crate::topics::Topics;
+
+/// The summary `check` prints for a valid config: buses, devices, points and the topics they use.
+pub fn summary(config: &Config) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    match write_summary(&mut out, config) {
+        Ok(()) | Err(_) => out,
+    }
+}
+
+fn write_summary(out: &mut String, config: &Config) -> std::fmt::Result {
+    let topics = Topics::new(config);
+    let points: usize = config.devices.values().map(|d| d.points.len()).sum();
+    writeln!(
+        out,
+        "{}: ok ({} buses, {} devices, {} points)",
+        config.path.display(),
+        config.buses.len(),
+        config.devices.len(),
+        points
+    )?;
+    writeln!(
+        out,
+        "gateway {}: status {}, health {} every {}",
+        config.gateway.id,
+        topics.gateway_status(),
+        topics.gateway_health(),
+        humantime::format_duration(config.gateway.health_interval)
+    )?;
+    let m = &config.mqtt;
+    writeln!(
+        out,
+        "mqtt {} as {}{}, clean_session {}, queue {}",
+        m.url,
+        config.client_id(),
+        m.username
+            .as_ref()
+            .map(|u| format!(" (user {u})"))
+            .unwrap_or_default(),
+        m.clean_session,
+        m.queue
+    )?;
+    writeln!(
+        out,
+        "history {} (retention {}, flush {})",
+        config.history.path.display(),
+        humantime::format_duration(config.history.retention),
+        humantime::format_duration(config.history.flush)
+    )?;
+    if config.homeassistant.discovery {
+        writeln!(
+            out,
+            "home assistant discovery under {}/",
+            config.homeassistant.prefix
+        )?;
+    }
+    writeln!(out, "\nbuses:")?;
+    for (name, bus) in &config.buses {
+        writeln!(out, "  {name}: {}", describe_bus(bus))?;
+    }
+    writeln!(out, "\ndevices:")?;
+    for (name, dev) in &config.devices {
+        let addr = match (dev.unit, &dev.r#match) {
+            (Some(u), _) => format!(" unit {u}"),
+            (None, Some(m)) => format!(" lines where {} = {}", m.field, m.equals),
+            _ => String::new(),
+        };
+        writeln!(
+            out,
+            "  {name}: bus {}{addr}, poll {}, offline after {} failed polls",
+            dev.bus,
+            humantime::format_duration(dev.poll),
+            dev.offline_after
+        )?;
+        let loc = &dev.location;
+        writeln!(out, "    state        {}", topics.state(name, loc))?;
+        writeln!(out, "    availability {}", topics.availability(name, loc))?;
+        writeln!(out, "    command      {}", topics.command(name, loc))?;
+        for (pname, p) in &dev.points {
+            let source = match (&p.register, &p.field) {
+                (Some(r), _) => r.to_string(),
+                (None, Some(f)) => format!("field {f}"),
+                (None, None) => format!("field {pname}"),
+            };
+            let ty = p.effective_type().map(|t| t.name()).unwrap_or("auto");
+            let rw = if p.writable { " writable" } else { "" };
+            writeln!(
+                out,
+                "    point {pname}: {source} {ty}{rw} -> {}",
+                topics.sensor(name, loc, pname)
+            )?;
+        }
+        for aname in dev.actions.keys() {
+            writeln!(out, "    action {aname}")?;
+        }
+    }
+    Ok(())
+}
+
+fn describe_bus(bus: &BusConfig) -> String {
+    let link = match bus.kind {
+        BusKind::ModbusRtu | BusKind::Serial => {
+            let parity = match bus.parity {
+                Parity::None => 'N',
+                Parity::Even => 'E',
+                Parity::Odd => 'O',
+            };
+            format!(
+                "{} {} {}{parity}{}",
+                bus.port.as_deref().unwrap_or("?"),
+                bus.baud,
+                bus.data_bits,
+                bus.stop_bits
+            )
+        }
+        BusKind::ModbusTcp | BusKind::ModbusRtuOverTcp => bus.address.clone().unwrap_or_default(),
+    };
+    format!(
+        "{} {link}, timeout {}, retries {}",
+        bus.kind.name(),
+        humantime::format_duration(bus.timeout),
+        bus.retries
+    )
+}

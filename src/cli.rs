@@ -1,0 +1,38 @@
+//! The command line (CONTRACT §2).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::DEFAULT_CONFIG_PATH;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fieldbridge",
+    version,
+    about = "Bridge Modbus and serial field devices to MQTT"
+)]
+pub struct Cli {
+    /// Log filter, RUST_LOG style (`info`, `debug`, `info,fieldbridge::mqtt=debug`). Overrides RUST_LOG.
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_level: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `-c/--config`, shared by every command that reads the config.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArg {
+    /// Config file.
+    #[arg(short, long, env = "FIELDBRIDGE_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (systemd supervises it).
+    Run(ConfigArg),
+    /// Validate the config and print what it will do; exit 0, or 78 with every error.
+    Check(ConfigArg),
+}

@@ -1,0 +1,463 @@
+//! The configuration model (CONTRACT §3).
+//!
+//! The file is parsed into a spanned TOML tree (`load.rs`) and every key is extracted one by one
+//! into the types below, so that *every* problem — syntax, unknown keys, wrong types, bad
+//! durations and the cross-checks of `validate.rs` — is reported in one pass as
+//! `file:line:col: key.path: message`, not only the first one serde would stop at.
+//!
+//! The types here are already validated: code outside this module can rely on names matching
+//! `[a-z0-9_-]+`, a device's bus existing, a point's register table fitting its bus kind, and so on.
+
+mod load;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use load::{ConfigError, ConfigErrors, load, parse};
+
+/// Where the config is read from when neither `-c` nor `FIELDBRIDGE_CONFIG` says otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/fieldbridge/config.toml";
+/// Where the history database lives unless `history.path` says otherwise.
+pub const DEFAULT_HISTORY_PATH: &str = "/var/lib/fieldbridge/history.db";
+/// Environment variable that supplies the MQTT password instead of `mqtt.password_file`.
+pub const PASSWORD_ENV: &str = "FIELDBRIDGE_MQTT_PASSWORD";
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it came from, as given on the command line.
+    pub path: PathBuf,
+    pub gateway: GatewayConfig,
+    pub mqtt: MqttConfig,
+    pub history: HistoryConfig,
+    pub homeassistant: HomeAssistantConfig,
+    pub topics: TopicsConfig,
+    /// Buses by name.
+    pub buses: BTreeMap<String, BusConfig>,
+    /// Devices by name.
+    pub devices: BTreeMap<String, DeviceConfig>,
+}
+
+/// `[gateway]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayConfig {
+    /// Gateway id, used in `{base}/gateway/{gateway}/…` and the MQTT client id. Default: the
+    /// host name, reduced to `[a-z0-9_-]`.
+    pub id: String,
+    /// `{base}` of every topic. Default `fieldbridge`.
+    pub base_topic: String,
+    /// Default `{location}` for devices that do not set one. Default `home`.
+    pub location: String,
+    /// How often `{base}/gateway/{gateway}/health` is published. Default 60 s.
+    pub health_interval: Duration,
+}
+
+/// `[mqtt]`
+#[derive(Clone, PartialEq)]
+pub struct MqttConfig {
+    /// `mqtt://host[:port]` (default port 1883) or `mqtts://host[:port]` (default 8883).
+    pub url: MqttUrl,
+    pub username: Option<String>,
+    /// File holding the password (first line, trailing newline stripped). The environment
+    /// variable `FIELDBRIDGE_MQTT_PASSWORD` is used when this is not set.
+    pub password_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signs the broker's certificate; the system roots otherwise.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS; needs `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// MQTT client id. Default `fieldbridge-<gateway.id>` — stable, so a persistent session
+    /// survives restarts.
+    pub client_id: Option<String>,
+    /// Default 30 s.
+    pub keep_alive: Duration,
+    /// Default false: the broker keeps our subscriptions and queued QoS 1 commands while we are
+    /// away.
+    pub clean_session: bool,
+    /// Reconnect backoff floor. Default 1 s.
+    pub reconnect_min: Duration,
+    /// Reconnect backoff ceiling. Default 60 s.
+    pub reconnect_max: Duration,
+    /// Bound on messages held while the broker is away. Default 10 000.
+    pub queue: usize,
+}
+
+impl std::fmt::Debug for MqttConfig {
+    // Written by hand so that nothing secret-adjacent is ever printed by accident; the password
+    // itself never lives in the config type at all.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttConfig")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("password_file", &self.password_file)
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("client_id", &self.client_id)
+            .field("keep_alive", &self.keep_alive)
+            .field("clean_session", &self.clean_session)
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .field("queue", &self.queue)
+            .finish()
+    }
+}
+
+/// A parsed `mqtt.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for MqttUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// `[history]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryConfig {
+    /// Default `/var/lib/fieldbridge/history.db`.
+    pub path: PathBuf,
+    /// Rows older than this are deleted. Default 30 d.
+    pub retention: Duration,
+    /// Batching window. Default 1 s.
+    pub flush: Duration,
+}
+
+/// `[homeassistant]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct HomeAssistantConfig {
+    /// Default true.
+    pub discovery: bool,
+    /// Default `homeassistant`.
+    pub prefix: String,
+}
+
+/// `[topics]`: the four device topic templates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicsConfig {
+    /// Default `{base}/{location}/sensor/{device}/{point}`.
+    pub sensor: String,
+    /// Default `{base}/{location}/device/{device}/state`.
+    pub state: String,
+    /// Default `{base}/{location}/device/{device}/command`.
+    pub command: String,
+    /// Default `{base}/{location}/device/{device}/availability`.
+    pub availability: String,
+}
+
+/// The kind of a bus (`buses.<name>.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusKind {
+    ModbusRtu,
+    ModbusTcp,
+    ModbusRtuOverTcp,
+    Serial,
+}
+
+impl BusKind {
+    pub const NAMES: &'static [&'static str] =
+        &["modbus-rtu", "modbus-tcp", "modbus-rtu-over-tcp", "serial"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BusKind::ModbusRtu => "modbus-rtu",
+            BusKind::ModbusTcp => "modbus-tcp",
+            BusKind::ModbusRtuOverTcp => "modbus-rtu-over-tcp",
+            BusKind::Serial => "serial",
+        }
+    }
+
+    /// Modbus buses address devices by `unit` and points by `register`.
+    pub fn is_modbus(self) -> bool {
+        !matches!(self, BusKind::Serial)
+    }
+
+    /// Buses that sit on a local serial port (`port`, `baud`, …) rather than an `address`.
+    pub fn uses_serial_port(self) -> bool {
+        matches!(self, BusKind::ModbusRtu | BusKind::Serial)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+/// `buses.<name>.format` for serial line buses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineFormat {
+    Json,
+    Kv,
+    Regex,
+}
+
+/// `[buses.<name>]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct BusConfig {
+    pub kind: BusKind,
+    /// Serial port path (modbus-rtu, serial).
+    pub port: Option<String>,
+    /// Default 9600 (modbus-rtu), 115200 (serial).
+    pub baud: u32,
+    /// Default none.
+    pub parity: Parity,
+    /// 5..=8, default 8.
+    pub data_bits: u8,
+    /// 1 or 2, default 1.
+    pub stop_bits: u8,
+    /// `host:port` (modbus-tcp, modbus-rtu-over-tcp).
+    pub address: Option<String>,
+    /// Per transaction. Default 500 ms.
+    pub timeout: Duration,
+    /// Extra tries after a failed transaction. Default 1.
+    pub retries: u32,
+    /// Silence kept between transactions. Default 5 ms (RTU never less than 3.5 characters).
+    pub turnaround: Duration,
+    /// Unused registers a coalesced read may span. Default 4.
+    pub max_gap: u16,
+    /// Line format (serial). Default json.
+    pub format: LineFormat,
+    /// Regex with named groups (serial, `format = "regex"`).
+    pub pattern: Option<String>,
+}
+
+/// `devices.<name>.match` for devices sharing a serial line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatchConfig {
+    pub field: String,
+    pub equals: String,
+}
+
+/// `[devices.<name>]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceConfig {
+    pub bus: String,
+    /// Modbus unit id (Modbus buses only).
+    pub unit: Option<u8>,
+    /// `{location}` of this device; `gateway.location` otherwise.
+    pub location: String,
+    /// Poll period. Default 10 s.
+    pub poll: Duration,
+    /// Consecutive failed polls before availability goes offline. Default 3.
+    pub offline_after: u32,
+    /// How often an offline device is tried. Default 30 s, never less than `poll`.
+    pub offline_retry: Duration,
+    /// Friendly name for Home Assistant. Default: the device name.
+    pub name: Option<String>,
+    pub manufacturer: Option<String>,
+    pub model: Option<String>,
+    /// Line routing (serial buses only).
+    pub r#match: Option<MatchConfig>,
+    /// Points by name.
+    pub points: BTreeMap<String, PointConfig>,
+    /// Named actions by name.
+    pub actions: BTreeMap<String, ActionConfig>,
+}
+
+/// Modbus register table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    Coil,
+    Discrete,
+    Input,
+    Holding,
+}
+
+impl Table {
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Coil => "coil",
+            Table::Discrete => "discrete",
+            Table::Input => "input",
+            Table::Holding => "holding",
+        }
+    }
+
+    /// Coils and discrete inputs hold bits; input and holding registers hold 16-bit words.
+    pub fn is_bits(self) -> bool {
+        matches!(self, Table::Coil | Table::Discrete)
+    }
+
+    /// Only coils and holding registers can be written.
+    pub fn is_writable(self) -> bool {
+        matches!(self, Table::Coil | Table::Holding)
+    }
+}
+
+/// `register = "holding:10"`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Register {
+    pub table: Table,
+    /// 0-based protocol address.
+    pub address: u16,
+}
+
+impl std::fmt::Display for Register {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.table.name(), self.address)
+    }
+}
+
+/// A point's value type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DataType {
+    Bool,
+    U16,
+    I16,
+    U32,
+    I32,
+    U64,
+    I64,
+    F32,
+    F64,
+    String,
+}
+
+impl DataType {
+    pub const NAMES: &'static [&'static str] = &[
+        "bool", "u16", "i16", "u32", "i32", "u64", "i64", "f32", "f64", "string",
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DataType::Bool => "bool",
+            DataType::U16 => "u16",
+            DataType::I16 => "i16",
+            DataType::U32 => "u32",
+            DataType::I32 => "i32",
+            DataType::U64 => "u64",
+            DataType::I64 => "i64",
+            DataType::F32 => "f32",
+            DataType::F64 => "f64",
+            DataType::String => "string",
+        }
+    }
+
+    /// Registers taken by one value (`string` takes `length`).
+    pub fn registers(self, length: u16) -> u16 {
+        match self {
+            DataType::Bool | DataType::U16 | DataType::I16 => 1,
+            DataType::U32 | DataType::I32 | DataType::F32 => 2,
+            DataType::U64 | DataType::I64 | DataType::F64 => 4,
+            DataType::String => length,
+        }
+    }
+
+    pub fn is_numeric(self) -> bool {
+        !matches!(self, DataType::Bool | DataType::String)
+    }
+}
+
+/// Word and byte order of multi-register values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WordOrder {
+    /// Big-endian words and bytes.
+    Abcd,
+    /// Words swapped.
+    Cdab,
+    /// Bytes swapped in each word.
+    Badc,
+    /// Both.
+    Dcba,
+}
+
+impl WordOrder {
+    pub const NAMES: &'static [&'static str] = &["ABCD", "CDAB", "BADC", "DCBA"];
+}
+
+/// `[devices.<d>.points.<p>]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointConfig {
+    /// Modbus register (Modbus buses).
+    pub register: Option<Register>,
+    /// JSON key or pointer, kv key or regex group (serial buses).
+    pub field: Option<String>,
+    /// Default u16 for registers, bool for coils/discretes; for serial points, whatever the line
+    /// carries unless set.
+    pub data_type: Option<DataType>,
+    /// Registers of a `string` point.
+    pub length: Option<u16>,
+    /// Default ABCD.
+    pub order: WordOrder,
+    pub scale: Option<f64>,
+    pub offset: Option<f64>,
+    pub precision: Option<u8>,
+    pub unit: Option<String>,
+    /// Default 0: any change is published.
+    pub deadband: f64,
+    /// Re-publish an unchanged value this often. Default off.
+    pub heartbeat: Option<Duration>,
+    pub device_class: Option<String>,
+    pub state_class: Option<String>,
+    /// Default false.
+    pub writable: bool,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    /// Raw value → label.
+    pub map: Option<BTreeMap<i64, String>>,
+    /// QoS of the sensor topic, 0 or 1. Default 0.
+    pub qos: u8,
+    /// Retain flag of the sensor topic. Default false.
+    pub retain: bool,
+}
+
+impl PointConfig {
+    /// The effective value type.
+    pub fn effective_type(&self) -> Option<DataType> {
+        self.data_type.or(match self.register {
+            Some(r) if r.table.is_bits() => Some(DataType::Bool),
+            Some(_) => Some(DataType::U16),
+            None => None,
+        })
+    }
+}
+
+/// A value in an action's `set` table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SetValue {
+    Bool(bool),
+    Integer(i64),
+    Float(f64),
+    String(String),
+}
+
+/// `[devices.<d>.actions.<a>]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionConfig {
+    /// Points and the values to write.
+    pub set: BTreeMap<String, SetValue>,
+    /// Template written to a serial line.
+    pub send: Option<String>,
+    /// Reply that must come back within the bus timeout (regex).
+    pub expect: Option<String>,
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        load(path)
+    }
+
+    /// MQTT client id: `mqtt.client_id`, or `fieldbridge-<gateway.id>`.
+    pub fn client_id(&self) -> String {
+        self.mqtt
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("fieldbridge-{}", self.gateway.id))
+    }
+}

@@ -1,0 +1,3 @@
+pub fn init(_l: Option<&str>) -> anyhow::Result<()> {
+    Ok(())
+}
