@@ -10,4 +10,6 @@ pub mod topics;
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit code for an invalid, missing or unreadable config (EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
+pub mod bus;
+pub mod model;
 pub mod payload;

@@ -1391,7 +1391,7 @@ fn line_col(src: &str, offset: usize) -> (usize, usize) {
 }
 
 /// "a, b or c"
-pub(super) fn one_of(names: &[&str]) -> String {
+pub fn one_of(names: &[&str]) -> String {
     match names {
         [] => String::new(),
         [one] => one.to_string(),

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use load::{ConfigError, ConfigErrors, load, parse};
+pub use load::{ConfigError, ConfigErrors, is_valid_name, load, one_of, parse, parse_register};
 
 /// Where the config is read from when neither `-c` nor `FIELDBRIDGE_CONFIG` says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/fieldbridge/config.toml";
