@@ -1,3 +1,190 @@
-//! Buses: the one task that owns each port or socket, and the codecs it uses.
+//! Buses: one task owns each port or socket (`modbus.rs` for Modbus, later `serial_line.rs`),
+//! and everything else talks to it through a cheap [`BusHandle`].
+//!
+//! A bus has two bounded queues: commands (MQTT commands and commissioning requests) and polls.
+//! The bus task always takes a waiting command before the next poll (`select! { biased; }`), and
+//! executes one request at a time, so transactions on the wire are strictly serialised. A poll
+//! request carries all the reads of one device, executed back to back so the device's values
+//! are a consistent snapshot; commands go in between devices.
 
 pub mod codec;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Table;
+
+/// Commands waiting for a bus. When full, `BusHandle::command` waits (back-pressure on the
+/// command path, which is itself bounded and serialised per device).
+pub const COMMANDS_CAP: usize = 32;
+
+/// One read of contiguous registers or bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReadSpec {
+    pub table: Table,
+    pub start: u16,
+    pub count: u16,
+}
+
+/// What a read returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawData {
+    /// Coils and discrete inputs.
+    Bits(Vec<bool>),
+    /// Input and holding registers.
+    Words(Vec<u16>),
+}
+
+/// One write, with the Modbus function it uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteSpec {
+    /// FC05
+    Coil { address: u16, value: bool },
+    /// FC15
+    Coils { address: u16, values: Vec<bool> },
+    /// FC06
+    Register { address: u16, value: u16 },
+    /// FC16
+    Registers { address: u16, values: Vec<u16> },
+}
+
+/// Why a transaction failed. Callers branch on these: a timeout or transport error counts
+/// towards `offline_after`; an exception is the device's answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BusError {
+    /// No (complete) answer within the bus `timeout`, after all retries.
+    #[error("timeout: no answer within {0:?}")]
+    Timeout(Duration),
+    /// The device answered with a Modbus exception, reported by name ("illegal data address").
+    #[error("{0}")]
+    Exception(String),
+    /// The port or connection failed (unplugged, refused, reset, garbled).
+    #[error("{0}")]
+    Transport(String),
+    /// The port cannot be opened now (missing, held by another process); the bus retries it.
+    #[error("port unavailable: {0}")]
+    Unavailable(String),
+    /// The bus is stopping.
+    #[error("bus stopped")]
+    Stopped,
+}
+
+impl BusError {
+    /// Modbus exception 0x02: a read spanning an address the device does not have.
+    pub fn is_illegal_address(&self) -> bool {
+        matches!(self, BusError::Exception(e) if e == "illegal data address")
+    }
+}
+
+/// A request to the bus task. Each carries its reply channel.
+#[derive(Debug)]
+pub enum BusRequest {
+    /// All reads of one device's poll, back to back. The reply has one result per read, in order.
+    Poll {
+        unit: u8,
+        reads: Vec<ReadSpec>,
+        reply: oneshot::Sender<Vec<Result<RawData, BusError>>>,
+    },
+    /// One read (read-back after a write, `refresh`, commissioning).
+    Read {
+        unit: u8,
+        read: ReadSpec,
+        reply: oneshot::Sender<Result<RawData, BusError>>,
+    },
+    /// One write.
+    Write {
+        unit: u8,
+        write: WriteSpec,
+        reply: oneshot::Sender<Result<(), BusError>>,
+    },
+}
+
+/// Counters of one bus, shared with the health topic.
+#[derive(Debug, Default)]
+pub struct BusStats {
+    pub transactions: AtomicU64,
+    pub errors: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub exceptions: AtomicU64,
+    /// Polls skipped because the previous one of the same device was still waiting.
+    pub overruns: AtomicU64,
+    /// Sum of transaction latencies in microseconds (with `transactions`, the mean).
+    pub latency_us_total: AtomicU64,
+    /// Time the bus spent in transactions, in microseconds (for utilisation).
+    pub busy_us_total: AtomicU64,
+    pub reconnects: AtomicU64,
+}
+
+impl BusStats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// The cheap, clonable side of a bus.
+#[derive(Debug, Clone)]
+pub struct BusHandle {
+    pub name: String,
+    commands: mpsc::Sender<BusRequest>,
+    polls: mpsc::Sender<BusRequest>,
+    pub stats: Arc<BusStats>,
+}
+
+impl BusHandle {
+    /// Builds a handle from raw channels (the bus task holds the receivers). Also the test seam.
+    pub fn from_senders(
+        name: String,
+        commands: mpsc::Sender<BusRequest>,
+        polls: mpsc::Sender<BusRequest>,
+        stats: Arc<BusStats>,
+    ) -> Self {
+        BusHandle {
+            name,
+            commands,
+            polls,
+            stats,
+        }
+    }
+
+    /// Polls a device: its reads back to back. The poll queue holds one request per device at
+    /// most (each poller waits for its reply), so it cannot grow without bound.
+    pub async fn poll(&self, unit: u8, reads: Vec<ReadSpec>) -> Vec<Result<RawData, BusError>> {
+        let n = reads.len();
+        let (reply, rx) = oneshot::channel();
+        if self
+            .polls
+            .send(BusRequest::Poll { unit, reads, reply })
+            .await
+            .is_err()
+        {
+            return vec![Err(BusError::Stopped); n];
+        }
+        rx.await.unwrap_or_else(|_| vec![Err(BusError::Stopped); n])
+    }
+
+    /// One read, ahead of polls.
+    pub async fn read(&self, unit: u8, read: ReadSpec) -> Result<RawData, BusError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(BusRequest::Read { unit, read, reply })
+            .await
+            .map_err(|_| BusError::Stopped)?;
+        rx.await.unwrap_or(Err(BusError::Stopped))
+    }
+
+    /// One write, ahead of polls.
+    pub async fn write(&self, unit: u8, write: WriteSpec) -> Result<(), BusError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(BusRequest::Write { unit, write, reply })
+            .await
+            .map_err(|_| BusError::Stopped)?;
+        rx.await.unwrap_or(Err(BusError::Stopped))
+    }
+}
