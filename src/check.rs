@@ -2,7 +2,8 @@
 
 use std::fmt::Write as _;
 
-use crate::config::{BusConfig, BusKind, Config, Parity};
+use crate::bus::{ReadSpec, plan};
+use crate::config::{BusConfig, BusKind, Config, DeviceConfig, Parity, Table};
 use crate::topics::Topics;
 
 /// The summary `check` prints for a valid config: buses, devices, points and the topics they use.
@@ -99,8 +100,83 @@ fn write_summary(out: &mut String, config: &Config) -> std::fmt::Result {
         for aname in dev.actions.keys() {
             writeln!(out, "    action {aname}")?;
         }
+        if let Some(bus) = config.buses.get(&dev.bus).filter(|b| b.kind.is_modbus()) {
+            let reads = device_reads(dev, bus);
+            let points = dev.points.len();
+            writeln!(
+                out,
+                "    reads per poll: {} (for {points} points)",
+                reads.len()
+            )?;
+            for r in &reads {
+                let fc = match r.table {
+                    Table::Coil => "FC01",
+                    Table::Discrete => "FC02",
+                    Table::Holding => "FC03",
+                    Table::Input => "FC04",
+                };
+                writeln!(
+                    out,
+                    "      {fc} {} {}..{} ({} {})",
+                    r.table.name(),
+                    r.start,
+                    u32::from(r.start) + u32::from(r.count) - 1,
+                    r.count,
+                    if r.table.is_bits() {
+                        "bits"
+                    } else {
+                        "registers"
+                    }
+                )?;
+            }
+        }
+    }
+    writeln!(out, "\nbus load:")?;
+    for (name, bus) in &config.buses {
+        if !bus.kind.is_modbus() {
+            writeln!(out, "  {name}: serial line, driven by the device")?;
+            continue;
+        }
+        let devices: Vec<(Vec<ReadSpec>, std::time::Duration)> = config
+            .devices
+            .values()
+            .filter(|d| &d.bus == name)
+            .map(|d| (device_reads(d, bus), d.poll))
+            .collect();
+        let load = plan::bus_load(bus, &devices);
+        match load.utilisation {
+            Some(u) => {
+                writeln!(
+                    out,
+                    "  {name}: {:.1} reads/s, {:.0}% of the wire at {} baud",
+                    load.reads_per_second,
+                    u * 100.0,
+                    bus.baud
+                )?;
+                if u > LOAD_WARNING {
+                    writeln!(
+                        out,
+                        "  warning: bus {name} is {:.0}% busy and cannot keep up with its poll periods \
+                         (slow polls down, raise the baud rate or read fewer registers)",
+                        u * 100.0
+                    )?;
+                }
+            }
+            None => writeln!(out, "  {name}: {:.1} reads/s", load.reads_per_second)?,
+        }
     }
     Ok(())
+}
+
+/// Above this share of wire time an RTU bus has no slack for commands, retries and timeouts.
+pub const LOAD_WARNING: f64 = 0.8;
+
+fn device_reads(dev: &DeviceConfig, bus: &BusConfig) -> Vec<ReadSpec> {
+    let points: Vec<&crate::config::PointConfig> = dev.points.values().collect();
+    plan::plan(&points, bus.max_gap)
+        .into_iter()
+        .map(|r| r.spec)
+        .collect()
 }
 
 fn describe_bus(bus: &BusConfig) -> String {
