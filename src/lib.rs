@@ -13,3 +13,4 @@ pub const EXIT_CONFIG: u8 = 78;
 pub mod bus;
 pub mod model;
 pub mod payload;
+pub mod state;
