@@ -13,4 +13,5 @@ pub const EXIT_CONFIG: u8 = 78;
 pub mod bus;
 pub mod model;
 pub mod payload;
+pub mod poller;
 pub mod state;

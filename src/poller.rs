@@ -1,0 +1,346 @@
+//! One task per Modbus device: polls it on its period without drift, decodes what came back,
+//! decides what to publish, and tracks its availability.
+//!
+//! - A poll asks the bus for all of the device's planned reads at once; the bus runs them back
+//!   to back, so the values are a consistent snapshot.
+//! - A tick that comes due while the previous poll still waits is skipped and counted as an
+//!   overrun; polls never queue up.
+//! - After `offline_after` failed polls the device is `offline`; it is then probed with its first
+//!   read only, every `offline_retry`, so a dead device costs its bus one timeout per retry period.
+//! - A read refused with "illegal data address" is split (into gap-free runs, then point by
+//!   point), the split is kept, and the parts are read at once.
+//! - A failed read publishes nothing: values are never invented.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::bus::codec;
+use crate::bus::plan::{self, PlannedRead};
+use crate::bus::{BusError, BusHandle, BusStats, RawData};
+use crate::config::{DataType, DeviceConfig, PointConfig};
+use crate::model::Value;
+use crate::payload;
+use crate::state::{Availability, Change, DeviceState, PublishRule};
+use crate::topics::Topics;
+
+/// Where the device task sends what it publishes. The MQTT handle implements it; so can a test.
+pub trait Sink: Send + Sync + 'static {
+    /// A reading on a sensor topic: never blocks; when the broker is away the link queues it
+    /// with drop-oldest.
+    fn publish(&self, topic: String, payload: String, qos: u8, retain: bool);
+    /// Retained state or availability: never blocks; newest per topic wins while queued.
+    fn publish_retained(&self, topic: String, payload: String);
+}
+
+/// A Modbus device's poll loop.
+pub struct DevicePoller {
+    name: String,
+    config: DeviceConfig,
+    max_gap: u16,
+    points: Vec<(String, PointConfig)>,
+    reads: Vec<PlannedRead>,
+    bus: BusHandle,
+    sink: Arc<dyn Sink>,
+    topics: Arc<Topics>,
+    state: DeviceState,
+    availability: Availability,
+    /// Last error logged per point, so a failing point warns once, not every poll.
+    point_errors: HashMap<String, String>,
+}
+
+impl DevicePoller {
+    pub fn new(
+        name: &str,
+        config: &DeviceConfig,
+        max_gap: u16,
+        bus: BusHandle,
+        sink: Arc<dyn Sink>,
+        topics: Arc<Topics>,
+    ) -> Self {
+        let points: Vec<(String, PointConfig)> = config
+            .points
+            .iter()
+            .map(|(n, p)| (n.clone(), p.clone()))
+            .collect();
+        let refs: Vec<&PointConfig> = points.iter().map(|(_, p)| p).collect();
+        let reads = plan::plan(&refs, max_gap);
+        DevicePoller {
+            name: name.to_string(),
+            availability: Availability::new(config.offline_after),
+            config: config.clone(),
+            max_gap,
+            points,
+            reads,
+            bus,
+            sink,
+            topics,
+            state: DeviceState::default(),
+            point_errors: HashMap::new(),
+        }
+    }
+
+    /// The reads one poll costs now (after any splits).
+    pub fn reads(&self) -> usize {
+        self.reads.len()
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let Some(unit) = self.config.unit else {
+            return;
+        };
+        debug!(device = %self.name, reads = self.reads.len(), max_gap = self.max_gap, "poller started");
+        let mut next = Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(next) => {}
+            }
+            if self.availability.is_offline() {
+                if self.probe(unit).await {
+                    self.poll(unit).await;
+                }
+            } else {
+                self.poll(unit).await;
+            }
+            let period = if self.availability.is_offline() {
+                self.config.offline_retry
+            } else {
+                self.config.poll
+            };
+            next = next_tick(next, period, Instant::now(), &self.bus.stats);
+        }
+    }
+
+    /// One read to see whether an offline device is back.
+    async fn probe(&mut self, unit: u8) -> bool {
+        let Some(first) = self.reads.first() else {
+            return false;
+        };
+        let result = self.bus.read(unit, first.spec).await;
+        match result {
+            Ok(_) | Err(BusError::Exception(_)) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// A full poll: all reads, decode, publish, availability.
+    async fn poll(&mut self, unit: u8) {
+        let now_wall = SystemTime::now();
+        let mut values: Vec<(String, Value, PublishRule)> = Vec::new();
+        let mut answered = false;
+        let mut pending: Vec<usize> = (0..self.reads.len()).collect();
+        // Splits re-read their parts at once; each split makes reads smaller, so this ends.
+        for _ in 0..=self.points.len() {
+            if pending.is_empty() {
+                break;
+            }
+            let specs = pending.iter().map(|i| self.reads[*i].spec).collect();
+            let results = self.bus.poll(unit, specs).await;
+            let mut splits: Vec<(usize, Vec<PlannedRead>)> = Vec::new();
+            for (i, result) in pending.iter().copied().zip(results) {
+                match result {
+                    Ok(data) => {
+                        answered = true;
+                        self.decode_read(i, &data, &mut values);
+                    }
+                    Err(e) if e.is_illegal_address() => {
+                        answered = true;
+                        let refs: Vec<&PointConfig> = self.points.iter().map(|(_, p)| p).collect();
+                        match plan::split(&self.reads[i], &refs) {
+                            Some(parts) => splits.push((i, parts)),
+                            None => self.point_failed(i, &e),
+                        }
+                    }
+                    Err(e @ BusError::Exception(_)) => {
+                        // The device answered, only not with data: it is alive.
+                        answered = true;
+                        self.point_failed(i, &e);
+                    }
+                    Err(BusError::Stopped) => return,
+                    Err(e) => self.point_failed(i, &e),
+                }
+            }
+            pending.clear();
+            // Replace split reads (from the back, so indices stay valid) and read the parts.
+            splits.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+            for (i, parts) in splits {
+                let spec = self.reads[i].spec;
+                info!(
+                    device = %self.name,
+                    register = %format!("{}:{}", spec.table.name(), spec.start),
+                    count = spec.count,
+                    parts = parts.len(),
+                    "device refused a coalesced read (illegal data address); reading it in parts from now on"
+                );
+                let n = parts.len();
+                self.reads.splice(i..=i, parts);
+                for p in pending.iter_mut() {
+                    *p += n - 1;
+                }
+                pending.extend(i..i + n);
+            }
+        }
+        let change = if answered {
+            self.availability.success()
+        } else {
+            self.availability.failure()
+        };
+        if !values.is_empty() {
+            self.publish(values, now_wall);
+        }
+        if let Some(change) = change {
+            self.announce(change);
+        }
+    }
+
+    fn decode_read(
+        &mut self,
+        i: usize,
+        data: &RawData,
+        out: &mut Vec<(String, Value, PublishRule)>,
+    ) {
+        let read = self.reads[i].clone();
+        for pi in read.points {
+            let (name, p) = &self.points[pi];
+            let Some(slot) = plan::slot(p) else { continue };
+            let offset = usize::from(slot.address - read.spec.start);
+            let len = usize::from(slot.len);
+            let words: Option<Vec<u16>> = match data {
+                RawData::Bits(bits) => bits.get(offset).map(|b| vec![u16::from(*b)]),
+                RawData::Words(w) => w.get(offset..offset + len).map(<[u16]>::to_vec),
+            };
+            let ty = p.effective_type().unwrap_or(DataType::U16);
+            let decoded = match words {
+                Some(w) => codec::decode(&w, ty, p.order).map_err(|e| e.to_string()),
+                None => Err("the device returned fewer registers than asked".to_string()),
+            };
+            match decoded {
+                Ok(raw) => {
+                    let value = codec::to_value(raw, p);
+                    if self.point_errors.remove(name).is_some() {
+                        info!(device = %self.name, point = %name, "point reads again");
+                    }
+                    out.push((
+                        name.clone(),
+                        value,
+                        PublishRule {
+                            deadband: p.deadband,
+                            heartbeat: p.heartbeat,
+                        },
+                    ));
+                }
+                Err(e) => {
+                    let name = name.clone();
+                    self.warn_point(&name, &e);
+                }
+            }
+        }
+    }
+
+    fn point_failed(&mut self, i: usize, e: &BusError) {
+        // Timeouts and transport errors are the device's (availability says it); a point is
+        // warned about only when the device answers but that point can't be read.
+        if matches!(e, BusError::Exception(_)) {
+            let names: Vec<String> = self.reads[i]
+                .points
+                .iter()
+                .map(|pi| self.points[*pi].0.clone())
+                .collect();
+            for n in names {
+                self.warn_point(&n, &e.to_string());
+            }
+        }
+    }
+
+    fn warn_point(&mut self, point: &str, error: &str) {
+        if self.point_errors.get(point).map(String::as_str) != Some(error) {
+            let register = self
+                .points
+                .iter()
+                .find(|(n, _)| n == point)
+                .and_then(|(_, p)| p.register)
+                .map(|r| r.to_string())
+                .unwrap_or_default();
+            warn!(device = %self.name, point = %point, register = %register, error = %error, "cannot read point");
+            self.point_errors
+                .insert(point.to_string(), error.to_string());
+        }
+    }
+
+    fn publish(&mut self, values: Vec<(String, Value, PublishRule)>, at: SystemTime) {
+        let decision = self.state.apply(values, std::time::Instant::now());
+        let loc = &self.config.location;
+        for (point, value) in &decision.sensors {
+            let Some(p) = self.config.points.get(point) else {
+                continue;
+            };
+            let topic = self.topics.sensor(&self.name, loc, point);
+            let body = payload::sensor(value, p.unit.as_deref(), at, &self.name, loc);
+            self.sink.publish(topic, body, p.qos, p.retain);
+        }
+        if decision.state {
+            let topic = self.topics.state(&self.name, loc);
+            let body = payload::state(self.state.latest().iter().map(|(k, v)| (k.as_str(), v)), at);
+            self.sink.publish_retained(topic, body);
+        }
+    }
+
+    fn announce(&mut self, change: Change) {
+        let online = change == Change::Online;
+        if online {
+            info!(device = %self.name, "device online");
+        } else {
+            warn!(
+                device = %self.name,
+                failed_polls = self.config.offline_after,
+                retry = %humantime::format_duration(self.config.offline_retry),
+                "device offline"
+            );
+        }
+        let topic = self.topics.availability(&self.name, &self.config.location);
+        self.sink
+            .publish_retained(topic, payload::availability(&self.name, online));
+    }
+}
+
+/// The next poll time on the grid `previous + k × period`, skipping (and counting) ticks that
+/// passed while the last poll was still waiting. Staying on the grid means no drift.
+pub fn next_tick(previous: Instant, period: Duration, now: Instant, stats: &BusStats) -> Instant {
+    let next = previous + period;
+    if next > now {
+        return next;
+    }
+    let behind = now.duration_since(next);
+    let missed = (behind.as_nanos() / period.as_nanos().max(1)) as u32 + 1;
+    BusStats::add(&stats.overruns, u64::from(missed));
+    next + period * missed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_stay_on_the_grid_and_skipped_ones_are_counted() {
+        let stats = BusStats::default();
+        let t0 = Instant::now();
+        let p = Duration::from_secs(1);
+        // On time: the next grid point.
+        assert_eq!(
+            next_tick(t0, p, t0 + Duration::from_millis(300), &stats),
+            t0 + p
+        );
+        assert_eq!(BusStats::get(&stats.overruns), 0);
+        // The poll took 2.5 periods: ticks at 1 s and 2 s were missed, next is 3 s.
+        assert_eq!(
+            next_tick(t0, p, t0 + Duration::from_millis(2500), &stats),
+            t0 + 3 * p
+        );
+        assert_eq!(BusStats::get(&stats.overruns), 2);
+    }
+}
