@@ -1,0 +1,68 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! `fieldbridge check` shows the Modbus reads each device's points coalesce into and each bus's
+//! expected load, and warns when an RTU bus cannot keep up with its poll periods.
+
+use std::process::Command;
+
+fn check(text: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fieldbridge"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+/// A meter with 40 points in 3 contiguous runs on an RTU bus.
+fn meter(baud: u32, poll: &str, devices: u8) -> String {
+    let mut s =
+        format!("[buses.rs485]\nkind = \"modbus-rtu\"\nport = \"/dev/ttyUSB9\"\nbaud = {baud}\n");
+    for d in 1..=devices {
+        s += &format!("[devices.m{d}]\nbus = \"rs485\"\nunit = {d}\npoll = \"{poll}\"\n");
+        for a in 0..20 {
+            s += &format!("[devices.m{d}.points.h{a}]\nregister = \"holding:{a}\"\n");
+        }
+        for a in 0..10 {
+            s += &format!(
+                "[devices.m{d}.points.f{a}]\nregister = \"input:{}\"\ntype = \"f32\"\n",
+                100 + 2 * a
+            );
+        }
+        for a in 0..10 {
+            s += &format!("[devices.m{d}.points.c{a}]\nregister = \"coil:{a}\"\n");
+        }
+    }
+    s
+}
+
+#[test]
+fn check_prints_the_coalesced_reads_of_each_device() {
+    let (code, out) = check(&meter(9600, "5s", 1));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("reads per poll: 3 (for 40 points)"), "{out}");
+    assert!(out.contains("FC01 coil 0..9 (10 bits)"), "{out}");
+    assert!(out.contains("FC04 input 100..119 (20 registers)"), "{out}");
+    assert!(out.contains("FC03 holding 0..19 (20 registers)"), "{out}");
+    assert!(out.contains("rs485: 0.6 reads/s"), "{out}");
+    assert!(!out.contains("warning"), "{out}");
+}
+
+#[test]
+fn check_warns_when_a_9600_baud_bus_cannot_keep_up() {
+    // 20 meters × 3 reads every 250 ms at 9600 baud is far more than the wire carries.
+    let (code, out) = check(&meter(9600, "250ms", 20));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warning: bus rs485 is") && out.contains("cannot keep up"),
+        "{out}"
+    );
+    // The same load at 115200 baud fits.
+    let (_, fast) = check(&meter(115200, "5s", 20));
+    assert!(!fast.contains("warning"), "{fast}");
+}
