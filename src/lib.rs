@@ -11,6 +11,7 @@ pub const EXIT_FAILURE: u8 = 1;
 /// Exit code for an invalid, missing or unreadable config (EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
 pub mod bus;
+pub mod command;
 pub mod model;
 pub mod payload;
 pub mod poller;

@@ -1,0 +1,498 @@
+//! Commands (CONTRACT §4 "Commands"): a payload on a device's command topic, validated whole
+//! before anything is written. Pure: parse and validate here; the device task executes.
+
+use serde_json::{Map, Value as Json};
+
+use crate::bus::WriteSpec;
+use crate::bus::codec::{self, Raw};
+use crate::config::{DataType, DeviceConfig, PointConfig, SetValue, Table};
+use crate::model::Value;
+
+/// Largest command payload accepted; larger ones are refused unparsed.
+pub const MAX_COMMAND_BYTES: usize = 16 * 1024;
+
+/// A validated command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Command {
+    /// Echoed in the result when given.
+    pub id: Option<Json>,
+    /// `set`, `refresh` or a named action.
+    pub action: String,
+    pub kind: CommandKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandKind {
+    /// Points and the values to write, in order.
+    Set(Vec<(String, Value)>),
+    /// Read every point now and publish the state.
+    Refresh,
+}
+
+/// Why a command was refused. The message names the point and the limit.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refused {
+    /// The command's `id`, when it could be read, for the result.
+    pub id: Option<Json>,
+    pub action: Option<String>,
+    pub message: String,
+}
+
+impl Refused {
+    fn new(id: Option<Json>, action: Option<String>, message: String) -> Self {
+        Refused {
+            id,
+            action,
+            message,
+        }
+    }
+}
+
+/// Parses and validates a command for `device`. Nothing is written when this fails.
+pub fn parse(device: &DeviceConfig, payload: &[u8]) -> Result<Command, Refused> {
+    if payload.len() > MAX_COMMAND_BYTES {
+        return Err(Refused::new(
+            None,
+            None,
+            format!(
+                "command is {} bytes; at most {MAX_COMMAND_BYTES} are accepted",
+                payload.len()
+            ),
+        ));
+    }
+    let json: Json = serde_json::from_slice(payload)
+        .map_err(|e| Refused::new(None, None, format!("malformed JSON: {e}")))?;
+    let Json::Object(mut obj) = json else {
+        return Err(Refused::new(
+            None,
+            None,
+            "a command is a JSON object, e.g. {\"action\": \"set\", \"state\": \"on\"}".into(),
+        ));
+    };
+    let id = obj.remove("id");
+    let action = match obj.remove("action") {
+        None => "set".to_string(),
+        Some(Json::String(a)) => a,
+        Some(other) => {
+            return Err(Refused::new(
+                id,
+                None,
+                format!("action must be a string, not {other}"),
+            ));
+        }
+    };
+    let fail = |msg: String| Refused::new(id.clone(), Some(action.clone()), msg);
+    if action == "refresh" {
+        if let Some(k) = obj.keys().next() {
+            return Err(fail(format!("refresh takes no point values (got \"{k}\")")));
+        }
+        return Ok(Command {
+            id,
+            action,
+            kind: CommandKind::Refresh,
+        });
+    }
+    let mut values: Vec<(String, Value)> = Vec::new();
+    if action != "set" {
+        let Some(a) = device.actions.get(&action) else {
+            let mut names: Vec<&str> = vec!["set", "refresh"];
+            names.extend(device.actions.keys().map(String::as_str));
+            return Err(fail(format!(
+                "unknown action \"{action}\"; expected {}",
+                crate::config::one_of(&names)
+            )));
+        };
+        if a.send.is_some() {
+            return Err(fail(format!(
+                "action \"{action}\" writes to a serial line; serial commands are not supported yet"
+            )));
+        }
+        for (point, v) in &a.set {
+            if !obj.contains_key(point) {
+                values.push((point.clone(), set_value(v)));
+            }
+        }
+    }
+    // The payload's own values, after the action's (the payload wins).
+    let mut given: Vec<(String, Json)> = obj.into_iter().collect();
+    given.sort_by(|a, b| a.0.cmp(&b.0));
+    for (point, v) in given {
+        let p = check_point(device, &point).map_err(fail)?;
+        let value = json_value(&point, p, &v).map_err(fail)?;
+        values.push((point, value));
+    }
+    if values.is_empty() {
+        return Err(fail(
+            "nothing to set: give writable points and their values, e.g. {\"state\": \"on\"}"
+                .into(),
+        ));
+    }
+    for (point, value) in &values {
+        let p = check_point(device, point).map_err(fail)?;
+        check_limits(point, p, value).map_err(fail)?;
+    }
+    Ok(Command {
+        id,
+        action,
+        kind: CommandKind::Set(values),
+    })
+}
+
+fn check_point<'a>(device: &'a DeviceConfig, point: &str) -> Result<&'a PointConfig, String> {
+    match device.points.get(point) {
+        None => Err(format!("{point}: unknown point")),
+        Some(p) if !p.writable => Err(format!("{point}: not writable")),
+        Some(p) => Ok(p),
+    }
+}
+
+fn set_value(v: &SetValue) -> Value {
+    match v {
+        SetValue::Bool(b) => Value::Bool(*b),
+        SetValue::Integer(i) => Value::Int(i128::from(*i)),
+        SetValue::Float(f) => Value::Float(*f),
+        SetValue::String(s) => Value::Text(s.clone()),
+    }
+}
+
+/// A JSON value for a point, by the point's type.
+fn json_value(point: &str, p: &PointConfig, v: &Json) -> Result<Value, String> {
+    let ty = p.effective_type().unwrap_or(DataType::U16);
+    if let Some(map) = &p.map {
+        return match v {
+            Json::String(s) if map.values().any(|l| l == s) => Ok(Value::Text(s.clone())),
+            Json::String(s) => Err(format!(
+                "{point}: unknown label \"{s}\"; expected {}",
+                crate::config::one_of(&map.values().map(String::as_str).collect::<Vec<_>>())
+            )),
+            other => Err(format!(
+                "{point}: expected one of the labels {}, got {other}",
+                crate::config::one_of(&map.values().map(String::as_str).collect::<Vec<_>>())
+            )),
+        };
+    }
+    match (ty, v) {
+        (DataType::Bool, Json::Bool(b)) => Ok(Value::Bool(*b)),
+        (DataType::Bool, other) => Err(format!("{point}: expected true or false, got {other}")),
+        (DataType::String, Json::String(s)) => Ok(Value::Text(s.clone())),
+        (DataType::String, other) => Err(format!("{point}: expected a string, got {other}")),
+        (_, Json::Number(n)) => {
+            if let Some(i) = n.as_i64() {
+                Ok(Value::Int(i128::from(i)))
+            } else if let Some(u) = n.as_u64() {
+                Ok(Value::Int(i128::from(u)))
+            } else {
+                n.as_f64()
+                    .map(Value::Float)
+                    .ok_or_else(|| format!("{point}: {n} is not a usable number"))
+            }
+        }
+        (_, other) => Err(format!("{point}: expected a number, got {other}")),
+    }
+}
+
+fn check_limits(point: &str, p: &PointConfig, v: &Value) -> Result<(), String> {
+    let Some(x) = v.as_f64() else { return Ok(()) };
+    if let Some(min) = p.min {
+        if x < min {
+            return Err(format!("{point}: {} is below min {min}", fmt_num(v)));
+        }
+    }
+    if let Some(max) = p.max {
+        if x > max {
+            return Err(format!("{point}: {} is above max {max}", fmt_num(v)));
+        }
+    }
+    // The type's own range, after scale and offset.
+    codec::from_value(v, p)
+        .and_then(|e| {
+            codec::encode(
+                &e.raw,
+                p.effective_type().unwrap_or(DataType::U16),
+                p.order,
+                p.length.unwrap_or(1),
+            )
+        })
+        .map(|_| ())
+        .map_err(|e| format!("{point}: {} cannot be written: {e}", fmt_num(v)))
+}
+
+fn fmt_num(v: &Value) -> String {
+    v.to_json().to_string()
+}
+
+/// One write to perform, and what the register will hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedWrite {
+    pub point: String,
+    pub spec: WriteSpec,
+    /// The value after rounding to the register's resolution.
+    pub effective: Value,
+    /// Whether the requested value had to be rounded.
+    pub rounded: bool,
+}
+
+/// Encodes a validated value for a Modbus point: FC05 for a coil, FC06 for one register
+/// (FC16 when `force_multiple`), FC16 for multi-register types.
+pub fn plan_write(
+    point: &str,
+    p: &PointConfig,
+    value: &Value,
+    force_multiple: bool,
+) -> Result<PlannedWrite, String> {
+    let reg = p
+        .register
+        .ok_or_else(|| format!("{point}: has no register"))?;
+    let ty = p.effective_type().unwrap_or(DataType::U16);
+    let enc = codec::from_value(value, p).map_err(|e| format!("{point}: {e}"))?;
+    let spec = match reg.table {
+        Table::Coil => {
+            let on = match &enc.raw {
+                Raw::Bool(b) => *b,
+                Raw::Unsigned(u) => *u != 0,
+                Raw::Signed(i) => *i != 0,
+                _ => return Err(format!("{point}: a coil takes true or false")),
+            };
+            WriteSpec::Coil {
+                address: reg.address,
+                value: on,
+            }
+        }
+        Table::Holding => {
+            let raw = match (&enc.raw, ty) {
+                (Raw::Bool(b), t) if t != DataType::Bool => Raw::Unsigned(u64::from(*b)),
+                (r, _) => r.clone(),
+            };
+            let words = codec::encode(&raw, ty, p.order, p.length.unwrap_or(1))
+                .map_err(|e| format!("{point}: {e}"))?;
+            if words.len() == 1 && !force_multiple {
+                WriteSpec::Register {
+                    address: reg.address,
+                    value: words[0],
+                }
+            } else {
+                WriteSpec::Registers {
+                    address: reg.address,
+                    values: words,
+                }
+            }
+        }
+        t => return Err(format!("{point}: {} registers are read-only", t.name())),
+    };
+    Ok(PlannedWrite {
+        point: point.to_string(),
+        spec,
+        effective: enc.effective,
+        rounded: enc.rounded,
+    })
+}
+
+/// The result payload: `{"id", "action", "ok": true, "written": {...}}` (plus `"rounded"` when a
+/// value had to be rounded to the register's resolution), or `{"id", "action", "ok": false,
+/// "error"}`.
+pub fn result_payload(
+    id: Option<&Json>,
+    action: Option<&str>,
+    outcome: Result<&[(String, Value)], &str>,
+    rounded: &[String],
+) -> String {
+    let mut m = Map::new();
+    if let Some(id) = id {
+        m.insert("id".into(), id.clone());
+    }
+    if let Some(a) = action {
+        m.insert("action".into(), Json::String(a.to_string()));
+    }
+    match outcome {
+        Ok(written) => {
+            m.insert("ok".into(), Json::Bool(true));
+            let w: Map<String, Json> = written
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_json()))
+                .collect();
+            m.insert("written".into(), Json::Object(w));
+            if !rounded.is_empty() {
+                m.insert(
+                    "rounded".into(),
+                    Json::Array(rounded.iter().map(|r| Json::String(r.clone())).collect()),
+                );
+            }
+        }
+        Err(e) => {
+            m.insert("ok".into(), Json::Bool(false));
+            m.insert("error".into(), Json::String(e.to_string()));
+        }
+    }
+    Json::Object(m).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn lamp() -> DeviceConfig {
+        let text = r#"
+[buses.plc]
+kind = "modbus-tcp"
+address = "127.0.0.1:502"
+[devices.lamp]
+bus = "plc"
+unit = 3
+[devices.lamp.points.state]
+register = "coil:0"
+writable = true
+map = { 0 = "off", 1 = "on" }
+[devices.lamp.points.brightness]
+register = "holding:1"
+writable = true
+min = 0
+max = 100
+[devices.lamp.points.power]
+register = "input:0"
+[devices.lamp.points.setpoint]
+register = "holding:10"
+type = "f32"
+order = "CDAB"
+writable = true
+[devices.lamp.actions.turn_on]
+set = { state = "on", brightness = 100 }
+"#;
+        crate::config::parse(text, Path::new("t.toml"))
+            .unwrap()
+            .devices["lamp"]
+            .clone()
+    }
+
+    fn err(payload: &str) -> String {
+        parse(&lamp(), payload.as_bytes()).unwrap_err().message
+    }
+
+    #[test]
+    fn every_validation_failure_names_the_point_and_limit() {
+        assert_eq!(
+            err(r#"{"brightness": 120}"#),
+            "brightness: 120 is above max 100"
+        );
+        assert_eq!(
+            err(r#"{"brightness": -1}"#),
+            "brightness: -1 is below min 0"
+        );
+        assert_eq!(err(r#"{"volume": 1}"#), "volume: unknown point");
+        assert_eq!(err(r#"{"power": 1}"#), "power: not writable");
+        assert_eq!(
+            err(r#"{"state": "dim"}"#),
+            "state: unknown label \"dim\"; expected off or on"
+        );
+        assert_eq!(
+            err(r#"{"brightness": "high"}"#),
+            "brightness: expected a number, got \"high\""
+        );
+        assert_eq!(
+            err(r#"{"action": "dance"}"#),
+            "unknown action \"dance\"; expected set, refresh or turn_on"
+        );
+        assert!(err("{not json").starts_with("malformed JSON: "));
+        assert!(err("[1,2]").starts_with("a command is a JSON object"));
+        assert!(err("{}").starts_with("nothing to set"));
+    }
+
+    #[test]
+    fn a_named_action_takes_its_set_table_and_the_payload_wins() {
+        let c = parse(
+            &lamp(),
+            br#"{"action": "turn_on", "brightness": 80, "id": "abc"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.id, Some(Json::String("abc".into())));
+        assert_eq!(
+            c.kind,
+            CommandKind::Set(vec![
+                ("state".into(), Value::Text("on".into())),
+                ("brightness".into(), Value::Int(80)),
+            ])
+        );
+    }
+
+    #[test]
+    fn writes_use_the_function_the_point_needs() {
+        let d = lamp();
+        let w = plan_write(
+            "state",
+            &d.points["state"],
+            &Value::Text("on".into()),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            w.spec,
+            WriteSpec::Coil {
+                address: 0,
+                value: true
+            }
+        );
+        let w = plan_write(
+            "brightness",
+            &d.points["brightness"],
+            &Value::Int(80),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            w.spec,
+            WriteSpec::Register {
+                address: 1,
+                value: 80
+            }
+        );
+        let w = plan_write("brightness", &d.points["brightness"], &Value::Int(80), true).unwrap();
+        assert_eq!(
+            w.spec,
+            WriteSpec::Registers {
+                address: 1,
+                values: vec![80]
+            }
+        );
+        let w = plan_write(
+            "setpoint",
+            &d.points["setpoint"],
+            &Value::Float(21.5),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            w.spec,
+            WriteSpec::Registers {
+                address: 10,
+                values: vec![0x0000, 0x41AC]
+            }
+        );
+    }
+
+    #[test]
+    fn results_echo_id_and_action() {
+        let ok = result_payload(
+            Some(&Json::String("abc".into())),
+            Some("turn_on"),
+            Ok(&[("state".into(), Value::Text("on".into()))]),
+            &[],
+        );
+        let v: Json = serde_json::from_str(&ok).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id": "abc", "action": "turn_on", "ok": true, "written": {"state": "on"}})
+        );
+        let bad = result_payload(
+            None,
+            Some("set"),
+            Err("brightness: 120 is above max 100"),
+            &[],
+        );
+        let v: Json = serde_json::from_str(&bad).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"action": "set", "ok": false, "error": "brightness: 120 is above max 100"})
+        );
+    }
+}
