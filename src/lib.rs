@@ -10,6 +10,7 @@ pub mod topics;
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit code for an invalid, missing or unreadable config (EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
+pub mod bridge;
 pub mod bus;
 pub mod command;
 pub mod model;

@@ -15,13 +15,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::bus::codec;
 use crate::bus::plan::{self, PlannedRead};
-use crate::bus::{BusError, BusHandle, BusStats, RawData};
+use crate::bus::{BusError, BusHandle, BusStats, RawData, ReadSpec};
+use crate::command::{self, Command, CommandKind};
 use crate::config::{DataType, DeviceConfig, PointConfig};
 use crate::model::Value;
 use crate::payload;
@@ -37,8 +39,15 @@ pub trait Sink: Send + Sync + 'static {
     fn publish_retained(&self, topic: String, payload: String);
 }
 
-/// A Modbus device's poll loop.
+/// Commands waiting for one device. The bridge validates commands before queuing them, so only
+/// valid ones wait here; when full, the bridge answers the newest one `ok: false` ("busy").
+pub const DEVICE_COMMANDS_CAP: usize = 16;
+
+/// A Modbus device's task: its poll loop and its commands, one at a time in arrival order.
 pub struct DevicePoller {
+    commands: Option<mpsc::Receiver<Command>>,
+    /// Write single registers with FC16 too, for devices that refuse FC06.
+    force_multiple: bool,
     name: String,
     config: DeviceConfig,
     max_gap: u16,
@@ -70,6 +79,8 @@ impl DevicePoller {
         let refs: Vec<&PointConfig> = points.iter().map(|(_, p)| p).collect();
         let reads = plan::plan(&refs, max_gap);
         DevicePoller {
+            commands: None,
+            force_multiple: false,
             name: name.to_string(),
             availability: Availability::new(config.offline_after),
             config: config.clone(),
@@ -84,6 +95,12 @@ impl DevicePoller {
         }
     }
 
+    /// Takes commands from `rx` (ahead of polls).
+    pub fn with_commands(mut self, rx: mpsc::Receiver<Command>) -> Self {
+        self.commands = Some(rx);
+        self
+    }
+
     /// The reads one poll costs now (after any splits).
     pub fn reads(&self) -> usize {
         self.reads.len()
@@ -95,9 +112,15 @@ impl DevicePoller {
         };
         debug!(device = %self.name, reads = self.reads.len(), max_gap = self.max_gap, "poller started");
         let mut next = Instant::now();
+        let mut commands = self.commands.take();
         loop {
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break,
+                Some(cmd) = recv(&mut commands) => {
+                    self.execute(unit, cmd).await;
+                    continue;
+                }
                 _ = tokio::time::sleep_until(next) => {}
             }
             if self.availability.is_offline() {
@@ -116,6 +139,107 @@ impl DevicePoller {
         }
     }
 
+    /// Executes a validated command and publishes its result.
+    async fn execute(&mut self, unit: u8, cmd: Command) {
+        let result_topic = self
+            .topics
+            .command_result(&self.name, &self.config.location);
+        let outcome = match &cmd.kind {
+            CommandKind::Refresh => {
+                self.state.force_state();
+                match self.poll(unit).await {
+                    true => Ok((Vec::new(), Vec::new())),
+                    false => Err(format!("{}: the device did not answer", self.name)),
+                }
+            }
+            CommandKind::Set(values) => self.write(unit, values).await,
+        };
+        let body = match &outcome {
+            Ok((written, rounded)) => {
+                info!(device = %self.name, action = %cmd.action, "command executed");
+                command::result_payload(cmd.id.as_ref(), Some(&cmd.action), Ok(written), rounded)
+            }
+            Err(e) => {
+                warn!(device = %self.name, action = %cmd.action, error = %e, "command failed");
+                command::result_payload(cmd.id.as_ref(), Some(&cmd.action), Err(e), &[])
+            }
+        };
+        self.sink.publish(result_topic, body, 1, false);
+    }
+
+    /// Writes each value, then reads the written points back; the read-back values are what
+    /// the result and the state carry.
+    async fn write(
+        &mut self,
+        unit: u8,
+        values: &[(String, Value)],
+    ) -> Result<(Vec<(String, Value)>, Vec<String>), String> {
+        let mut planned = Vec::new();
+        for (point, value) in values {
+            let Some(p) = self.config.points.get(point) else {
+                return Err(format!("{point}: unknown point"));
+            };
+            planned.push(command::plan_write(point, p, value, self.force_multiple)?);
+        }
+        let mut rounded = Vec::new();
+        for w in &planned {
+            if let Err(e) = self.bus.write(unit, w.spec.clone()).await {
+                return Err(format!("{}: {e}", w.point));
+            }
+            if w.rounded {
+                rounded.push(format!(
+                    "{}: rounded to {} (the register's resolution)",
+                    w.point,
+                    w.effective.to_json()
+                ));
+            }
+        }
+        let mut read_back = Vec::new();
+        for w in &planned {
+            let Some(p) = self.config.points.get(&w.point) else {
+                continue;
+            };
+            let Some(slot) = plan::slot(p) else { continue };
+            let spec = ReadSpec {
+                table: slot.table,
+                start: slot.address,
+                count: slot.len,
+            };
+            let data =
+                self.bus.read(unit, spec).await.map_err(|e| {
+                    format!("{}: written, but reading it back failed: {e}", w.point)
+                })?;
+            let words: Vec<u16> = match data {
+                RawData::Bits(b) => b.first().map(|x| vec![u16::from(*x)]).unwrap_or_default(),
+                RawData::Words(w) => w,
+            };
+            let ty = p.effective_type().unwrap_or(DataType::U16);
+            let raw = codec::decode(&words, ty, p.order)
+                .map_err(|e| format!("{}: written, but the read-back is unusable: {e}", w.point))?;
+            read_back.push((w.point.clone(), codec::to_value(raw, p)));
+        }
+        if let Some(change) = self.availability.success() {
+            self.announce(change);
+        }
+        let rules = read_back
+            .iter()
+            .filter_map(|(n, v)| {
+                self.config.points.get(n).map(|p| {
+                    (
+                        n.clone(),
+                        v.clone(),
+                        PublishRule {
+                            deadband: 0.0,
+                            heartbeat: p.heartbeat,
+                        },
+                    )
+                })
+            })
+            .collect();
+        self.publish(rules, SystemTime::now());
+        Ok((read_back, rounded))
+    }
+
     /// One read to see whether an offline device is back.
     async fn probe(&mut self, unit: u8) -> bool {
         let Some(first) = self.reads.first() else {
@@ -128,8 +252,8 @@ impl DevicePoller {
         }
     }
 
-    /// A full poll: all reads, decode, publish, availability.
-    async fn poll(&mut self, unit: u8) {
+    /// A full poll: all reads, decode, publish, availability. Returns whether the device answered.
+    async fn poll(&mut self, unit: u8) -> bool {
         let now_wall = SystemTime::now();
         let mut values: Vec<(String, Value, PublishRule)> = Vec::new();
         let mut answered = false;
@@ -161,7 +285,7 @@ impl DevicePoller {
                         answered = true;
                         self.point_failed(i, &e);
                     }
-                    Err(BusError::Stopped) => return,
+                    Err(BusError::Stopped) => return false,
                     Err(e) => self.point_failed(i, &e),
                 }
             }
@@ -196,6 +320,7 @@ impl DevicePoller {
         if let Some(change) = change {
             self.announce(change);
         }
+        answered
     }
 
     fn decode_read(
@@ -305,6 +430,13 @@ impl DevicePoller {
         let topic = self.topics.availability(&self.name, &self.config.location);
         self.sink
             .publish_retained(topic, payload::availability(&self.name, online));
+    }
+}
+
+async fn recv(rx: &mut Option<mpsc::Receiver<Command>>) -> Option<Command> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -75,6 +75,11 @@ impl DeviceState {
         d
     }
 
+    /// Makes the next `apply` publish the state even if nothing changed (`refresh`).
+    pub fn force_state(&mut self) {
+        self.state_sent = None;
+    }
+
     /// The newest value of every point.
     pub fn latest(&self) -> &BTreeMap<String, Value> {
         &self.latest
