@@ -13,6 +13,7 @@ pub const EXIT_CONFIG: u8 = 78;
 pub mod bridge;
 pub mod bus;
 pub mod command;
+pub mod discovery;
 pub mod model;
 pub mod payload;
 pub mod poller;
