@@ -358,3 +358,11 @@ fn a_file_with_several_mistakes_reports_all_of_them_in_file_order() {
         "{stderr}"
     );
 }
+
+#[test]
+fn invalid_regex_pattern_is_rejected() {
+    fails_with(
+        "[buses.ard]\nkind = \"serial\"\nport = \"/dev/ttyACM0\"\nformat = \"regex\"\npattern = '^T(?P<t>[-\\d.]+'\n",
+        "config.toml:5:11: buses.ard.pattern: invalid regex: error: unclosed group",
+    );
+}

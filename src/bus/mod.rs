@@ -8,6 +8,7 @@
 //! are a consistent snapshot; commands go in between devices.
 
 pub mod codec;
+pub mod line;
 pub mod plan;
 
 use std::sync::Arc;

@@ -665,6 +665,23 @@ impl<'s> Cx<'s> {
             _ => LineFormat::Json,
         };
         let pattern = self.text(s, "pattern");
+        if let Some(p) = &pattern {
+            match regex::Regex::new(p) {
+                Ok(re) if re.capture_names().flatten().next().is_none() => self.error_at(
+                    &s.key("pattern"),
+                    "the pattern has no named groups, e.g. (?P<temperature>[-\\d.]+)",
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    let msg = e.to_string();
+                    let first = msg.lines().last().unwrap_or("invalid");
+                    self.error_at(
+                        &s.key("pattern"),
+                        format!("invalid regex: {}", first.trim()),
+                    )
+                }
+            }
+        }
         if kind == Some(BusKind::Serial) {
             if format == LineFormat::Regex && pattern.is_none() && !s.table.contains_key("pattern")
             {
