@@ -80,7 +80,7 @@ impl DevicePoller {
         let reads = plan::plan(&refs, max_gap);
         DevicePoller {
             commands: None,
-            force_multiple: false,
+            force_multiple: config.write_multiple,
             name: name.to_string(),
             availability: Availability::new(config.offline_after),
             config: config.clone(),

@@ -10,6 +10,8 @@
 pub mod codec;
 pub mod line;
 pub mod plan;
+pub mod port;
+pub mod serial_line;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

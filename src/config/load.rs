@@ -743,6 +743,8 @@ impl<'s> Cx<'s> {
                 "manufacturer",
                 "model",
                 "match",
+                "silence",
+                "write_multiple",
                 "points",
                 "actions",
             ],
@@ -811,6 +813,29 @@ impl<'s> Cx<'s> {
             None => None,
         };
         let poll = self.duration(s, "poll").unwrap_or(Duration::from_secs(10));
+        let silence = self
+            .duration(s, "silence")
+            .unwrap_or(Duration::from_secs(60));
+        let write_multiple = self.boolean(s, "write_multiple").unwrap_or(false);
+        match kind {
+            Some(BusKind::Serial) => {
+                for key in ["poll", "offline_after", "offline_retry", "write_multiple"] {
+                    if s.table.contains_key(key) {
+                        self.error_at(
+                            &s.key(key),
+                            format!("`{key}` applies to Modbus devices; serial devices talk when they want (see `silence`)"),
+                        );
+                    }
+                }
+            }
+            Some(_) if s.table.contains_key("silence") => {
+                self.error_at(
+                    &s.key("silence"),
+                    "`silence` applies to serial devices; Modbus devices use `offline_after`",
+                );
+            }
+            _ => {}
+        }
         let offline_retry = self
             .duration(s, "offline_retry")
             .unwrap_or(Duration::from_secs(30))
@@ -861,6 +886,8 @@ impl<'s> Cx<'s> {
             name: self.text(s, "name"),
             manufacturer: self.text(s, "manufacturer"),
             model: self.text(s, "model"),
+            silence,
+            write_multiple,
             r#match: m,
             points,
             actions,

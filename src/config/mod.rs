@@ -261,6 +261,11 @@ pub struct DeviceConfig {
     pub name: Option<String>,
     pub manufacturer: Option<String>,
     pub model: Option<String>,
+    /// Serial devices: `offline` when no line for the device arrived for this long. Default 60 s.
+    pub silence: Duration,
+    /// Modbus devices: write single registers with FC16 too, for devices that refuse FC06.
+    /// Default false.
+    pub write_multiple: bool,
     /// Line routing (serial buses only).
     pub r#match: Option<MatchConfig>,
     /// Points by name.
