@@ -27,6 +27,12 @@ pub enum CommandKind {
     Set(Vec<(String, Value)>),
     /// Read every point now and publish the state.
     Refresh,
+    /// Write a line to a serial device (a named action's rendered `send` template), and with
+    /// `expect`, wait for a matching reply.
+    Send {
+        text: String,
+        expect: Option<String>,
+    },
 }
 
 /// Why a command was refused. The message names the point and the limit.
@@ -103,10 +109,16 @@ pub fn parse(device: &DeviceConfig, payload: &[u8]) -> Result<Command, Refused> 
                 crate::config::one_of(&names)
             )));
         };
-        if a.send.is_some() {
-            return Err(fail(format!(
-                "action \"{action}\" writes to a serial line; serial commands are not supported yet"
-            )));
+        if let Some(template) = &a.send {
+            let text = render(template, &obj).map_err(|m| fail(format!("{action}: {m}")))?;
+            return Ok(Command {
+                id,
+                action,
+                kind: CommandKind::Send {
+                    text,
+                    expect: a.expect.clone(),
+                },
+            });
         }
         for (point, v) in &a.set {
             if !obj.contains_key(point) {
@@ -137,6 +149,46 @@ pub fn parse(device: &DeviceConfig, payload: &[u8]) -> Result<Command, Refused> 
         action,
         kind: CommandKind::Set(values),
     })
+}
+
+/// Fills a `send` template's `{value}` and `{name}` placeholders from the command's keys.
+/// Strings go in as they are, numbers and booleans as JSON writes them. Line breaks in a value
+/// are refused: they would start a second command on the line.
+pub fn render(template: &str, args: &Map<String, Json>) -> Result<String, String> {
+    let mut out = template.to_string();
+    for key in ["value", "name"] {
+        let ph = format!("{{{key}}}");
+        if !out.contains(&ph) {
+            continue;
+        }
+        let text = match args.get(key) {
+            Some(Json::String(s)) => s.clone(),
+            Some(Json::Number(n)) => n.to_string(),
+            Some(Json::Bool(b)) => b.to_string(),
+            Some(other) => {
+                return Err(format!(
+                    "\"{key}\" must be a string, number or boolean, not {other}"
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "needs \"{key}\" for the {{{key}}} in its send template"
+                ));
+            }
+        };
+        if text.contains(['\n', '\r']) {
+            return Err(format!("\"{key}\" must not contain line breaks"));
+        }
+        out = out.replace(&ph, &text);
+    }
+    for key in args.keys() {
+        if key != "value" && key != "name" {
+            return Err(format!(
+                "unknown key \"{key}\"; a serial action takes \"value\" and \"name\""
+            ));
+        }
+    }
+    Ok(out)
 }
 
 fn check_point<'a>(device: &'a DeviceConfig, point: &str) -> Result<&'a PointConfig, String> {
@@ -468,6 +520,41 @@ set = { state = "on", brightness = 100 }
                 values: vec![0x0000, 0x41AC]
             }
         );
+    }
+
+    #[test]
+    fn serial_actions_render_their_send_template() {
+        let text = r#"
+[buses.ard]
+kind = "serial"
+port = "/dev/ttyACM0"
+[devices.w]
+bus = "ard"
+[devices.w.points.t]
+field = "temp"
+[devices.w.actions.led]
+send = "LED {value}"
+expect = "^OK"
+"#;
+        let d = crate::config::parse(text, Path::new("t.toml"))
+            .unwrap()
+            .devices["w"]
+            .clone();
+        let c = parse(&d, br#"{"action": "led", "value": 3}"#).unwrap();
+        assert_eq!(
+            c.kind,
+            CommandKind::Send {
+                text: "LED 3".into(),
+                expect: Some("^OK".into())
+            }
+        );
+        let e = parse(&d, br#"{"action": "led"}"#).unwrap_err();
+        assert_eq!(
+            e.message,
+            "led: needs \"value\" for the {value} in its send template"
+        );
+        let e = parse(&d, br#"{"action": "led", "value": "1\nRESET"}"#).unwrap_err();
+        assert_eq!(e.message, "led: \"value\" must not contain line breaks");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod bridge;
 pub mod bus;
 pub mod command;
 pub mod discovery;
+pub mod line_device;
 pub mod model;
 pub mod payload;
 pub mod poller;

@@ -153,6 +153,8 @@ impl DevicePoller {
                 }
             }
             CommandKind::Set(values) => self.write(unit, values).await,
+            // Validation only makes Send for serial devices.
+            CommandKind::Send { .. } => Err(format!("{}: not a serial device", self.name)),
         };
         let body = match &outcome {
             Ok((written, rounded)) => {
