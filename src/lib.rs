@@ -1,8 +1,35 @@
-//! fieldbridge: bridges Modbus RTU/TCP and line-based serial devices to MQTT.
+//! fieldbridge bridges field devices — Modbus RTU on RS-485, Modbus TCP and line-based serial
+//! devices — to an MQTT broker for home automation.
+//!
+//! Module map (data flows top to bottom):
+//!
+//! - [`config`]: the TOML model, extracted key by key so every mistake is reported at once.
+//! - [`app`]: build everything fallible, spawn the tasks under one cancellation tree, supervise,
+//!   reload on SIGHUP, stop in order.
+//! - [`bus`]: one task owns each bus (`bus::modbus`, `bus::serial_line`); pure codecs
+//!   (`bus::codec`, `bus::line`) and the poll plan (`bus::plan`).
+//! - [`poller`] (Modbus) and [`line_device`] (serial): one task per device; polls, commands,
+//!   availability. [`state`] decides what to publish; [`command`] validates commands.
+//! - [`bridge`]: incoming MQTT commands to device tasks.
+//! - [`mqtt`]: the broker link and its bounded outbox; [`topics`] and [`payload`] are the only
+//!   places that shape topics and payloads; [`discovery`] is Home Assistant's.
+//! - [`telemetry`], [`systemd`]: logs and sd_notify.
+
 pub mod app;
+pub mod bridge;
+pub mod bus;
 pub mod check;
 pub mod cli;
+pub mod command;
 pub mod config;
+pub mod discovery;
+pub mod line_device;
+pub mod model;
+pub mod mqtt;
+pub mod payload;
+pub mod poller;
+pub mod state;
+pub mod systemd;
 pub mod telemetry;
 pub mod topics;
 
@@ -10,12 +37,3 @@ pub mod topics;
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit code for an invalid, missing or unreadable config (EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
-pub mod bridge;
-pub mod bus;
-pub mod command;
-pub mod discovery;
-pub mod line_device;
-pub mod model;
-pub mod payload;
-pub mod poller;
-pub mod state;

@@ -9,6 +9,7 @@
 
 pub mod codec;
 pub mod line;
+pub mod modbus;
 pub mod plan;
 pub mod port;
 pub mod serial_line;

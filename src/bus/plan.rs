@@ -150,7 +150,17 @@ pub fn char_time(bus: &BusConfig) -> Duration {
 
 /// The silence kept between RTU frames: `turnaround`, never less than 3.5 characters.
 pub fn rtu_silence(bus: &BusConfig) -> Duration {
-    bus.turnaround.max(char_time(bus).mul_f64(3.5))
+    bus.turnaround
+        .unwrap_or_default()
+        .max(char_time(bus).mul_f64(3.5))
+}
+
+/// The silence kept between transactions on any kind of bus.
+pub fn silence(bus: &BusConfig) -> Duration {
+    match bus.kind {
+        BusKind::ModbusRtu => rtu_silence(bus),
+        _ => bus.turnaround.unwrap_or_default(),
+    }
 }
 
 /// Bytes of an RTU read request and its response.
@@ -328,7 +338,7 @@ mod tests {
             address: None,
             timeout: Duration::from_millis(500),
             retries: 1,
-            turnaround: Duration::from_millis(0),
+            turnaround: None,
             max_gap: 4,
             format: crate::config::LineFormat::Json,
             pattern: None,

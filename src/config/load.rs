@@ -715,9 +715,7 @@ impl<'s> Cx<'s> {
                 .duration(s, "timeout")
                 .unwrap_or(Duration::from_millis(500)),
             retries: self.int(s, "retries", 0, 10).unwrap_or(1) as u32,
-            turnaround: self
-                .duration(s, "turnaround")
-                .unwrap_or(Duration::from_millis(5)),
+            turnaround: self.duration(s, "turnaround"),
             max_gap: self.int(s, "max_gap", 0, 124).unwrap_or(4) as u16,
             format,
             pattern,

@@ -226,8 +226,9 @@ pub struct BusConfig {
     pub timeout: Duration,
     /// Extra tries after a failed transaction. Default 1.
     pub retries: u32,
-    /// Silence kept between transactions. Default 5 ms (RTU never less than 3.5 characters).
-    pub turnaround: Duration,
+    /// Silence kept between transactions. Default: none on TCP; on RTU never less than 3.5
+    /// characters at the baud rate, whatever is set.
+    pub turnaround: Option<Duration>,
     /// Unused registers a coalesced read may span. Default 4.
     pub max_gap: u16,
     /// Line format (serial). Default json.

@@ -1,0 +1,408 @@
+//! The task that owns a Modbus bus (TCP, RTU on a serial port, RTU over TCP) and its one
+//! tokio-modbus `Context`. Transactions are strictly serialised; commands go ahead of polls.
+//!
+//! tokio-modbus has no timeouts and no reconnect (CRATES.md §2), so here:
+//! - every transaction runs under the bus `timeout`, with `retries` more tries on timeouts and
+//!   transport errors (an exception is the device's answer and is not retried);
+//! - after a timeout or a mismatched answer on TCP (and RTU over TCP) the connection is dropped
+//!   and made again, so a late answer can never be taken for the next request (tokio-modbus#59);
+//! - on a serial port the kernel's input buffer is cleared before each request
+//!   ([`ClearOnWrite`]), so a late answer on RTU is discarded rather than returned as the next
+//!   answer (tokio-modbus#324);
+//! - the silence between frames is kept: never less than 3.5 characters on RTU
+//!   (tokio-modbus#180), `turnaround` when set;
+//! - a port or connection that fails is reopened with capped backoff; while it is down,
+//!   requests are answered at once with `Unavailable`, without blocking the queue.
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_modbus::client::{Context, Reader, Writer};
+use tokio_modbus::prelude::{ExceptionCode, Slave, SlaveContext};
+use tokio_serial::{ClearBuffer, SerialPort, SerialStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::plan;
+use super::port::{self, Backoff};
+use super::{
+    BusError, BusHandle, BusRequest, BusStats, COMMANDS_CAP, RawData, ReadSpec, WriteSpec,
+};
+use crate::config::{BusConfig, BusKind, Table};
+
+/// Polls waiting for a bus: each device has at most one outstanding, so this only needs to be
+/// as large as the number of devices; a full queue makes the poller wait (and count overruns).
+pub const POLLS_CAP: usize = 64;
+
+/// The Modbus exception's name, as users read it in manuals.
+pub fn exception_name(e: ExceptionCode) -> String {
+    match e {
+        ExceptionCode::IllegalFunction => "illegal function".into(),
+        ExceptionCode::IllegalDataAddress => "illegal data address".into(),
+        ExceptionCode::IllegalDataValue => "illegal data value".into(),
+        ExceptionCode::ServerDeviceFailure => "server device failure".into(),
+        ExceptionCode::Acknowledge => "acknowledge".into(),
+        ExceptionCode::ServerDeviceBusy => "server device busy".into(),
+        ExceptionCode::MemoryParityError => "memory parity error".into(),
+        ExceptionCode::GatewayPathUnavailable => "gateway path unavailable".into(),
+        ExceptionCode::GatewayTargetDevice => "gateway target device failed to respond".into(),
+        ExceptionCode::Custom(c) => format!("exception 0x{c:02x}"),
+    }
+}
+
+/// A serial port that drops whatever input is waiting before each new request is written, so a
+/// late answer to a timed-out request can't be read as the answer to the next one.
+pub struct ClearOnWrite {
+    inner: SerialStream,
+    /// Set by reads; the next write clears the input first.
+    read_since_write: bool,
+}
+
+impl ClearOnWrite {
+    pub fn new(inner: SerialStream) -> Self {
+        ClearOnWrite {
+            inner,
+            // Start clean: whatever sat in the buffer before we opened the port is stale.
+            read_since_write: true,
+        }
+    }
+}
+
+impl fmt::Debug for ClearOnWrite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClearOnWrite")
+    }
+}
+
+impl AsyncRead for ClearOnWrite {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.read_since_write = true;
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClearOnWrite {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.read_since_write {
+            self.read_since_write = false;
+            if let Err(e) = self.inner.clear(ClearBuffer::Input) {
+                return Poll::Ready(Err(io::Error::other(e.to_string())));
+            }
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+enum Op {
+    Read(ReadSpec),
+    Write(WriteSpec),
+}
+
+enum Outcome {
+    Data(RawData),
+    Written,
+}
+
+/// The bus task.
+pub struct ModbusBus {
+    name: String,
+    config: BusConfig,
+    commands: mpsc::Receiver<BusRequest>,
+    polls: mpsc::Receiver<BusRequest>,
+    stats: Arc<BusStats>,
+    ctx: Option<Context>,
+    /// When the last transaction ended: the next one keeps the silence after it.
+    last_end: Option<Instant>,
+    backoff: Backoff,
+    /// While the link is down: when to try again, and why it is down.
+    down: Option<(Instant, String)>,
+    ever_up: bool,
+}
+
+impl ModbusBus {
+    pub fn new(name: &str, config: &BusConfig) -> (ModbusBus, BusHandle) {
+        let (ctx_tx, ctx_rx) = mpsc::channel(COMMANDS_CAP);
+        let (poll_tx, poll_rx) = mpsc::channel(POLLS_CAP);
+        let stats = Arc::new(BusStats::default());
+        (
+            ModbusBus {
+                name: name.to_string(),
+                config: config.clone(),
+                commands: ctx_rx,
+                polls: poll_rx,
+                stats: stats.clone(),
+                ctx: None,
+                last_end: None,
+                backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
+                down: None,
+                ever_up: false,
+            },
+            BusHandle::from_senders(name.to_string(), ctx_tx, poll_tx, stats),
+        )
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            // Commands first, always; a poll's reads then run back to back.
+            let req = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(r) = self.commands.recv() => r,
+                Some(r) = self.polls.recv() => r,
+                else => break,
+            };
+            self.handle(req).await;
+        }
+        // Whatever still waits is answered, not left hanging.
+        self.commands.close();
+        self.polls.close();
+        while let Ok(r) = self.commands.try_recv() {
+            refuse(r);
+        }
+        while let Ok(r) = self.polls.try_recv() {
+            refuse(r);
+        }
+    }
+
+    async fn handle(&mut self, req: BusRequest) {
+        match req {
+            BusRequest::Poll { unit, reads, reply } => {
+                let mut out = Vec::with_capacity(reads.len());
+                for r in reads {
+                    out.push(self.read(unit, r).await);
+                }
+                answer(reply, out);
+            }
+            BusRequest::Read { unit, read, reply } => {
+                let r = self.read(unit, read).await;
+                answer(reply, r);
+            }
+            BusRequest::Write { unit, write, reply } => {
+                let r = self.transaction(unit, &Op::Write(write)).await.map(|_| ());
+                answer(reply, r);
+            }
+        }
+    }
+
+    async fn read(&mut self, unit: u8, spec: ReadSpec) -> Result<RawData, BusError> {
+        match self.transaction(unit, &Op::Read(spec)).await? {
+            Outcome::Data(d) => Ok(d),
+            Outcome::Written => Err(BusError::Transport("unexpected answer".into())),
+        }
+    }
+
+    /// One transaction with timeout, retries and the silence before it.
+    async fn transaction(&mut self, unit: u8, op: &Op) -> Result<Outcome, BusError> {
+        let mut last = BusError::Timeout(self.config.timeout);
+        for _ in 0..=self.config.retries {
+            self.connect().await?;
+            let Some(ctx) = self.ctx.as_mut() else {
+                return Err(last);
+            };
+            if let Some(end) = self.last_end {
+                tokio::time::sleep_until(end + plan::silence(&self.config)).await;
+            }
+            ctx.set_slave(Slave(unit));
+            let started = Instant::now();
+            let result = tokio::time::timeout(self.config.timeout, exec(ctx, op)).await;
+            let now = Instant::now();
+            self.last_end = Some(now);
+            let took = now.duration_since(started).as_micros() as u64;
+            BusStats::add(&self.stats.transactions, 1);
+            BusStats::add(&self.stats.latency_us_total, took);
+            BusStats::add(&self.stats.busy_us_total, took);
+            match result {
+                Ok(Ok(Ok(outcome))) => return Ok(outcome),
+                Ok(Ok(Err(exception))) => {
+                    BusStats::add(&self.stats.exceptions, 1);
+                    return Err(BusError::Exception(exception_name(exception)));
+                }
+                Ok(Err(tokio_modbus::Error::Protocol(p))) => {
+                    // A mismatched answer: a late one, or garbage. Start the link afresh.
+                    BusStats::add(&self.stats.errors, 1);
+                    last = BusError::Transport(format!("protocol error: {p}"));
+                    self.drop_link_if_stream();
+                }
+                Ok(Err(tokio_modbus::Error::Transport(e))) => {
+                    BusStats::add(&self.stats.errors, 1);
+                    last = BusError::Transport(e.to_string());
+                    self.link_lost(&e.to_string());
+                }
+                Err(_) => {
+                    BusStats::add(&self.stats.timeouts, 1);
+                    last = BusError::Timeout(self.config.timeout);
+                    // TCP: the answer may still come; a new connection can't receive it.
+                    // RTU serial: ClearOnWrite drops it before the next request.
+                    self.drop_link_if_stream();
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Opens the link if needed. While it is down and the backoff has not passed, refuses at
+    /// once.
+    async fn connect(&mut self) -> Result<(), BusError> {
+        if self.ctx.is_some() {
+            return Ok(());
+        }
+        if let Some((retry_at, reason)) = &self.down {
+            if Instant::now() < *retry_at {
+                return Err(BusError::Unavailable(reason.clone()));
+            }
+        }
+        let (config, name) = (self.config.clone(), self.name.clone());
+        match open(&config, &name).await {
+            Ok(ctx) => {
+                self.ctx = Some(ctx);
+                self.backoff.reset();
+                if self.down.take().is_some() || !self.ever_up {
+                    if self.ever_up {
+                        BusStats::add(&self.stats.reconnects, 1);
+                    }
+                    info!(bus = %self.name, "bus connected");
+                }
+                self.ever_up = true;
+                Ok(())
+            }
+            Err(reason) => {
+                let first = self.down.as_ref().is_none_or(|(_, r)| r != &reason);
+                if first {
+                    warn!(bus = %self.name, error = %reason, "bus unavailable; retrying with backoff");
+                }
+                self.down = Some((Instant::now() + self.backoff.delay(), reason.clone()));
+                Err(BusError::Unavailable(reason))
+            }
+        }
+    }
+
+    /// After a timeout or mismatch: drop stream (TCP) links so late answers can't be read.
+    fn drop_link_if_stream(&mut self) {
+        if self.config.kind != BusKind::ModbusRtu {
+            self.ctx = None;
+        }
+    }
+
+    /// The port or connection failed: reopen on the next transaction (after backoff).
+    fn link_lost(&mut self, reason: &str) {
+        self.ctx = None;
+        warn!(bus = %self.name, error = %reason, "bus connection lost; reopening");
+        self.down = Some((Instant::now() + self.backoff.delay(), reason.to_string()));
+    }
+}
+
+/// Opens the bus's port or connection and wraps it in a tokio-modbus context.
+async fn open(config: &BusConfig, name: &str) -> Result<Context, String> {
+    let connect_timeout = config.timeout.max(Duration::from_secs(1));
+    match config.kind {
+        BusKind::ModbusRtu | BusKind::Serial => {
+            let port = port::open_serial(config)?;
+            Ok(tokio_modbus::client::rtu::attach_slave(
+                ClearOnWrite::new(port),
+                Slave(1),
+            ))
+        }
+        BusKind::ModbusTcp | BusKind::ModbusRtuOverTcp => {
+            let address = config.address.clone().unwrap_or_default();
+            let stream = tokio::time::timeout(
+                connect_timeout,
+                tokio::net::TcpStream::connect(address.as_str()),
+            )
+            .await
+            .map_err(|_| format!("connecting to {address} timed out"))?
+            .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+            // Requests and answers are small; don't let Nagle hold them back.
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(bus = %name, error = %e, "TCP_NODELAY not set");
+            }
+            Ok(if config.kind == BusKind::ModbusTcp {
+                tokio_modbus::client::tcp::attach_slave(stream, Slave(1))
+            } else {
+                tokio_modbus::client::rtu::attach_slave(stream, Slave(1))
+            })
+        }
+    }
+}
+
+async fn exec(
+    ctx: &mut Context,
+    op: &Op,
+) -> Result<Result<Outcome, ExceptionCode>, tokio_modbus::Error> {
+    Ok(match op {
+        Op::Read(r) => match r.table {
+            Table::Coil => ctx
+                .read_coils(r.start, r.count)
+                .await?
+                .map(|b| Outcome::Data(RawData::Bits(b))),
+            Table::Discrete => ctx
+                .read_discrete_inputs(r.start, r.count)
+                .await?
+                .map(|b| Outcome::Data(RawData::Bits(b))),
+            Table::Holding => ctx
+                .read_holding_registers(r.start, r.count)
+                .await?
+                .map(|w| Outcome::Data(RawData::Words(w))),
+            Table::Input => ctx
+                .read_input_registers(r.start, r.count)
+                .await?
+                .map(|w| Outcome::Data(RawData::Words(w))),
+        },
+        Op::Write(w) => match w {
+            WriteSpec::Coil { address, value } => ctx
+                .write_single_coil(*address, *value)
+                .await?
+                .map(|()| Outcome::Written),
+            WriteSpec::Coils { address, values } => ctx
+                .write_multiple_coils(*address, values)
+                .await?
+                .map(|()| Outcome::Written),
+            WriteSpec::Register { address, value } => ctx
+                .write_single_register(*address, *value)
+                .await?
+                .map(|()| Outcome::Written),
+            WriteSpec::Registers { address, values } => ctx
+                .write_multiple_registers(*address, values)
+                .await?
+                .map(|()| Outcome::Written),
+        },
+    })
+}
+
+fn answer<T>(tx: oneshot::Sender<T>, value: T) {
+    if tx.send(value).is_err() {
+        tracing::debug!("requester gave up before the answer");
+    }
+}
+
+fn refuse(r: BusRequest) {
+    match r {
+        BusRequest::Poll { reads, reply, .. } => {
+            answer(reply, vec![Err(BusError::Stopped); reads.len()]);
+        }
+        BusRequest::Read { reply, .. } => answer(reply, Err(BusError::Stopped)),
+        BusRequest::Write { reply, .. } => answer(reply, Err(BusError::Stopped)),
+    }
+}

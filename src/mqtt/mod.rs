@@ -1,0 +1,564 @@
+//! The MQTT link (MQTT 3.1.1 through rumqttc, kept behind these types).
+//!
+//! One task owns the rumqttc `EventLoop` and does nothing but poll it, feed it from our own
+//! outbox, and hand incoming messages off. It handles the traps of CRATES.md §1:
+//!
+//! - rumqttc never re-subscribes (rumqtt#250): every ConnAck subscribes to every filter again,
+//!   re-publishes every retained message we were given, and then the `online` status.
+//! - rumqttc drops in-flight publishes when the broker says `session_present = false`
+//!   (rumqtt#863): the publishes pending at each error are kept and put back after such a ConnAck.
+//! - `poll()` errors spin (rumqtt#703): we back off with jitter between `reconnect_min` and
+//!   `reconnect_max`, reset on ConnAck.
+//! - The client's request channel is bounded and `publish().await` deadlocks in this task
+//!   (rumqtt#910): only `try_*` calls here; messages wait in our [`queue::Outbox`], which decides
+//!   what is dropped when the broker is away.
+//! - 10 KiB default packet limit (rumqtt#924): 256 KiB each way.
+//! - Collision livelock after a lost session (rumqtt#1014): repeated `CollisionTimeout` rebuilds
+//!   the client and event loop.
+
+pub mod queue;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{
+    AsyncClient, ClientError, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions,
+    Packet, QoS, Request, StateError, Transport,
+};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::bus::port::Backoff;
+use queue::{Message, Outbox};
+
+/// Largest packet in either direction (discovery configs can pass rumqttc's 10 KiB default).
+pub const MAX_PACKET: usize = 256 * 1024;
+/// Requests handed to rumqttc at a time. Small on purpose: what waits, waits in our outbox,
+/// where we decide what is dropped.
+pub const CLIENT_CAP: usize = 64;
+/// Incoming messages (commands) waiting for the bridge. When full, new ones are dropped and
+/// counted: the bridge validates without I/O, so this only fills under a flood.
+pub const INCOMING_CAP: usize = 1024;
+/// How long a clean stop may spend sending what is queued and the `offline` status.
+pub const STOP_FLUSH: Duration = Duration::from_millis(800);
+
+/// A secret that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Self {
+        Secret(s)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// TLS files (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// CA of the broker's certificate; the system bundle when `None`.
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// Everything the link needs, filled from the config by the app.
+#[derive(Debug, Clone)]
+pub struct MqttSettings {
+    pub host: String,
+    pub port: u16,
+    pub tls: Option<TlsSettings>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub client_id: String,
+    pub keep_alive: Duration,
+    pub clean_session: bool,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub queue: usize,
+    /// Carries the last will and the `online` birth (retained).
+    pub status_topic: String,
+    pub online_payload: String,
+    pub offline_payload: String,
+}
+
+/// Why the link could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// A message that arrived on a subscribed filter.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// Counters for the health topic.
+#[derive(Debug, Default)]
+pub struct MqttStats {
+    pub connected: AtomicBool,
+    pub reconnects: AtomicU64,
+    pub published: AtomicU64,
+    /// Messages dropped: readings beyond the queue bound, and incoming messages beyond
+    /// `INCOMING_CAP`.
+    pub dropped: AtomicU64,
+    /// Retained messages superseded by newer ones for the same topic while queued.
+    pub coalesced: AtomicU64,
+    pub queued: AtomicU64,
+    pub incoming_dropped: AtomicU64,
+    /// The last connection error, for tests and health.
+    pub last_error: Mutex<String>,
+}
+
+/// A snapshot of [`MqttStats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttCounters {
+    pub connected: bool,
+    pub reconnects: u64,
+    pub published: u64,
+    pub dropped: u64,
+    pub queued: u64,
+}
+
+struct Shared {
+    outbox: Mutex<Outbox>,
+    notify: Notify,
+    /// Filters to subscribe to on every ConnAck.
+    filters: Mutex<Vec<String>>,
+    /// The newest payload of every retained topic, re-published on every ConnAck.
+    retained: Mutex<HashMap<String, Vec<u8>>>,
+    stats: MqttStats,
+    connected_tx: watch::Sender<bool>,
+}
+
+/// The cheap, clonable side of the link. No method blocks.
+#[derive(Clone)]
+pub struct MqttHandle {
+    shared: Arc<Shared>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave the data half-written in a way
+    // that matters (each critical section is a single container operation).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl MqttHandle {
+    /// Publishes a retained message (QoS 1). It is also remembered and re-published after every
+    /// reconnect; while queued, a newer one for the same topic replaces it.
+    pub fn publish_retained(&self, topic: String, payload: String) {
+        let payload = payload.into_bytes();
+        lock(&self.shared.retained).insert(topic.clone(), payload.clone());
+        lock(&self.shared.outbox).push_retained(topic, payload, 1);
+        self.shared.notify.notify_one();
+    }
+
+    /// Publishes a message; when the outbox is full the oldest reading is dropped.
+    pub fn publish(&self, topic: String, payload: String, qos: u8, retain: bool) {
+        if retain {
+            lock(&self.shared.retained).insert(topic.clone(), payload.clone().into_bytes());
+        }
+        lock(&self.shared.outbox).push(Message {
+            topic,
+            payload: payload.into_bytes(),
+            qos,
+            retain,
+        });
+        self.shared.notify.notify_one();
+    }
+
+    /// Removes a retained message from the broker (empty retained payload) and forgets it.
+    pub fn clear_retained(&self, topic: String) {
+        lock(&self.shared.retained).remove(&topic);
+        lock(&self.shared.outbox).push_retained(topic, Vec::new(), 1);
+        self.shared.notify.notify_one();
+    }
+
+    /// Subscribes (QoS 1) now if connected, and again after every reconnect.
+    pub fn subscribe(&self, filter: &str) {
+        let mut f = lock(&self.shared.filters);
+        if !f.iter().any(|x| x == filter) {
+            f.push(filter.to_string());
+        }
+        drop(f);
+        self.shared.notify.notify_one();
+    }
+
+    pub fn stats(&self) -> MqttCounters {
+        let s = &self.shared.stats;
+        let outbox = lock(&self.shared.outbox);
+        MqttCounters {
+            connected: s.connected.load(Ordering::Relaxed),
+            reconnects: s.reconnects.load(Ordering::Relaxed),
+            published: s.published.load(Ordering::Relaxed),
+            dropped: outbox.dropped + s.incoming_dropped.load(Ordering::Relaxed),
+            queued: outbox.len() as u64,
+        }
+    }
+
+    /// The last connection error, empty while connected.
+    pub fn last_error(&self) -> String {
+        lock(&self.shared.stats.last_error).clone()
+    }
+
+    /// Follows the connection state.
+    pub fn connected(&self) -> watch::Receiver<bool> {
+        self.shared.connected_tx.subscribe()
+    }
+}
+
+impl crate::poller::Sink for MqttHandle {
+    fn publish(&self, topic: String, payload: String, qos: u8, retain: bool) {
+        MqttHandle::publish(self, topic, payload, qos, retain);
+    }
+    fn publish_retained(&self, topic: String, payload: String) {
+        MqttHandle::publish_retained(self, topic, payload);
+    }
+}
+
+/// The task that owns the connection.
+pub struct Mqtt {
+    settings: MqttSettings,
+    options: MqttOptions,
+    shared: Arc<Shared>,
+    incoming: mpsc::Sender<Incoming>,
+    heartbeat: crate::systemd::Heartbeat,
+}
+
+impl Mqtt {
+    /// Prepares the link: reads the TLS files (errors name the file). Connects only in `run`.
+    pub fn new(
+        settings: MqttSettings,
+    ) -> Result<(Mqtt, MqttHandle, mpsc::Receiver<Incoming>), Error> {
+        let options = options(&settings)?;
+        let (connected_tx, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            outbox: Mutex::new(Outbox::new(settings.queue)),
+            notify: Notify::new(),
+            filters: Mutex::new(Vec::new()),
+            retained: Mutex::new(HashMap::new()),
+            stats: MqttStats::default(),
+            connected_tx,
+        });
+        let (tx, rx) = mpsc::channel(INCOMING_CAP);
+        Ok((
+            Mqtt {
+                settings,
+                options,
+                shared: shared.clone(),
+                incoming: tx,
+                heartbeat: crate::systemd::Heartbeat::new("mqtt"),
+            },
+            MqttHandle { shared },
+            rx,
+        ))
+    }
+
+    /// The watchdog heartbeat of this task.
+    pub fn heartbeat(&self) -> crate::systemd::Heartbeat {
+        self.heartbeat.clone()
+    }
+
+    /// Runs until `shutdown`; then publishes `offline` (retained) and disconnects.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let Mqtt {
+            settings,
+            options,
+            shared,
+            incoming,
+            heartbeat,
+        } = self;
+        let (mut client, mut eventloop) = AsyncClient::new(options.clone(), CLIENT_CAP);
+        let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
+        let mut connected = false;
+        let mut ever_connected = false;
+        // Publishes rumqttc had pending at the last error: re-sent if the session is lost.
+        let mut snapshot: Vec<Request> = Vec::new();
+        let mut collisions = 0u32;
+        let mut errors = ErrorLog::default();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                ev = eventloop.poll() => match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        backoff.reset();
+                        collisions = 0;
+                        if !ack.session_present && !snapshot.is_empty() {
+                            debug!(count = snapshot.len(), "session lost; re-sending publishes that were in flight");
+                            eventloop.pending.extend(snapshot.drain(..));
+                        }
+                        snapshot.clear();
+                        connected = true;
+                        if ever_connected {
+                            shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                        }
+                        ever_connected = true;
+                        shared.stats.connected.store(true, Ordering::Relaxed);
+                        lock(&shared.stats.last_error).clear();
+                        shared.connected_tx.send_replace(true);
+                        info!(
+                            broker = %format!("{}:{}", settings.host, settings.port),
+                            session_present = ack.session_present,
+                            "mqtt connected"
+                        );
+                        errors = ErrorLog::default();
+                        on_connect(&client, &shared, &settings);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let msg = Incoming { topic: p.topic, payload: p.payload.to_vec() };
+                        if incoming.try_send(msg).is_err() {
+                            shared.stats.incoming_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Publish(_))) => {
+                        shared.stats.published.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        // Keep what was in flight; rumqttc clears it if the session is gone.
+                        let pending: Vec<Request> = eventloop
+                            .pending
+                            .iter()
+                            .filter(|r| matches!(r, Request::Publish(_)))
+                            .cloned()
+                            .collect();
+                        if !pending.is_empty() {
+                            snapshot = pending;
+                        }
+                        if connected {
+                            shared.stats.connected.store(false, Ordering::Relaxed);
+                            shared.connected_tx.send_replace(false);
+                            connected = false;
+                        }
+                        let text = describe(&e);
+                        *lock(&shared.stats.last_error) = text.clone();
+                        errors.log(&text);
+                        if matches!(e, ConnectionError::MqttState(StateError::CollisionTimeout)) {
+                            collisions += 1;
+                            if collisions >= 2 {
+                                warn!("mqtt: packet id collision keeps repeating; rebuilding the client (rumqtt#1014)");
+                                (client, eventloop) = AsyncClient::new(options.clone(), CLIENT_CAP);
+                                collisions = 0;
+                            }
+                        }
+                        let delay = backoff.delay();
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                },
+                _ = shared.notify.notified(), if connected => {}
+                _ = tick.tick() => heartbeat.beat(),
+            }
+            if connected {
+                feed(&client, &shared);
+            }
+        }
+        // A clean stop: send what is queued and the offline status, then disconnect, within
+        // STOP_FLUSH. The last will is for crashes only.
+        shared.connected_tx.send_replace(false);
+        if connected {
+            lock(&shared.outbox).push_retained(
+                settings.status_topic.clone(),
+                settings.offline_payload.clone().into_bytes(),
+                1,
+            );
+            let deadline = tokio::time::Instant::now() + STOP_FLUSH;
+            let mut disconnecting = false;
+            loop {
+                if !disconnecting {
+                    feed(&client, &shared);
+                    if lock(&shared.outbox).is_empty() && eventloop.state.inflight() == 0 {
+                        disconnecting = client.try_disconnect().is_ok();
+                    }
+                }
+                match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+                    Err(_) => {
+                        warn!("mqtt: could not flush everything before stopping");
+                        break;
+                    }
+                    Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) => break,
+                    Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Publish(_)))) => {
+                        shared.stats.published.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) => break,
+                }
+            }
+        }
+        shared.stats.connected.store(false, Ordering::Relaxed);
+        info!("mqtt disconnected");
+        Ok(())
+    }
+}
+
+/// After every ConnAck: subscribe to every filter, re-publish every retained message we hold,
+/// then the `online` status.
+fn on_connect(client: &AsyncClient, shared: &Shared, settings: &MqttSettings) {
+    let filters: Vec<rumqttc::SubscribeFilter> = lock(&shared.filters)
+        .iter()
+        .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce))
+        .collect();
+    if !filters.is_empty() {
+        if let Err(e) = client.try_subscribe_many(filters) {
+            warn!(error = %e, "mqtt: could not queue the subscriptions");
+        }
+    }
+    let retained: Vec<(String, Vec<u8>)> = lock(&shared.retained)
+        .iter()
+        .map(|(t, p)| (t.clone(), p.clone()))
+        .collect();
+    let mut outbox = lock(&shared.outbox);
+    for (topic, payload) in retained {
+        outbox.push_retained(topic, payload, 1);
+    }
+    outbox.push_retained(
+        settings.status_topic.clone(),
+        settings.online_payload.clone().into_bytes(),
+        1,
+    );
+}
+
+/// Moves messages from the outbox into the client while its channel has room.
+fn feed(client: &AsyncClient, shared: &Shared) {
+    let mut outbox = lock(&shared.outbox);
+    while let Some(msg) = outbox.pop() {
+        let qos = if msg.qos >= 1 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        };
+        match client.try_publish(msg.topic.clone(), qos, msg.retain, msg.payload.clone()) {
+            Ok(()) => {}
+            Err(ClientError::TryRequest(_)) | Err(ClientError::Request(_)) => {
+                outbox.unpop(msg);
+                break;
+            }
+        }
+    }
+    shared
+        .stats
+        .queued
+        .store(outbox.len() as u64, Ordering::Relaxed);
+    shared
+        .stats
+        .dropped
+        .store(outbox.dropped, Ordering::Relaxed);
+    shared
+        .stats
+        .coalesced
+        .store(outbox.coalesced, Ordering::Relaxed);
+}
+
+/// Logs connection errors: the first one and every change at warn, a repeat once a minute.
+#[derive(Default)]
+struct ErrorLog {
+    last: String,
+    at: Option<Instant>,
+    repeats: u64,
+}
+
+impl ErrorLog {
+    fn log(&mut self, text: &str) {
+        let now = Instant::now();
+        let due = self
+            .at
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60));
+        if text != self.last || due {
+            warn!(error = %text, repeats = self.repeats, "mqtt: not connected; retrying");
+            self.last = text.to_string();
+            self.at = Some(now);
+            self.repeats = 0;
+        } else {
+            self.repeats += 1;
+            debug!(error = %text, "mqtt: still not connected");
+        }
+    }
+}
+
+/// A connection error in words that say what to do.
+fn describe(e: &ConnectionError) -> String {
+    match e {
+        ConnectionError::ConnectionRefused(code) => match code {
+            ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword => {
+                "broker refused the connection: not authorized (check username and password)"
+                    .to_string()
+            }
+            other => format!("broker refused the connection: {other:?}"),
+        },
+        ConnectionError::Tls(t) => format!("TLS: {t} (check ca_file, cert_file and key_file)"),
+        ConnectionError::Io(io) => format!("I/O: {io}"),
+        ConnectionError::NetworkTimeout => "connection timed out".to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn read_file(what: &'static str, path: &PathBuf) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::File {
+        what,
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The system's CA bundle on Debian and Raspberry Pi OS (package ca-certificates).
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+fn options(s: &MqttSettings) -> Result<MqttOptions, Error> {
+    let mut o = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
+    o.set_keep_alive(s.keep_alive);
+    o.set_clean_session(s.clean_session);
+    o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    o.set_last_will(LastWill::new(
+        s.status_topic.clone(),
+        s.offline_payload.clone(),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    if let Some(user) = &s.username {
+        let password = s
+            .password
+            .as_ref()
+            .map(|p| p.expose().to_string())
+            .unwrap_or_default();
+        o.set_credentials(user.clone(), password);
+    }
+    if let Some(tls) = &s.tls {
+        let ca = match &tls.ca_file {
+            Some(path) => read_file("CA certificate", path)?,
+            None => read_file("system CA bundle", &PathBuf::from(SYSTEM_CA_BUNDLE))?,
+        };
+        let client_auth = match (&tls.cert_file, &tls.key_file) {
+            (Some(c), Some(k)) => Some((
+                read_file("client certificate", c)?,
+                read_file("client key", k)?,
+            )),
+            _ => None,
+        };
+        o.set_transport(Transport::tls(ca, client_auth, None));
+    }
+    Ok(o)
+}

@@ -1,0 +1,190 @@
+//! The outbox: messages waiting for the broker (CONTRACT §5). While the broker is away at most
+//! `cap` messages wait. Retained topics (state, availability, status) keep only the newest
+//! message per topic; readings beyond the bound drop oldest first; every drop is counted.
+//! Retained messages go out before readings: the state of the house matters more than the
+//! history of a sensor, which SQLite keeps anyway.
+
+use std::collections::{HashMap, VecDeque};
+
+/// One message to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    /// 0 or 1.
+    pub qos: u8,
+    pub retain: bool,
+}
+
+/// Bounded outbox with per-topic coalescing for retained messages.
+#[derive(Debug)]
+pub struct Outbox {
+    cap: usize,
+    /// Retained topics in the order they first queued; payloads in `latest`.
+    retained_order: VecDeque<String>,
+    latest: HashMap<String, (Vec<u8>, u8)>,
+    readings: VecDeque<Message>,
+    /// Readings dropped (oldest first) because the outbox was full.
+    pub dropped: u64,
+    /// Retained messages replaced by a newer one for the same topic before they were sent.
+    pub coalesced: u64,
+}
+
+impl Outbox {
+    pub fn new(cap: usize) -> Self {
+        Outbox {
+            cap: cap.max(1),
+            retained_order: VecDeque::new(),
+            latest: HashMap::new(),
+            readings: VecDeque::new(),
+            dropped: 0,
+            coalesced: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.latest.len() + self.readings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Makes room for one more message: drops the oldest reading, or failing that the oldest
+    /// retained message. Returns false if nothing could be dropped (cap reached by nothing).
+    fn make_room(&mut self) {
+        while self.len() >= self.cap {
+            if self.readings.pop_front().is_some() {
+                self.dropped += 1;
+            } else if let Some(t) = self.retained_order.pop_front() {
+                self.latest.remove(&t);
+                self.dropped += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Queues a retained message; a queued one for the same topic is replaced.
+    pub fn push_retained(&mut self, topic: String, payload: Vec<u8>, qos: u8) {
+        if let Some(slot) = self.latest.get_mut(&topic) {
+            *slot = (payload, qos);
+            self.coalesced += 1;
+            return;
+        }
+        self.make_room();
+        self.retained_order.push_back(topic.clone());
+        self.latest.insert(topic, (payload, qos));
+    }
+
+    /// Queues a reading, dropping the oldest reading when full.
+    pub fn push(&mut self, msg: Message) {
+        if msg.retain {
+            self.push_retained(msg.topic, msg.payload, msg.qos);
+            return;
+        }
+        self.make_room();
+        self.readings.push_back(msg);
+    }
+
+    /// The next message to send: retained first, then readings in order.
+    pub fn pop(&mut self) -> Option<Message> {
+        while let Some(topic) = self.retained_order.pop_front() {
+            if let Some((payload, qos)) = self.latest.remove(&topic) {
+                return Some(Message {
+                    topic,
+                    payload,
+                    qos,
+                    retain: true,
+                });
+            }
+        }
+        self.readings.pop_front()
+    }
+
+    /// Puts back a message that could not be handed to the client (its channel was full).
+    pub fn unpop(&mut self, msg: Message) {
+        if msg.retain {
+            if !self.latest.contains_key(&msg.topic) {
+                self.retained_order.push_front(msg.topic.clone());
+                self.latest.insert(msg.topic, (msg.payload, msg.qos));
+            }
+            // else: a newer one for the topic arrived meanwhile; it wins.
+        } else {
+            self.readings.push_front(msg);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(i: usize) -> Message {
+        Message {
+            topic: format!("s/{i}"),
+            payload: i.to_string().into_bytes(),
+            qos: 0,
+            retain: false,
+        }
+    }
+
+    #[test]
+    fn readings_beyond_the_bound_drop_oldest_first_and_are_counted() {
+        let mut o = Outbox::new(3);
+        for i in 0..5 {
+            o.push(reading(i));
+        }
+        assert_eq!(o.len(), 3);
+        assert_eq!(o.dropped, 2);
+        let got: Vec<String> = std::iter::from_fn(|| o.pop()).map(|m| m.topic).collect();
+        assert_eq!(got, vec!["s/2", "s/3", "s/4"]);
+    }
+
+    #[test]
+    fn retained_topics_keep_only_the_newest_and_go_first() {
+        let mut o = Outbox::new(10);
+        o.push(reading(0));
+        o.push_retained("state".into(), b"1".to_vec(), 1);
+        o.push_retained("avail".into(), b"online".to_vec(), 1);
+        o.push_retained("state".into(), b"2".to_vec(), 1);
+        assert_eq!(o.len(), 3);
+        assert_eq!(o.coalesced, 1);
+        let first = o.pop().unwrap();
+        assert_eq!(
+            (first.topic.as_str(), first.payload.as_slice()),
+            ("state", &b"2"[..])
+        );
+        assert!(first.retain);
+        assert_eq!(o.pop().unwrap().topic, "avail");
+        assert_eq!(o.pop().unwrap().topic, "s/0");
+        assert!(o.pop().is_none());
+    }
+
+    #[test]
+    fn retained_messages_displace_readings_when_full() {
+        let mut o = Outbox::new(2);
+        o.push(reading(0));
+        o.push(reading(1));
+        o.push_retained("state".into(), b"x".to_vec(), 1);
+        assert_eq!(o.len(), 2);
+        assert_eq!(o.dropped, 1);
+        assert_eq!(o.pop().unwrap().topic, "state");
+        assert_eq!(o.pop().unwrap().topic, "s/1");
+    }
+
+    #[test]
+    fn unpop_keeps_order_and_newer_retained_wins() {
+        let mut o = Outbox::new(10);
+        o.push(reading(0));
+        o.push(reading(1));
+        let m = o.pop().unwrap();
+        o.unpop(m);
+        assert_eq!(o.pop().unwrap().topic, "s/0");
+        o.push_retained("state".into(), b"old".to_vec(), 1);
+        let old = o.pop().unwrap();
+        o.push_retained("state".into(), b"new".to_vec(), 1);
+        o.unpop(old);
+        assert_eq!(o.pop().unwrap().payload, b"new".to_vec());
+    }
+}
