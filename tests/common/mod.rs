@@ -1,0 +1,7 @@
+//! Shared test harness: a real mosquitto per test on a free loopback port, a subscriber with
+//! bounded waits, the gateway as a subprocess, an sd_notify listener, certificates.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod gateway;
+pub mod mosquitto;
+pub mod notify;

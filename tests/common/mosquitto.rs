@@ -1,0 +1,336 @@
+//! A real mosquitto on a free loopback port, started by the test, killed and restarted on the
+//! same port at will. Never the system broker on 1883.
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound and released; the OS doesn't hand it out again soon).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub struct Mosquitto {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    conf: PathBuf,
+}
+
+impl Mosquitto {
+    /// Anonymous, no persistence.
+    pub fn start() -> Self {
+        Self::start_with("allow_anonymous true\n", None)
+    }
+
+    /// With extra config lines for the listener (auth, TLS). `port` reuses a port.
+    pub fn start_with(extra: &str, port: Option<u16>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = port.unwrap_or_else(free_port);
+        let conf = dir.path().join("mosquitto.conf");
+        let text = format!(
+            // `user root`: as root, mosquitto would otherwise drop to its own user and could not
+            // read the temp dir's key and password files. Without root it has no effect.
+            "user root\nlistener {port} 127.0.0.1\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n{}",
+            extra.replace("{dir}", &dir.path().display().to_string())
+        );
+        std::fs::write(&conf, text).expect("write mosquitto.conf");
+        let mut m = Mosquitto {
+            child: None,
+            port,
+            dir,
+            conf,
+        };
+        m.spawn();
+        m
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto (is it installed? scripts/setup.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("mosquitto did not listen on port {}", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// SIGKILL: the broker dies without a word, retained messages and sessions with it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port with the same config.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One message a subscriber saw.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub topic: String,
+    pub payload: String,
+    pub retained: bool,
+}
+
+/// A real subscriber: `mosquitto_sub` on a filter, every message kept.
+pub struct Subscriber {
+    child: Child,
+    seen: Arc<Mutex<Vec<Msg>>>,
+}
+
+impl Subscriber {
+    /// Subscribes to `filter` and returns once the subscription is live.
+    pub fn connect(port: u16, filter: &str) -> Self {
+        Self::connect_with(port, filter, &[])
+    }
+
+    pub fn connect_with(port: u16, filter: &str, args: &[&str]) -> Self {
+        let probe = format!("probe/{}", free_port());
+        let mut child = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+            .args(["-t", filter, "-t", &probe])
+            .args(["-F", "%r %t %p"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto_sub");
+        let out = child.stdout.take().expect("stdout");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let mut parts = line.splitn(3, ' ');
+                let retained = parts.next() == Some("1");
+                let topic = parts.next().unwrap_or_default().to_string();
+                let payload = parts.next().unwrap_or_default().to_string();
+                sink.lock().unwrap().push(Msg {
+                    topic,
+                    payload,
+                    retained,
+                });
+            }
+        });
+        let s = Subscriber { child, seen };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            publish(port, &probe, "probe", false);
+            if s.seen().iter().any(|m| m.topic == probe) {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("subscriber did not come up");
+    }
+
+    pub fn seen(&self) -> Vec<Msg> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Messages on `topic` so far.
+    pub fn on(&self, topic: &str) -> Vec<Msg> {
+        self.seen()
+            .into_iter()
+            .filter(|m| m.topic == topic)
+            .collect()
+    }
+
+    /// Waits for a message on `topic` whose payload satisfies `pred`.
+    pub fn wait_for(
+        &self,
+        topic: &str,
+        pred: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Option<Msg> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(m) = self
+                .seen()
+                .into_iter()
+                .find(|m| m.topic == topic && pred(&m.payload))
+            {
+                return Some(m);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Forgets what was seen so far.
+    pub fn clear(&self) {
+        self.seen.lock().unwrap().clear();
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `mosquitto_pub` one message (QoS 1).
+pub fn publish(port: u16, topic: &str, payload: &str, retain: bool) {
+    let mut cmd = Command::new("mosquitto_pub");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(["-t", topic, "-m", payload]);
+    if retain {
+        cmd.arg("-r");
+    }
+    let _ = cmd.stderr(Stdio::null()).status();
+}
+
+/// The retained message on `topic` now, read by a fresh subscriber.
+pub fn retained(port: u16, topic: &str) -> Option<String> {
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-t", topic, "-C", "1", "-W", "2", "--retained-only"])
+        .output()
+        .ok()?;
+    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+/// Waits until the retained message on `topic` satisfies `pred`.
+pub fn wait_retained(
+    port: u16,
+    topic: &str,
+    pred: impl Fn(&str) -> bool,
+    timeout: Duration,
+) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(r) = retained(port, topic) {
+            if pred(&r) {
+                return Some(r);
+            }
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A CA, a server certificate for 127.0.0.1/localhost and a client certificate, made with the
+/// openssl CLI (X.509 v3: rustls refuses v1 client certificates).
+pub struct Certs {
+    pub dir: PathBuf,
+}
+
+impl Certs {
+    pub fn generate(dir: &Path, name: &str) -> Certs {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let run = |args: &[&str]| {
+            let st = Command::new("openssl")
+                .args(args)
+                .current_dir(&d)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl");
+            assert!(st.success(), "openssl {args:?}");
+        };
+        std::fs::write(
+            d.join("server.ext"),
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("client.ext"),
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+        )
+        .unwrap();
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name} test CA"),
+        ]);
+        for who in ["server", "client"] {
+            run(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{who}.key"),
+                "-out",
+                &format!("{who}.csr"),
+                "-subj",
+                &format!("/CN={who}"),
+            ]);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{who}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{who}.crt"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{who}.ext"),
+            ]);
+        }
+        Certs { dir: d }
+    }
+
+    pub fn file(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
