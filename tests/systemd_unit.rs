@@ -1,0 +1,104 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The unit file: what CONTRACT §5 asks of it, `systemd-analyze verify`, and its exposure.
+
+use std::path::Path;
+use std::process::Command;
+
+fn unit() -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/fieldbridge.service"),
+    )
+    .unwrap()
+}
+
+/// The unit with ExecStart pointing at the built binary (verify insists that it exists).
+fn unit_for_test(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("fieldbridge.service");
+    std::fs::write(
+        &path,
+        unit().replace("/usr/bin/fieldbridge", env!("CARGO_BIN_EXE_fieldbridge")),
+    )
+    .unwrap();
+    path
+}
+
+fn has_systemd_analyze() -> bool {
+    Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok()
+}
+
+#[test]
+fn the_unit_has_what_the_contract_asks() {
+    let u = unit();
+    for line in [
+        "Type=notify",
+        "ExecStartPre=/usr/bin/fieldbridge check -c /etc/fieldbridge/config.toml",
+        "ExecStart=/usr/bin/fieldbridge run -c /etc/fieldbridge/config.toml",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+        "RestartPreventExitStatus=78",
+        "WatchdogSec=30",
+        "ProtectSystem=strict",
+        "StateDirectory=fieldbridge",
+        "SupplementaryGroups=dialout",
+        "User=fieldbridge",
+        "DeviceAllow=char-ttyUSB rw",
+    ] {
+        assert!(u.lines().any(|l| l == line), "missing {line}");
+    }
+    assert!(
+        !u.lines().any(|l| l.trim() == "PrivateDevices=yes"),
+        "would hide the serial ports"
+    );
+}
+
+#[test]
+fn systemd_analyze_verify_passes() {
+    if !has_systemd_analyze() {
+        eprintln!("systemd-analyze not installed; skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = unit_for_test(dir.path());
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "verify failed:\n{stderr}");
+    assert!(
+        !stderr.contains("fieldbridge.service"),
+        "verify warned about the unit:\n{stderr}"
+    );
+}
+
+#[test]
+fn exposure_is_2_5_or_lower_with_serial_ports_reachable() {
+    if !has_systemd_analyze() {
+        eprintln!("systemd-analyze not installed; skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = unit_for_test(dir.path());
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let level: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for fieldbridge.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
+    eprintln!("systemd-analyze security exposure: {level}");
+    assert!(level <= 2.5, "exposure {level}:\n{text}");
+}
