@@ -1,0 +1,231 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The MQTT link in-process against a real mosquitto: the bounded outbox while the broker is
+//! away, publishes in flight when the session is lost, packets above rumqttc's 10 KiB default.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::mosquitto::{Mosquitto, Subscriber, free_port};
+use fieldbridge::mqtt::{Mqtt, MqttHandle, MqttSettings};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn settings(port: u16, id: &str, queue: usize) -> MqttSettings {
+    MqttSettings {
+        host: "127.0.0.1".into(),
+        port,
+        tls: None,
+        username: None,
+        password: None,
+        client_id: format!("test-{id}"),
+        keep_alive: Duration::from_secs(5),
+        clean_session: false,
+        reconnect_min: Duration::from_millis(50),
+        reconnect_max: Duration::from_millis(300),
+        queue,
+        status_topic: format!("t/{id}/status"),
+        online_payload: "online".into(),
+        offline_payload: "offline".into(),
+    }
+}
+
+fn start(s: MqttSettings) -> (MqttHandle, CancellationToken, tokio::task::JoinHandle<()>) {
+    let (mqtt, handle, _incoming) = Mqtt::new(s).unwrap();
+    let token = CancellationToken::new();
+    let t = token.clone();
+    let task = tokio::spawn(async move {
+        mqtt.run(t).await.unwrap();
+    });
+    (handle, token, task)
+}
+
+async fn wait_connected(h: &MqttHandle, up: bool) {
+    let deadline = Instant::now() + WAIT;
+    while h.stats().connected != up {
+        assert!(Instant::now() < deadline, "connected never became {up}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_broker_is_away_the_outbox_keeps_the_newest_state_and_the_newest_readings() {
+    let mut broker = Mosquitto::start();
+    let (h, token, task) = start(settings(broker.port, "outbox", 20));
+    wait_connected(&h, true).await;
+    broker.kill();
+    wait_connected(&h, false).await;
+
+    for i in 0..50 {
+        h.publish(format!("t/outbox/reading/{i}"), i.to_string(), 1, false);
+    }
+    for v in 0..5 {
+        h.publish_retained("t/outbox/state".into(), format!("state-{v}"));
+    }
+    let s = h.stats();
+    assert!(s.queued <= 20, "queued {} above the bound", s.queued);
+
+    broker.restart();
+    let sub = Subscriber::connect(broker.port, "t/outbox/#");
+    let got = sub.wait_for("t/outbox/state", |p| p == "state-4", WAIT);
+    assert!(got.is_some(), "newest retained state not re-published");
+    // The readings: the newest ones that fit beside the retained messages, in order.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let readings: Vec<String> = sub
+        .seen()
+        .into_iter()
+        .filter(|m| m.topic.starts_with("t/outbox/reading/"))
+        .map(|m| m.payload)
+        .collect();
+    let states: Vec<String> = sub
+        .on("t/outbox/state")
+        .into_iter()
+        .map(|m| m.payload)
+        .collect();
+    assert_eq!(
+        states,
+        vec!["state-4".to_string()],
+        "older states must not be sent"
+    );
+    assert!(!readings.is_empty());
+    assert_eq!(readings.last().map(String::as_str), Some("49"));
+    assert!(
+        !readings.contains(&"0".to_string()),
+        "oldest readings must be dropped first"
+    );
+    let dropped = h.stats().dropped;
+    assert_eq!(dropped as usize, 50 - readings.len(), "every drop counted");
+    token.cancel();
+    task.await.unwrap();
+}
+
+/// A TCP proxy that can stop forwarding client→broker bytes (publishes vanish in flight) and
+/// cut every connection.
+struct Proxy {
+    port: u16,
+    freeze: Arc<AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(target: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let freeze = Arc::new(AtomicBool::new(false));
+        let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (f, c) = (freeze.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                c.lock().unwrap().push(client.try_clone().unwrap());
+                c.lock().unwrap().push(server.try_clone().unwrap());
+                pipe(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    Some(f.clone()),
+                );
+                pipe(server, client, None);
+            }
+        });
+        Proxy {
+            port,
+            freeze,
+            conns,
+        }
+    }
+
+    fn cut(&self) {
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream, freeze: Option<Arc<AtomicBool>>) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if freeze.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
+                continue; // swallowed: the bytes are "in flight" forever
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_in_flight_when_the_session_is_lost_are_sent_again() {
+    let mut broker = Mosquitto::start();
+    let proxy = Proxy::start(broker.port);
+    let (h, token, task) = start(settings(proxy.port, "inflight", 100));
+    wait_connected(&h, true).await;
+
+    // The link looks fine to the client, but nothing reaches the broker: QoS 1 publishes are
+    // handed to rumqttc and stay unacknowledged.
+    proxy.freeze.store(true, Ordering::SeqCst);
+    for i in 0..5 {
+        h.publish(format!("t/inflight/{i}"), format!("m{i}"), 1, false);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        h.stats().queued,
+        0,
+        "the messages should be in rumqttc's hands"
+    );
+
+    // The broker restarts without persistence (session gone) and the link is cut.
+    broker.restart();
+    let sub = Subscriber::connect(broker.port, "t/inflight/#");
+    proxy.freeze.store(false, Ordering::SeqCst);
+    proxy.cut();
+    for i in 0..5 {
+        let got = sub.wait_for(&format!("t/inflight/{i}"), |p| p == format!("m{i}"), WAIT);
+        assert!(got.is_some(), "m{i} was lost with the session");
+    }
+    token.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_above_rumqttc_s_10_kib_default_pass_both_ways() {
+    let broker = Mosquitto::start();
+    let (mqtt, h, mut incoming) = Mqtt::new(settings(broker.port, "big", 100)).unwrap();
+    let token = CancellationToken::new();
+    let t = token.clone();
+    let task = tokio::spawn(async move { mqtt.run(t).await.unwrap() });
+    h.subscribe("t/big/in");
+    wait_connected(&h, true).await;
+    let sub = Subscriber::connect(broker.port, "t/big/out");
+    let big = "x".repeat(100 * 1024);
+    h.publish("t/big/out".into(), big.clone(), 1, false);
+    assert!(
+        sub.wait_for("t/big/out", |p| p.len() == big.len(), WAIT)
+            .is_some()
+    );
+    // Incoming: a 100 KiB message on a subscribed topic arrives and the link stays up.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    common::mosquitto::publish(broker.port, "t/big/in", &big, false);
+    let msg = tokio::time::timeout(WAIT, incoming.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(msg.payload.len(), big.len());
+    assert!(h.stats().connected);
+    assert_eq!(h.stats().reconnects, 0);
+    token.cancel();
+    task.await.unwrap();
+    let _ = free_port();
+}
