@@ -1,4 +1,8 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::let_underscore_must_use
+)]
 //! `fieldbridge check` shows the Modbus reads each device's points coalesce into and each bus's
 //! expected load, and warns when an RTU bus cannot keep up with its poll periods.
 

@@ -1,4 +1,8 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::let_underscore_must_use
+)]
 //! `fieldbridge check` on bad configs: every mistake is reported with file:line:col, the key and
 //! a message that says what to do, all of them in one pass, and the exit code is 78.
 

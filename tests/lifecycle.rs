@@ -1,4 +1,8 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::let_underscore_must_use
+)]
 //! The daemon as systemd and users see it: status and last will, signals, exit codes, broker
 //! restarts, a broker that is not there yet, TLS, passwords, reload of a bad config.
 

@@ -1,4 +1,8 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::let_underscore_must_use
+)]
 //! The MQTT link in-process against a real mosquitto: the bounded outbox while the broker is
 //! away, publishes in flight when the session is lost, packets above rumqttc's 10 KiB default.
 

@@ -1,4 +1,8 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::let_underscore_must_use
+)]
 //! The unit file: what CONTRACT §5 asks of it, `systemd-analyze verify`, and its exposure.
 
 use std::path::Path;
