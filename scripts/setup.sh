@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what fieldbridge needs to build and test on Debian or Raspberry Pi OS: a C compiler
 # (bundled SQLite, ring), mosquitto and its clients (the tests start their own broker on a free
-# loopback port), openssl (test certificates) and a Rust toolchain (rustup, when cargo is missing).
+# loopback port), openssl (test certificates), socat (pseudo-terminal pairs standing in for
+# RS-485 cables) and a Rust toolchain (rustup, when cargo is missing).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 
@@ -13,6 +14,7 @@ need mosquitto mosquitto
 need mosquitto_sub mosquitto-clients
 need mosquitto_passwd mosquitto
 need openssl openssl
+need socat socat
 need curl curl
 
 if [ "${#packages[@]}" -gt 0 ]; then

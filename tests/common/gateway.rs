@@ -148,3 +148,35 @@ impl Drop for GatewayProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The gateway in this process: `fieldbridge run` on `config`, until the token is cancelled.
+pub struct InProcess {
+    pub dir: tempfile::TempDir,
+    pub token: tokio_util::sync::CancellationToken,
+    pub task: tokio::task::JoinHandle<u8>,
+}
+
+impl InProcess {
+    pub async fn start(config: &str) -> InProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            config.replace("{dir}", &dir.path().display().to_string()),
+        )
+        .expect("write config");
+        let gw = match fieldbridge::app::build(&path).await {
+            Ok(g) => g,
+            Err(e) => panic!("gateway did not build: {e}"),
+        };
+        let token = tokio_util::sync::CancellationToken::new();
+        let t = token.clone();
+        let task = tokio::spawn(async move { gw.run_until(t).await });
+        InProcess { dir, token, task }
+    }
+
+    pub async fn stop(self) -> u8 {
+        self.token.cancel();
+        self.task.await.expect("gateway task")
+    }
+}

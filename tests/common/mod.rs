@@ -8,5 +8,6 @@
 )]
 
 pub mod gateway;
+pub mod modbus;
 pub mod mosquitto;
 pub mod notify;

@@ -1,0 +1,398 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::let_underscore_must_use
+)]
+//! Modbus polling end to end: registers on a real (in-process) Modbus server, values on a real
+//! mosquitto, through the real gateway.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::gateway::InProcess;
+use common::modbus::FakeModbus;
+use common::mosquitto::{Mosquitto, Subscriber};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn head(port: u16, id: &str) -> String {
+    format!(
+        "[gateway]\nid = \"{id}\"\nbase_topic = \"t\"\nlocation = \"lab\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n[history]\npath = \"{{dir}}/history.db\"\n"
+    )
+}
+
+fn json_of(p: &str) -> Value {
+    serde_json::from_str(p).unwrap_or(Value::Null)
+}
+
+/// Waits until the device state carries `key` and returns the whole state.
+fn wait_state(sub: &Subscriber, topic: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let m = sub
+        .wait_for(topic, |p| pred(&json_of(p)), WAIT)
+        .unwrap_or_else(|| panic!("no state on {topic}; seen: {:?}", sub.seen()));
+    json_of(&m.payload)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_type_and_order_decodes_end_to_end_with_scale_offset_precision_and_labels() {
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    // 0x41AC0000 = 21.5f32; -100 as i16 = 0xFF9C.
+    fake.set_holding(1, 0, &[0xFF9C]); // i16 -100
+    fake.set_holding(1, 1, &[0x1234]); // u16
+    fake.set_holding(1, 2, &[0x41AC, 0x0000]); // f32 ABCD
+    fake.set_holding(1, 4, &[0x0000, 0x41AC]); // f32 CDAB
+    fake.set_holding(1, 6, &[0xAC41, 0x0000]); // f32 BADC
+    fake.set_holding(1, 8, &[0x0000, 0xAC41]); // f32 DCBA
+    fake.set_holding(1, 10, &[0xFFFF, 0xFFFE]); // i32 ABCD = -2
+    fake.set_holding(1, 12, &[0x0001, 0x0000]); // u32 CDAB = 1
+    fake.set_holding(1, 14, &[0x0000, 0x0000, 0x0000, 0x0064]); // u64 = 100
+    fake.set_holding(1, 18, &[0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF]); // i64 = -1
+    fake.set_holding(1, 22, &[0x4035, 0x8000, 0, 0]); // f64 = 21.5
+    fake.set_holding(1, 26, &[0x4142, 0x4344]); // "ABCD"
+    fake.set_holding(1, 28, &[2]); // map -> "heat"
+    fake.set_holding(1, 29, &[215]); // 215 * 0.1 = 21.5
+    fake.set_holding(1, 30, &[1000]); // 1000 * 0.01 - 5 = 5.0, precision 1
+    fake.set_holding(1, 31, &[0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF]); // u64 max -> decimal string
+    fake.unit(1, |u| {
+        u.coils.insert(0, true);
+        u.discretes.insert(0, false);
+    });
+    let addr = fake.serve_tcp().await;
+    let pts = [
+        ("a_i16", "holding:0", "i16", "ABCD", ""),
+        ("b_u16", "holding:1", "u16", "ABCD", ""),
+        ("c_f32_abcd", "holding:2", "f32", "ABCD", ""),
+        ("d_f32_cdab", "holding:4", "f32", "CDAB", ""),
+        ("e_f32_badc", "holding:6", "f32", "BADC", ""),
+        ("f_f32_dcba", "holding:8", "f32", "DCBA", ""),
+        ("g_i32", "holding:10", "i32", "ABCD", ""),
+        ("h_u32_cdab", "holding:12", "u32", "CDAB", ""),
+        ("i_u64", "holding:14", "u64", "ABCD", ""),
+        ("j_i64", "holding:18", "i64", "ABCD", ""),
+        ("k_f64", "holding:22", "f64", "ABCD", ""),
+        ("l_string", "holding:26", "string", "ABCD", "length = 2\n"),
+        (
+            "m_mode",
+            "holding:28",
+            "u16",
+            "ABCD",
+            "map = { 0 = \"off\", 1 = \"auto\", 2 = \"heat\" }\n",
+        ),
+        ("n_scaled", "holding:29", "u16", "ABCD", "scale = 0.1\n"),
+        (
+            "o_offset",
+            "holding:30",
+            "u16",
+            "ABCD",
+            "scale = 0.01\noffset = -5\nprecision = 1\n",
+        ),
+        ("p_big", "holding:31", "u64", "ABCD", ""),
+        ("q_coil", "coil:0", "bool", "ABCD", ""),
+        ("r_discrete", "discrete:0", "bool", "ABCD", ""),
+    ];
+    let mut cfg = head(broker.port, "types");
+    cfg += &format!(
+        "[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{addr}\"\n[devices.d]\nbus = \"plc\"\nunit = 1\npoll = \"200ms\"\n"
+    );
+    for (name, reg, ty, order, extra) in pts {
+        cfg += &format!(
+            "[devices.d.points.{name}]\nregister = \"{reg}\"\ntype = \"{ty}\"\norder = \"{order}\"\n{extra}"
+        );
+    }
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let gw = InProcess::start(&cfg).await;
+    let state = wait_state(&sub, "t/lab/device/d/state", |v| {
+        v.get("r_discrete").is_some()
+    });
+    assert_eq!(state["a_i16"], json!(-100));
+    assert_eq!(state["b_u16"], json!(0x1234));
+    for k in [
+        "c_f32_abcd",
+        "d_f32_cdab",
+        "e_f32_badc",
+        "f_f32_dcba",
+        "k_f64",
+        "n_scaled",
+    ] {
+        assert_eq!(state[k], json!(21.5), "{k}");
+    }
+    assert_eq!(state["g_i32"], json!(-2));
+    assert_eq!(state["h_u32_cdab"], json!(1));
+    assert_eq!(state["i_u64"], json!(100));
+    assert_eq!(state["j_i64"], json!(-1));
+    assert_eq!(state["l_string"], json!("ABCD"));
+    assert_eq!(state["m_mode"], json!("heat"));
+    assert_eq!(state["o_offset"], json!(5.0));
+    assert_eq!(state["p_big"], json!("18446744073709551615"));
+    assert_eq!(state["q_coil"], json!(true));
+    assert_eq!(state["r_discrete"], json!(false));
+    assert!(state["timestamp"].as_f64().unwrap() > 1.7e9);
+    // The sensor topic carries value, unit-less here, device and location.
+    let s = sub
+        .wait_for("t/lab/sensor/d/c_f32_abcd", |_| true, WAIT)
+        .unwrap();
+    let v = json_of(&s.payload);
+    assert_eq!(v["value"], json!(21.5));
+    assert_eq!(v["device_id"], json!("d"));
+    assert_eq!(v["location"], json!("lab"));
+    let avail = sub
+        .wait_for("t/lab/device/d/availability", |_| true, WAIT)
+        .unwrap();
+    assert_eq!(
+        json_of(&avail.payload),
+        json!({"device": "d", "status": "online"})
+    );
+    assert!(
+        avail.retained
+            || common::mosquitto::retained(broker.port, "t/lab/device/d/availability").is_some()
+    );
+    assert_eq!(gw.stop().await, 0);
+}
+
+/// Reads (FC01..FC04) of `unit` in the log, grouped into poll cycles by time gaps.
+fn cycles(fake: &FakeModbus, unit: u8, gap: Duration) -> Vec<Vec<(u8, u16, u16)>> {
+    let mut out: Vec<Vec<(u8, u16, u16)>> = Vec::new();
+    let mut last: Option<Instant> = None;
+    for s in fake
+        .log()
+        .into_iter()
+        .filter(|s| s.unit == unit && s.fc <= 4)
+    {
+        if last.is_none_or(|l| s.at.duration_since(l) > gap) {
+            out.push(Vec::new());
+        }
+        last = Some(s.at);
+        out.last_mut().unwrap().push((s.fc, s.address, s.count));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_points_in_three_contiguous_runs_cost_three_reads_per_cycle() {
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    fake.unit(1, |_| {});
+    let addr = fake.serve_tcp().await;
+    let mut cfg = head(broker.port, "coalesce");
+    cfg += &format!(
+        "[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{addr}\"\n[devices.d]\nbus = \"plc\"\nunit = 1\npoll = \"300ms\"\n"
+    );
+    for a in 0..20 {
+        cfg += &format!("[devices.d.points.h{a}]\nregister = \"holding:{a}\"\n");
+    }
+    for a in 0..10 {
+        cfg += &format!(
+            "[devices.d.points.f{a}]\nregister = \"input:{}\"\ntype = \"f32\"\n",
+            100 + 2 * a
+        );
+    }
+    for a in 0..10 {
+        cfg += &format!("[devices.d.points.c{a}]\nregister = \"coil:{a}\"\n");
+    }
+    let gw = InProcess::start(&cfg).await;
+    tokio::time::sleep(Duration::from_millis(1400)).await;
+    gw.stop().await;
+    let c = cycles(&fake, 1, Duration::from_millis(150));
+    assert!(c.len() >= 3, "{c:?}");
+    for cycle in &c {
+        let mut reads = cycle.clone();
+        reads.sort();
+        assert_eq!(reads, vec![(1, 0, 10), (3, 0, 20), (4, 100, 20)], "{c:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_refused_for_a_gap_is_split_once_and_the_split_is_remembered() {
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    fake.set_holding(1, 0, &[7]);
+    fake.set_holding(1, 3, &[9]);
+    fake.unit(1, |u| {
+        u.missing.insert(1);
+        u.missing.insert(2);
+    });
+    let addr = fake.serve_tcp().await;
+    let mut cfg = head(broker.port, "split");
+    cfg += &format!(
+        "[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{addr}\"\n[devices.d]\nbus = \"plc\"\nunit = 1\npoll = \"300ms\"\n[devices.d.points.a]\nregister = \"holding:0\"\n[devices.d.points.b]\nregister = \"holding:3\"\n"
+    );
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let gw = InProcess::start(&cfg).await;
+    let state = wait_state(&sub, "t/lab/device/d/state", |v| v.get("b").is_some());
+    assert_eq!(
+        (state["a"].clone(), state["b"].clone()),
+        (json!(7), json!(9))
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    gw.stop().await;
+    let reads: Vec<(u16, u16)> = fake
+        .log()
+        .iter()
+        .filter(|s| s.fc == 3)
+        .map(|s| (s.address, s.count))
+        .collect();
+    assert_eq!(
+        reads.iter().filter(|r| **r == (0, 4)).count(),
+        1,
+        "{reads:?}"
+    );
+    assert_eq!(reads[0], (0, 4));
+    assert!(
+        reads[1..].iter().all(|r| *r == (0, 1) || *r == (3, 1)),
+        "{reads:?}"
+    );
+    assert!(reads.len() >= 5, "{reads:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_inside_the_deadband_wait_for_the_heartbeat_while_the_state_holds_the_latest() {
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    fake.set_holding(1, 0, &[200]);
+    let addr = fake.serve_tcp().await;
+    let mut cfg = head(broker.port, "deadband");
+    cfg += &format!(
+        "[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{addr}\"\n[devices.d]\nbus = \"plc\"\nunit = 1\npoll = \"100ms\"\n[devices.d.points.t]\nregister = \"holding:0\"\nscale = 0.1\ndeadband = 1.0\nheartbeat = \"2s\"\n"
+    );
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let gw = InProcess::start(&cfg).await;
+    let sensor = "t/lab/sensor/d/t";
+    let first = sub.wait_for(sensor, |_| true, WAIT).unwrap();
+    let t_first = Instant::now();
+    assert_eq!(json_of(&first.payload)["value"], json!(20.0));
+    // 20.0 -> 20.5: inside the deadband. The state moves; the sensor topic does not.
+    fake.set_holding(1, 0, &[205]);
+    wait_state(&sub, "t/lab/device/d/state", |v| v["t"] == json!(20.5));
+    assert_eq!(sub.on(sensor).len(), 1, "published inside the deadband");
+    // The heartbeat re-publishes it about 2 s after the first publish.
+    let hb = sub
+        .wait_for(sensor, |p| json_of(p)["value"] == json!(20.5), WAIT)
+        .expect("heartbeat");
+    let _ = hb;
+    assert!(
+        t_first.elapsed() >= Duration::from_millis(1800),
+        "{:?}",
+        t_first.elapsed()
+    );
+    // 20.5 -> 22.0 moves past the deadband: published at once.
+    fake.set_holding(1, 0, &[220]);
+    assert!(
+        sub.wait_for(
+            sensor,
+            |p| json_of(p)["value"] == json!(22.0),
+            Duration::from_secs(1)
+        )
+        .is_some()
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_device_goes_offline_after_exactly_offline_after_polls_and_back_online() {
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    fake.set_holding(2, 0, &[42]);
+    fake.unit(2, |u| u.silent = true);
+    let addr = fake.serve_tcp().await;
+    let mut cfg = head(broker.port, "offline");
+    cfg += &format!(
+        "[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{addr}\"\ntimeout = \"100ms\"\nretries = 0\n[devices.d]\nbus = \"plc\"\nunit = 2\npoll = \"200ms\"\noffline_after = 3\noffline_retry = \"400ms\"\n[devices.d.points.v]\nregister = \"holding:0\"\n"
+    );
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let gw = InProcess::start(&cfg).await;
+    let avail = "t/lab/device/d/availability";
+    sub.wait_for(avail, |p| p.contains("offline"), WAIT)
+        .expect("offline");
+    let polls_before_offline = fake.log().iter().filter(|s| s.unit == 2).count();
+    assert_eq!(
+        polls_before_offline, 3,
+        "offline after exactly 3 failed polls"
+    );
+    assert!(
+        sub.on("t/lab/sensor/d/v").is_empty(),
+        "a value was published for a silent device"
+    );
+    assert!(sub.on("t/lab/device/d/state").is_empty());
+    fake.unit(2, |u| u.silent = false);
+    sub.wait_for(avail, |p| p.contains("online"), WAIT)
+        .expect("online again");
+    let v = sub.wait_for("t/lab/sensor/d/v", |_| true, WAIT).unwrap();
+    assert_eq!(json_of(&v.payload)["value"], json!(42));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_an_rtu_bus_a_dead_unit_does_not_starve_the_others() {
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    fake.set_holding(1, 0, &[1]);
+    fake.set_holding(2, 0, &[2]);
+    fake.unit(3, |u| u.silent = true);
+    let tmp = tempfile::tempdir().unwrap();
+    let pty = fake.serve_rtu(tmp.path());
+    let mut cfg = head(broker.port, "rtudead");
+    cfg += &format!(
+        "[buses.rs485]\nkind = \"modbus-rtu\"\nport = \"{}\"\nbaud = 9600\ntimeout = \"150ms\"\nretries = 1\n",
+        pty.path_str()
+    );
+    for u in 1..=3 {
+        cfg += &format!(
+            "[devices.u{u}]\nbus = \"rs485\"\nunit = {u}\npoll = \"300ms\"\noffline_after = 2\noffline_retry = \"2s\"\n[devices.u{u}.points.v]\nregister = \"holding:0\"\n"
+        );
+    }
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let gw = InProcess::start(&cfg).await;
+    sub.wait_for(
+        "t/lab/device/u3/availability",
+        |p| p.contains("offline"),
+        WAIT,
+    )
+    .expect("u3 offline");
+    fake.clear_log();
+    let window = Duration::from_secs(3);
+    tokio::time::sleep(window).await;
+    gw.stop().await;
+    let log = fake.log();
+    for u in [1u8, 2] {
+        let n = log.iter().filter(|s| s.unit == u).count();
+        // 3 s at a 300 ms period is 10 polls; generous bound for a loaded machine.
+        assert!(n >= 7, "unit {u} polled {n} times in {window:?}");
+    }
+    // The dead unit is only probed every offline_retry (2 s), one read with one retry.
+    let dead = log.iter().filter(|s| s.unit == 3).count();
+    assert!(dead <= 4, "dead unit tried {dead} times");
+    drop(pty);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unplugging_the_rtu_adapter_and_plugging_it_back_brings_the_devices_back() {
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    fake.set_holding(1, 0, &[11]);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut pty = fake.serve_rtu(tmp.path());
+    let mut cfg = head(broker.port, "unplug");
+    cfg += &format!(
+        "[buses.rs485]\nkind = \"modbus-rtu\"\nport = \"{}\"\nbaud = 9600\ntimeout = \"150ms\"\nretries = 0\n[devices.m]\nbus = \"rs485\"\nunit = 1\npoll = \"200ms\"\noffline_after = 2\noffline_retry = \"500ms\"\n[devices.m.points.v]\nregister = \"holding:0\"\n",
+        pty.path_str()
+    );
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let gw = InProcess::start(&cfg).await;
+    let avail = "t/lab/device/m/availability";
+    sub.wait_for(avail, |p| p.contains("online"), WAIT)
+        .expect("online");
+    pty.unplug();
+    sub.wait_for(avail, |p| p.contains("offline"), WAIT)
+        .expect("offline after unplug");
+    sub.clear();
+    fake.set_holding(1, 0, &[12]);
+    pty.plug();
+    sub.wait_for(avail, |p| p.contains("online"), Duration::from_secs(20))
+        .expect("online after replug");
+    let v = sub.wait_for("t/lab/sensor/m/v", |_| true, WAIT).unwrap();
+    assert_eq!(json_of(&v.payload)["value"], json!(12));
+    gw.stop().await;
+}
