@@ -58,7 +58,7 @@ impl RateLimit {
 }
 
 struct Target {
-    config: DeviceConfig,
+    config: Arc<DeviceConfig>,
     queue: mpsc::Sender<Command>,
 }
 
@@ -83,7 +83,12 @@ impl Bridge {
     }
 
     /// Registers a device's command queue.
-    pub fn add_device(&mut self, name: &str, config: &DeviceConfig, queue: mpsc::Sender<Command>) {
+    pub fn add_device(
+        &mut self,
+        name: &str,
+        config: &Arc<DeviceConfig>,
+        queue: mpsc::Sender<Command>,
+    ) {
         self.devices.insert(
             name.to_string(),
             Target {

@@ -51,7 +51,7 @@ pub fn point_value(doc: &Json, point: &str, p: &PointConfig) -> Option<Value> {
 /// A serial line device's task.
 pub struct LineDevice {
     name: String,
-    config: DeviceConfig,
+    config: Arc<DeviceConfig>,
     lines: mpsc::Receiver<Json>,
     commands: Option<mpsc::Receiver<Command>>,
     bus: LineHandle,
@@ -64,7 +64,7 @@ pub struct LineDevice {
 impl LineDevice {
     pub fn new(
         name: &str,
-        config: &DeviceConfig,
+        config: &Arc<DeviceConfig>,
         lines: mpsc::Receiver<Json>,
         bus: LineHandle,
         sink: Arc<dyn Sink>,

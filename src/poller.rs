@@ -49,9 +49,10 @@ pub struct DevicePoller {
     /// Write single registers with FC16 too, for devices that refuse FC06.
     force_multiple: bool,
     name: String,
-    config: DeviceConfig,
+    config: Arc<DeviceConfig>,
     max_gap: u16,
-    points: Vec<(String, PointConfig)>,
+    /// Point names in the order the plan's indices refer to.
+    names: Vec<String>,
     reads: Vec<PlannedRead>,
     bus: BusHandle,
     sink: Arc<dyn Sink>,
@@ -65,18 +66,14 @@ pub struct DevicePoller {
 impl DevicePoller {
     pub fn new(
         name: &str,
-        config: &DeviceConfig,
+        config: &Arc<DeviceConfig>,
         max_gap: u16,
         bus: BusHandle,
         sink: Arc<dyn Sink>,
         topics: Arc<Topics>,
     ) -> Self {
-        let points: Vec<(String, PointConfig)> = config
-            .points
-            .iter()
-            .map(|(n, p)| (n.clone(), p.clone()))
-            .collect();
-        let refs: Vec<&PointConfig> = points.iter().map(|(_, p)| p).collect();
+        let names: Vec<String> = config.points.keys().cloned().collect();
+        let refs: Vec<&PointConfig> = config.points.values().collect();
         let reads = plan::plan(&refs, max_gap);
         DevicePoller {
             commands: None,
@@ -85,7 +82,7 @@ impl DevicePoller {
             availability: Availability::new(config.offline_after),
             config: config.clone(),
             max_gap,
-            points,
+            names,
             reads,
             bus,
             sink,
@@ -261,7 +258,7 @@ impl DevicePoller {
         let mut answered = false;
         let mut pending: Vec<usize> = (0..self.reads.len()).collect();
         // Splits re-read their parts at once; each split makes reads smaller, so this ends.
-        for _ in 0..=self.points.len() {
+        for _ in 0..=self.names.len() {
             if pending.is_empty() {
                 break;
             }
@@ -276,7 +273,7 @@ impl DevicePoller {
                     }
                     Err(e) if e.is_illegal_address() => {
                         answered = true;
-                        let refs: Vec<&PointConfig> = self.points.iter().map(|(_, p)| p).collect();
+                        let refs: Vec<&PointConfig> = self.config.points.values().collect();
                         match plan::split(&self.reads[i], &refs) {
                             Some(parts) => splits.push((i, parts)),
                             None => self.point_failed(i, &e),
@@ -333,7 +330,10 @@ impl DevicePoller {
     ) {
         let read = self.reads[i].clone();
         for pi in read.points {
-            let (name, p) = &self.points[pi];
+            let name = &self.names[pi];
+            let Some(p) = self.config.points.get(name) else {
+                continue;
+            };
             let Some(slot) = plan::slot(p) else { continue };
             let offset = usize::from(slot.address - read.spec.start);
             let len = usize::from(slot.len);
@@ -376,7 +376,7 @@ impl DevicePoller {
             let names: Vec<String> = self.reads[i]
                 .points
                 .iter()
-                .map(|pi| self.points[*pi].0.clone())
+                .map(|pi| self.names[*pi].clone())
                 .collect();
             for n in names {
                 self.warn_point(&n, &e.to_string());
@@ -387,10 +387,10 @@ impl DevicePoller {
     fn warn_point(&mut self, point: &str, error: &str) {
         if self.point_errors.get(point).map(String::as_str) != Some(error) {
             let register = self
+                .config
                 .points
-                .iter()
-                .find(|(n, _)| n == point)
-                .and_then(|(_, p)| p.register)
+                .get(point)
+                .and_then(|p| p.register)
                 .map(|r| r.to_string())
                 .unwrap_or_default();
             warn!(device = %self.name, point = %point, register = %register, error = %error, "cannot read point");

@@ -76,8 +76,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Parses and validates config text; `path` is used in messages and stored in the result.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
-    let mut cx = Cx::new(text, path);
     let (root, syntax) = DeTable::parse_recoverable(text);
+    let mut cx = Cx::new(text, path, root.get_ref());
     if !syntax.is_empty() {
         // A half-parsed document gives confusing follow-up errors: report the syntax only.
         for e in syntax {
@@ -119,23 +119,47 @@ impl Sec<'_, '_> {
     }
 }
 
-/// Extraction context: the source for line/column, the errors so far, and the span of every
-/// key path seen, so that cross-checks in `validate.rs` can point at the right place.
+/// Extraction context: the source for line/column, the spanned tree (so that cross-checks in
+/// `validate.rs` can point at the right place), and the errors so far.
 pub(super) struct Cx<'s> {
     src: &'s str,
+    root: &'s DeTable<'s>,
     file: String,
     errors: Vec<(usize, ConfigError)>,
-    spans: HashMap<String, Range<usize>>,
 }
 
 impl<'s> Cx<'s> {
-    fn new(src: &'s str, path: &Path) -> Self {
+    fn new(src: &'s str, path: &Path, root: &'s DeTable<'s>) -> Self {
         Self {
             src,
+            root,
             file: path.display().to_string(),
             errors: Vec::new(),
-            spans: HashMap::new(),
         }
+    }
+
+    /// Where a dotted key path is in the file: the value of a key, the header of a table, or the
+    /// closest enclosing table when the key is absent. Looked up on demand, so extraction keeps
+    /// no index of its own (a config of thousands of points stays cheap to load).
+    fn span_of(&self, key: &str) -> Range<usize> {
+        let mut table = self.root;
+        let mut found = 0..0;
+        for seg in key.split('.') {
+            let Some((k, v)) = table.get_key_value(seg) else {
+                break;
+            };
+            match v.get_ref() {
+                DeValue::Table(t) => {
+                    found = k.span();
+                    table = t;
+                }
+                _ => {
+                    found = v.span();
+                    break;
+                }
+            }
+        }
+        found
     }
 
     fn finish_errors(&mut self) -> ConfigErrors {
@@ -163,16 +187,7 @@ impl<'s> Cx<'s> {
     /// Records an error at the value of a key path seen during extraction (or the closest
     /// enclosing table when the key itself is absent).
     pub(super) fn error_at(&mut self, key: &str, message: impl fmt::Display) {
-        let mut probe = key;
-        let span = loop {
-            if let Some(span) = self.spans.get(probe) {
-                break span.clone();
-            }
-            match probe.rfind('.') {
-                Some(i) => probe = &probe[..i],
-                None => break 0..0,
-            }
-        };
+        let span = self.span_of(key);
         self.error(span, key, message);
     }
 
@@ -191,9 +206,7 @@ impl<'s> Cx<'s> {
     }
 
     fn value<'t, 'i>(&mut self, sec: &Sec<'t, 'i>, key: &str) -> Option<&'t Spanned<DeValue<'i>>> {
-        let v = sec.table.get(key)?;
-        self.spans.insert(sec.key(key), v.span());
-        Some(v)
+        sec.table.get(key)
     }
 
     fn type_error(&mut self, sec: &Sec, key: &str, v: &Spanned<DeValue>, expected: &str) {
@@ -379,7 +392,6 @@ impl<'s> Cx<'s> {
         for (k, v) in outer.table.iter() {
             let name = k.get_ref().to_string();
             let path = outer.key(&name);
-            self.spans.insert(path.clone(), k.span());
             if !self.name(k.span(), &path, &name) {
                 continue;
             }
@@ -441,7 +453,7 @@ impl<'s> Cx<'s> {
         let mut devices = BTreeMap::new();
         for (name, sec) in self.named(root, "devices") {
             if let Some(dev) = self.device(&sec, &gateway.location, &buses) {
-                devices.insert(name, dev);
+                devices.insert(name, std::sync::Arc::new(dev));
             }
         }
         Config {
@@ -475,7 +487,7 @@ impl<'s> Cx<'s> {
         self.keys(s, &["id", "base_topic", "location", "health_interval"]);
         let id = match self.string(s, "id") {
             Some(id) => {
-                let span = self.spans.get("gateway.id").cloned().unwrap_or(0..0);
+                let span = self.span_of("gateway.id");
                 self.name(span, "gateway.id", &id);
                 id
             }
@@ -486,7 +498,7 @@ impl<'s> Cx<'s> {
             .unwrap_or_else(|| "fieldbridge".into());
         let location = match self.string(s, "location") {
             Some(l) => {
-                let span = self.spans.get("gateway.location").cloned().unwrap_or(0..0);
+                let span = self.span_of("gateway.location");
                 self.name(span, "gateway.location", &l);
                 l
             }
@@ -778,7 +790,7 @@ impl<'s> Cx<'s> {
         let location = match self.string(s, "location") {
             Some(l) => {
                 let key = s.key("location");
-                let span = self.spans.get(&key).cloned().unwrap_or(0..0);
+                let span = self.span_of(&key);
                 self.name(span, &key, &l);
                 l
             }
@@ -1144,7 +1156,6 @@ impl<'s> Cx<'s> {
             for (k, v) in t.table.iter() {
                 let point = k.get_ref().to_string();
                 let key = t.key(&point);
-                self.spans.insert(key.clone(), v.span());
                 let value = match v.get_ref() {
                     DeValue::Boolean(b) => SetValue::Bool(*b),
                     DeValue::String(x) => SetValue::String(x.to_string()),

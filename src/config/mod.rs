@@ -13,6 +13,7 @@ mod validate;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use load::{ConfigError, ConfigErrors, is_valid_name, load, one_of, parse, parse_register};
@@ -36,8 +37,8 @@ pub struct Config {
     pub topics: TopicsConfig,
     /// Buses by name.
     pub buses: BTreeMap<String, BusConfig>,
-    /// Devices by name.
-    pub devices: BTreeMap<String, DeviceConfig>,
+    /// Devices by name, shared with the tasks that run them.
+    pub devices: BTreeMap<String, Arc<DeviceConfig>>,
 }
 
 /// `[gateway]`

@@ -40,6 +40,8 @@ pub struct Unit {
     pub missing: HashSet<u16>,
     /// Holding registers that clamp what is written to a maximum.
     pub clamp: HashMap<u16, u16>,
+    /// Every read of holding registers adds 1 to them afterwards (values that always move).
+    pub tick: bool,
 }
 
 #[derive(Debug, Default)]
@@ -183,7 +185,14 @@ impl Service for FakeModbus {
                     Response::ReadDiscreteInputs(bits(&u.discretes, a, n))
                 }
                 Request::ReadHoldingRegisters(a, n) => {
-                    Response::ReadHoldingRegisters(words(&u.holdings, a, n))
+                    let w = words(&u.holdings, a, n);
+                    if u.tick {
+                        for i in a..a + n {
+                            let v = u.holdings.entry(i).or_default();
+                            *v = v.wrapping_add(1);
+                        }
+                    }
+                    Response::ReadHoldingRegisters(w)
                 }
                 Request::ReadInputRegisters(a, n) => {
                     Response::ReadInputRegisters(words(&u.inputs, a, n))

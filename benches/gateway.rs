@@ -1,0 +1,303 @@
+//! `cargo bench`: the figures in BENCHMARKS.md.
+//!
+//! - throughput: 10 Modbus TCP devices × 100 points on an in-process tokio-modbus server whose
+//!   values change on every read, polled as fast as the gateway can; the real `fieldbridge`
+//!   binary (release build) confined to one core with taskset, a real mosquitto, a real
+//!   subscriber counting sensor messages. Reports point updates/s and gateway CPU per 1000.
+//! - memory: 1,000 points polled every second for `BENCH_MEMORY_SECS` (default 300 s), resident
+//!   set of the gateway process at the end.
+//! - bus efficiency: a reference device map's reads and wire time per cycle at 9600 baud,
+//!   coalesced against one read per point.
+//!
+//! `cargo bench -- throughput` (or `memory`, `bus`) runs one of them.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::let_underscore_must_use
+)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::modbus::FakeModbus;
+use common::mosquitto::Mosquitto;
+
+const DEVICES: u8 = 10;
+const POINTS: u16 = 100;
+
+fn config(broker: u16, modbus: &str, dir: &std::path::Path, poll: &str) -> String {
+    let mut c = format!(
+        "[gateway]\nid = \"bench\"\nbase_topic = \"b\"\nlocation = \"lab\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{broker}\"\nqueue = 100000\n[history]\npath = \"{}/history.db\"\n[homeassistant]\ndiscovery = false\n[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{modbus}\"\n",
+        dir.display()
+    );
+    for d in 1..=DEVICES {
+        c += &format!("[devices.d{d}]\nbus = \"plc\"\nunit = {d}\npoll = \"{poll}\"\n");
+        for p in 0..POINTS {
+            c += &format!("[devices.d{d}.points.p{p}]\nregister = \"holding:{p}\"\n");
+        }
+    }
+    c
+}
+
+/// Counts messages on `filter` with a real subscriber.
+fn count_messages(port: u16, filter: &str) -> (std::process::Child, Arc<AtomicU64>) {
+    let mut child = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            filter,
+            "-F",
+            "%t",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let n = Arc::new(AtomicU64::new(0));
+    let c = n.clone();
+    std::thread::spawn(move || {
+        for _ in BufReader::new(out).lines().map_while(Result::ok) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    (child, n)
+}
+
+fn proc_cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn ticks_per_second() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100)
+}
+
+fn spawn_gateway(cfg_path: &std::path::Path, one_core: bool) -> std::process::Child {
+    let bin = env!("CARGO_BIN_EXE_fieldbridge");
+    let mut cmd = if one_core && Command::new("taskset").arg("-V").output().is_ok() {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "1", bin]);
+        c
+    } else {
+        Command::new(bin)
+    };
+    cmd.args(["run", "-c"])
+        .arg(cfg_path)
+        .env("RUST_LOG", "warn")
+        // As systemd/fieldbridge.service runs it; BENCH_ARENA=8 shows glibc's default.
+        .env(
+            "MALLOC_ARENA_MAX",
+            std::env::var("BENCH_ARENA").unwrap_or_else(|_| "1".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn fake_devices(tick: bool) -> (FakeModbus, std::net::SocketAddr) {
+    let fake = FakeModbus::new();
+    for d in 1..=DEVICES {
+        fake.set_holding(d, 0, &vec![0u16; POINTS as usize]);
+        fake.unit(d, |u| u.tick = tick);
+    }
+    let addr = fake.serve_tcp().await;
+    (fake, addr)
+}
+
+async fn throughput() {
+    let broker = Mosquitto::start();
+    let (_fake, addr) = fake_devices(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        config(broker.port, &addr.to_string(), dir.path(), "1ms"),
+    )
+    .unwrap();
+    let (mut sub, count) = count_messages(broker.port, "b/lab/sensor/#");
+    let mut gw = spawn_gateway(&cfg, true);
+    let pid = gw.id();
+    tokio::time::sleep(Duration::from_secs(3)).await; // warm up
+    let (n0, c0, t0) = (
+        count.load(Ordering::Relaxed),
+        proc_cpu_ticks(pid),
+        Instant::now(),
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (n1, c1, secs) = (
+        count.load(Ordering::Relaxed),
+        proc_cpu_ticks(pid),
+        t0.elapsed().as_secs_f64(),
+    );
+    let updates = (n1 - n0) as f64;
+    let cpu = (c1 - c0) as f64 / ticks_per_second() as f64;
+    println!(
+        "throughput: {:.0} point updates/s published ({} devices x {} points, gateway on one core); gateway CPU {:.1} ms per 1000 updates ({:.0}% of a core); RSS {} KiB",
+        updates / secs,
+        DEVICES,
+        POINTS,
+        cpu * 1000.0 / (updates / 1000.0).max(1e-9),
+        cpu / secs * 100.0,
+        rss_kib(pid)
+    );
+    let _ = gw.kill();
+    let _ = gw.wait();
+    let _ = sub.kill();
+}
+
+async fn memory() {
+    let secs: u64 = std::env::var("BENCH_MEMORY_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    let broker = Mosquitto::start();
+    let (_fake, addr) = fake_devices(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        config(broker.port, &addr.to_string(), dir.path(), "1s"),
+    )
+    .unwrap();
+    let (mut sub, count) = count_messages(broker.port, "b/lab/sensor/#");
+    let mut gw = spawn_gateway(&cfg, false);
+    let pid = gw.id();
+    let mut peak = 0;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        peak = peak.max(rss_kib(pid));
+    }
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    println!(
+        "memory: anonymous {}, file-backed (binary, libc) {}",
+        field("Anonymous:"),
+        field("Pss_File:")
+    );
+    println!(
+        "memory: {} points polled every 1 s for {} s: RSS {} KiB at the end, peak {} KiB; {} sensor messages",
+        u32::from(DEVICES) * u32::from(POINTS),
+        secs,
+        rss_kib(pid),
+        peak,
+        count.load(Ordering::Relaxed)
+    );
+    let _ = gw.kill();
+    let _ = gw.wait();
+    let _ = sub.kill();
+}
+
+/// A reference map: an SDM630-style energy meter (input registers, f32 every 2 registers with
+/// gaps) and a heat pump controller (holding registers, coils).
+fn bus() {
+    use fieldbridge::bus::plan;
+    use fieldbridge::config::BusConfig;
+    let meter: Vec<u16> = vec![
+        0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34, 36, 38, 40, 42, 46, 48,
+        52, 56, 60, 62, 66, 70, 72, 74, 76, 78, 200, 202, 204, 206, 334, 342,
+    ];
+    let mut text = String::from(
+        "[buses.rs485]\nkind = \"modbus-rtu\"\nport = \"/dev/ttyUSB0\"\nbaud = 9600\n[devices.meter]\nbus = \"rs485\"\nunit = 1\n",
+    );
+    for a in &meter {
+        text += &format!("[devices.meter.points.r{a}]\nregister = \"input:{a}\"\ntype = \"f32\"\n");
+    }
+    text += "[devices.hp]\nbus = \"rs485\"\nunit = 2\n";
+    for a in 0..24 {
+        text += &format!(
+            "[devices.hp.points.h{a}]\nregister = \"holding:{}\"\n",
+            1000 + a
+        );
+    }
+    for a in 0..16 {
+        text += &format!("[devices.hp.points.c{a}]\nregister = \"coil:{a}\"\n");
+    }
+    let c = fieldbridge::config::parse(&text, std::path::Path::new("reference.toml")).unwrap();
+    let bus: &BusConfig = &c.buses["rs485"];
+    println!(
+        "bus efficiency (9600 baud 8N1, reference map of {} points):",
+        meter.len() + 40
+    );
+    println!("  device  points  reads/cycle (naive)  wire ms/cycle (naive)");
+    for (name, dev) in &c.devices {
+        let pts: Vec<&fieldbridge::config::PointConfig> = dev.points.values().collect();
+        let coalesced: Vec<_> = plan::plan(&pts, bus.max_gap)
+            .into_iter()
+            .map(|r| r.spec)
+            .collect();
+        let naive: Vec<_> = plan::plan(&pts, 0)
+            .into_iter()
+            .flat_map(|r| plan::split(&r, &pts).unwrap_or_else(|| vec![r]))
+            .flat_map(|r| plan::split(&r, &pts).unwrap_or_else(|| vec![r]))
+            .map(|r| r.spec)
+            .collect();
+        let wire = |reads: &[fieldbridge::bus::ReadSpec]| -> f64 {
+            reads
+                .iter()
+                .map(|r| plan::rtu_read_time(bus, r).as_secs_f64() * 1000.0)
+                .sum()
+        };
+        println!(
+            "  {name:6}  {:6}  {:3} ({:3})            {:6.1} ({:6.1})",
+            pts.len(),
+            coalesced.len(),
+            naive.len(),
+            wire(&coalesced),
+            wire(&naive)
+        );
+    }
+}
+
+fn main() {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let want = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    if want("bus") {
+        bus();
+    }
+    if want("throughput") {
+        rt.block_on(throughput());
+    }
+    if want("memory") {
+        rt.block_on(memory());
+    }
+}
