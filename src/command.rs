@@ -414,6 +414,7 @@ set = { state = "on", brightness = 100 }
         crate::config::parse(text, Path::new("t.toml"))
             .unwrap()
             .devices["lamp"]
+            .as_ref()
             .clone()
     }
 
