@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::mosquitto::{Mosquitto, Subscriber, free_port};
+use common::mosquitto::{Mosquitto, Subscriber};
 use fieldbridge::mqtt::{Mqtt, MqttHandle, MqttSettings};
 use tokio_util::sync::CancellationToken;
 
@@ -59,10 +59,16 @@ async fn wait_connected(h: &MqttHandle, up: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_broker_is_away_the_outbox_keeps_the_newest_state_and_the_newest_readings() {
-    let mut broker = Mosquitto::start();
-    let (h, token, task) = start(settings(broker.port, "outbox", 20));
+    // The broker stays up for the subscriber; the gateway's path to it goes through a proxy
+    // that refuses connections, so the test decides when the gateway comes back (no race
+    // between the subscriber and the re-sent messages).
+    let broker = Mosquitto::start();
+    let proxy = Proxy::start(broker.port);
+    let sub = Subscriber::connect(broker.port, "t/outbox/#");
+    let (h, token, task) = start(settings(proxy.port, "outbox", 20));
     wait_connected(&h, true).await;
-    broker.kill();
+    proxy.refuse.store(true, Ordering::SeqCst);
+    proxy.cut();
     wait_connected(&h, false).await;
 
     for i in 0..50 {
@@ -72,20 +78,33 @@ async fn while_the_broker_is_away_the_outbox_keeps_the_newest_state_and_the_newe
         h.publish_retained("t/outbox/state".into(), format!("state-{v}"));
     }
     let s = h.stats();
-    assert!(s.queued <= 20, "queued {} above the bound", s.queued);
+    assert_eq!(s.queued, 20, "the outbox holds exactly its bound");
+    assert_eq!(
+        s.dropped, 31,
+        "50 readings + 1 state into 20 places: 31 readings dropped"
+    );
 
-    broker.restart();
-    let sub = Subscriber::connect(broker.port, "t/outbox/#");
+    proxy.refuse.store(false, Ordering::SeqCst);
     let got = sub.wait_for("t/outbox/state", |p| p == "state-4", WAIT);
-    assert!(got.is_some(), "newest retained state not re-published");
-    // The readings: the newest ones that fit beside the retained messages, in order.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(got.is_some(), "newest retained state not sent");
+    assert!(
+        sub.wait_for("t/outbox/reading/49", |_| true, WAIT)
+            .is_some()
+    );
     let readings: Vec<String> = sub
         .seen()
         .into_iter()
         .filter(|m| m.topic.starts_with("t/outbox/reading/"))
         .map(|m| m.payload)
         .collect();
+    // On reconnect the `online` status joins the outbox too and takes one more reading's place:
+    // 20 = state + status + the newest 18 readings.
+    let expected: Vec<String> = (32..50).map(|i| i.to_string()).collect();
+    assert_eq!(
+        readings, expected,
+        "the newest readings, oldest dropped first"
+    );
+    assert_eq!(h.stats().dropped, 32, "every drop counted");
     let states: Vec<String> = sub
         .on("t/outbox/state")
         .into_iter()
@@ -96,14 +115,6 @@ async fn while_the_broker_is_away_the_outbox_keeps_the_newest_state_and_the_newe
         vec!["state-4".to_string()],
         "older states must not be sent"
     );
-    assert!(!readings.is_empty());
-    assert_eq!(readings.last().map(String::as_str), Some("49"));
-    assert!(
-        !readings.contains(&"0".to_string()),
-        "oldest readings must be dropped first"
-    );
-    let dropped = h.stats().dropped;
-    assert_eq!(dropped as usize, 50 - readings.len(), "every drop counted");
     token.cancel();
     task.await.unwrap();
 }
@@ -113,6 +124,8 @@ async fn while_the_broker_is_away_the_outbox_keeps_the_newest_state_and_the_newe
 struct Proxy {
     port: u16,
     freeze: Arc<AtomicBool>,
+    /// New connections are closed at once, as if the broker were down.
+    refuse: Arc<AtomicBool>,
     conns: Arc<std::sync::Mutex<Vec<TcpStream>>>,
 }
 
@@ -121,10 +134,15 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let freeze = Arc::new(AtomicBool::new(false));
+        let refuse = Arc::new(AtomicBool::new(false));
         let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (f, c) = (freeze.clone(), conns.clone());
+        let (f, c, r) = (freeze.clone(), conns.clone(), refuse.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().map_while(Result::ok) {
+                if r.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
                     continue;
                 };
@@ -141,6 +159,7 @@ impl Proxy {
         Proxy {
             port,
             freeze,
+            refuse,
             conns,
         }
     }
@@ -231,5 +250,4 @@ async fn messages_above_rumqttc_s_10_kib_default_pass_both_ways() {
     assert_eq!(h.stats().reconnects, 0);
     token.cancel();
     task.await.unwrap();
-    let _ = free_port();
 }
