@@ -229,3 +229,27 @@ async fn a_port_held_by_another_process_is_reported_as_such() {
     }
     t.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_unit_costs_one_timeout_per_poll_not_one_per_read() {
+    let fake = FakeModbus::new();
+    fake.unit(3, |u| u.silent = true);
+    let addr = fake.serve_tcp().await;
+    let (h, t) = start(&bus_config(BusKind::ModbusTcp, &addr.to_string(), 150));
+    let t0 = Instant::now();
+    let r = h
+        .poll(3, vec![holding(0), holding(10), holding(20), holding(30)])
+        .await;
+    assert!(
+        t0.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(r.len(), 4);
+    assert!(
+        r.iter().all(|x| matches!(x, Err(BusError::Timeout(_)))),
+        "{r:?}"
+    );
+    assert_eq!(fake.log().len(), 1, "only the first read went on the wire");
+    t.cancel();
+}

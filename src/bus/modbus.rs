@@ -41,6 +41,9 @@ use crate::config::{BusConfig, BusKind, Table};
 /// as large as the number of devices; a full queue makes the poller wait (and count overruns).
 pub const POLLS_CAP: usize = 64;
 
+/// Extra silence after a timeout on RTU: a slow device may still be sending its answer.
+pub const RTU_TIMEOUT_GUARD: Duration = Duration::from_millis(50);
+
 /// The Modbus exception's name, as users read it in manuals.
 pub fn exception_name(e: ExceptionCode) -> String {
     match e {
@@ -190,9 +193,25 @@ impl ModbusBus {
     async fn handle(&mut self, req: BusRequest) {
         match req {
             BusRequest::Poll { unit, reads, reply } => {
-                let mut out = Vec::with_capacity(reads.len());
+                let mut out: Vec<Result<RawData, BusError>> = Vec::with_capacity(reads.len());
                 for r in reads {
-                    out.push(self.read(unit, r).await);
+                    // A device that did not answer one read won't answer the next: the rest of
+                    // its poll gets the same error without costing the bus more timeouts.
+                    let dead = out.last().and_then(|l| l.as_ref().err()).filter(|e| {
+                        matches!(
+                            e,
+                            BusError::Timeout(_)
+                                | BusError::Transport(_)
+                                | BusError::Unavailable(_)
+                        )
+                    });
+                    match dead {
+                        Some(e) => {
+                            let e = e.clone();
+                            out.push(Err(e));
+                        }
+                        None => out.push(self.read(unit, r).await),
+                    }
                 }
                 answer(reply, out);
             }
@@ -254,6 +273,10 @@ impl ModbusBus {
                 Err(_) => {
                     BusStats::add(&self.stats.timeouts, 1);
                     last = BusError::Timeout(self.config.timeout);
+                    // RS-485: the device may still be answering; keep off the wire a while.
+                    if self.config.kind == BusKind::ModbusRtu {
+                        self.last_end = Some(Instant::now() + RTU_TIMEOUT_GUARD);
+                    }
                     // TCP: the answer may still come; a new connection can't receive it.
                     // RTU serial: ClearOnWrite drops it before the next request.
                     self.drop_link_if_stream();
