@@ -24,7 +24,7 @@ use crate::line_device::LineDevice;
 use crate::mqtt::{Incoming, Mqtt, MqttHandle, MqttSettings, Secret, TlsSettings};
 use crate::poller::{DEVICE_COMMANDS_CAP, DevicePoller, Sink};
 use crate::topics::Topics;
-use crate::{EXIT_CONFIG, EXIT_FAILURE, payload, systemd};
+use crate::{EXIT_CONFIG, EXIT_FAILURE, discovery, health, payload, systemd};
 
 /// How long shutdown may take before the remaining tasks are abandoned. CONTRACT §5 asks for
 /// an exit within 2 s of SIGTERM; this leaves room for the runtime to wind down.
@@ -220,9 +220,17 @@ impl Gateway {
         let sink: std::sync::Arc<dyn Sink> = std::sync::Arc::new(handle.clone());
         let device_tracker = TaskTracker::new();
         let mut bridge = Bridge::new(shared_topics.clone(), sink.clone());
+        let mut health_sources = health::Sources {
+            mqtt: Some(handle.clone()),
+            commands: Some(bridge.stats.clone()),
+            ..Default::default()
+        };
         let bus_tracker = TaskTracker::new();
         for (bus_name, bus_config) in config.buses.iter().filter(|(_, b)| !b.kind.is_modbus()) {
             let (mut bus, line_handle) = SerialLineBus::new(bus_name, bus_config);
+            health_sources
+                .serial
+                .push((bus_name.clone(), line_handle.stats.clone()));
             for (dev_name, dev) in config.devices.iter().filter(|(_, d)| &d.bus == bus_name) {
                 let lines = bus.add_device(dev_name, dev.r#match.clone());
                 let (cmd_tx, cmd_rx) = mpsc::channel(DEVICE_COMMANDS_CAP);
@@ -242,6 +250,9 @@ impl Gateway {
         }
         for (bus_name, bus_config) in config.buses.iter().filter(|(_, b)| b.kind.is_modbus()) {
             let (bus, bus_handle) = ModbusBus::new(bus_name, bus_config);
+            health_sources
+                .modbus
+                .push((bus_name.clone(), bus_handle.stats.clone()));
             bus_tracker.spawn(bus.run(buses_token.clone()));
             for (dev_name, dev) in config.devices.iter().filter(|(_, d)| &d.bus == bus_name) {
                 let (cmd_tx, cmd_rx) = mpsc::channel(DEVICE_COMMANDS_CAP);
@@ -288,6 +299,21 @@ impl Gateway {
                 }
             });
         }
+
+        if config.homeassistant.discovery {
+            let configs = discovery::all(&config, &topics)
+                .into_iter()
+                .map(|(t, p)| (t, p.to_string()))
+                .collect();
+            bridge.set_discovery(configs);
+            handle.subscribe(&topics.homeassistant_status());
+        }
+        tracker.spawn(health::run(
+            health_sources,
+            topics.gateway_health(),
+            config.gateway.health_interval,
+            devices_token.clone(),
+        ));
 
         let main_heartbeat = systemd::Heartbeat::new("supervisor");
         let _watchdog = systemd::spawn_watchdog(

@@ -69,6 +69,8 @@ pub struct Bridge {
     sink: Arc<dyn Sink>,
     pub stats: Arc<CommandStats>,
     warn_limit: RateLimit,
+    /// Home Assistant discovery configs, re-published when Home Assistant says it is online.
+    discovery: Vec<(String, String)>,
 }
 
 impl Bridge {
@@ -79,6 +81,19 @@ impl Bridge {
             sink,
             stats: Arc::new(CommandStats::default()),
             warn_limit: RateLimit::new(Duration::from_secs(10)),
+            discovery: Vec::new(),
+        }
+    }
+
+    /// Publishes the discovery configs now and whenever `{prefix}/status` says `online`.
+    pub fn set_discovery(&mut self, configs: Vec<(String, String)>) {
+        self.discovery = configs;
+        self.publish_discovery();
+    }
+
+    fn publish_discovery(&self) {
+        for (topic, payload) in &self.discovery {
+            self.sink.publish_retained(topic.clone(), payload.clone());
         }
     }
 
@@ -102,7 +117,14 @@ impl Bridge {
     pub fn handle(&mut self, topic: &str, payload: &[u8]) {
         let device = match self.topics.parse(topic) {
             Some(Topic::Command { device }) => device,
-            Some(Topic::HomeAssistantStatus) | None => {
+            Some(Topic::HomeAssistantStatus) => {
+                if payload.eq_ignore_ascii_case(b"online") {
+                    debug!("Home Assistant is online; publishing discovery again");
+                    self.publish_discovery();
+                }
+                return;
+            }
+            None => {
                 debug!(topic = %topic, "message on an unhandled topic");
                 return;
             }

@@ -23,6 +23,7 @@ pub mod cli;
 pub mod command;
 pub mod config;
 pub mod discovery;
+pub mod health;
 pub mod line_device;
 pub mod model;
 pub mod mqtt;
