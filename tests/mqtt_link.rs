@@ -239,12 +239,16 @@ async fn messages_above_rumqttc_s_10_kib_default_pass_both_ways() {
             .is_some()
     );
     // Incoming: a 100 KiB message on a subscribed topic arrives and the link stays up.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    common::mosquitto::publish(broker.port, "t/big/in", &big, false);
-    let msg = tokio::time::timeout(WAIT, incoming.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    // The subscription is made on ConnAck; publish until it is in place (bounded).
+    let deadline = Instant::now() + WAIT;
+    let msg = loop {
+        assert!(Instant::now() < deadline, "the big message never arrived");
+        common::mosquitto::publish(broker.port, "t/big/in", &big, false);
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), incoming.recv()).await
+        {
+            break m;
+        }
+    };
     assert_eq!(msg.payload.len(), big.len());
     assert!(h.stats().connected);
     assert_eq!(h.stats().reconnects, 0);
