@@ -244,16 +244,28 @@ impl Gateway {
                     shared_topics.clone(),
                 )
                 .with_commands(cmd_rx);
-                device_tracker.spawn(device.run(devices_token.clone()));
+                device_tracker.spawn(supervised(
+                    format!("device {dev_name}"),
+                    device.run(devices_token.clone()),
+                    fatal_tx.clone(),
+                ));
             }
-            bus_tracker.spawn(bus.run(buses_token.clone()));
+            bus_tracker.spawn(supervised(
+                format!("bus {bus_name}"),
+                bus.run(buses_token.clone()),
+                fatal_tx.clone(),
+            ));
         }
         for (bus_name, bus_config) in config.buses.iter().filter(|(_, b)| b.kind.is_modbus()) {
             let (bus, bus_handle) = ModbusBus::new(bus_name, bus_config);
             health_sources
                 .modbus
                 .push((bus_name.clone(), bus_handle.stats.clone()));
-            bus_tracker.spawn(bus.run(buses_token.clone()));
+            bus_tracker.spawn(supervised(
+                format!("bus {bus_name}"),
+                bus.run(buses_token.clone()),
+                fatal_tx.clone(),
+            ));
             for (dev_name, dev) in config.devices.iter().filter(|(_, d)| &d.bus == bus_name) {
                 let (cmd_tx, cmd_rx) = mpsc::channel(DEVICE_COMMANDS_CAP);
                 bridge.add_device(dev_name, dev, cmd_tx);
@@ -266,7 +278,11 @@ impl Gateway {
                     shared_topics.clone(),
                 )
                 .with_commands(cmd_rx);
-                device_tracker.spawn(poller.run(devices_token.clone()));
+                device_tracker.spawn(supervised(
+                    format!("device {dev_name}"),
+                    poller.run(devices_token.clone()),
+                    fatal_tx.clone(),
+                ));
             }
         }
 
@@ -416,6 +432,20 @@ fn reload(path: &Path, current: &Config) -> Option<Config> {
     };
     systemd::ready();
     result
+}
+
+/// Runs a task; if it panics (a bug — nothing in it should), the supervisor hears of it and
+/// stops the process gracefully with exit 1, so systemd restarts a whole daemon rather than
+/// leaving a bus silently dead.
+async fn supervised<F>(name: String, task: F, fatal: mpsc::Sender<String>)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    if let Err(e) = tokio::spawn(task).await {
+        if e.is_panic() && fatal.try_send(format!("{name} panicked")).is_err() {
+            error!(task = %name, "task panicked");
+        }
+    }
 }
 
 fn status_line(connected: bool, devices: usize) -> String {

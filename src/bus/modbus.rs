@@ -14,6 +14,7 @@
 //! - a port or connection that fails is reopened with capped backoff; while it is down,
 //!   requests are answered at once with `Unavailable`, without blocking the queue.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io;
 use std::pin::Pin;
@@ -24,8 +25,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_modbus::client::{Context, Reader, Writer};
-use tokio_modbus::prelude::{ExceptionCode, Slave, SlaveContext};
+use tokio_modbus::client::{Client, Context};
+use tokio_modbus::prelude::{ExceptionCode, Request, Response, Slave, SlaveContext};
 use tokio_serial::{ClearBuffer, SerialPort, SerialStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -370,48 +371,68 @@ async fn open(config: &BusConfig, name: &str) -> Result<Context, String> {
     }
 }
 
+/// One request through `Client::call`, with the answer checked here: tokio-modbus's typed
+/// helpers `debug_assert!` that a write's echo equals the request, which panics the bus task
+/// on a device that clamps what it is given (and a short answer trips the read helpers' checks).
 async fn exec(
     ctx: &mut Context,
     op: &Op,
 ) -> Result<Result<Outcome, ExceptionCode>, tokio_modbus::Error> {
-    Ok(match op {
+    let request = match op {
         Op::Read(r) => match r.table {
-            Table::Coil => ctx
-                .read_coils(r.start, r.count)
-                .await?
-                .map(|b| Outcome::Data(RawData::Bits(b))),
-            Table::Discrete => ctx
-                .read_discrete_inputs(r.start, r.count)
-                .await?
-                .map(|b| Outcome::Data(RawData::Bits(b))),
-            Table::Holding => ctx
-                .read_holding_registers(r.start, r.count)
-                .await?
-                .map(|w| Outcome::Data(RawData::Words(w))),
-            Table::Input => ctx
-                .read_input_registers(r.start, r.count)
-                .await?
-                .map(|w| Outcome::Data(RawData::Words(w))),
+            Table::Coil => Request::ReadCoils(r.start, r.count),
+            Table::Discrete => Request::ReadDiscreteInputs(r.start, r.count),
+            Table::Holding => Request::ReadHoldingRegisters(r.start, r.count),
+            Table::Input => Request::ReadInputRegisters(r.start, r.count),
         },
         Op::Write(w) => match w {
-            WriteSpec::Coil { address, value } => ctx
-                .write_single_coil(*address, *value)
-                .await?
-                .map(|()| Outcome::Written),
-            WriteSpec::Coils { address, values } => ctx
-                .write_multiple_coils(*address, values)
-                .await?
-                .map(|()| Outcome::Written),
-            WriteSpec::Register { address, value } => ctx
-                .write_single_register(*address, *value)
-                .await?
-                .map(|()| Outcome::Written),
-            WriteSpec::Registers { address, values } => ctx
-                .write_multiple_registers(*address, values)
-                .await?
-                .map(|()| Outcome::Written),
+            WriteSpec::Coil { address, value } => Request::WriteSingleCoil(*address, *value),
+            WriteSpec::Coils { address, values } => {
+                Request::WriteMultipleCoils(*address, Cow::Borrowed(values))
+            }
+            WriteSpec::Register { address, value } => {
+                Request::WriteSingleRegister(*address, *value)
+            }
+            WriteSpec::Registers { address, values } => {
+                Request::WriteMultipleRegisters(*address, Cow::Borrowed(values))
+            }
         },
-    })
+    };
+    let response = match ctx.call(request).await? {
+        Ok(r) => r,
+        Err(exception) => return Ok(Err(exception)),
+    };
+    let short = |got: usize, want: u16| {
+        tokio_modbus::Error::Transport(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the device answered {got} values for {want} asked"),
+        ))
+    };
+    Ok(Ok(match (op, response) {
+        (Op::Read(r), Response::ReadCoils(mut b) | Response::ReadDiscreteInputs(mut b)) => {
+            // Bits come in whole bytes; the padding is cut off.
+            if b.len() < usize::from(r.count) {
+                return Err(short(b.len(), r.count));
+            }
+            b.truncate(usize::from(r.count));
+            Outcome::Data(RawData::Bits(b))
+        }
+        (Op::Read(r), Response::ReadHoldingRegisters(w) | Response::ReadInputRegisters(w)) => {
+            if w.len() != usize::from(r.count) {
+                return Err(short(w.len(), r.count));
+            }
+            Outcome::Data(RawData::Words(w))
+        }
+        // A write's echo may differ from the request (a device that clamps); the read-back
+        // that follows every command says what the device kept.
+        (Op::Write(_), _) => Outcome::Written,
+        (Op::Read(_), other) => {
+            return Err(tokio_modbus::Error::Transport(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unexpected answer {other:?}"),
+            )));
+        }
+    }))
 }
 
 fn answer<T>(tx: oneshot::Sender<T>, value: T) {

@@ -1,0 +1,475 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::let_underscore_must_use
+)]
+//! Commands end to end: MQTT command topic → validation → Modbus write → read-back → result and
+//! state on the broker, against a real Modbus server and a real mosquitto.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::gateway::{GatewayProcess, InProcess};
+use common::modbus::FakeModbus;
+use common::mosquitto::{Mosquitto, Subscriber, publish};
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn json_of(p: &str) -> Value {
+    serde_json::from_str(p).unwrap_or(Value::Null)
+}
+
+fn config(port: u16, modbus: &str, extra_bus: &str) -> String {
+    format!(
+        r#"[gateway]
+id = "cmd"
+base_topic = "t"
+location = "lab"
+health_interval = "1s"
+[mqtt]
+url = "mqtt://127.0.0.1:{port}"
+reconnect_min = "100ms"
+reconnect_max = "1s"
+[history]
+path = "{{dir}}/history.db"
+[buses.plc]
+kind = "modbus-tcp"
+address = "{modbus}"
+{extra_bus}
+[devices.lamp]
+bus = "plc"
+unit = 1
+poll = "5s"
+[devices.lamp.points.state]
+register = "coil:0"
+writable = true
+map = {{ 0 = "off", 1 = "on" }}
+[devices.lamp.points.brightness]
+register = "holding:1"
+writable = true
+min = 0
+max = 100
+[devices.lamp.points.power]
+register = "input:0"
+[devices.lamp.points.offset]
+register = "holding:2"
+type = "i32"
+writable = true
+[devices.lamp.points.sp_abcd]
+register = "holding:10"
+type = "f32"
+order = "ABCD"
+writable = true
+[devices.lamp.points.sp_cdab]
+register = "holding:12"
+type = "f32"
+order = "CDAB"
+writable = true
+[devices.lamp.points.sp_badc]
+register = "holding:14"
+type = "f32"
+order = "BADC"
+writable = true
+[devices.lamp.points.sp_dcba]
+register = "holding:16"
+type = "f32"
+order = "DCBA"
+writable = true
+[devices.lamp.points.missing]
+register = "holding:500"
+writable = true
+[devices.lamp.actions.turn_on]
+set = {{ state = "on", brightness = 100 }}
+"#
+    )
+}
+
+const CMD: &str = "t/lab/device/lamp/command";
+const RESULT: &str = "t/lab/device/lamp/command/result";
+
+/// Sends a command with `id` and waits for its result.
+fn command(broker: u16, sub: &Subscriber, id: &str, body: &str) -> Value {
+    let payload = if body.trim() == "{}" {
+        format!(r#"{{"id": "{id}"}}"#)
+    } else {
+        format!(r#"{{"id": "{id}", {}"#, body.trim().trim_start_matches('{'))
+    };
+    publish(broker, CMD, &payload, false);
+    let m = sub
+        .wait_for(RESULT, |p| json_of(p)["id"] == json!(id), WAIT)
+        .unwrap_or_else(|| panic!("no result for {id}"));
+    json_of(&m.payload)
+}
+
+fn writes(fake: &FakeModbus) -> Vec<(u8, u16)> {
+    fake.log()
+        .iter()
+        .filter(|s| matches!(s.fc, 5 | 6 | 15 | 16))
+        .map(|s| (s.fc, s.address))
+        .collect()
+}
+
+async fn setup() -> (Mosquitto, FakeModbus, Subscriber, InProcess) {
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    fake.unit(1, |u| {
+        u.missing.insert(500);
+    });
+    let addr = fake.serve_tcp().await;
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let gw = InProcess::start(&config(broker.port, &addr.to_string(), "")).await;
+    sub.wait_for(
+        "t/lab/device/lamp/availability",
+        |p| p.contains("online"),
+        WAIT,
+    )
+    .expect("lamp online");
+    (broker, fake, sub, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_commands_are_refused_naming_point_and_limit_and_nothing_is_written() {
+    let (broker, fake, sub, gw) = setup().await;
+    let cases = [
+        (r#"{"brightness": 120}"#, "brightness: 120 is above max 100"),
+        (r#"{"brightness": -5}"#, "brightness: -5 is below min 0"),
+        (r#"{"volume": 3}"#, "volume: unknown point"),
+        (r#"{"power": 3}"#, "power: not writable"),
+        (
+            r#"{"state": "dim"}"#,
+            "state: unknown label \"dim\"; expected off or on",
+        ),
+        (
+            r#"{"brightness": "bright"}"#,
+            "brightness: expected a number, got \"bright\"",
+        ),
+        (
+            r#"{"action": "dance"}"#,
+            "unknown action \"dance\"; expected set, refresh or turn_on",
+        ),
+        (
+            r#"{"state": "on", "brightness": 101}"#,
+            "brightness: 101 is above max 100",
+        ),
+    ];
+    for (i, (body, error)) in cases.iter().enumerate() {
+        let r = command(broker.port, &sub, &format!("bad{i}"), body);
+        assert_eq!(r["ok"], json!(false), "{body}");
+        assert_eq!(r["error"], json!(error), "{body}");
+    }
+    // Malformed JSON has no id to echo: it is answered without one.
+    publish(broker.port, CMD, "{not json", false);
+    let m = sub
+        .wait_for(
+            RESULT,
+            |p| {
+                json_of(p)["error"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("malformed JSON"))
+            },
+            WAIT,
+        )
+        .expect("malformed JSON answered");
+    assert_eq!(json_of(&m.payload)["ok"], json!(false));
+    assert!(
+        writes(&fake).is_empty(),
+        "something was written: {:?}",
+        writes(&fake)
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_named_actions_and_refresh_write_read_back_and_report() {
+    let (broker, fake, sub, gw) = setup().await;
+    // set: a coil by label and a u16.
+    let r = command(
+        broker.port,
+        &sub,
+        "s1",
+        r#"{"state": "on", "brightness": 42}"#,
+    );
+    assert_eq!(
+        r,
+        json!({"id": "s1", "action": "set", "ok": true, "written": {"state": "on", "brightness": 42}})
+    );
+    assert_eq!(writes(&fake), vec![(6, 1), (5, 0)]);
+    // A named action with an extra value: the payload wins over the action's own.
+    fake.clear_log();
+    let r = command(
+        broker.port,
+        &sub,
+        "a1",
+        r#"{"action": "turn_on", "brightness": 80}"#,
+    );
+    assert_eq!(r["ok"], json!(true), "{r}");
+    assert_eq!(r["action"], json!("turn_on"));
+    assert_eq!(r["written"], json!({"state": "on", "brightness": 80}));
+    // i32 and f32 in every order, with the function codes the server saw.
+    fake.clear_log();
+    let r = command(
+        broker.port,
+        &sub,
+        "f1",
+        r#"{"offset": -70000, "sp_abcd": 21.5, "sp_cdab": 21.5, "sp_badc": 21.5, "sp_dcba": 21.5}"#,
+    );
+    assert_eq!(r["ok"], json!(true), "{r}");
+    assert_eq!(r["written"]["offset"], json!(-70000));
+    for k in ["sp_abcd", "sp_cdab", "sp_badc", "sp_dcba"] {
+        assert_eq!(r["written"][k], json!(21.5), "{k}");
+    }
+    assert!(
+        writes(&fake).iter().all(|(fc, _)| *fc == 16),
+        "{:?}",
+        writes(&fake)
+    );
+    let regs = fake.unit(1, |u| {
+        [10u16, 11, 12, 13, 14, 15, 16, 17].map(|a| *u.holdings.get(&a).unwrap_or(&0))
+    });
+    assert_eq!(
+        regs,
+        [
+            0x41AC, 0x0000, 0x0000, 0x41AC, 0xAC41, 0x0000, 0x0000, 0xAC41
+        ]
+    );
+    // The retained state carries the read-back values.
+    let state = sub
+        .wait_for(
+            "t/lab/device/lamp/state",
+            |p| json_of(p)["offset"] == json!(-70000),
+            WAIT,
+        )
+        .expect("state after write");
+    assert_eq!(json_of(&state.payload)["brightness"], json!(80));
+    // refresh: reads every point now and publishes the state.
+    fake.set_input(1, 0, &[321]);
+    sub.clear();
+    let r = command(broker.port, &sub, "r1", r#"{"action": "refresh"}"#);
+    assert_eq!(
+        r,
+        json!({"id": "r1", "action": "refresh", "ok": true, "written": {}})
+    );
+    let state = sub.wait_for(
+        "t/lab/device/lamp/state",
+        |p| json_of(p)["power"] == json!(321),
+        WAIT,
+    );
+    assert!(state.is_some(), "refresh did not publish the state");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_clamps_a_write_is_reported_with_the_value_it_kept() {
+    let (broker, fake, sub, gw) = setup().await;
+    fake.unit(1, |u| {
+        u.clamp.insert(1, 50);
+    });
+    let r = command(broker.port, &sub, "c1", r#"{"brightness": 90}"#);
+    assert_eq!(r["ok"], json!(true));
+    assert_eq!(r["written"], json!({"brightness": 50}));
+    let state = sub.wait_for(
+        "t/lab/device/lamp/state",
+        |p| json_of(p)["brightness"] == json!(50),
+        WAIT,
+    );
+    assert!(state.is_some());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exceptions_and_timeouts_are_answered_by_name() {
+    let (broker, fake, sub, gw) = setup().await;
+    let r = command(broker.port, &sub, "e1", r#"{"missing": 1}"#);
+    assert_eq!(r["ok"], json!(false));
+    assert_eq!(r["error"], json!("missing: illegal data address"));
+    fake.unit(1, |u| u.silent = true);
+    let r = command(broker.port, &sub, "e2", r#"{"brightness": 1}"#);
+    assert_eq!(r["ok"], json!(false));
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("brightness: timeout"),
+        "{r}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_during_a_long_poll_cycle_is_written_before_the_rest_of_the_cycle() {
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    for u in 1..=6 {
+        fake.unit(u, |x| x.delay = Duration::from_millis(150));
+    }
+    let addr = fake.serve_tcp().await;
+    let mut cfg = config(broker.port, &addr.to_string(), "timeout = \"1s\"");
+    cfg = cfg.replace("poll = \"5s\"", "poll = \"30s\"");
+    for u in 2..=6 {
+        cfg += &format!(
+            "[devices.m{u}]\nbus = \"plc\"\nunit = {u}\npoll = \"30s\"\n[devices.m{u}.points.v]\nregister = \"holding:0\"\n"
+        );
+    }
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let gw = InProcess::start(&cfg).await;
+    // The first cycle of six slow devices takes about a second; command the lamp in the middle.
+    let deadline = Instant::now() + WAIT;
+    while fake.log().iter().filter(|s| s.fc <= 4).count() < 2 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    publish(broker.port, CMD, r#"{"id": "mid", "brightness": 7}"#, false);
+    sub.wait_for(RESULT, |p| p.contains("\"mid\""), WAIT)
+        .expect("result");
+    let log = fake.log();
+    let write_at = log.iter().position(|s| s.fc == 6).expect("written");
+    let reads_after = log[write_at..]
+        .iter()
+        .filter(|s| s.fc <= 4 && s.unit != 1)
+        .count();
+    assert!(
+        reads_after >= 1,
+        "the write waited for the whole cycle: {log:?}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos1_command_sent_while_the_gateway_was_stopped_is_executed_after_restart() {
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    fake.unit(1, |_| {});
+    let addr = fake.serve_tcp().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(broker.port, &addr.to_string(), "")
+        .replace("{dir}", &dir.path().display().to_string());
+    let status = "t/gateway/cmd/status";
+    let mut gw = GatewayProcess::spawn(&cfg, &[]);
+    assert!(
+        common::mosquitto::wait_retained(broker.port, status, |p| p.contains("online"), WAIT)
+            .is_some()
+    );
+    gw.signal(Signal::SIGTERM);
+    assert_eq!(gw.wait_exit(WAIT).and_then(|s| s.code()), Some(0));
+    // The broker keeps the command for our persistent session (clean_session = false).
+    let sub = Subscriber::connect(broker.port, RESULT);
+    publish(
+        broker.port,
+        CMD,
+        r#"{"id": "while-away", "brightness": 33}"#,
+        false,
+    );
+    assert!(writes(&fake).is_empty());
+    let _gw = GatewayProcess::spawn(&cfg, &[]);
+    let r = sub
+        .wait_for(RESULT, |p| p.contains("while-away"), WAIT)
+        .expect("command executed after restart");
+    assert_eq!(json_of(&r.payload)["ok"], json!(true));
+    assert_eq!(fake.unit(1, |u| u.holdings.get(&1).copied()), Some(33));
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_malformed_commands_are_counted_cost_bounded_memory_and_valid_ones_still_work()
+{
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    fake.unit(1, |_| {});
+    let addr = fake.serve_tcp().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(broker.port, &addr.to_string(), "")
+        .replace("{dir}", &dir.path().display().to_string());
+    let sub = Subscriber::connect(broker.port, "t/gateway/cmd/health");
+    let results = Subscriber::connect(broker.port, RESULT);
+    let mut gw = GatewayProcess::spawn(&cfg, &[("RUST_LOG", "info")]);
+    let pid = gw.pid().as_raw() as u32;
+    assert!(
+        sub.wait_for("t/gateway/cmd/health", |_| true, WAIT)
+            .is_some()
+    );
+    let rss_before = rss_kib(pid);
+
+    // 10,000 malformed commands through one mosquitto_pub -l, valid ones sent alongside.
+    let mut flood = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            CMD,
+            "-l",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = flood.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        for i in 0..10_000 {
+            let line = match i % 4 {
+                0 => "{not json".to_string(),
+                1 => format!(r#"{{"brightness": {}}}"#, 1000 + i),
+                2 => r#"{"nope": 1}"#.to_string(),
+                _ => "[1,2,3]".to_string(),
+            };
+            writeln!(stdin, "{line}").unwrap();
+        }
+    });
+    for i in 0..5 {
+        publish(
+            broker.port,
+            CMD,
+            &format!(r#"{{"id": "valid{i}", "brightness": {i}}}"#),
+            false,
+        );
+    }
+    writer.join().unwrap();
+    let _ = flood.wait();
+    for i in 0..5 {
+        let r = results.wait_for(
+            RESULT,
+            |p| p.contains(&format!("\"valid{i}\"")),
+            Duration::from_secs(30),
+        );
+        let r = r.unwrap_or_else(|| panic!("valid{i} got no result during the flood"));
+        assert_eq!(json_of(&r.payload)["ok"], json!(true));
+    }
+    let health = sub
+        .wait_for(
+            "t/gateway/cmd/health",
+            |p| json_of(p)["commands"]["rejected"] == json!(10_000),
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "rejected counter never reached 10000: {:?}",
+                sub.seen().last()
+            )
+        });
+    assert_eq!(json_of(&health.payload)["commands"]["accepted"], json!(5));
+    assert!(gw.is_running());
+    let rss_after = rss_kib(pid);
+    assert!(
+        rss_after < rss_before + 8 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    // The refusals are logged rate-limited, not one line each.
+    let refusals = gw.log().matches("command refused").count();
+    assert!(refusals <= 5, "{refusals} log lines for the flood");
+}
