@@ -284,6 +284,97 @@ fn bus() {
     }
 }
 
+/// Command latency: MQTT publish → write at the device, and → result on the broker, over 1000
+/// commands one after another (in-process TCP device, release gateway, real mosquitto).
+async fn commands() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    fake.unit(1, |_| {});
+    let addr = fake.serve_tcp().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    let text = format!(
+        "[gateway]\nid = \"bench\"\nbase_topic = \"b\"\nlocation = \"lab\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n[history]\npath = \"{}/history.db\"\n[homeassistant]\ndiscovery = false\n[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{addr}\"\n[devices.lamp]\nbus = \"plc\"\nunit = 1\npoll = \"1s\"\n[devices.lamp.points.level]\nregister = \"holding:1\"\nwritable = true\n",
+        broker.port,
+        dir.path().display()
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let mut gw = spawn_gateway(&cfg, false);
+    let mut opts = MqttOptions::new("bench-cmd", "127.0.0.1", broker.port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut ev) = AsyncClient::new(opts, 16);
+    // The measuring client must not add Nagle's delay of its own.
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    ev.set_network_options(net);
+    client
+        .subscribe("b/lab/device/lamp/command/result", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    tokio::spawn(async move {
+        while let Ok(e) = ev.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = e {
+                let _ = tx.send((Instant::now(), p.payload.to_vec()));
+            }
+        }
+    });
+    // Wait for the gateway to be subscribed: send until a result comes back.
+    loop {
+        client
+            .publish(
+                "b/lab/device/lamp/command",
+                QoS::AtLeastOnce,
+                false,
+                r#"{"id":"warm","level":1}"#,
+            )
+            .await
+            .unwrap();
+        if tokio::time::timeout(Duration::from_millis(500), rx.recv())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while rx.try_recv().is_ok() {}
+    let mut to_write = Vec::new();
+    let mut to_result = Vec::new();
+    for i in 0..1000u32 {
+        fake.clear_log();
+        let body = format!(r#"{{"id":"c{i}","level":{}}}"#, i % 100);
+        let sent = Instant::now();
+        client
+            .publish("b/lab/device/lamp/command", QoS::AtLeastOnce, false, body)
+            .await
+            .unwrap();
+        let (at, payload) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&payload).contains(&format!("\"c{i}\"")));
+        to_result.push(at.duration_since(sent));
+        if let Some(w) = fake.log().iter().find(|s| s.fc == 6) {
+            to_write.push(w.at.duration_since(sent));
+        }
+    }
+    let pct = |v: &mut Vec<Duration>, p: f64| {
+        v.sort();
+        v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
+    };
+    println!(
+        "commands: 1000 commands, publish -> write at device p50 {:.2} ms p99 {:.2} ms; publish -> result on broker p50 {:.2} ms p99 {:.2} ms",
+        pct(&mut to_write, 0.5),
+        pct(&mut to_write, 0.99),
+        pct(&mut to_result, 0.5),
+        pct(&mut to_result, 0.99),
+    );
+    let _ = gw.kill();
+    let _ = gw.wait();
+}
+
 fn main() {
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -296,6 +387,9 @@ fn main() {
     }
     if want("throughput") {
         rt.block_on(throughput());
+    }
+    if want("commands") {
+        rt.block_on(commands());
     }
     if want("memory") {
         rt.block_on(memory());

@@ -287,7 +287,7 @@ impl Mqtt {
             incoming,
             heartbeat,
         } = self;
-        let (mut client, mut eventloop) = AsyncClient::new(options.clone(), CLIENT_CAP);
+        let (mut client, mut eventloop) = new_client(&options);
         let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
         let mut connected = false;
         let mut ever_connected = false;
@@ -359,7 +359,7 @@ impl Mqtt {
                             collisions += 1;
                             if collisions >= 2 {
                                 warn!("mqtt: packet id collision keeps repeating; rebuilding the client (rumqtt#1014)");
-                                (client, eventloop) = AsyncClient::new(options.clone(), CLIENT_CAP);
+                                (client, eventloop) = new_client(&options);
                                 collisions = 0;
                             }
                         }
@@ -413,6 +413,17 @@ impl Mqtt {
         info!("mqtt disconnected");
         Ok(())
     }
+}
+
+/// A client and event loop with TCP_NODELAY: without it, Nagle's algorithm and delayed ACKs add
+/// ~40 ms to every command result and state publish (measured: BENCHMARKS.md, commands).
+fn new_client(options: &MqttOptions) -> (AsyncClient, rumqttc::EventLoop) {
+    let (client, mut eventloop) = AsyncClient::new(options.clone(), CLIENT_CAP);
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(5);
+    eventloop.set_network_options(net);
+    (client, eventloop)
 }
 
 /// After every ConnAck: subscribe to every filter, re-publish every retained message we hold,

@@ -37,7 +37,7 @@ impl Mosquitto {
         let text = format!(
             // `user root`: as root, mosquitto would otherwise drop to its own user and could not
             // read the temp dir's key and password files. Without root it has no effect.
-            "user root\nlistener {port} 127.0.0.1\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n{}",
+            "user root\nset_tcp_nodelay true\nlistener {port} 127.0.0.1\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n{}",
             extra.replace("{dir}", &dir.path().display().to_string())
         );
         std::fs::write(&conf, text).expect("write mosquitto.conf");
