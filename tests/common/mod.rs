@@ -11,3 +11,4 @@ pub mod gateway;
 pub mod modbus;
 pub mod mosquitto;
 pub mod notify;
+pub mod pty;

@@ -1,0 +1,74 @@
+//! A serial cable stand-in: two pseudo-terminals joined by socat. The gateway opens `path`, the
+//! test plays the device on `device_path`. `unplug` kills socat, as pulling the USB adapter.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct SocatPair {
+    pub path: PathBuf,
+    pub device_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl SocatPair {
+    pub fn new(dir: &Path) -> Self {
+        let mut p = SocatPair {
+            path: dir.join("ttyGW"),
+            device_path: dir.join("ttyDEV"),
+            child: None,
+        };
+        p.plug();
+        p
+    }
+
+    pub fn plug(&mut self) {
+        let child = Command::new("socat")
+            .arg(format!("pty,raw,echo=0,link={}", self.path.display()))
+            .arg(format!(
+                "pty,raw,echo=0,link={}",
+                self.device_path.display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat (scripts/setup.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !(self.path.exists() && self.device_path.exists()) {
+            assert!(Instant::now() < deadline, "socat made no ptys");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn unplug(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.path.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The device's end of the cable.
+    pub fn device(&self) -> tokio_serial::SerialStream {
+        tokio_serial::SerialStream::open(&tokio_serial::new(
+            self.device_path.display().to_string(),
+            115_200,
+        ))
+        .expect("open the device side")
+    }
+
+    pub fn path_str(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+impl Drop for SocatPair {
+    fn drop(&mut self) {
+        self.unplug();
+    }
+}
