@@ -182,20 +182,18 @@ impl LineDevice {
                 self.bus
                     .send(text.clone(), re)
                     .await
-                    .map(|_| ())
+                    .map(|_| Vec::new())
                     .map_err(|e| format!("{}: {e}", cmd.action))
             }
             CommandKind::Refresh => {
                 Err("refresh: a serial device reports on its own; nothing to read".into())
             }
-            CommandKind::Set(_) => {
-                Err("serial points are written through actions with `send`".into())
-            }
+            CommandKind::Set(values) => self.set(values).await.map(|()| values.clone()),
         };
         let body = match &outcome {
-            Ok(()) => {
+            Ok(written) => {
                 info!(device = %self.name, action = %cmd.action, "command sent");
-                command::result_payload(cmd.id.as_ref(), Some(&cmd.action), Ok(&[]), &[])
+                command::result_payload(cmd.id.as_ref(), Some(&cmd.action), Ok(written), &[])
             }
             Err(e) => {
                 warn!(device = %self.name, action = %cmd.action, error = %e, "command failed");
@@ -203,6 +201,35 @@ impl LineDevice {
             }
         };
         self.sink.publish(topic, body, 1, false);
+    }
+}
+
+impl LineDevice {
+    /// Writable serial points: each point's `send` line with `{value}` filled in, one after
+    /// another, each waiting for its `expect` reply when it has one.
+    async fn set(&mut self, values: &[(String, Value)]) -> Result<(), String> {
+        for (point, value) in values {
+            let Some(p) = self.config.points.get(point) else {
+                return Err(format!("{point}: unknown point"));
+            };
+            let Some(template) = p.send.as_deref() else {
+                return Err(format!("{point}: not writable"));
+            };
+            let text = match value {
+                Value::Text(t) => t.clone(),
+                other => other.to_json().to_string(),
+            };
+            if text.contains(['\n', '\r']) {
+                return Err(format!("{point}: the value must not contain line breaks"));
+            }
+            let line = template.replace("{value}", &text);
+            let re = p.expect.as_deref().and_then(|e| regex::Regex::new(e).ok());
+            self.bus
+                .send(line, re)
+                .await
+                .map_err(|e| format!("{point}: {e}"))?;
+        }
+        Ok(())
     }
 }
 

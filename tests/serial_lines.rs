@@ -280,3 +280,45 @@ async fn unplugging_and_replugging_the_serial_cable_resumes_readings() {
     }
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writable_serial_point_sends_its_template_with_the_value() {
+    let broker = Mosquitto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let pty = SocatPair::new(tmp.path());
+    let cfg = head(broker.port, "sp", &pty.path_str(), "format = \"kv\"")
+        + "[devices.w]\nbus = \"ard\"\n[devices.w.points.setpoint]\nsend = \"SP={value}\"\nmin = 5\nmax = 30\n";
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let gw = InProcess::start(&cfg).await;
+    let dev = pty.device();
+    let mut lines = BufReader::new(dev).lines();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cmd = "t/lab/device/w/command";
+    let result = "t/lab/device/w/command/result";
+    publish(
+        broker.port,
+        cmd,
+        r#"{"id": "sp1", "setpoint": 21.5}"#,
+        false,
+    );
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(line, "SP=21.5");
+    let r = sub
+        .wait_for(result, |p| p.contains("\"sp1\""), WAIT)
+        .expect("result");
+    assert_eq!(json_of(&r.payload)["ok"], json!(true), "{}", r.payload);
+    assert_eq!(json_of(&r.payload)["written"], json!({"setpoint": 21.5}));
+    publish(broker.port, cmd, r#"{"id": "sp2", "setpoint": 99}"#, false);
+    let r = sub
+        .wait_for(result, |p| p.contains("\"sp2\""), WAIT)
+        .expect("result");
+    assert_eq!(
+        json_of(&r.payload)["error"],
+        json!("setpoint: 99 is above max 30")
+    );
+    gw.stop().await;
+}

@@ -372,6 +372,8 @@ mod tests {
             map: None,
             qos: 0,
             retain: false,
+            send: None,
+            expect: None,
         }
     }
 

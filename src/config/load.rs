@@ -927,6 +927,8 @@ impl<'s> Cx<'s> {
                 "map",
                 "qos",
                 "retain",
+                "send",
+                "expect",
             ],
         );
         let modbus = kind.map(BusKind::is_modbus);
@@ -1005,7 +1007,13 @@ impl<'s> Cx<'s> {
             map,
             qos: self.int(s, "qos", 0, 1).unwrap_or(0) as u8,
             retain: self.boolean(s, "retain").unwrap_or(false),
+            send: self.text(s, "send"),
+            expect: self.text(s, "expect"),
         };
+        let mut point = point;
+        if point.send.is_some() {
+            point.writable = true;
+        }
         self.check_point(s, &point, kind);
         Some(point)
     }
@@ -1080,11 +1088,28 @@ impl<'s> Cx<'s> {
                 );
             }
         }
-        if kind == Some(BusKind::Serial) && p.writable {
+        if kind == Some(BusKind::Serial) && p.writable && p.send.is_none() {
             self.error_at(
                 &s.key("writable"),
-                "serial points are written through actions with `send`; remove `writable`",
+                "a writable serial point needs `send`, the line that sets it (e.g. send = \"SET {value}\")",
             );
+        }
+        if matches!(kind, Some(k) if k.is_modbus()) {
+            for key in ["send", "expect"] {
+                if s.table.contains_key(key) {
+                    self.error_at(&s.key(key), format!("`{key}` applies to serial points"));
+                }
+            }
+        }
+        if p.expect.is_some() && p.send.is_none() {
+            self.error_at(&s.key("expect"), "`expect` needs `send`");
+        }
+        if let Some(re) = p.expect.as_deref() {
+            if let Err(e) = regex::Regex::new(re) {
+                let msg = e.to_string();
+                let last = msg.lines().last().unwrap_or("invalid").trim().to_string();
+                self.error_at(&s.key("expect"), format!("invalid regex: {last}"));
+            }
         }
         match ty {
             Some(DataType::String) => {
@@ -1208,6 +1233,13 @@ impl<'s> Cx<'s> {
         }
         let send = self.text(s, "send");
         let expect = self.text(s, "expect");
+        if let Some(re) = expect.as_deref() {
+            if let Err(e) = regex::Regex::new(re) {
+                let msg = e.to_string();
+                let last = msg.lines().last().unwrap_or("invalid").trim().to_string();
+                self.error_at(&s.key("expect"), format!("invalid regex: {last}"));
+            }
+        }
         match kind {
             Some(k) if k.is_modbus() => {
                 if send.is_some() || expect.is_some() {

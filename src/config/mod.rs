@@ -421,6 +421,11 @@ pub struct PointConfig {
     pub qos: u8,
     /// Retain flag of the sensor topic. Default false.
     pub retain: bool,
+    /// Serial points: the line written to set this point (`{value}` is the new value); makes
+    /// the point writable.
+    pub send: Option<String>,
+    /// Serial points: a reply (regex) that must come back within the bus timeout after `send`.
+    pub expect: Option<String>,
 }
 
 impl PointConfig {
