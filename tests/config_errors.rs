@@ -57,7 +57,7 @@ fn the_example_config_passes_check_and_prints_its_topics() {
     let (code, stderr, stdout) = check_path(&example);
     assert_eq!(code, 0, "stderr:\n{stderr}");
     assert!(
-        stdout.contains("ok (3 buses, 3 devices, 6 points)"),
+        stdout.contains("ok (3 buses, 3 devices, 7 points)"),
         "{stdout}"
     );
     assert!(
