@@ -323,6 +323,9 @@ impl Gateway {
                 .collect();
             bridge.set_discovery(configs);
             handle.subscribe(&topics.homeassistant_status());
+            // The broker hands back the configs it retains; those of points that left the
+            // config are deleted.
+            handle.subscribe(&topics.discovery_filter());
         }
         tracker.spawn(health::run(
             health_sources,

@@ -124,6 +124,14 @@ impl Bridge {
                 }
                 return;
             }
+            Some(Topic::Discovery) => {
+                // Ours, retained from an earlier config: delete it if the point is gone.
+                if !payload.is_empty() && !self.discovery.iter().any(|(t, _)| t == topic) {
+                    tracing::info!(topic = %topic, "removing discovery of a point no longer configured");
+                    self.sink.clear_retained(topic.to_string());
+                }
+                return;
+            }
             None => {
                 debug!(topic = %topic, "message on an unhandled topic");
                 return;

@@ -37,6 +37,10 @@ pub trait Sink: Send + Sync + 'static {
     fn publish(&self, topic: String, payload: String, qos: u8, retain: bool);
     /// Retained state or availability: never blocks; newest per topic wins while queued.
     fn publish_retained(&self, topic: String, payload: String);
+    /// Deletes a retained message (empty retained payload).
+    fn clear_retained(&self, topic: String) {
+        self.publish_retained(topic, String::new());
+    }
 }
 
 /// Commands waiting for one device. The bridge validates commands before queuing them, so only

@@ -13,6 +13,9 @@ pub enum Topic {
     Command { device: String },
     /// `{prefix}/status`: Home Assistant's birth and will.
     HomeAssistantStatus,
+    /// A discovery config of this gateway (`{prefix}/{component}/{gateway}_{device}/{point}/config`),
+    /// as retained on the broker — possibly from an older config.
+    Discovery,
 }
 
 /// Renders and parses the topics of one config.
@@ -91,6 +94,11 @@ impl Topics {
         format!("{}/status", self.ha_prefix)
     }
 
+    /// The filter that brings back the discovery configs retained on the broker.
+    pub fn discovery_filter(&self) -> String {
+        format!("{}/+/+/+/config", self.ha_prefix)
+    }
+
     /// Every command topic with its device.
     pub fn command_topics(&self) -> impl Iterator<Item = (&str, &str)> {
         self.commands.iter().map(|(t, d)| (t.as_str(), d.as_str()))
@@ -103,7 +111,21 @@ impl Topics {
                 device: device.clone(),
             });
         }
-        (topic == self.homeassistant_status()).then_some(Topic::HomeAssistantStatus)
+        if topic == self.homeassistant_status() {
+            return Some(Topic::HomeAssistantStatus);
+        }
+        let levels: Vec<&str> = topic.split('/').collect();
+        let prefix_levels = self.ha_prefix.split('/').count();
+        if levels.len() == prefix_levels + 4
+            && topic.starts_with(&format!("{}/", self.ha_prefix))
+            && levels[levels.len() - 1] == "config"
+        {
+            let node = levels[prefix_levels + 1];
+            if node == self.gateway || node.starts_with(&format!("{}_", self.gateway)) {
+                return Some(Topic::Discovery);
+            }
+        }
+        None
     }
 }
 

@@ -233,6 +233,9 @@ impl crate::poller::Sink for MqttHandle {
     fn publish_retained(&self, topic: String, payload: String) {
         MqttHandle::publish_retained(self, topic, payload);
     }
+    fn clear_retained(&self, topic: String) {
+        MqttHandle::clear_retained(self, topic);
+    }
 }
 
 /// The task that owns the connection.
