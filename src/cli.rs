@@ -35,4 +35,13 @@ pub enum Command {
     Run(ConfigArg),
     /// Validate the config and print what it will do; exit 0, or 78 with every error.
     Check(ConfigArg),
+    /// Simulated devices, the real gateway against them, every publish printed.
+    Demo {
+        /// Use this broker instead of the in-process one (`mqtt://HOST:PORT`).
+        #[arg(long, value_name = "URL")]
+        mqtt: Option<String>,
+        /// Stop after this long (`30s`, `5m`); default: until Ctrl-C.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+    },
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use fieldbridge::cli::{Cli, Command};
-use fieldbridge::{EXIT_CONFIG, EXIT_FAILURE, app, check, config, telemetry};
+use fieldbridge::{EXIT_CONFIG, EXIT_FAILURE, app, check, config, demo, telemetry};
 
 fn main() -> ExitCode {
     // clap exits with 2 on usage errors and 0 for --help/--version.
@@ -22,6 +22,23 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Demo { mqtt, duration } => {
+            if let Err(e) = telemetry::init(cli.log_level.as_deref().or(Some("warn"))) {
+                eprintln!("fieldbridge: cannot start logging: {e:#}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+            match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => ExitCode::from(rt.block_on(demo::run(mqtt, duration))),
+                Err(e) => {
+                    eprintln!("fieldbridge: cannot start the async runtime: {e}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            }
+        }
         Command::Run(arg) => {
             if let Err(e) = telemetry::init(cli.log_level.as_deref()) {
                 eprintln!("fieldbridge: cannot start logging: {e:#}");

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use load::{ConfigError, ConfigErrors, is_valid_name, load, one_of, parse, parse_register};
+pub use load::{
+    ConfigError, ConfigErrors, is_valid_name, load, one_of, parse, parse_mqtt_url, parse_register,
+};
 
 /// Where the config is read from when neither `-c` nor `FIELDBRIDGE_CONFIG` says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/fieldbridge/config.toml";
