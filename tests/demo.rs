@@ -1,0 +1,138 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::let_underscore_must_use
+)]
+//! `fieldbridge demo` for a bounded time: readings from all three simulated devices, and a
+//! command sent with a real MQTT client executed — against mosquitto (`--mqtt`) and, with the
+//! cargo feature `demo`, against the in-process broker.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::mosquitto::{Mosquitto, Subscriber, publish};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fieldbridge");
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Starts the demo; returns the child and its stdout lines as they come.
+fn demo(args: &[&str]) -> (Child, Arc<Mutex<Vec<String>>>) {
+    let mut child = Command::new(BIN)
+        .arg("demo")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(l);
+        }
+    });
+    (child, lines)
+}
+
+fn wait_line(lines: &Arc<Mutex<Vec<String>>>, pred: impl Fn(&str) -> bool) -> Option<String> {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if let Some(l) = lines.lock().unwrap().iter().find(|l| pred(l)) {
+            return Some(l.clone());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// All three devices publish, a command through the broker is executed, the demo ends by itself.
+fn exercise(port: u16, child: &mut Child, lines: &Arc<Mutex<Vec<String>>>) {
+    let sub = Subscriber::connect(port, "demo/#");
+    for topic in [
+        "demo/home/sensor/thermostat/temperature",
+        "demo/home/sensor/meter/voltage",
+        "demo/home/sensor/weather/temperature",
+    ] {
+        assert!(
+            sub.wait_for(topic, |_| true, WAIT).is_some(),
+            "nothing on {topic}"
+        );
+    }
+    let result = "demo/home/device/thermostat/command/result";
+    let deadline = Instant::now() + WAIT;
+    let answered = loop {
+        publish(
+            port,
+            "demo/home/device/thermostat/command",
+            r#"{"id": "t1", "setpoint": 22.5}"#,
+            false,
+        );
+        if let Some(m) = sub.wait_for(result, |p| p.contains("\"t1\""), Duration::from_millis(700))
+        {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "no command result");
+    };
+    assert!(
+        answered.payload.contains("\"ok\":true"),
+        "{}",
+        answered.payload
+    );
+    assert!(
+        answered.payload.contains("\"setpoint\":22.5"),
+        "{}",
+        answered.payload
+    );
+    // The demo prints what it publishes, and how to send a command.
+    assert!(wait_line(lines, |l| l.starts_with("try:  mosquitto_pub")).is_some());
+    assert!(wait_line(lines, |l| l.starts_with("demo/home/sensor/meter/power ")).is_some());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert_eq!(status.code(), Some(0));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo did not stop after --duration"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_demo_runs_against_mosquitto_with_mqtt() {
+    let broker = Mosquitto::start();
+    let (mut child, lines) = demo(&["--mqtt", &broker.url(), "--duration", "8s"]);
+    exercise(broker.port, &mut child, &lines);
+}
+
+#[cfg(feature = "demo")]
+#[test]
+fn the_demo_runs_with_its_in_process_broker() {
+    let (mut child, lines) = demo(&["--duration", "8s"]);
+    let first = wait_line(&lines, |l| l.starts_with("fieldbridge demo: broker ")).expect("banner");
+    let port: u16 = first
+        .split("mqtt://127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .and_then(|p| p.parse().ok())
+        .expect("port in the banner");
+    exercise(port, &mut child, &lines);
+}
+
+#[cfg(not(feature = "demo"))]
+#[test]
+fn without_the_demo_feature_the_demo_asks_for_a_broker() {
+    let out = Command::new(BIN)
+        .args(["demo", "--duration", "1s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--mqtt"));
+}
