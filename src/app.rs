@@ -243,7 +243,7 @@ impl Gateway {
                     sink.clone(),
                     shared_topics.clone(),
                 )
-                .with_commands(cmd_rx);
+                .with_commands(cmd_rx, bridge.stats.clone());
                 device_tracker.spawn(supervised(
                     format!("device {dev_name}"),
                     device.run(devices_token.clone()),
@@ -277,7 +277,7 @@ impl Gateway {
                     sink.clone(),
                     shared_topics.clone(),
                 )
-                .with_commands(cmd_rx);
+                .with_commands(cmd_rx, bridge.stats.clone());
                 device_tracker.spawn(supervised(
                     format!("device {dev_name}"),
                     poller.run(devices_token.clone()),

@@ -23,6 +23,10 @@ pub struct CommandStats {
     pub rejected: AtomicU64,
     /// Valid commands refused because their device already had `DEVICE_COMMANDS_CAP` waiting.
     pub busy: AtomicU64,
+    /// Commands executed and confirmed.
+    pub ok: AtomicU64,
+    /// Commands that failed at the device (exception, timeout, port down).
+    pub failed: AtomicU64,
 }
 
 /// At most one warning per `every`; the rest are counted and reported with the next one.

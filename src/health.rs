@@ -53,6 +53,8 @@ fn bus_json(stats: &BusStats, prev_busy: u64, elapsed: Duration) -> (Json, u64) 
             "overruns": get(&stats.overruns),
             "reconnects": get(&stats.reconnects),
             "latency_ms": (latency_ms * 100.0).round() / 100.0,
+            "latency_p50_ms": stats.latency.quantile_ms(0.5).map(|x| (x * 100.0).round() / 100.0),
+            "latency_p99_ms": stats.latency.quantile_ms(0.99).map(|x| (x * 100.0).round() / 100.0),
             "utilisation": (utilisation * 1000.0).round() / 1000.0,
         }),
         busy,
@@ -97,6 +99,8 @@ fn report(src: &Sources, started: Instant, prev: &mut Previous) -> String {
     });
     let commands = src.commands.as_ref().map(|c| {
         json!({
+            "ok": c.ok.load(Ordering::Relaxed),
+            "failed": c.failed.load(Ordering::Relaxed),
             "accepted": c.accepted.load(Ordering::Relaxed),
             "rejected": c.rejected.load(Ordering::Relaxed),
             "busy": c.busy.load(Ordering::Relaxed),
@@ -112,6 +116,37 @@ fn report(src: &Sources, started: Instant, prev: &mut Previous) -> String {
     .to_string()
 }
 
+/// The counters that fit one `systemctl status` line.
+fn status_line(src: &Sources) -> String {
+    let mqtt = match src.mqtt.as_ref().map(MqttHandle::stats) {
+        Some(s) if s.connected => format!(
+            "MQTT connected, {} published, {} dropped",
+            s.published, s.dropped
+        ),
+        Some(s) => format!(
+            "MQTT disconnected (retrying), {} queued, {} dropped",
+            s.queued, s.dropped
+        ),
+        None => "MQTT off".to_string(),
+    };
+    let timeouts: u64 = src
+        .modbus
+        .iter()
+        .map(|(_, b)| BusStats::get(&b.timeouts))
+        .sum();
+    let (ok, rejected) = src
+        .commands
+        .as_ref()
+        .map(|c| {
+            (
+                c.ok.load(Ordering::Relaxed),
+                c.rejected.load(Ordering::Relaxed),
+            )
+        })
+        .unwrap_or((0, 0));
+    format!("{mqtt}; {timeouts} bus timeouts; commands {ok} ok, {rejected} rejected")
+}
+
 /// Publishes the health payload every `interval` until `shutdown`.
 pub async fn run(src: Sources, topic: String, interval: Duration, shutdown: CancellationToken) {
     let started = Instant::now();
@@ -125,6 +160,7 @@ pub async fn run(src: Sources, topic: String, interval: Duration, shutdown: Canc
             _ = tick.tick() => {}
         }
         let body = report(&src, started, &mut prev);
+        crate::systemd::status(&status_line(&src));
         if let Some(m) = &src.mqtt {
             m.publish(topic.clone(), body, 0, false);
         }
@@ -155,6 +191,11 @@ mod tests {
         assert_eq!(v["buses"]["plc"]["timeouts"], 1);
         assert_eq!(v["buses"]["plc"]["latency_ms"], 2.0);
         assert_eq!(v["commands"]["rejected"], 7);
+        assert!(
+            status_line(&src).ends_with("commands 0 ok, 7 rejected"),
+            "{}",
+            status_line(&src)
+        );
         assert_eq!(v["version"], VERSION);
     }
 }

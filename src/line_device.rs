@@ -54,6 +54,7 @@ pub struct LineDevice {
     config: Arc<DeviceConfig>,
     lines: mpsc::Receiver<Json>,
     commands: Option<mpsc::Receiver<Command>>,
+    command_stats: Arc<crate::bridge::CommandStats>,
     bus: LineHandle,
     sink: Arc<dyn Sink>,
     topics: Arc<Topics>,
@@ -75,6 +76,7 @@ impl LineDevice {
             config: config.clone(),
             lines,
             commands: None,
+            command_stats: Arc::default(),
             bus,
             sink,
             topics,
@@ -83,8 +85,13 @@ impl LineDevice {
         }
     }
 
-    pub fn with_commands(mut self, rx: mpsc::Receiver<Command>) -> Self {
+    pub fn with_commands(
+        mut self,
+        rx: mpsc::Receiver<Command>,
+        stats: Arc<crate::bridge::CommandStats>,
+    ) -> Self {
         self.commands = Some(rx);
+        self.command_stats = stats;
         self
     }
 
@@ -190,6 +197,12 @@ impl LineDevice {
             }
             CommandKind::Set(values) => self.set(values).await.map(|()| values.clone()),
         };
+        let counter = if outcome.is_ok() {
+            &self.command_stats.ok
+        } else {
+            &self.command_stats.failed
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let body = match &outcome {
             Ok(written) => {
                 info!(device = %self.name, action = %cmd.action, "command sent");

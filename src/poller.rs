@@ -50,6 +50,7 @@ pub const DEVICE_COMMANDS_CAP: usize = 16;
 /// A Modbus device's task: its poll loop and its commands, one at a time in arrival order.
 pub struct DevicePoller {
     commands: Option<mpsc::Receiver<Command>>,
+    command_stats: Arc<crate::bridge::CommandStats>,
     /// Write single registers with FC16 too, for devices that refuse FC06.
     force_multiple: bool,
     name: String,
@@ -81,6 +82,7 @@ impl DevicePoller {
         let reads = plan::plan(&refs, max_gap);
         DevicePoller {
             commands: None,
+            command_stats: Arc::default(),
             force_multiple: config.write_multiple,
             name: name.to_string(),
             availability: Availability::new(config.offline_after),
@@ -97,8 +99,13 @@ impl DevicePoller {
     }
 
     /// Takes commands from `rx` (ahead of polls).
-    pub fn with_commands(mut self, rx: mpsc::Receiver<Command>) -> Self {
+    pub fn with_commands(
+        mut self,
+        rx: mpsc::Receiver<Command>,
+        stats: Arc<crate::bridge::CommandStats>,
+    ) -> Self {
         self.commands = Some(rx);
+        self.command_stats = stats;
         self
     }
 
@@ -157,6 +164,12 @@ impl DevicePoller {
             // Validation only makes Send for serial devices.
             CommandKind::Send { .. } => Err(format!("{}: not a serial device", self.name)),
         };
+        let counter = if outcome.is_ok() {
+            &self.command_stats.ok
+        } else {
+            &self.command_stats.failed
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let body = match &outcome {
             Ok((written, rounded)) => {
                 info!(device = %self.name, action = %cmd.action, "command executed");

@@ -27,7 +27,7 @@ async fn health_counts_timeouts_rejected_commands_and_reconnects() {
     fake.unit(2, |u| u.silent = true);
     let addr = fake.serve_tcp().await;
     let cfg = format!(
-        "[gateway]\nid = \"h\"\nbase_topic = \"t\"\nlocation = \"lab\"\nhealth_interval = \"500ms\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nreconnect_min = \"100ms\"\nreconnect_max = \"500ms\"\n[history]\npath = \"{{dir}}/h.db\"\n[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{addr}\"\ntimeout = \"100ms\"\nretries = 0\n[devices.ok]\nbus = \"plc\"\nunit = 1\npoll = \"200ms\"\n[devices.ok.points.v]\nregister = \"holding:0\"\n[devices.dead]\nbus = \"plc\"\nunit = 2\npoll = \"200ms\"\noffline_retry = \"200ms\"\n[devices.dead.points.v]\nregister = \"holding:0\"\n",
+        "[gateway]\nid = \"h\"\nbase_topic = \"t\"\nlocation = \"lab\"\nhealth_interval = \"500ms\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nreconnect_min = \"100ms\"\nreconnect_max = \"500ms\"\n[history]\npath = \"{{dir}}/h.db\"\n[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{addr}\"\ntimeout = \"100ms\"\nretries = 0\n[devices.ok]\nbus = \"plc\"\nunit = 1\npoll = \"200ms\"\n[devices.ok.points.v]\nregister = \"holding:0\"\nwritable = true\n[devices.dead]\nbus = \"plc\"\nunit = 2\npoll = \"200ms\"\noffline_retry = \"200ms\"\n[devices.dead.points.v]\nregister = \"holding:0\"\n",
         broker.port
     );
     let dir = tempfile::tempdir().unwrap();

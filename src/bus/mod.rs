@@ -121,6 +121,60 @@ pub struct BusStats {
     /// Time the bus spent in transactions, in microseconds (for utilisation).
     pub busy_us_total: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Transaction latencies, for p50/p99.
+    pub latency: LatencyHistogram,
+}
+
+/// Latencies in buckets whose upper bounds grow by √2 from 50 µs (to ~2 min): lock-free to
+/// record, a quantile is the upper bound of its bucket (within 41 %).
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS],
+}
+
+const LATENCY_BUCKETS: usize = 44;
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl LatencyHistogram {
+    fn upper_bound_us(i: usize) -> f64 {
+        50.0 * std::f64::consts::SQRT_2.powi(i as i32)
+    }
+
+    pub fn record(&self, us: u64) {
+        let i = (0..LATENCY_BUCKETS)
+            .find(|i| us as f64 <= Self::upper_bound_us(*i))
+            .unwrap_or(LATENCY_BUCKETS - 1);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The `q` quantile (0..=1) in milliseconds, `None` before any transaction.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(Self::upper_bound_us(i) / 1000.0);
+            }
+        }
+        None
+    }
 }
 
 impl BusStats {
@@ -191,5 +245,25 @@ impl BusHandle {
             .await
             .map_err(|_| BusError::Stopped)?;
         rx.await.unwrap_or(Err(BusError::Stopped))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_quantiles_come_from_the_histogram() {
+        let h = LatencyHistogram::default();
+        assert_eq!(h.quantile_ms(0.5), None);
+        for _ in 0..98 {
+            h.record(1_000); // 1 ms
+        }
+        h.record(100_000); // 100 ms
+        h.record(100_000);
+        let p50 = h.quantile_ms(0.5).unwrap();
+        let p99 = h.quantile_ms(0.99).unwrap();
+        assert!((1.0..1.5).contains(&p50), "{p50}");
+        assert!((100.0..142.0).contains(&p99), "{p99}");
     }
 }

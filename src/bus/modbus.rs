@@ -253,6 +253,7 @@ impl ModbusBus {
             let took = now.duration_since(started).as_micros() as u64;
             BusStats::add(&self.stats.transactions, 1);
             BusStats::add(&self.stats.latency_us_total, took);
+            self.stats.latency.record(took);
             BusStats::add(&self.stats.busy_us_total, took);
             match result {
                 Ok(Ok(Ok(outcome))) => return Ok(outcome),
