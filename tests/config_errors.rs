@@ -370,3 +370,11 @@ fn invalid_regex_pattern_is_rejected() {
         "config.toml:5:11: buses.ard.pattern: invalid regex: error: unclosed group",
     );
 }
+
+#[test]
+fn unknown_line_ending_is_rejected_with_the_escapes_to_use() {
+    fails_with(
+        "[buses.a]\nkind = \"serial\"\nport = \"/dev/ttyACM0\"\nline_ending = \"crlf\"\n",
+        "config.toml:4:15: buses.a.line_ending: unknown line ending \"crlf\"; expected \"\\n\", \"\\r\\n\" or \"\\r\"",
+    );
+}

@@ -32,6 +32,8 @@ fn bus_config(kind: BusKind, target: &str, timeout_ms: u64) -> BusConfig {
         max_gap: 4,
         format: LineFormat::Json,
         pattern: None,
+        line_ending: fieldbridge::config::LineEnding::Lf,
+        max_line: 1024,
     }
 }
 

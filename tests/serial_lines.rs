@@ -322,3 +322,41 @@ async fn a_writable_serial_point_sends_its_template_with_the_value() {
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cr_terminated_device_is_read_and_written_with_its_own_line_ending() {
+    let broker = Mosquitto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let pty = SocatPair::new(tmp.path());
+    let cfg = head(
+        broker.port,
+        "scr",
+        &pty.path_str(),
+        "format = \"kv\"\nline_ending = \"\\r\"\nmax_line = 64",
+    ) + "[devices.w]\nbus = \"ard\"\n[devices.w.points.t]\n[devices.w.actions.beep]\nsend = \"BEEP\"\n";
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let gw = InProcess::start(&cfg).await;
+    let mut dev = pty.device();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    say(&mut dev, b"t=3\r").await;
+    let v = sub
+        .wait_for("t/lab/sensor/w/t", |_| true, WAIT)
+        .expect("CR-terminated line read");
+    assert_eq!(json_of(&v.payload)["value"], json!(3));
+    publish(
+        broker.port,
+        "t/lab/device/w/command",
+        r#"{"action": "beep"}"#,
+        false,
+    );
+    let mut buf = [0u8; 5];
+    tokio::time::timeout(
+        WAIT,
+        tokio::io::AsyncReadExt::read_exact(&mut dev, &mut buf),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(&buf, b"BEEP\r");
+    gw.stop().await;
+}

@@ -32,6 +32,8 @@ pub enum Frame {
 #[derive(Debug)]
 pub struct LineCodec {
     max: usize,
+    /// The byte lines end at (`\n`, or `\r` for CR-terminated devices).
+    end: u8,
     /// Inside an over-long line: drop bytes until its end.
     discarding: bool,
     /// Bytes of the buffer already searched for a newline.
@@ -40,7 +42,13 @@ pub struct LineCodec {
 
 impl LineCodec {
     pub fn new(max: usize) -> Self {
+        Self::with_terminator(max, b'\n')
+    }
+
+    /// Lines ending at `end` instead of `\n`.
+    pub fn with_terminator(max: usize, end: u8) -> Self {
         LineCodec {
+            end,
             max: max.max(1),
             discarding: false,
             searched: 0,
@@ -54,7 +62,8 @@ impl Decoder for LineCodec {
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, std::io::Error> {
         loop {
-            let found = buf[self.searched..].iter().position(|b| *b == b'\n');
+            let end_byte = self.end;
+            let found = buf[self.searched..].iter().position(|b| *b == end_byte);
             match found {
                 Some(i) => {
                     let end = self.searched + i;
@@ -66,7 +75,7 @@ impl Decoder for LineCodec {
                     }
                     let mut line = buf.split_to(end + 1);
                     line.truncate(end);
-                    if line.last() == Some(&b'\r') {
+                    if self.end == b'\n' && line.last() == Some(&b'\r') {
                         line.truncate(end - 1);
                     }
                     if line.len() > self.max {
@@ -253,6 +262,20 @@ mod tests {
         assert_eq!(
             codec.decode(&mut buf).unwrap(),
             Some(Frame::Line("T=1".into()))
+        );
+    }
+
+    #[test]
+    fn cr_terminated_lines_are_read_too() {
+        let mut codec = LineCodec::with_terminator(64, b'\r');
+        let mut buf = BytesMut::from(&b"a=1\rb=2\r"[..]);
+        assert_eq!(
+            codec.decode(&mut buf).unwrap(),
+            Some(Frame::Line("a=1".into()))
+        );
+        assert_eq!(
+            codec.decode(&mut buf).unwrap(),
+            Some(Frame::Line("b=2".into()))
         );
     }
 

@@ -344,6 +344,8 @@ mod tests {
             max_gap: 4,
             format: crate::config::LineFormat::Json,
             pattern: None,
+            line_ending: crate::config::LineEnding::Lf,
+            max_line: 1024,
         };
         // 10 bits per character at 9600 baud.
         assert!((char_time(&bus).as_secs_f64() - 10.0 / 9600.0).abs() < 1e-9);

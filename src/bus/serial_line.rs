@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::bridge::RateLimit;
 use crate::bus::BusError;
-use crate::bus::line::{self, Frame, LineCodec, MAX_LINE};
+use crate::bus::line::{self, Frame, LineCodec};
 use crate::bus::port::{self, Backoff};
 use crate::config::{BusConfig, LineFormat, MatchConfig};
 
@@ -195,7 +195,10 @@ impl SerialLineBus {
         P: AsyncRead + AsyncWrite + Unpin,
     {
         let (reader, mut writer) = tokio::io::split(port);
-        let mut frames = FramedRead::new(reader, LineCodec::new(MAX_LINE));
+        let mut frames = FramedRead::new(
+            reader,
+            LineCodec::with_terminator(self.config.max_line, self.config.line_ending.terminator()),
+        );
         loop {
             tokio::select! {
                 biased;
@@ -225,7 +228,7 @@ impl SerialLineBus {
         R: AsyncRead + Unpin,
     {
         let mut bytes = w.text.into_bytes();
-        bytes.push(b'\n');
+        bytes.extend_from_slice(self.config.line_ending.bytes());
         if let Err(e) = writer.write_all(&bytes).await {
             answer(w.reply, Err(BusError::Transport(e.to_string())));
             return Err(e.to_string());

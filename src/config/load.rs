@@ -628,11 +628,28 @@ impl<'s> Cx<'s> {
             Some(BusKind::ModbusTcp) | Some(BusKind::ModbusRtuOverTcp) => {
                 [COMMON, &["address"], MODBUS].concat()
             }
-            Some(BusKind::Serial) => [COMMON, PORT, &["format", "pattern"]].concat(),
-            None => [COMMON, PORT, MODBUS, &["address", "format", "pattern"]].concat(),
+            Some(BusKind::Serial) => [
+                COMMON,
+                PORT,
+                &["format", "pattern", "line_ending", "max_line"],
+            ]
+            .concat(),
+            None => [
+                COMMON,
+                PORT,
+                MODBUS,
+                &["address", "format", "pattern", "line_ending", "max_line"],
+            ]
+            .concat(),
         };
         // Keys that exist for another kind get a clearer message than "unknown key".
-        let all: Vec<&str> = [COMMON, PORT, MODBUS, &["address", "format", "pattern"]].concat();
+        let all: Vec<&str> = [
+            COMMON,
+            PORT,
+            MODBUS,
+            &["address", "format", "pattern", "line_ending", "max_line"],
+        ]
+        .concat();
         for (k, _) in s.table.iter() {
             let name = k.get_ref().as_ref();
             if all.contains(&name) && !allowed.contains(&name) {
@@ -731,6 +748,22 @@ impl<'s> Cx<'s> {
             max_gap: self.int(s, "max_gap", 0, 124).unwrap_or(4) as u16,
             format,
             pattern,
+            line_ending: match self.string(s, "line_ending").as_deref() {
+                None | Some("\n") => LineEnding::Lf,
+                Some("\r\n") => LineEnding::CrLf,
+                Some("\r") => LineEnding::Cr,
+                Some(other) => {
+                    self.error_at(
+                        &s.key("line_ending"),
+                        format!(
+                            "unknown line ending {:?}; expected \"\\n\", \"\\r\\n\" or \"\\r\"",
+                            other
+                        ),
+                    );
+                    LineEnding::Lf
+                }
+            },
+            max_line: self.int(s, "max_line", 16, 65_536).unwrap_or(1024) as usize,
         })
     }
 

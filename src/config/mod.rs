@@ -238,6 +238,40 @@ pub struct BusConfig {
     pub format: LineFormat,
     /// Regex with named groups (serial, `format = "regex"`).
     pub pattern: Option<String>,
+    /// Serial: what ends a line, read and written. Default `"\n"` (a `\r` before it is dropped).
+    pub line_ending: LineEnding,
+    /// Serial: longest line kept, in bytes; longer ones are dropped and counted. Default 1024.
+    pub max_line: usize,
+}
+
+/// `buses.<name>.line_ending`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineEnding {
+    /// `"\n"`: lines end at LF; a CR before it is dropped; LF is written.
+    Lf,
+    /// `"\r\n"`: lines end at LF (a CR before it is dropped); CR LF is written.
+    CrLf,
+    /// `"\r"`: lines end at CR; CR is written.
+    Cr,
+}
+
+impl LineEnding {
+    /// The byte a line ends at when reading.
+    pub fn terminator(self) -> u8 {
+        match self {
+            LineEnding::Cr => b'\r',
+            LineEnding::Lf | LineEnding::CrLf => b'\n',
+        }
+    }
+
+    /// What is written after a command line.
+    pub fn bytes(self) -> &'static [u8] {
+        match self {
+            LineEnding::Lf => b"\n",
+            LineEnding::CrLf => b"\r\n",
+            LineEnding::Cr => b"\r",
+        }
+    }
 }
 
 /// `devices.<name>.match` for devices sharing a serial line.
