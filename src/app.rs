@@ -20,6 +20,7 @@ use crate::bridge::Bridge;
 use crate::bus::modbus::ModbusBus;
 use crate::bus::serial_line::SerialLineBus;
 use crate::config::{Config, ConfigErrors, PASSWORD_ENV};
+use crate::history::History;
 use crate::line_device::LineDevice;
 use crate::mqtt::{Incoming, Mqtt, MqttHandle, MqttSettings, Secret, TlsSettings};
 use crate::poller::{DEVICE_COMMANDS_CAP, DevicePoller, Sink};
@@ -91,6 +92,7 @@ pub struct Gateway {
     incoming: mpsc::Receiver<Incoming>,
     topics: Topics,
     signals: Signals,
+    history: sqlx::SqlitePool,
 }
 
 struct Signals {
@@ -109,6 +111,9 @@ pub async fn build(config_path: &Path) -> Result<Gateway, BuildError> {
     };
     let config = Config::load(config_path)?;
     prepare_history_dir(&config)?;
+    let history = crate::history::open(&config.history.path)
+        .await
+        .map_err(|e| BuildError::Other(anyhow::anyhow!(e)))?;
     let topics = Topics::new(&config);
     let settings = mqtt_settings(&config, &topics)?;
     let (mqtt, handle, incoming) = Mqtt::new(settings)
@@ -121,6 +126,7 @@ pub async fn build(config_path: &Path) -> Result<Gateway, BuildError> {
         incoming,
         topics,
         signals,
+        history,
     })
 }
 
@@ -204,6 +210,7 @@ impl Gateway {
             mut incoming,
             topics,
             mut signals,
+            history: history_pool,
         } = self;
         let tracker = TaskTracker::new();
         // Core tasks report here when they die; the supervisor then stops everything.
@@ -219,10 +226,16 @@ impl Gateway {
         let shared_topics = std::sync::Arc::new(topics.clone());
         let sink: std::sync::Arc<dyn Sink> = std::sync::Arc::new(handle.clone());
         let device_tracker = TaskTracker::new();
+        let (history_writer, history) = History::new(history_pool, &config.history);
+        let history_token = CancellationToken::new();
+        let history_task = tokio::spawn(history_writer.run(history_token.clone()));
+        history.record_gateway("start", std::time::SystemTime::now());
         let mut bridge = Bridge::new(shared_topics.clone(), sink.clone());
+        bridge.set_history(history.clone());
         let mut health_sources = health::Sources {
             mqtt: Some(handle.clone()),
             commands: Some(bridge.stats.clone()),
+            history: Some(history.stats.clone()),
             ..Default::default()
         };
         let bus_tracker = TaskTracker::new();
@@ -243,7 +256,8 @@ impl Gateway {
                     sink.clone(),
                     shared_topics.clone(),
                 )
-                .with_commands(cmd_rx, bridge.stats.clone());
+                .with_commands(cmd_rx, bridge.stats.clone())
+                .with_history(history.clone());
                 device_tracker.spawn(supervised(
                     format!("device {dev_name}"),
                     device.run(devices_token.clone()),
@@ -277,7 +291,8 @@ impl Gateway {
                     sink.clone(),
                     shared_topics.clone(),
                 )
-                .with_commands(cmd_rx, bridge.stats.clone());
+                .with_commands(cmd_rx, bridge.stats.clone())
+                .with_history(history.clone());
                 device_tracker.spawn(supervised(
                     format!("device {dev_name}"),
                     poller.run(devices_token.clone()),
@@ -391,7 +406,16 @@ impl Gateway {
         {
             warn!("shutdown: bus tasks did not stop in time");
         }
-        // 3. MQTT publishes `offline` and disconnects.
+        // 3. History: everything queued goes to disk.
+        history.record_gateway("stop", std::time::SystemTime::now());
+        history_token.cancel();
+        if tokio::time::timeout_at(deadline, history_task)
+            .await
+            .is_err()
+        {
+            warn!("shutdown: history did not flush in time");
+        }
+        // 4. MQTT publishes `offline` and disconnects.
         shutdown.cancel();
         tracker.close();
         if tokio::time::timeout_at(deadline, tracker.wait())

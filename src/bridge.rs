@@ -75,6 +75,7 @@ pub struct Bridge {
     warn_limit: RateLimit,
     /// Home Assistant discovery configs, re-published when Home Assistant says it is online.
     discovery: Vec<(String, String)>,
+    history: Option<crate::history::HistoryHandle>,
 }
 
 impl Bridge {
@@ -86,7 +87,13 @@ impl Bridge {
             stats: Arc::new(CommandStats::default()),
             warn_limit: RateLimit::new(Duration::from_secs(10)),
             discovery: Vec::new(),
+            history: None,
         }
+    }
+
+    /// Records refused commands in the history too.
+    pub fn set_history(&mut self, h: crate::history::HistoryHandle) {
+        self.history = Some(h);
     }
 
     /// Publishes the discovery configs now and whenever `{prefix}/status` says `online`.
@@ -187,6 +194,10 @@ impl Bridge {
                     Err(&refused.message),
                     &[],
                 );
+                if let Some(h) = &self.history {
+                    let raw = String::from_utf8_lossy(payload);
+                    h.record_command(&device, &raw, &body, std::time::SystemTime::now());
+                }
                 self.sink.publish(result_topic, body, 1, false);
             }
         }

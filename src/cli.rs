@@ -35,6 +35,26 @@ pub enum Command {
     Run(ConfigArg),
     /// Validate the config and print what it will do; exit 0, or 78 with every error.
     Check(ConfigArg),
+    /// Read the local history.
+    History {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this device.
+        #[arg(long)]
+        device: Option<String>,
+        /// Only this point.
+        #[arg(long)]
+        point: Option<String>,
+        /// From: a duration ago (`1h`) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// To: a duration ago (`10m`) or an RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        /// table (for people), csv or json.
+        #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
+        format: String,
+    },
     /// Simulated devices, the real gateway against them, every publish printed.
     Demo {
         /// Use this broker instead of the in-process one (`mqtt://HOST:PORT`).

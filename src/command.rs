@@ -14,6 +14,8 @@ pub const MAX_COMMAND_BYTES: usize = 16 * 1024;
 /// A validated command.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Command {
+    /// The payload as received, for the history.
+    pub raw: String,
     /// Echoed in the result when given.
     pub id: Option<Json>,
     /// `set`, `refresh` or a named action.
@@ -94,6 +96,7 @@ pub fn parse(device: &DeviceConfig, payload: &[u8]) -> Result<Command, Refused> 
             return Err(fail(format!("refresh takes no point values (got \"{k}\")")));
         }
         return Ok(Command {
+            raw: String::from_utf8_lossy(payload).into_owned(),
             id,
             action,
             kind: CommandKind::Refresh,
@@ -112,6 +115,7 @@ pub fn parse(device: &DeviceConfig, payload: &[u8]) -> Result<Command, Refused> 
         if let Some(template) = &a.send {
             let text = render(template, &obj).map_err(|m| fail(format!("{action}: {m}")))?;
             return Ok(Command {
+                raw: String::from_utf8_lossy(payload).into_owned(),
                 id,
                 action,
                 kind: CommandKind::Send {
@@ -145,6 +149,7 @@ pub fn parse(device: &DeviceConfig, payload: &[u8]) -> Result<Command, Refused> 
         check_limits(point, p, value).map_err(fail)?;
     }
     Ok(Command {
+        raw: String::from_utf8_lossy(payload).into_owned(),
         id,
         action,
         kind: CommandKind::Set(values),

@@ -21,6 +21,7 @@ pub struct Sources {
     pub modbus: Vec<(String, Arc<BusStats>)>,
     pub serial: Vec<(String, Arc<LineStats>)>,
     pub commands: Option<Arc<CommandStats>>,
+    pub history: Option<Arc<crate::history::HistoryStats>>,
 }
 
 /// Busy time per bus at the last report, for utilisation over the interval.
@@ -106,8 +107,17 @@ fn report(src: &Sources, started: Instant, prev: &mut Previous) -> String {
             "busy": c.busy.load(Ordering::Relaxed),
         })
     });
+    let history = src.history.as_ref().map(|h| {
+        json!({
+            "rows": h.rows.load(Ordering::Relaxed),
+            "pending": h.pending.load(Ordering::Relaxed),
+            "dropped": h.dropped.load(Ordering::Relaxed),
+            "errors": h.errors.load(Ordering::Relaxed),
+        })
+    });
     json!({
         "uptime": started.elapsed().as_secs(),
+        "history": history,
         "version": VERSION,
         "mqtt": mqtt,
         "buses": buses,
@@ -184,6 +194,7 @@ mod tests {
             modbus: vec![("plc".into(), bus)],
             serial: vec![],
             commands: Some(commands),
+            history: None,
         };
         let mut prev = Previous::default();
         let v: Json = serde_json::from_str(&report(&src, Instant::now(), &mut prev)).unwrap();

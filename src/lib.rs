@@ -25,6 +25,7 @@ pub mod config;
 pub mod demo;
 pub mod discovery;
 pub mod health;
+pub mod history;
 pub mod line_device;
 pub mod model;
 pub mod mqtt;

@@ -55,6 +55,7 @@ pub struct LineDevice {
     lines: mpsc::Receiver<Json>,
     commands: Option<mpsc::Receiver<Command>>,
     command_stats: Arc<crate::bridge::CommandStats>,
+    history: Option<crate::history::HistoryHandle>,
     bus: LineHandle,
     sink: Arc<dyn Sink>,
     topics: Arc<Topics>,
@@ -77,12 +78,19 @@ impl LineDevice {
             lines,
             commands: None,
             command_stats: Arc::default(),
+            history: None,
             bus,
             sink,
             topics,
             state: DeviceState::default(),
             online: None,
         }
+    }
+
+    /// Records what it publishes in the history.
+    pub fn with_history(mut self, h: crate::history::HistoryHandle) -> Self {
+        self.history = Some(h);
+        self
     }
 
     pub fn with_commands(
@@ -151,6 +159,9 @@ impl LineDevice {
             let topic = self.topics.sensor(&self.name, loc, point);
             let body = payload::sensor(value, p.unit.as_deref(), at, &self.name, loc);
             self.sink.publish(topic, body, p.qos, p.retain);
+            if let Some(h) = &self.history {
+                h.record_reading(&self.name, point, at, value);
+            }
         }
         if decision.state {
             let body = payload::state(self.state.latest().iter().map(|(k, v)| (k.as_str(), v)), at);
@@ -177,6 +188,9 @@ impl LineDevice {
             self.topics.availability(&self.name, &self.config.location),
             payload::availability(&self.name, online),
         );
+        if let Some(h) = &self.history {
+            h.record_availability(&self.name, online, SystemTime::now());
+        }
     }
 
     async fn execute(&mut self, cmd: Command) {
@@ -213,6 +227,9 @@ impl LineDevice {
                 command::result_payload(cmd.id.as_ref(), Some(&cmd.action), Err(e), &[])
             }
         };
+        if let Some(h) = &self.history {
+            h.record_command(&self.name, &cmd.raw, &body, SystemTime::now());
+        }
         self.sink.publish(topic, body, 1, false);
     }
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use fieldbridge::cli::{Cli, Command};
-use fieldbridge::{EXIT_CONFIG, EXIT_FAILURE, app, check, config, demo, telemetry};
+use fieldbridge::{EXIT_CONFIG, EXIT_FAILURE, app, check, config, demo, history, telemetry};
 
 fn main() -> ExitCode {
     // clap exits with 2 on usage errors and 0 for --help/--version.
@@ -22,6 +22,71 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::History {
+            config: arg,
+            device,
+            point,
+            since,
+            until,
+            format,
+        } => {
+            let config = match config::Config::load(&arg.config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let now = std::time::SystemTime::now();
+            let parse = |t: Option<String>| t.map(|t| history::parse_time(&t, now)).transpose();
+            let (since, until) = match (parse(since), parse(until)) {
+                (Ok(s), Ok(u)) => (s, u),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("fieldbridge history: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let format = match format.as_str() {
+                "csv" => history::Format::Csv,
+                "json" => history::Format::Json,
+                _ => history::Format::Table,
+            };
+            let filter = history::Filter {
+                device,
+                point,
+                since,
+                until,
+            };
+            let path = config.history.path.clone();
+            if !path.exists() {
+                eprintln!("fieldbridge history: no history at {} yet", path.display());
+                return ExitCode::from(EXIT_FAILURE);
+            }
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| {
+                    rt.block_on(async {
+                        let pool = history::open_read_only(&path)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        history::query(&pool, &filter)
+                            .await
+                            .map_err(|e| e.to_string())
+                    })
+                });
+            match result {
+                Ok(rows) => {
+                    print!("{}", history::render(&rows, format));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fieldbridge history: {}: {e}", path.display());
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            }
+        }
         Command::Demo { mqtt, duration } => {
             if let Err(e) = telemetry::init(cli.log_level.as_deref().or(Some("warn"))) {
                 eprintln!("fieldbridge: cannot start logging: {e:#}");

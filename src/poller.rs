@@ -51,6 +51,7 @@ pub const DEVICE_COMMANDS_CAP: usize = 16;
 pub struct DevicePoller {
     commands: Option<mpsc::Receiver<Command>>,
     command_stats: Arc<crate::bridge::CommandStats>,
+    history: Option<crate::history::HistoryHandle>,
     /// Write single registers with FC16 too, for devices that refuse FC06.
     force_multiple: bool,
     name: String,
@@ -83,6 +84,7 @@ impl DevicePoller {
         DevicePoller {
             commands: None,
             command_stats: Arc::default(),
+            history: None,
             force_multiple: config.write_multiple,
             name: name.to_string(),
             availability: Availability::new(config.offline_after),
@@ -99,6 +101,12 @@ impl DevicePoller {
     }
 
     /// Takes commands from `rx` (ahead of polls).
+    /// Records what it publishes in the history.
+    pub fn with_history(mut self, h: crate::history::HistoryHandle) -> Self {
+        self.history = Some(h);
+        self
+    }
+
     pub fn with_commands(
         mut self,
         rx: mpsc::Receiver<Command>,
@@ -180,6 +188,9 @@ impl DevicePoller {
                 command::result_payload(cmd.id.as_ref(), Some(&cmd.action), Err(e), &[])
             }
         };
+        if let Some(h) = &self.history {
+            h.record_command(&self.name, &cmd.raw, &body, SystemTime::now());
+        }
         self.sink.publish(result_topic, body, 1, false);
     }
 
@@ -426,6 +437,9 @@ impl DevicePoller {
             let topic = self.topics.sensor(&self.name, loc, point);
             let body = payload::sensor(value, p.unit.as_deref(), at, &self.name, loc);
             self.sink.publish(topic, body, p.qos, p.retain);
+            if let Some(h) = &self.history {
+                h.record_reading(&self.name, point, at, value);
+            }
         }
         if decision.state {
             let topic = self.topics.state(&self.name, loc);
@@ -449,6 +463,9 @@ impl DevicePoller {
         let topic = self.topics.availability(&self.name, &self.config.location);
         self.sink
             .publish_retained(topic, payload::availability(&self.name, online));
+        if let Some(h) = &self.history {
+            h.record_availability(&self.name, online, SystemTime::now());
+        }
     }
 }
 

@@ -1,0 +1,588 @@
+//! The history of record in SQLite (CONTRACT §2-§3): every published value, availability
+//! change, command and gateway start/stop, written by one task in batches.
+//!
+//! - The poll and command paths never wait for the disk: they `try_send` into a bounded queue
+//!   (`HISTORY_CAP`); when it is full the row is dropped, counted, and a warning logged at most
+//!   once a minute.
+//! - One transaction per `flush` window (or per `BATCH` rows), opened with `BEGIN IMMEDIATE` so
+//!   a read→write upgrade can't fail with SQLITE_BUSY; WAL and `synchronous = NORMAL`, so a
+//!   power cut loses at most the last window and never corrupts the file.
+//! - Retention deletes old rows in small batches, so the `history` command can read meanwhile.
+//! - Runtime queries only (no `query!` macros): the build needs no database, and
+//!   `tests/history.rs` runs every statement against a freshly migrated file.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row as _, Sqlite, SqlitePool};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::config::HistoryConfig;
+use crate::model::Value;
+
+/// Rows waiting for the writer. When full, new rows are dropped and counted.
+pub const HISTORY_CAP: usize = 20_000;
+/// Rows per transaction at most.
+pub const BATCH: usize = 2_000;
+/// Rows per INSERT statement (4 binds each, far below SQLite's 32,766).
+const ROWS_PER_INSERT: usize = 500;
+/// Rows deleted per retention statement.
+const RETENTION_BATCH: i64 = 1_000;
+/// How often retention runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(600);
+
+/// Why the history can't be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("history database {path}: {source}")]
+    Open { path: String, source: sqlx::Error },
+    #[error("history database {path}: migrations: {source}")]
+    Migrate {
+        path: String,
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+}
+
+/// Counters for the health topic.
+#[derive(Debug, Default)]
+pub struct HistoryStats {
+    pub rows: AtomicU64,
+    pub pending: AtomicU64,
+    pub dropped: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// One row to write.
+#[derive(Debug, Clone)]
+enum Record {
+    Reading {
+        ts: i64,
+        device: String,
+        point: String,
+        value: Value,
+    },
+    Event {
+        ts: i64,
+        device: Option<String>,
+        kind: &'static str,
+        detail: String,
+    },
+}
+
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Opens (creating if needed) the database and brings its schema up to date.
+pub async fn open(path: &Path) -> Result<SqlitePool, Error> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Open {
+            path: path.display().to_string(),
+            source: sqlx::Error::Io(e),
+        })?;
+    }
+    let opts = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await
+        .map_err(|source| Error::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+    sqlx::migrate!("./migrations")
+        .run(&pool)
+        .await
+        .map_err(|source| Error::Migrate {
+            path: path.display().to_string(),
+            source,
+        })?;
+    Ok(pool)
+}
+
+/// Opens the database for reading, as `fieldbridge history` does while the daemon writes.
+pub async fn open_read_only(path: &Path) -> Result<SqlitePool, Error> {
+    let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+        .map_err(|source| Error::Open {
+            path: path.display().to_string(),
+            source,
+        })?
+        .read_only(true)
+        .busy_timeout(Duration::from_secs(5));
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await
+        .map_err(|source| Error::Open {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+/// The cheap side: record rows without ever waiting.
+#[derive(Debug, Clone)]
+pub struct HistoryHandle {
+    tx: mpsc::Sender<Record>,
+    pub stats: Arc<HistoryStats>,
+    warned: Arc<AtomicU64>,
+}
+
+impl HistoryHandle {
+    fn send(&self, r: Record) {
+        match self.tx.try_send(r) {
+            Ok(()) => {
+                self.stats.pending.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                // At most one warning a minute.
+                let now = millis(SystemTime::now()) as u64 / 60_000;
+                if self.warned.swap(now, Ordering::Relaxed) != now {
+                    warn!(dropped, "history queue full; rows dropped (disk too slow?)");
+                }
+            }
+        }
+    }
+
+    pub fn record_reading(&self, device: &str, point: &str, at: SystemTime, value: &Value) {
+        self.send(Record::Reading {
+            ts: millis(at),
+            device: device.to_string(),
+            point: point.to_string(),
+            value: value.clone(),
+        });
+    }
+
+    pub fn record_availability(&self, device: &str, online: bool, at: SystemTime) {
+        self.send(Record::Event {
+            ts: millis(at),
+            device: Some(device.to_string()),
+            kind: "availability",
+            detail: if online { "online" } else { "offline" }.to_string(),
+        });
+    }
+
+    /// A command: its payload and the result published for it.
+    pub fn record_command(&self, device: &str, payload: &str, result: &str, at: SystemTime) {
+        let detail = serde_json::json!({"payload": payload, "result": result}).to_string();
+        self.send(Record::Event {
+            ts: millis(at),
+            device: Some(device.to_string()),
+            kind: "command",
+            detail,
+        });
+    }
+
+    pub fn record_gateway(&self, what: &str, at: SystemTime) {
+        self.send(Record::Event {
+            ts: millis(at),
+            device: None,
+            kind: "gateway",
+            detail: what.to_string(),
+        });
+    }
+}
+
+/// The writer task.
+pub struct History {
+    pool: SqlitePool,
+    rx: mpsc::Receiver<Record>,
+    config: HistoryConfig,
+    stats: Arc<HistoryStats>,
+    series: HashMap<(String, String), i64>,
+    last_error_log: Option<Instant>,
+}
+
+impl History {
+    pub fn new(pool: SqlitePool, config: &HistoryConfig) -> (History, HistoryHandle) {
+        Self::with_capacity(pool, config, HISTORY_CAP)
+    }
+
+    pub fn with_capacity(
+        pool: SqlitePool,
+        config: &HistoryConfig,
+        cap: usize,
+    ) -> (History, HistoryHandle) {
+        let (tx, rx) = mpsc::channel(cap.max(1));
+        let stats = Arc::new(HistoryStats::default());
+        (
+            History {
+                pool,
+                rx,
+                config: config.clone(),
+                stats: stats.clone(),
+                series: HashMap::new(),
+                last_error_log: None,
+            },
+            HistoryHandle {
+                tx,
+                stats,
+                warned: Arc::new(AtomicU64::new(0)),
+            },
+        )
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut buf: Vec<Record> = Vec::new();
+        let mut flush = tokio::time::interval(self.config.flush);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retention = tokio::time::interval(RETENTION_EVERY);
+        retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                r = self.rx.recv() => match r {
+                    Some(r) => {
+                        buf.push(r);
+                        if buf.len() >= BATCH {
+                            self.write(&mut buf).await;
+                        }
+                    }
+                    None => break,
+                },
+                _ = flush.tick() => self.write(&mut buf).await,
+                _ = retention.tick() => self.retain().await,
+            }
+        }
+        // Everything queued goes to disk before we stop.
+        self.rx.close();
+        while let Ok(r) = self.rx.try_recv() {
+            buf.push(r);
+            if buf.len() >= BATCH {
+                self.write(&mut buf).await;
+            }
+        }
+        self.write(&mut buf).await;
+        self.pool.close().await;
+    }
+
+    async fn write(&mut self, buf: &mut Vec<Record>) {
+        if buf.is_empty() {
+            return;
+        }
+        let n = buf.len() as u64;
+        let mut result = self.try_write(buf).await;
+        if result.is_err() {
+            // Once more (a locked file, a moment of full disk), then the batch is dropped.
+            result = self.try_write(buf).await;
+        }
+        match result {
+            Ok(()) => {
+                self.stats.rows.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+                // The cache may hold ids of a database that is gone.
+                self.series.clear();
+                let due = self
+                    .last_error_log
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+                if due {
+                    warn!(error = %e, rows = n, "cannot write history; rows dropped");
+                    self.last_error_log = Some(Instant::now());
+                }
+            }
+        }
+        self.stats.pending.fetch_sub(
+            n.min(self.stats.pending.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+        buf.clear();
+    }
+
+    async fn series_id(
+        &mut self,
+        tx: &mut sqlx::Transaction<'static, Sqlite>,
+        device: &str,
+        point: &str,
+    ) -> Result<i64, sqlx::Error> {
+        let key = (device.to_string(), point.to_string());
+        if let Some(id) = self.series.get(&key) {
+            return Ok(*id);
+        }
+        sqlx::query("INSERT OR IGNORE INTO series (device, point) VALUES (?, ?)")
+            .bind(device)
+            .bind(point)
+            .execute(&mut **tx)
+            .await?;
+        let id: i64 = sqlx::query("SELECT id FROM series WHERE device = ? AND point = ?")
+            .bind(device)
+            .bind(point)
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get(0)?;
+        self.series.insert(key, id);
+        Ok(id)
+    }
+
+    async fn try_write(&mut self, buf: &[Record]) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut readings: Vec<(i64, i64, i64, &Value)> = Vec::new();
+        let mut events: Vec<(i64, Option<&str>, &str, &str)> = Vec::new();
+        for r in buf {
+            match r {
+                Record::Reading {
+                    ts,
+                    device,
+                    point,
+                    value,
+                } => {
+                    let id = self.series_id(&mut tx, device, point).await?;
+                    let kind = match value {
+                        Value::Int(_) => 0,
+                        Value::Float(_) => 1,
+                        Value::Text(_) => 2,
+                        Value::Bool(_) => 3,
+                    };
+                    readings.push((*ts, id, kind, value));
+                }
+                Record::Event {
+                    ts,
+                    device,
+                    kind,
+                    detail,
+                } => events.push((*ts, device.as_deref(), kind, detail.as_str())),
+            }
+        }
+        for chunk in readings.chunks(ROWS_PER_INSERT) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO readings (ts, series, kind, value) ");
+            q.push_values(chunk, |mut b, (ts, id, kind, v)| {
+                b.push_bind(*ts).push_bind(*id).push_bind(*kind);
+                match v {
+                    Value::Int(i) => match i64::try_from(*i) {
+                        Ok(i) => b.push_bind(i),
+                        Err(_) => b.push_bind(i.to_string()),
+                    },
+                    Value::Float(f) => b.push_bind(*f),
+                    Value::Text(t) => b.push_bind(t.clone()),
+                    Value::Bool(x) => b.push_bind(i64::from(*x)),
+                };
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        for chunk in events.chunks(ROWS_PER_INSERT) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO events (ts, device, kind, detail) ");
+            q.push_values(chunk, |mut b, (ts, device, kind, detail)| {
+                b.push_bind(*ts)
+                    .push_bind(device.map(str::to_string))
+                    .push_bind(kind.to_string())
+                    .push_bind(detail.to_string());
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await
+    }
+
+    /// Deletes rows older than `retention`, a batch at a time.
+    pub async fn retain(&mut self) {
+        let cutoff = millis(SystemTime::now()) - self.config.retention.as_millis() as i64;
+        match retain(&self.pool, cutoff).await {
+            Ok(n) if n > 0 => debug!(rows = n, "history retention"),
+            Ok(_) => {}
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "history retention failed");
+            }
+        }
+    }
+}
+
+/// Deletes rows older than `cutoff_ms` in small batches; returns how many.
+pub async fn retain(pool: &SqlitePool, cutoff_ms: i64) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    for table in ["readings", "events"] {
+        let sql = format!(
+            "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE ts < ? LIMIT {RETENTION_BATCH})"
+        );
+        loop {
+            let n = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(cutoff_ms)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            total += n;
+            if n < RETENTION_BATCH as u64 {
+                break;
+            }
+            // Let readers and the writer in between batches.
+            tokio::task::yield_now().await;
+        }
+    }
+    Ok(total)
+}
+
+/// Which rows `fieldbridge history` shows.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub device: Option<String>,
+    pub point: Option<String>,
+    pub since: Option<SystemTime>,
+    pub until: Option<SystemTime>,
+}
+
+/// One reading.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// UNIX seconds with millisecond precision.
+    pub timestamp: f64,
+    pub device: String,
+    pub point: String,
+    pub value: Value,
+}
+
+/// The readings matching `filter`, oldest first.
+pub async fn query(pool: &SqlitePool, filter: &Filter) -> Result<Vec<Row>, sqlx::Error> {
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "SELECT r.ts, s.device, s.point, r.kind, r.value FROM readings r JOIN series s ON s.id = r.series WHERE 1 = 1",
+    );
+    if let Some(d) = &filter.device {
+        q.push(" AND s.device = ").push_bind(d.clone());
+    }
+    if let Some(p) = &filter.point {
+        q.push(" AND s.point = ").push_bind(p.clone());
+    }
+    if let Some(t) = filter.since {
+        q.push(" AND r.ts >= ").push_bind(millis(t));
+    }
+    if let Some(t) = filter.until {
+        q.push(" AND r.ts <= ").push_bind(millis(t));
+    }
+    q.push(" ORDER BY r.ts, r.rowid");
+    let rows = q.build().fetch_all(pool).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let ts: i64 = r.try_get(0)?;
+        let kind: i64 = r.try_get(3)?;
+        let value = match kind {
+            0 => match r.try_get_unchecked::<i64, _>(4) {
+                Ok(i) => Value::Int(i128::from(i)),
+                Err(_) => {
+                    let s: String = r.try_get_unchecked(4)?;
+                    Value::Int(s.parse().unwrap_or_default())
+                }
+            },
+            1 => Value::Float(r.try_get_unchecked(4)?),
+            3 => Value::Bool(r.try_get_unchecked::<i64, _>(4)? != 0),
+            _ => Value::Text(r.try_get_unchecked(4)?),
+        };
+        out.push(Row {
+            timestamp: ts as f64 / 1000.0,
+            device: r.try_get(1)?,
+            point: r.try_get(2)?,
+            value,
+        });
+    }
+    Ok(out)
+}
+
+/// `--since`/`--until`: a duration ago (`1h`, `30m`) or an RFC 3339 time.
+pub fn parse_time(s: &str, now: SystemTime) -> Result<SystemTime, String> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        return now
+            .checked_sub(d)
+            .ok_or_else(|| format!("{s} ago is before 1970"));
+    }
+    humantime::parse_rfc3339_weak(s).map_err(|_| {
+        format!("invalid time \"{s}\"; expected a duration ago (1h, 30m) or an RFC 3339 time (2026-11-24T10:00:00Z)")
+    })
+}
+
+/// Output formats of `fieldbridge history`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Renders rows: `json` is one array of `{"timestamp", "device", "point", "value"}`; `csv` has
+/// the header `timestamp,device,point,value`; `table` is for people.
+pub fn render(rows: &[Row], format: Format) -> String {
+    match format {
+        Format::Json => {
+            let arr: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "timestamp": r.timestamp,
+                        "device": r.device,
+                        "point": r.point,
+                        "value": r.value.to_json(),
+                    })
+                })
+                .collect();
+            serde_json::Value::Array(arr).to_string() + "\n"
+        }
+        Format::Csv => {
+            let mut out = String::from("timestamp,device,point,value\n");
+            for r in rows {
+                let v = match &r.value {
+                    Value::Text(t) => csv_field(t),
+                    other => other.to_json().to_string(),
+                };
+                out += &format!(
+                    "{:.3},{},{},{}\n",
+                    r.timestamp,
+                    csv_field(&r.device),
+                    csv_field(&r.point),
+                    v
+                );
+            }
+            out
+        }
+        Format::Table => {
+            let w_dev = rows
+                .iter()
+                .map(|r| r.device.len())
+                .max()
+                .unwrap_or(6)
+                .max(6);
+            let w_pt = rows.iter().map(|r| r.point.len()).max().unwrap_or(5).max(5);
+            let mut out = format!(
+                "{:<24}  {:<w_dev$}  {:<w_pt$}  value\n",
+                "time (UTC)", "device", "point"
+            );
+            for r in rows {
+                let t = UNIX_EPOCH + Duration::from_millis((r.timestamp * 1000.0).round() as u64);
+                let when = humantime::format_rfc3339_millis(t).to_string();
+                let v = match &r.value {
+                    Value::Text(t) => t.clone(),
+                    other => other.to_json().to_string(),
+                };
+                out += &format!(
+                    "{when:<24}  {:<w_dev$}  {:<w_pt$}  {v}\n",
+                    r.device, r.point
+                );
+            }
+            out
+        }
+    }
+}
