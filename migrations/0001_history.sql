@@ -1,7 +1,7 @@
 -- History of record: every published value, availability change, command and gateway start/stop.
 -- Compact: integer ids and epoch-millisecond times. `value` has no declared type, so integers
 -- stay INTEGER, floats REAL and text TEXT; `kind` says how to give it back (0 integer, 1 float,
--- 2 text, 3 bool; integers beyond i64 are stored as decimal text with kind 0).
+-- 2 text, 3 bool, 4 an integer beyond i64 stored as decimal text).
 CREATE TABLE series (
     id INTEGER PRIMARY KEY,
     device TEXT NOT NULL,

@@ -270,7 +270,6 @@ impl History {
             }
         }
         self.write(&mut buf).await;
-        self.pool.close().await;
     }
 
     async fn write(&mut self, buf: &mut Vec<Record>) {
@@ -347,6 +346,7 @@ impl History {
                 } => {
                     let id = self.series_id(&mut tx, device, point).await?;
                     let kind = match value {
+                        Value::Int(i) if i64::try_from(*i).is_err() => 4,
                         Value::Int(_) => 0,
                         Value::Float(_) => 1,
                         Value::Text(_) => 2,
@@ -474,13 +474,12 @@ pub async fn query(pool: &SqlitePool, filter: &Filter) -> Result<Vec<Row>, sqlx:
         let ts: i64 = r.try_get(0)?;
         let kind: i64 = r.try_get(3)?;
         let value = match kind {
-            0 => match r.try_get_unchecked::<i64, _>(4) {
-                Ok(i) => Value::Int(i128::from(i)),
-                Err(_) => {
-                    let s: String = r.try_get_unchecked(4)?;
-                    Value::Int(s.parse().unwrap_or_default())
-                }
-            },
+            0 => Value::Int(i128::from(r.try_get_unchecked::<i64, _>(4)?)),
+            4 => {
+                // Beyond i64: kept as decimal text so nothing is rounded.
+                let s: String = r.try_get_unchecked(4)?;
+                Value::Int(s.parse().unwrap_or_default())
+            }
             1 => Value::Float(r.try_get_unchecked(4)?),
             3 => Value::Bool(r.try_get_unchecked::<i64, _>(4)? != 0),
             _ => Value::Text(r.try_get_unchecked(4)?),
@@ -493,6 +492,26 @@ pub async fn query(pool: &SqlitePool, filter: &Filter) -> Result<Vec<Row>, sqlx:
         });
     }
     Ok(out)
+}
+
+/// One event: (UNIX seconds, device, kind, detail), oldest first.
+pub type Event = (f64, Option<String>, String, String);
+
+/// Every event (availability changes, commands, gateway start/stop), oldest first.
+pub async fn events(pool: &SqlitePool) -> Result<Vec<Event>, sqlx::Error> {
+    let rows = sqlx::query("SELECT ts, device, kind, detail FROM events ORDER BY ts, rowid")
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get::<i64, _>(0)? as f64 / 1000.0,
+                r.try_get(1)?,
+                r.try_get(2)?,
+                r.try_get(3)?,
+            ))
+        })
+        .collect()
 }
 
 /// `--since`/`--until`: a duration ago (`1h`, `30m`) or an RFC 3339 time.

@@ -176,7 +176,12 @@ impl InProcess {
     }
 
     pub async fn stop(self) -> u8 {
+        self.stop_keeping_dir().await.0
+    }
+
+    /// Stops the gateway and hands back its temp dir (history, config) for inspection.
+    pub async fn stop_keeping_dir(self) -> (u8, tempfile::TempDir) {
         self.token.cancel();
-        self.task.await.expect("gateway task")
+        (self.task.await.expect("gateway task"), self.dir)
     }
 }

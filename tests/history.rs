@@ -1,0 +1,349 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::let_underscore_must_use
+)]
+//! History in a real SQLite file, through the code the daemon uses.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use common::gateway::{GatewayProcess, InProcess};
+use common::modbus::FakeModbus;
+use common::mosquitto::{Mosquitto, Subscriber, publish};
+use fieldbridge::config::HistoryConfig;
+use fieldbridge::history::{self, Filter, History};
+use fieldbridge::model::Value;
+use nix::sys::signal::Signal;
+use serde_json::{Value as Json, json};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn hcfg(path: &std::path::Path, flush_ms: u64) -> HistoryConfig {
+    HistoryConfig {
+        path: path.to_path_buf(),
+        retention: Duration::from_secs(30 * 86_400),
+        flush: Duration::from_millis(flush_ms),
+    }
+}
+
+fn json_of(p: &str) -> Json {
+    serde_json::from_str(p).unwrap_or(Json::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_holds_exactly_what_was_published_with_availability_and_commands() {
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    fake.set_holding(1, 0, &[10, 20, 30]);
+    fake.unit(1, |u| u.tick = true);
+    let addr = fake.serve_tcp().await;
+    let cfg = format!(
+        "[gateway]\nid = \"hist\"\nbase_topic = \"t\"\nlocation = \"lab\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n[history]\npath = \"{{dir}}/history.db\"\nflush = \"200ms\"\n[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{addr}\"\n[devices.d]\nbus = \"plc\"\nunit = 1\npoll = \"100ms\"\n[devices.d.points.a]\nregister = \"holding:0\"\nwritable = true\n[devices.d.points.b]\nregister = \"holding:1\"\nscale = 0.5\n[devices.d.points.c]\nregister = \"holding:2\"\nmap = {{ 30 = \"thirty\" }}\n",
+        broker.port
+    );
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let gw = InProcess::start(&cfg).await;
+    let db = gw.dir.path().join("history.db");
+    sub.wait_for("t/lab/sensor/d/a", |_| true, WAIT).unwrap();
+    publish(
+        broker.port,
+        "t/lab/device/d/command",
+        r#"{"id": "h1", "a": 7}"#,
+        false,
+    );
+    sub.wait_for("t/lab/device/d/command/result", |p| p.contains("h1"), WAIT)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (code, _dir) = gw.stop_keeping_dir().await;
+    assert_eq!(code, 0);
+
+    // What the broker saw on the sensor topics...
+    let published: BTreeSet<(String, String, String)> = sub
+        .seen()
+        .into_iter()
+        .filter(|m| m.topic.starts_with("t/lab/sensor/d/"))
+        .map(|m| {
+            let v = json_of(&m.payload);
+            (
+                m.topic.rsplit('/').next().unwrap().to_string(),
+                format!("{:.3}", v["timestamp"].as_f64().unwrap()),
+                v["value"].to_string(),
+            )
+        })
+        .collect();
+    // ...is exactly what the history holds.
+    let pool = history::open_read_only(&db).await.unwrap();
+    let rows = history::query(&pool, &Filter::default()).await.unwrap();
+    let stored: BTreeSet<(String, String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.point.clone(),
+                format!("{:.3}", r.timestamp),
+                r.value.to_json().to_string(),
+            )
+        })
+        .collect();
+    assert!(published.len() >= 6, "{published:?}");
+    assert_eq!(stored, published);
+    assert_eq!(rows.len(), published.len(), "no duplicates");
+    let events = history::events(&pool).await.unwrap();
+    let kinds: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.2.as_str(), e.3.as_str()))
+        .collect();
+    assert_eq!(kinds.first(), Some(&("gateway", "start")));
+    assert_eq!(kinds.last(), Some(&("gateway", "stop")));
+    assert!(kinds.contains(&("availability", "online")));
+    let cmd = events
+        .iter()
+        .find(|e| e.2 == "command")
+        .expect("command recorded");
+    assert_eq!(cmd.1.as_deref(), Some("d"));
+    let detail = json_of(&cmd.3);
+    assert!(detail["payload"].as_str().unwrap().contains("\"h1\""));
+    assert!(detail["result"].as_str().unwrap().contains("\"ok\":true"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_heavy_writing_leaves_an_intact_file_missing_at_most_the_last_window() {
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    let mut cfg = format!(
+        "[gateway]\nid = \"k9\"\nbase_topic = \"t\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n[history]\npath = \"{{dir}}/history.db\"\nflush = \"250ms\"\n[homeassistant]\ndiscovery = false\n[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{{addr}}\"\n",
+        broker.port
+    );
+    for d in 1..=4u8 {
+        fake.set_holding(d, 0, &[0; 100]);
+        fake.unit(d, |u| u.tick = true);
+        cfg += &format!("[devices.d{d}]\nbus = \"plc\"\nunit = {d}\npoll = \"20ms\"\n");
+        for p in 0..100 {
+            cfg += &format!("[devices.d{d}.points.p{p}]\nregister = \"holding:{p}\"\n");
+        }
+    }
+    let addr = fake.serve_tcp().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cfg
+        .replace("{addr}", &addr.to_string())
+        .replace("{dir}", &dir.path().display().to_string());
+    let db = dir.path().join("history.db");
+    let mut gw = GatewayProcess::spawn(&cfg, &[("RUST_LOG", "warn")]);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let killed_at = SystemTime::now();
+    gw.signal(Signal::SIGKILL);
+    gw.wait_exit(WAIT).unwrap();
+
+    let pool = history::open(&db).await.unwrap();
+    let check: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(check, "ok");
+    let rows = history::query(&pool, &Filter::default()).await.unwrap();
+    assert!(
+        rows.len() > 1000,
+        "only {} rows written under load",
+        rows.len()
+    );
+    let last = rows.iter().map(|r| r.timestamp).fold(0.0, f64::max);
+    let killed = killed_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let lost = killed - last;
+    // One flush window (250 ms) plus the time a batch takes to commit on a loaded machine.
+    assert!(lost <= 0.25 + 0.5, "{lost:.3} s of readings lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_old_rows_and_keeps_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let pool = history::open(&db).await.unwrap();
+    let (writer, h) = History::new(pool.clone(), &hcfg(&db, 50));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(writer.run(stop.clone()));
+    let now = SystemTime::now();
+    let old = now - Duration::from_secs(40 * 86_400);
+    for i in 0..2500 {
+        h.record_reading(
+            "d",
+            "p",
+            old + Duration::from_millis(i),
+            &Value::Int(i.into()),
+        );
+    }
+    h.record_reading("d", "p", now, &Value::Float(1.5));
+    h.record_availability("d", true, old);
+    h.record_availability("d", false, now);
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(
+        history::query(&pool, &Filter::default())
+            .await
+            .unwrap()
+            .len(),
+        2501
+    );
+    let cutoff = (now - Duration::from_secs(30 * 86_400))
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let removed = history::retain(&pool, cutoff).await.unwrap();
+    assert_eq!(removed, 2501);
+    let rows = history::query(&pool, &Filter::default()).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].value, Value::Float(1.5));
+    let events = history::events(&pool).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].3, "offline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_and_counts_and_never_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let pool = history::open(&db).await.unwrap();
+    let (_writer, h) = History::with_capacity(pool, &hcfg(&db, 1000), 10);
+    let t0 = std::time::Instant::now();
+    for i in 0..1000 {
+        h.record_reading("d", "p", SystemTime::now(), &Value::Int(i));
+    }
+    assert!(t0.elapsed() < Duration::from_millis(500));
+    assert_eq!(
+        h.stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        990
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_of_every_kind_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let pool = history::open(&db).await.unwrap();
+    let (writer, h) = History::new(pool.clone(), &hcfg(&db, 50));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(writer.run(stop.clone()));
+    let values = [
+        Value::Int(-5),
+        Value::Int(i128::from(u64::MAX)),
+        Value::Float(21.25),
+        Value::Text("on".into()),
+        Value::Bool(true),
+    ];
+    let t = SystemTime::now();
+    for (i, v) in values.iter().enumerate() {
+        h.record_reading(
+            "d",
+            &format!("p{i}"),
+            t + Duration::from_millis(i as u64),
+            v,
+        );
+    }
+    stop.cancel();
+    task.await.unwrap();
+    let got: Vec<Value> = history::query(&pool, &Filter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.value)
+        .collect();
+    assert_eq!(got, values);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_command_filters_and_prints_table_csv_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("history.db");
+    let pool = history::open(&db).await.unwrap();
+    let (writer, h) = History::new(pool.clone(), &hcfg(&db, 50));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(writer.run(stop.clone()));
+    let now = SystemTime::now();
+    let t_old = now - Duration::from_secs(7200);
+    let t_new = now - Duration::from_secs(60);
+    h.record_reading("boiler", "temp", t_old, &Value::Float(20.5));
+    h.record_reading("boiler", "temp", t_new, &Value::Float(21.5));
+    h.record_reading("boiler", "mode", t_new, &Value::Text("heat, eco".into()));
+    h.record_reading("lamp", "state", t_new, &Value::Bool(true));
+    stop.cancel();
+    task.await.unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, format!("[history]\npath = \"{}\"\n", db.display())).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_fieldbridge"))
+            .arg("history")
+            .arg("-c")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let ts = |t: SystemTime| {
+        (t.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as f64)
+            / 1000.0
+    };
+    // json: one array, values typed.
+    let all: Json = serde_json::from_str(&run(&["--format", "json"])).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 4);
+    assert_eq!(
+        all[0],
+        json!({"timestamp": ts(t_old), "device": "boiler", "point": "temp", "value": 20.5})
+    );
+    let recent: Json = serde_json::from_str(&run(&[
+        "--format", "json", "--device", "boiler", "--since", "1h",
+    ]))
+    .unwrap();
+    let recent = recent.as_array().unwrap();
+    assert_eq!(recent.len(), 2);
+    assert!(recent.iter().all(|r| r["device"] == json!("boiler")));
+    let until = humantime::format_rfc3339_seconds(now - Duration::from_secs(3600)).to_string();
+    let old: Json = serde_json::from_str(&run(&["--format", "json", "--until", &until])).unwrap();
+    assert_eq!(old.as_array().unwrap().len(), 1);
+    assert_eq!(old[0]["value"], json!(20.5));
+    let lamp: Json = serde_json::from_str(&run(&["--format", "json", "--point", "state"])).unwrap();
+    assert_eq!(lamp[0]["value"], json!(true));
+    // csv: the header, then fields; text with a comma is quoted.
+    let csv = run(&["--format", "csv", "--device", "boiler", "--since", "1h"]);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "timestamp,device,point,value");
+    assert_eq!(lines.len(), 3);
+    assert!(
+        lines.contains(&format!("{:.3},boiler,temp,21.5", ts(t_new)).as_str()),
+        "{csv}"
+    );
+    assert!(
+        lines.contains(&format!("{:.3},boiler,mode,\"heat, eco\"", ts(t_new)).as_str()),
+        "{csv}"
+    );
+    // table: for people, one line per row plus the header.
+    let table = run(&["--point", "temp"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(lines[0].starts_with("time (UTC)"));
+    assert!(
+        lines[1].contains("boiler") && lines[1].trim_end().ends_with("20.5"),
+        "{table}"
+    );
+    // A bad time is a usage error.
+    let out = Command::new(env!("CARGO_BIN_EXE_fieldbridge"))
+        .args(["history", "-c"])
+        .arg(&config)
+        .args(["--since", "yesterday-ish"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
