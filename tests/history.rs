@@ -347,3 +347,38 @@ async fn the_history_command_filters_and_prints_table_csv_and_json() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_keeps_recording_while_the_broker_is_away() {
+    let mut broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    fake.set_holding(1, 0, &[1]);
+    fake.unit(1, |u| u.tick = true);
+    let addr = fake.serve_tcp().await;
+    let cfg = format!(
+        "[gateway]\nid = \"away\"\nbase_topic = \"t\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n[history]\npath = \"{{dir}}/history.db\"\nflush = \"100ms\"\n[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{addr}\"\n[devices.d]\nbus = \"plc\"\nunit = 1\npoll = \"100ms\"\n[devices.d.points.a]\nregister = \"holding:0\"\n",
+        broker.port
+    );
+    let gw = InProcess::start(&cfg).await;
+    let db = gw.dir.path().join("history.db");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker.kill();
+    let away_from = SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, _dir) = gw.stop_keeping_dir().await;
+    let pool = history::open_read_only(&db).await.unwrap();
+    let rows = history::query(
+        &pool,
+        &Filter {
+            since: Some(away_from),
+            ..Filter::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        rows.len() >= 8,
+        "only {} readings recorded while the broker was away",
+        rows.len()
+    );
+}
