@@ -17,8 +17,7 @@ use crate::bus::serial_line::LineHandle;
 use crate::command::{self, Command, CommandKind};
 use crate::config::{DataType, DeviceConfig, PointConfig};
 use crate::model::Value;
-use crate::payload;
-use crate::poller::Sink;
+use crate::poller::{Out, Sink, next_command};
 use crate::state::{DeviceState, PublishRule};
 use crate::topics::Topics;
 
@@ -112,7 +111,7 @@ impl LineDevice {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some(cmd) = recv(&mut commands) => self.execute(cmd).await,
+                Some(cmd) = next_command(&mut commands) => self.execute(cmd).await,
                 doc = self.lines.recv() => match doc {
                     Some(doc) => {
                         last_line = Instant::now();
@@ -149,24 +148,23 @@ impl LineDevice {
         if values.is_empty() {
             return;
         }
-        let at = SystemTime::now();
-        let decision = self.state.apply(values, std::time::Instant::now());
-        let loc = &self.config.location;
-        for (point, value) in &decision.sensors {
-            let Some(p) = self.config.points.get(point) else {
-                continue;
-            };
-            let topic = self.topics.sensor(&self.name, loc, point);
-            let body = payload::sensor(value, p.unit.as_deref(), at, &self.name, loc);
-            self.sink.publish(topic, body, p.qos, p.retain);
-            if let Some(h) = &self.history {
-                h.record_reading(&self.name, point, at, value);
-            }
-        }
-        if decision.state {
-            let body = payload::state(self.state.latest().iter().map(|(k, v)| (k.as_str(), v)), at);
-            self.sink
-                .publish_retained(self.topics.state(&self.name, loc), body);
+        let out = Out {
+            name: &self.name,
+            config: &self.config,
+            sink: self.sink.as_ref(),
+            topics: &self.topics,
+            history: self.history.as_ref(),
+        };
+        out.values(&mut self.state, values, SystemTime::now());
+    }
+
+    fn out(&self) -> Out<'_> {
+        Out {
+            name: &self.name,
+            config: &self.config,
+            sink: self.sink.as_ref(),
+            topics: &self.topics,
+            history: self.history.as_ref(),
         }
     }
 
@@ -184,19 +182,10 @@ impl LineDevice {
                 "device offline: no line within the silence period"
             );
         }
-        self.sink.publish_retained(
-            self.topics.availability(&self.name, &self.config.location),
-            payload::availability(&self.name, online),
-        );
-        if let Some(h) = &self.history {
-            h.record_availability(&self.name, online, SystemTime::now());
-        }
+        self.out().availability(online);
     }
 
     async fn execute(&mut self, cmd: Command) {
-        let topic = self
-            .topics
-            .command_result(&self.name, &self.config.location);
         let outcome = match &cmd.kind {
             CommandKind::Send { text, expect } => {
                 let re = expect.as_deref().and_then(|e| regex::Regex::new(e).ok());
@@ -227,10 +216,7 @@ impl LineDevice {
                 command::result_payload(cmd.id.as_ref(), Some(&cmd.action), Err(e), &[])
             }
         };
-        if let Some(h) = &self.history {
-            h.record_command(&self.name, &cmd.raw, &body, SystemTime::now());
-        }
-        self.sink.publish(topic, body, 1, false);
+        self.out().result(&cmd, body);
     }
 }
 
@@ -260,13 +246,6 @@ impl LineDevice {
                 .map_err(|e| format!("{point}: {e}"))?;
         }
         Ok(())
-    }
-}
-
-async fn recv(rx: &mut Option<mpsc::Receiver<Command>>) -> Option<Command> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
     }
 }
 

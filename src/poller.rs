@@ -25,6 +25,7 @@ use crate::bus::plan::{self, PlannedRead};
 use crate::bus::{BusError, BusHandle, BusStats, RawData, ReadSpec};
 use crate::command::{self, Command, CommandKind};
 use crate::config::{DataType, DeviceConfig, PointConfig};
+use crate::history::HistoryHandle;
 use crate::model::Value;
 use crate::payload;
 use crate::state::{Availability, Change, DeviceState, PublishRule};
@@ -40,6 +41,73 @@ pub trait Sink: Send + Sync + 'static {
     /// Deletes a retained message (empty retained payload).
     fn clear_retained(&self, topic: String) {
         self.publish_retained(topic, String::new());
+    }
+}
+
+/// Where a device task's results go: MQTT through the sink, and the history. A borrowed view,
+/// built from the task's fields where needed, shared by Modbus and serial devices.
+pub(crate) struct Out<'a> {
+    pub name: &'a str,
+    pub config: &'a DeviceConfig,
+    pub sink: &'a dyn Sink,
+    pub topics: &'a Topics,
+    pub history: Option<&'a HistoryHandle>,
+}
+
+impl Out<'_> {
+    /// Applies one read's values to `state` and publishes what that calls for: sensor topics
+    /// (recorded in the history too) and the retained device state.
+    pub fn values(
+        &self,
+        state: &mut DeviceState,
+        values: Vec<(String, Value, PublishRule)>,
+        at: SystemTime,
+    ) {
+        let decision = state.apply(values, std::time::Instant::now());
+        let loc = &self.config.location;
+        for (point, value) in &decision.sensors {
+            let Some(p) = self.config.points.get(point) else {
+                continue;
+            };
+            let topic = self.topics.sensor(self.name, loc, point);
+            let body = payload::sensor(value, p.unit.as_deref(), at, self.name, loc);
+            self.sink.publish(topic, body, p.qos, p.retain);
+            if let Some(h) = self.history {
+                h.record_reading(self.name, point, at, value);
+            }
+        }
+        if decision.state {
+            let topic = self.topics.state(self.name, loc);
+            let body = payload::state(state.latest().iter().map(|(k, v)| (k.as_str(), v)), at);
+            self.sink.publish_retained(topic, body);
+        }
+    }
+
+    /// Publishes (retained) and records an availability change.
+    pub fn availability(&self, online: bool) {
+        let topic = self.topics.availability(self.name, &self.config.location);
+        self.sink
+            .publish_retained(topic, payload::availability(self.name, online));
+        if let Some(h) = self.history {
+            h.record_availability(self.name, online, SystemTime::now());
+        }
+    }
+
+    /// Publishes a command's result and records the command.
+    pub fn result(&self, cmd: &Command, body: String) {
+        if let Some(h) = self.history {
+            h.record_command(self.name, &cmd.raw, &body, SystemTime::now());
+        }
+        let topic = self.topics.command_result(self.name, &self.config.location);
+        self.sink.publish(topic, body, 1, false);
+    }
+}
+
+/// The next command, or never when the task takes none.
+pub(crate) async fn next_command(rx: &mut Option<mpsc::Receiver<Command>>) -> Option<Command> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -133,7 +201,7 @@ impl DevicePoller {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some(cmd) = recv(&mut commands) => {
+                Some(cmd) = next_command(&mut commands) => {
                     self.execute(unit, cmd).await;
                     continue;
                 }
@@ -157,9 +225,6 @@ impl DevicePoller {
 
     /// Executes a validated command and publishes its result.
     async fn execute(&mut self, unit: u8, cmd: Command) {
-        let result_topic = self
-            .topics
-            .command_result(&self.name, &self.config.location);
         let outcome = match &cmd.kind {
             CommandKind::Refresh => {
                 self.state.force_state();
@@ -188,10 +253,7 @@ impl DevicePoller {
                 command::result_payload(cmd.id.as_ref(), Some(&cmd.action), Err(e), &[])
             }
         };
-        if let Some(h) = &self.history {
-            h.record_command(&self.name, &cmd.raw, &body, SystemTime::now());
-        }
-        self.sink.publish(result_topic, body, 1, false);
+        self.out().result(&cmd, body);
     }
 
     /// Writes each value, then reads the written points back; the read-back values are what
@@ -427,25 +489,25 @@ impl DevicePoller {
         }
     }
 
+    fn out(&self) -> Out<'_> {
+        Out {
+            name: &self.name,
+            config: &self.config,
+            sink: self.sink.as_ref(),
+            topics: &self.topics,
+            history: self.history.as_ref(),
+        }
+    }
+
     fn publish(&mut self, values: Vec<(String, Value, PublishRule)>, at: SystemTime) {
-        let decision = self.state.apply(values, std::time::Instant::now());
-        let loc = &self.config.location;
-        for (point, value) in &decision.sensors {
-            let Some(p) = self.config.points.get(point) else {
-                continue;
-            };
-            let topic = self.topics.sensor(&self.name, loc, point);
-            let body = payload::sensor(value, p.unit.as_deref(), at, &self.name, loc);
-            self.sink.publish(topic, body, p.qos, p.retain);
-            if let Some(h) = &self.history {
-                h.record_reading(&self.name, point, at, value);
-            }
-        }
-        if decision.state {
-            let topic = self.topics.state(&self.name, loc);
-            let body = payload::state(self.state.latest().iter().map(|(k, v)| (k.as_str(), v)), at);
-            self.sink.publish_retained(topic, body);
-        }
+        let out = Out {
+            name: &self.name,
+            config: &self.config,
+            sink: self.sink.as_ref(),
+            topics: &self.topics,
+            history: self.history.as_ref(),
+        };
+        out.values(&mut self.state, values, at);
     }
 
     fn announce(&mut self, change: Change) {
@@ -460,19 +522,7 @@ impl DevicePoller {
                 "device offline"
             );
         }
-        let topic = self.topics.availability(&self.name, &self.config.location);
-        self.sink
-            .publish_retained(topic, payload::availability(&self.name, online));
-        if let Some(h) = &self.history {
-            h.record_availability(&self.name, online, SystemTime::now());
-        }
-    }
-}
-
-async fn recv(rx: &mut Option<mpsc::Receiver<Command>>) -> Option<Command> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
+        self.out().availability(online);
     }
 }
 

@@ -304,8 +304,10 @@ async fn exceptions_and_timeouts_are_answered_by_name() {
 async fn a_command_during_a_long_poll_cycle_is_written_before_the_rest_of_the_cycle() {
     let broker = Mosquitto::start();
     let fake = FakeModbus::new();
+    // Six devices answering in 300 ms each: a cycle of ~1.8 s, time enough for the command to
+    // arrive in the middle even on a loaded machine.
     for u in 1..=6 {
-        fake.unit(u, |x| x.delay = Duration::from_millis(150));
+        fake.unit(u, |x| x.delay = Duration::from_millis(300));
     }
     let addr = fake.serve_tcp().await;
     let mut cfg = config(broker.port, &addr.to_string(), "timeout = \"1s\"");
@@ -317,7 +319,7 @@ async fn a_command_during_a_long_poll_cycle_is_written_before_the_rest_of_the_cy
     }
     let sub = Subscriber::connect(broker.port, "t/#");
     let gw = InProcess::start(&cfg).await;
-    // The first cycle of six slow devices takes about a second; command the lamp in the middle.
+    // Command the lamp once the cycle is under way.
     let deadline = Instant::now() + WAIT;
     while fake.log().iter().filter(|s| s.fc <= 4).count() < 2 {
         assert!(Instant::now() < deadline);
