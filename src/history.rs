@@ -97,7 +97,11 @@ pub async fn open(path: &Path) -> Result<SqlitePool, Error> {
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(5));
+        .busy_timeout(Duration::from_secs(5))
+        // The writer appends; a small page cache does (SQLite's default is 2 MiB), and only the
+        // few fixed statements are kept prepared. See BENCHMARKS.md, memory.
+        .pragma("cache_size", "-256")
+        .statement_cache_capacity(16);
     let pool = SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(opts)
@@ -377,7 +381,8 @@ impl History {
                     Value::Bool(x) => b.push_bind(i64::from(*x)),
                 };
             });
-            q.build().execute(&mut *tx).await?;
+            // Batch sizes vary: don't keep a prepared statement per size.
+            q.build().persistent(false).execute(&mut *tx).await?;
         }
         for chunk in events.chunks(ROWS_PER_INSERT) {
             let mut q: QueryBuilder<Sqlite> =
@@ -388,7 +393,7 @@ impl History {
                     .push_bind(kind.to_string())
                     .push_bind(detail.to_string());
             });
-            q.build().execute(&mut *tx).await?;
+            q.build().persistent(false).execute(&mut *tx).await?;
         }
         tx.commit().await
     }
