@@ -55,6 +55,54 @@ pub enum Command {
         #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
         format: String,
     },
+    /// Read registers once and show every decoding of them (commissioning; no MQTT).
+    Read {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Bus name from the config.
+        #[arg(long)]
+        bus: String,
+        /// Modbus unit id.
+        #[arg(long)]
+        unit: u8,
+        /// `holding:10`, `input:0`, `coil:3`, `discrete:0`.
+        #[arg(long)]
+        register: String,
+        /// Registers (or bits) to read.
+        #[arg(long, default_value_t = 1)]
+        count: u16,
+    },
+    /// Write one typed value and read it back (commissioning; no MQTT).
+    Write {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        bus: String,
+        #[arg(long)]
+        unit: u8,
+        /// `holding:10` or `coil:3`.
+        #[arg(long)]
+        register: String,
+        /// bool u16 i16 u32 i32 u64 i64 f32 f64 string.
+        #[arg(long = "type", default_value = "u16")]
+        data_type: String,
+        /// ABCD CDAB BADC DCBA.
+        #[arg(long, default_value = "ABCD")]
+        order: String,
+        /// The value (negative numbers welcome).
+        #[arg(long, allow_hyphen_values = true)]
+        value: String,
+    },
+    /// Find which Modbus unit ids answer on a bus.
+    Scan {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        bus: String,
+        /// `1-247` or one id.
+        #[arg(long, default_value = "1-247")]
+        units: String,
+    },
     /// Simulated devices, the real gateway against them, every publish printed.
     Demo {
         /// Use this broker instead of the in-process one (`mqtt://HOST:PORT`).

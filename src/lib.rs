@@ -21,6 +21,7 @@ pub mod bus;
 pub mod check;
 pub mod cli;
 pub mod command;
+pub mod commission;
 pub mod config;
 pub mod demo;
 pub mod discovery;

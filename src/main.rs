@@ -5,7 +5,44 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use fieldbridge::cli::{Cli, Command};
-use fieldbridge::{EXIT_CONFIG, EXIT_FAILURE, app, check, config, demo, history, telemetry};
+use fieldbridge::{
+    EXIT_CONFIG, EXIT_FAILURE, app, check, commission, config, demo, history, telemetry,
+};
+
+/// Runs a commissioning command: config from `path`, the async work, its text on stdout.
+fn commissioning<F, Fut>(path: &std::path::Path, f: F) -> ExitCode
+where
+    F: FnOnce(std::sync::Arc<config::Config>) -> Fut,
+    Fut: std::future::Future<Output = Result<String, String>>,
+{
+    let config = match config::Config::load(path) {
+        Ok(c) => std::sync::Arc::new(c),
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fieldbridge: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match rt.block_on(f(config)) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fieldbridge: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
 
 fn main() -> ExitCode {
     // clap exits with 2 on usage errors and 0 for --help/--version.
@@ -87,6 +124,71 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Read {
+            config: arg,
+            bus,
+            unit,
+            register,
+            count,
+        } => commissioning(&arg.config, |config| async move {
+            let register = config::parse_register(&register)?;
+            commission::read(&config, &bus, unit, register, count).await
+        }),
+        Command::Write {
+            config: arg,
+            bus,
+            unit,
+            register,
+            data_type,
+            order,
+            value,
+        } => commissioning(&arg.config, |config| async move {
+            let register = config::parse_register(&register)?;
+            let ty = match config::DataType::NAMES.iter().position(|n| *n == data_type) {
+                Some(i) => config::ALL_TYPES[i],
+                None => {
+                    return Err(format!(
+                        "unknown type \"{data_type}\"; expected {}",
+                        config::one_of(config::DataType::NAMES)
+                    ));
+                }
+            };
+            let order = match order.as_str() {
+                "ABCD" => config::WordOrder::Abcd,
+                "CDAB" => config::WordOrder::Cdab,
+                "BADC" => config::WordOrder::Badc,
+                "DCBA" => config::WordOrder::Dcba,
+                other => {
+                    return Err(format!(
+                        "unknown order \"{other}\"; expected ABCD, CDAB, BADC or DCBA"
+                    ));
+                }
+            };
+            commission::write(&config, &bus, unit, register, ty, order, &value).await
+        }),
+        Command::Scan {
+            config: arg,
+            bus,
+            units,
+        } => commissioning(&arg.config, |config| async move {
+            let units = commission::parse_units(&units)?;
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let found = commission::scan(&config, &bus, units, |u| {
+                if tty {
+                    eprint!("\rscanning unit {u:>3}");
+                }
+            })
+            .await?;
+            if tty {
+                eprintln!();
+            }
+            let mut out = String::new();
+            for (u, what) in &found {
+                out += &format!("unit {u}: {what}\n");
+            }
+            out += &format!("{} unit(s) answered\n", found.len());
+            Ok(out)
+        }),
         Command::Demo { mqtt, duration } => {
             if let Err(e) = telemetry::init(cli.log_level.as_deref().or(Some("warn"))) {
                 eprintln!("fieldbridge: cannot start logging: {e:#}");

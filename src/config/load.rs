@@ -1315,7 +1315,8 @@ pub const RESERVED_POINTS: &[&str] = &["timestamp", "action", "id"];
 /// Action names the command handler gives a meaning of its own.
 pub const RESERVED_ACTIONS: &[&str] = &["set", "refresh"];
 
-const ALL_TYPES: [DataType; 10] = [
+/// Every data type, in the order of `DataType::NAMES`.
+pub const ALL_TYPES: [DataType; 10] = [
     DataType::Bool,
     DataType::U16,
     DataType::I16,

@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use load::{
-    ConfigError, ConfigErrors, is_valid_name, load, one_of, parse, parse_mqtt_url, parse_register,
+    ALL_TYPES, ConfigError, ConfigErrors, is_valid_name, load, one_of, parse, parse_mqtt_url,
+    parse_register,
 };
 
 /// Where the config is read from when neither `-c` nor `FIELDBRIDGE_CONFIG` says otherwise.

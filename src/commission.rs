@@ -1,0 +1,347 @@
+// Writing to a String cannot fail; `let _ = writeln!(…)` is how this module formats.
+#![allow(clippy::let_underscore_must_use)]
+//! Commissioning without MQTT (CONTRACT §2): `read` shows raw words and every decoding of them,
+//! `write` writes one typed value and reads it back, `scan` finds the unit ids that answer.
+//! They open the bus with the config's settings through the same bus task the daemon uses; a
+//! serial port the daemon holds is refused with a message that says so.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::codec::{self, Raw};
+use crate::bus::modbus::ModbusBus;
+use crate::bus::{BusError, BusHandle, RawData, ReadSpec, WriteSpec};
+use crate::config::{BusConfig, Config, DataType, Register, Table, WordOrder};
+
+const ORDERS: [(WordOrder, &str); 4] = [
+    (WordOrder::Abcd, "ABCD"),
+    (WordOrder::Cdab, "CDAB"),
+    (WordOrder::Badc, "BADC"),
+    (WordOrder::Dcba, "DCBA"),
+];
+
+/// The bus named `name`, if it is a Modbus bus of the config.
+pub fn modbus_bus<'a>(config: &'a Config, name: &str) -> Result<&'a BusConfig, String> {
+    match config.buses.get(name) {
+        Some(b) if b.kind.is_modbus() => Ok(b),
+        Some(_) => Err(format!("bus \"{name}\" is a serial line bus, not Modbus")),
+        None => {
+            let names: Vec<&str> = config.buses.keys().map(String::as_str).collect();
+            Err(format!(
+                "no bus \"{name}\" in the config; buses: {}",
+                names.join(", ")
+            ))
+        }
+    }
+}
+
+fn start(name: &str, bus: &BusConfig) -> (BusHandle, CancellationToken) {
+    let (task, handle) = ModbusBus::new(name, bus);
+    let stop = CancellationToken::new();
+    tokio::spawn(task.run(stop.clone()));
+    (handle, stop)
+}
+
+/// Every decoding of `words` starting at `register`, as text for people.
+pub fn decodings(register: Register, words: &[u16]) -> String {
+    let mut out = String::new();
+    let a = register.address;
+    // Writing to a String cannot fail.
+    let _ = writeln!(out, "raw: {}", hex(words));
+    let _ = writeln!(
+        out,
+        "{:<14} {:>6} {:>7} {:>6}",
+        "register", "hex", "u16", "i16"
+    );
+    for (i, w) in words.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{:<14} 0x{w:04x} {w:>7} {:>6}",
+            format!("{}:{}", register.table.name(), a as usize + i),
+            *w as i16
+        );
+    }
+    for (ty, n) in [
+        (DataType::U32, 2),
+        (DataType::I32, 2),
+        (DataType::F32, 2),
+        (DataType::U64, 4),
+        (DataType::I64, 4),
+        (DataType::F64, 4),
+    ] {
+        if words.len() < n {
+            continue;
+        }
+        let _ = writeln!(out, "{} from {}:{}:", ty.name(), register.table.name(), a);
+        for (order, oname) in ORDERS {
+            let shown = match codec::decode(&words[..n], ty, order) {
+                Ok(Raw::Unsigned(u)) => u.to_string(),
+                Ok(Raw::Signed(i)) => i.to_string(),
+                Ok(Raw::Float(f)) => format!("{f}"),
+                Ok(other) => format!("{other:?}"),
+                Err(e) => format!("({e})"),
+            };
+            let _ = writeln!(out, "  {oname}: {shown}");
+        }
+    }
+    let text: String = words
+        .iter()
+        .flat_map(|w| w.to_be_bytes())
+        .map(|b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '.'
+            }
+        })
+        .collect();
+    let _ = writeln!(out, "string (ABCD): \"{text}\"");
+    out
+}
+
+fn hex(words: &[u16]) -> String {
+    words
+        .iter()
+        .map(|w| format!("{w:04x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `fieldbridge read`.
+pub async fn read(
+    config: &Config,
+    bus_name: &str,
+    unit: u8,
+    register: Register,
+    count: u16,
+) -> Result<String, String> {
+    let bus = modbus_bus(config, bus_name)?;
+    let (handle, stop) = start(bus_name, bus);
+    let spec = ReadSpec {
+        table: register.table,
+        start: register.address,
+        count,
+    };
+    let result = handle.read(unit, spec).await;
+    stop.cancel();
+    match result.map_err(|e| describe(bus_name, unit, &e))? {
+        RawData::Words(w) => Ok(decodings(register, &w)),
+        RawData::Bits(b) => {
+            let mut out = String::new();
+            for (i, bit) in b.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{}:{} = {}",
+                    register.table.name(),
+                    register.address as usize + i,
+                    u8::from(*bit)
+                );
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// `fieldbridge write`: one value of `ty` in `order`, then read back.
+pub async fn write(
+    config: &Config,
+    bus_name: &str,
+    unit: u8,
+    register: Register,
+    ty: DataType,
+    order: WordOrder,
+    value: &str,
+) -> Result<String, String> {
+    let bus = modbus_bus(config, bus_name)?;
+    let raw = parse_value(ty, value)?;
+    let spec = match register.table {
+        Table::Coil => match raw {
+            Raw::Bool(b) => WriteSpec::Coil {
+                address: register.address,
+                value: b,
+            },
+            _ => return Err("a coil takes true/false (or 1/0)".into()),
+        },
+        Table::Holding => {
+            let length = (value.len().div_ceil(2)).max(1) as u16;
+            let words = codec::encode(&raw, ty, order, length).map_err(|e| e.to_string())?;
+            if words.len() == 1 {
+                WriteSpec::Register {
+                    address: register.address,
+                    value: words[0],
+                }
+            } else {
+                WriteSpec::Registers {
+                    address: register.address,
+                    values: words,
+                }
+            }
+        }
+        t => return Err(format!("{} registers are read-only", t.name())),
+    };
+    let count = match &spec {
+        WriteSpec::Registers { values, .. } => values.len() as u16,
+        _ => 1,
+    };
+    let (handle, stop) = start(bus_name, bus);
+    let written = handle.write(unit, spec).await;
+    let back = match written {
+        Ok(()) => {
+            handle
+                .read(
+                    unit,
+                    ReadSpec {
+                        table: register.table,
+                        start: register.address,
+                        count,
+                    },
+                )
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    stop.cancel();
+    let back = back.map_err(|e| describe(bus_name, unit, &e))?;
+    let shown = match back {
+        RawData::Bits(b) => format!("{}", u8::from(b.first().copied().unwrap_or(false))),
+        RawData::Words(w) => {
+            let decoded = match codec::decode(&w, ty, order) {
+                Ok(Raw::Unsigned(u)) => u.to_string(),
+                Ok(Raw::Signed(i)) => i.to_string(),
+                Ok(Raw::Float(f)) => format!("{f}"),
+                Ok(Raw::Text(t)) => format!("\"{t}\""),
+                Ok(Raw::Bool(b)) => b.to_string(),
+                Err(e) => format!("({e})"),
+            };
+            format!("{decoded} (raw {})", hex(&w))
+        }
+    };
+    Ok(format!(
+        "wrote {value} as {} {} to unit {unit} {register}; read back: {shown}\n",
+        ty.name(),
+        ORDERS
+            .iter()
+            .find(|(o, _)| *o == order)
+            .map(|(_, n)| *n)
+            .unwrap_or("ABCD"),
+    ))
+}
+
+fn parse_value(ty: DataType, v: &str) -> Result<Raw, String> {
+    let bad = || format!("\"{v}\" is not a {}", ty.name());
+    Ok(match ty {
+        DataType::Bool => match v {
+            "1" | "true" | "on" => Raw::Bool(true),
+            "0" | "false" | "off" => Raw::Bool(false),
+            _ => return Err(bad()),
+        },
+        DataType::U16 | DataType::U32 | DataType::U64 => {
+            Raw::Unsigned(v.parse().map_err(|_| bad())?)
+        }
+        DataType::I16 | DataType::I32 | DataType::I64 => Raw::Signed(v.parse().map_err(|_| bad())?),
+        DataType::F32 | DataType::F64 => Raw::Float(v.parse().map_err(|_| bad())?),
+        DataType::String => Raw::Text(v.to_string()),
+    })
+}
+
+/// `fieldbridge scan`: which unit ids answer a one-register read (with data or an exception),
+/// each given at most the bus timeout and no retries.
+pub async fn scan(
+    config: &Config,
+    bus_name: &str,
+    units: std::ops::RangeInclusive<u8>,
+    mut progress: impl FnMut(u8),
+) -> Result<Vec<(u8, String)>, String> {
+    let mut bus = modbus_bus(config, bus_name)?.clone();
+    bus.retries = 0;
+    let (handle, stop) = start(bus_name, &bus);
+    let mut found = Vec::new();
+    for unit in units {
+        progress(unit);
+        let r = handle
+            .read(
+                unit,
+                ReadSpec {
+                    table: Table::Holding,
+                    start: 0,
+                    count: 1,
+                },
+            )
+            .await;
+        match r {
+            Ok(_) => found.push((unit, "answers with data".to_string())),
+            Err(BusError::Exception(e)) => found.push((unit, format!("answers: {e}"))),
+            Err(BusError::Unavailable(e)) => {
+                stop.cancel();
+                return Err(e);
+            }
+            Err(_) => {}
+        }
+        // A timed-out unit may answer late; give the line a moment.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    Ok(found)
+}
+
+fn describe(bus: &str, unit: u8, e: &BusError) -> String {
+    format!("bus {bus}, unit {unit}: {e}")
+}
+
+/// `1-247` or `5`.
+pub fn parse_units(s: &str) -> Result<std::ops::RangeInclusive<u8>, String> {
+    let bad = || format!("invalid units \"{s}\"; expected e.g. 1-247 or 5");
+    match s.split_once('-') {
+        Some((a, b)) => {
+            let (a, b): (u8, u8) = (
+                a.trim().parse().map_err(|_| bad())?,
+                b.trim().parse().map_err(|_| bad())?,
+            );
+            if a > b {
+                return Err(bad());
+            }
+            Ok(a..=b)
+        }
+        None => {
+            let u: u8 = s.trim().parse().map_err(|_| bad())?;
+            Ok(u..=u)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodings_show_every_type_and_order() {
+        let r = Register {
+            table: Table::Holding,
+            address: 10,
+        };
+        let text = decodings(r, &[0x0000, 0x41AC]);
+        assert!(text.contains("raw: 0000 41ac"), "{text}");
+        assert!(
+            text.contains("holding:11     0x41ac   16812  16812"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "f32 from holding:10:\n  ABCD: 0.000000000000000000000000000000000000000000023558\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("  CDAB: 21.5\n"), "{text}");
+        assert!(!text.contains("f64"), "{text}");
+    }
+
+    #[test]
+    fn unit_ranges_parse() {
+        assert_eq!(parse_units("1-247"), Ok(1..=247));
+        assert_eq!(parse_units("5"), Ok(5..=5));
+        assert!(parse_units("9-3").is_err());
+        assert!(parse_units("x").is_err());
+    }
+}
