@@ -378,3 +378,11 @@ fn unknown_line_ending_is_rejected_with_the_escapes_to_use() {
         "config.toml:4:15: buses.a.line_ending: unknown line ending \"crlf\"; expected \"\\n\", \"\\r\\n\" or \"\\r\"",
     );
 }
+
+#[test]
+fn absurdly_long_durations_are_rejected() {
+    fails_with(
+        "[gateway]\nhealth_interval = \"500000000years\"\n",
+        "config.toml:2:19: gateway.health_interval: too long; at most 3650 days",
+    );
+}

@@ -317,6 +317,11 @@ impl<'s> Cx<'s> {
             return None;
         };
         match humantime::parse_duration(s) {
+            // Far-future deadlines overflow timers; nothing here needs more than a few years.
+            Ok(d) if d > MAX_DURATION => {
+                self.error(v.span(), &sec.key(key), "too long; at most 3650 days");
+                None
+            }
             Ok(d) if !d.is_zero() => Some(d),
             Ok(_) => {
                 self.error(v.span(), &sec.key(key), "must be longer than 0");
@@ -1309,6 +1314,9 @@ impl<'s> Cx<'s> {
         Some(ActionConfig { set, send, expect })
     }
 }
+
+/// The longest duration any key takes (ten years).
+const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
 
 /// Point names that would collide with keys of the contract's payloads.
 pub const RESERVED_POINTS: &[&str] = &["timestamp", "action", "id"];
