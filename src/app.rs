@@ -17,13 +17,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::bridge::Bridge;
-use crate::bus::modbus::ModbusBus;
-use crate::bus::serial_line::SerialLineBus;
 use crate::config::{Config, ConfigErrors, PASSWORD_ENV};
+use crate::fleet::{self, Fleet};
 use crate::history::History;
-use crate::line_device::LineDevice;
 use crate::mqtt::{Incoming, Mqtt, MqttHandle, MqttSettings, Secret, TlsSettings};
-use crate::poller::{DEVICE_COMMANDS_CAP, DevicePoller, Sink};
+use crate::poller::Sink;
 use crate::topics::Topics;
 use crate::{EXIT_CONFIG, EXIT_FAILURE, discovery, health, payload, systemd};
 
@@ -220,86 +218,29 @@ impl Gateway {
             handle.subscribe(topic);
         }
 
-        // Producers get their own token so they stop first; buses after them; MQTT last.
-        let devices_token = shutdown.child_token();
-        let buses_token = CancellationToken::new();
         let shared_topics = std::sync::Arc::new(topics.clone());
         let sink: std::sync::Arc<dyn Sink> = std::sync::Arc::new(handle.clone());
-        let device_tracker = TaskTracker::new();
         let (history_writer, history) = History::new(history_pool, &config.history);
         let history_token = CancellationToken::new();
         let history_task = tokio::spawn(history_writer.run(history_token.clone()));
         history.record_gateway("start", std::time::SystemTime::now());
         let mut bridge = Bridge::new(shared_topics.clone(), sink.clone());
         bridge.set_history(history.clone());
-        let mut health_sources = health::Sources {
+        let mut ctx = fleet::Ctx {
+            sink: sink.clone(),
+            topics: shared_topics.clone(),
+            history: history.clone(),
+            commands: bridge.stats.clone(),
+            fatal: fatal_tx.clone(),
+        };
+        // Buses and devices stop first at shutdown; then history; MQTT last.
+        let mut fleet = Fleet::start(&config, &ctx, &mut bridge);
+        let health_base = health::Sources {
             mqtt: Some(handle.clone()),
             commands: Some(bridge.stats.clone()),
             history: Some(history.stats.clone()),
             ..Default::default()
         };
-        let bus_tracker = TaskTracker::new();
-        for (bus_name, bus_config) in config.buses.iter().filter(|(_, b)| !b.kind.is_modbus()) {
-            let (mut bus, line_handle) = SerialLineBus::new(bus_name, bus_config);
-            health_sources
-                .serial
-                .push((bus_name.clone(), line_handle.stats.clone()));
-            for (dev_name, dev) in config.devices.iter().filter(|(_, d)| &d.bus == bus_name) {
-                let lines = bus.add_device(dev_name, dev.r#match.clone());
-                let (cmd_tx, cmd_rx) = mpsc::channel(DEVICE_COMMANDS_CAP);
-                bridge.add_device(dev_name, dev, cmd_tx);
-                let device = LineDevice::new(
-                    dev_name,
-                    dev,
-                    lines,
-                    line_handle.clone(),
-                    sink.clone(),
-                    shared_topics.clone(),
-                )
-                .with_commands(cmd_rx, bridge.stats.clone())
-                .with_history(history.clone());
-                device_tracker.spawn(supervised(
-                    format!("device {dev_name}"),
-                    device.run(devices_token.clone()),
-                    fatal_tx.clone(),
-                ));
-            }
-            bus_tracker.spawn(supervised(
-                format!("bus {bus_name}"),
-                bus.run(buses_token.clone()),
-                fatal_tx.clone(),
-            ));
-        }
-        for (bus_name, bus_config) in config.buses.iter().filter(|(_, b)| b.kind.is_modbus()) {
-            let (bus, bus_handle) = ModbusBus::new(bus_name, bus_config);
-            health_sources
-                .modbus
-                .push((bus_name.clone(), bus_handle.stats.clone()));
-            bus_tracker.spawn(supervised(
-                format!("bus {bus_name}"),
-                bus.run(buses_token.clone()),
-                fatal_tx.clone(),
-            ));
-            for (dev_name, dev) in config.devices.iter().filter(|(_, d)| &d.bus == bus_name) {
-                let (cmd_tx, cmd_rx) = mpsc::channel(DEVICE_COMMANDS_CAP);
-                bridge.add_device(dev_name, dev, cmd_tx);
-                let poller = DevicePoller::new(
-                    dev_name,
-                    dev,
-                    bus_config.max_gap,
-                    bus_handle.clone(),
-                    sink.clone(),
-                    shared_topics.clone(),
-                )
-                .with_commands(cmd_rx, bridge.stats.clone())
-                .with_history(history.clone());
-                device_tracker.spawn(supervised(
-                    format!("device {dev_name}"),
-                    poller.run(devices_token.clone()),
-                    fatal_tx.clone(),
-                ));
-            }
-        }
 
         let mqtt_heartbeat = mqtt.heartbeat();
         let mqtt_token = shutdown.child_token();
@@ -342,11 +283,12 @@ impl Gateway {
             // config are deleted.
             handle.subscribe(&topics.discovery_filter());
         }
+        let mut health_token = CancellationToken::new();
         tracker.spawn(health::run(
-            health_sources,
+            fleet.health_sources(&health_base),
             topics.gateway_health(),
             config.gateway.health_interval,
-            devices_token.clone(),
+            health_token.clone(),
         ));
 
         let main_heartbeat = systemd::Heartbeat::new("supervisor");
@@ -374,8 +316,38 @@ impl Gateway {
                 _ = signals.int.recv() => { info!("SIGINT: stopping"); break 0 }
                 _ = signals.hup.recv() => {
                     if let Some(new) = reload(&config_path, &config) {
+                        // New devices may bring new command topics.
+                        let new_topics = Topics::new(&new);
+                        for (topic, _) in new_topics.command_topics() {
+                            handle.subscribe(topic);
+                        }
+                        ctx.topics = std::sync::Arc::new(new_topics.clone());
+                        bridge.set_topics(ctx.topics.clone());
+                        fleet.apply(&config, &new, &ctx, &mut bridge).await;
+                        if new.homeassistant.discovery {
+                            let configs: Vec<(String, String)> = discovery::all(&new, &new_topics)
+                                .into_iter()
+                                .map(|(t, p)| (t, p.to_string()))
+                                .collect();
+                            // Points and devices that left: their configs are deleted.
+                            for (t, _) in bridge.discovery() {
+                                if !configs.iter().any(|(n, _)| n == t) {
+                                    handle.clear_retained(t.clone());
+                                }
+                            }
+                            bridge.set_discovery(configs);
+                        }
+                        health_token.cancel();
+                        health_token = CancellationToken::new();
+                        tracker.spawn(health::run(
+                            fleet.health_sources(&health_base),
+                            new_topics.gateway_health(),
+                            new.gateway.health_interval,
+                            health_token.clone(),
+                        ));
                         config = new;
                     }
+                    systemd::ready();
                 }
                 Some(reason) = fatal_rx.recv() => {
                     error!(error = %reason, "a core task failed; stopping");
@@ -388,24 +360,10 @@ impl Gateway {
 
         systemd::stopping();
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        // 1. Stop polling; a poll already on the wire finishes.
-        devices_token.cancel();
-        device_tracker.close();
-        if tokio::time::timeout_at(deadline, device_tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!("shutdown: device tasks did not stop in time");
-        }
-        // 2. Buses finish their in-flight transaction (writes included) and answer the rest.
-        buses_token.cancel();
-        bus_tracker.close();
-        if tokio::time::timeout_at(deadline, bus_tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!("shutdown: bus tasks did not stop in time");
-        }
+        // 1. Stop polling (a poll already on the wire finishes), then the buses, which finish
+        //    their in-flight transaction (writes included) and answer the rest.
+        health_token.cancel();
+        fleet.stop_all(deadline).await;
         // 3. History: everything queued goes to disk.
         history.record_gateway("stop", std::time::SystemTime::now());
         history_token.cancel();
@@ -430,11 +388,10 @@ impl Gateway {
 }
 
 /// SIGHUP: re-read the config. A bad file is refused with every error logged and the running
-/// config kept. A good one is taken; applying its changes to running buses and devices without
-/// a restart comes with the bus and device tasks.
+/// config kept. A good one is returned, and the caller applies what changed.
 fn reload(path: &Path, current: &Config) -> Option<Config> {
     systemd::reloading();
-    let result = match Config::load(path) {
+    match Config::load(path) {
         Err(errors) => {
             for e in &errors.0 {
                 error!("{e}");
@@ -455,22 +412,6 @@ fn reload(path: &Path, current: &Config) -> Option<Config> {
             }
             info!("SIGHUP: config reloaded");
             Some(new)
-        }
-    };
-    systemd::ready();
-    result
-}
-
-/// Runs a task; if it panics (a bug — nothing in it should), the supervisor hears of it and
-/// stops the process gracefully with exit 1, so systemd restarts a whole daemon rather than
-/// leaving a bus silently dead.
-async fn supervised<F>(name: String, task: F, fatal: mpsc::Sender<String>)
-where
-    F: std::future::Future<Output = ()> + Send + 'static,
-{
-    if let Err(e) = tokio::spawn(task).await {
-        if e.is_panic() && fatal.try_send(format!("{name} panicked")).is_err() {
-            error!(task = %name, "task panicked");
         }
     }
 }

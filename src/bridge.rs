@@ -109,6 +109,21 @@ impl Bridge {
     }
 
     /// Registers a device's command queue.
+    /// Forgets a device (it left the config, or its task restarts).
+    pub fn remove_device(&mut self, name: &str) {
+        self.devices.remove(name);
+    }
+
+    /// New topics after a reload (devices added or moved).
+    pub fn set_topics(&mut self, topics: Arc<Topics>) {
+        self.topics = topics;
+    }
+
+    /// The discovery configs published now.
+    pub fn discovery(&self) -> &[(String, String)] {
+        &self.discovery
+    }
+
     pub fn add_device(
         &mut self,
         name: &str,

@@ -25,6 +25,7 @@ pub mod commission;
 pub mod config;
 pub mod demo;
 pub mod discovery;
+pub mod fleet;
 pub mod health;
 pub mod history;
 pub mod line_device;
