@@ -1,0 +1,157 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::let_underscore_must_use
+)]
+//! SIGHUP with a changed config: exactly the changed buses and devices restart, the others keep
+//! polling, the MQTT session stays, removed devices go offline and lose their discovery.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::gateway::GatewayProcess;
+use common::modbus::FakeModbus;
+use common::mosquitto::{Mosquitto, Subscriber, retained};
+use nix::sys::signal::Signal;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn config(port: u16, plc: &str, plc2: &str, dir: &str, second: bool) -> String {
+    let mut c = format!(
+        "[gateway]\nid = \"rl\"\nbase_topic = \"t\"\nlocation = \"lab\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n[history]\npath = \"{dir}/h.db\"\n[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{plc}\"\n[buses.plc2]\nkind = \"modbus-tcp\"\naddress = \"{plc2}\"\ntimeout = \"{}\"\n",
+        if second { "600ms" } else { "500ms" }
+    );
+    let dev = |name: &str, bus: &str, unit: u8, poll: &str| {
+        format!(
+            "[devices.{name}]\nbus = \"{bus}\"\nunit = {unit}\npoll = \"{poll}\"\n[devices.{name}.points.v]\nregister = \"holding:0\"\n"
+        )
+    };
+    c += &dev("keep", "plc", 1, "200ms");
+    c += &dev("change", "plc", 2, if second { "300ms" } else { "200ms" });
+    c += &dev("onbus2", "plc2", 1, "200ms");
+    if second {
+        c += &dev("fresh", "plc", 4, "200ms");
+    } else {
+        c += &dev("gone", "plc", 3, "200ms");
+    }
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_restarts_exactly_what_changed_and_keeps_the_mqtt_session() {
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    let fake2 = FakeModbus::new();
+    for u in 1..=4 {
+        fake.set_holding(u, 0, &[u as u16]);
+    }
+    fake2.set_holding(1, 0, &[9]);
+    let plc = fake.serve_tcp().await.to_string();
+    let plc2 = fake2.serve_tcp().await.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let mut gw = GatewayProcess::spawn_in(dir, &config(broker.port, &plc, &plc2, &d, false), &[]);
+    let gone_discovery = "homeassistant/sensor/rl_gone/v/config";
+    assert!(
+        sub.wait_for(
+            "t/lab/device/gone/availability",
+            |p| p.contains("online"),
+            WAIT
+        )
+        .is_some(),
+        "{}",
+        gw.log()
+    );
+    assert!(
+        common::mosquitto::wait_retained(broker.port, gone_discovery, |p| !p.is_empty(), WAIT)
+            .is_some()
+    );
+
+    std::fs::write(&gw.config_path, config(broker.port, &plc, &plc2, &d, true)).unwrap();
+    let reload_at = Instant::now();
+    gw.signal(Signal::SIGHUP);
+    assert!(gw.wait_log("SIGHUP: config applied", WAIT), "{}", gw.log());
+    let log = gw.log();
+    let applied = log
+        .lines()
+        .find(|l| l.contains("SIGHUP: config applied"))
+        .unwrap();
+    assert!(applied.contains("buses_restarted=[\"plc2\"]"), "{applied}");
+    assert!(applied.contains("devices_added=[\"fresh\"]"), "{applied}");
+    assert!(applied.contains("devices_removed=[\"gone\"]"), "{applied}");
+    assert!(
+        applied.contains("devices_restarted=[\"change\", \"onbus2\"]"),
+        "{applied}"
+    );
+
+    // The added device comes online; the removed one goes offline and loses its discovery.
+    assert!(
+        sub.wait_for(
+            "t/lab/device/fresh/availability",
+            |p| p.contains("online"),
+            WAIT
+        )
+        .is_some()
+    );
+    assert!(
+        sub.wait_for(
+            "t/lab/device/gone/availability",
+            |p| p.contains("offline"),
+            WAIT
+        )
+        .is_some()
+    );
+    let deadline = Instant::now() + WAIT;
+    while retained(broker.port, gone_discovery).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "discovery of the removed device not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    // The unchanged device kept its rhythm through the reload: no gap beyond one period
+    // (200 ms; generous margin for a loaded machine).
+    let keep: Vec<Instant> = fake
+        .log()
+        .iter()
+        .filter(|s| s.unit == 1)
+        .map(|s| s.at)
+        .collect();
+    let around: Vec<&Instant> = keep
+        .iter()
+        .filter(|t| {
+            **t + Duration::from_secs(2) > reload_at && **t < reload_at + Duration::from_secs(2)
+        })
+        .collect();
+    assert!(
+        around.len() >= 5,
+        "{} polls around the reload",
+        around.len()
+    );
+    for w in around.windows(2) {
+        let gap = w[1].duration_since(*w[0]);
+        assert!(
+            gap < Duration::from_millis(450),
+            "unchanged device paused {gap:?}"
+        );
+    }
+    // The removed device is not polled any more.
+    let gone_after = fake
+        .log()
+        .iter()
+        .filter(|s| s.unit == 3 && s.at > reload_at + Duration::from_millis(300))
+        .count();
+    assert_eq!(gone_after, 0);
+    // The MQTT session was not re-made: `online` was published once.
+    let onlines = sub
+        .on("t/gateway/rl/status")
+        .iter()
+        .filter(|m| m.payload.contains("online"))
+        .count();
+    assert_eq!(onlines, 1, "the MQTT connection was re-made");
+    assert!(gw.is_running());
+}
