@@ -407,8 +407,14 @@ fn reload(path: &Path, current: &Config) -> Option<Config> {
             None
         }
         Ok(new) => {
-            if new.mqtt != current.mqtt || new.gateway != current.gateway {
-                warn!("SIGHUP: [mqtt] and [gateway] changes take effect after a restart");
+            if new.mqtt != current.mqtt
+                || new.gateway != current.gateway
+                || new.topics != current.topics
+                || new.history != current.history
+            {
+                warn!(
+                    "SIGHUP: [mqtt], [gateway], [topics] and [history] changes take effect after a restart"
+                );
             }
             info!("SIGHUP: config reloaded");
             Some(new)
