@@ -315,7 +315,13 @@ impl Gateway {
                 _ = signals.term.recv() => { info!("SIGTERM: stopping"); break 0 }
                 _ = signals.int.recv() => { info!("SIGINT: stopping"); break 0 }
                 _ = signals.hup.recv() => {
-                    if let Some(new) = reload(&config_path, &config) {
+                    if let Some(mut new) = reload(&config_path, &config) {
+                        // Sections that need a restart keep their running values until then,
+                        // so topics and the session stay consistent.
+                        new.mqtt = config.mqtt.clone();
+                        new.gateway = config.gateway.clone();
+                        new.topics = config.topics.clone();
+                        new.history = config.history.clone();
                         // New devices may bring new command topics.
                         let new_topics = Topics::new(&new);
                         for (topic, _) in new_topics.command_topics() {
