@@ -115,6 +115,14 @@ impl Fleet {
         let (task, modbus, stats) = if bus_config.kind.is_modbus() {
             let (bus, handle) = ModbusBus::new(name, bus_config);
             let stats = Stats::Modbus(handle.stats.clone());
+            if let Some(addr) = bus_config.share {
+                tokio::spawn(crate::bus::share::serve(
+                    name.to_string(),
+                    addr,
+                    handle.clone(),
+                    token.clone(),
+                ));
+            }
             let task = tokio::spawn(supervised(
                 format!("bus {name}"),
                 bus.run(token.clone()),

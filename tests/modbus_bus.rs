@@ -34,6 +34,7 @@ fn bus_config(kind: BusKind, target: &str, timeout_ms: u64) -> BusConfig {
         pattern: None,
         line_ending: fieldbridge::config::LineEnding::Lf,
         max_line: 1024,
+        share: None,
     }
 }
 

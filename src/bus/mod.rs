@@ -13,6 +13,7 @@ pub mod modbus;
 pub mod plan;
 pub mod port;
 pub mod serial_line;
+pub mod share;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -346,6 +346,7 @@ mod tests {
             pattern: None,
             line_ending: crate::config::LineEnding::Lf,
             max_line: 1024,
+            share: None,
         };
         // 10 bits per character at 9600 baud.
         assert!((char_time(&bus).as_secs_f64() - 10.0 / 9600.0).abs() < 1e-9);

@@ -627,7 +627,7 @@ impl<'s> Cx<'s> {
         );
         const COMMON: &[&str] = &["kind", "timeout", "retries"];
         const PORT: &[&str] = &["port", "baud", "parity", "data_bits", "stop_bits"];
-        const MODBUS: &[&str] = &["turnaround", "max_gap"];
+        const MODBUS: &[&str] = &["turnaround", "max_gap", "share"];
         let allowed: Vec<&str> = match kind {
             Some(BusKind::ModbusRtu) => [COMMON, PORT, MODBUS].concat(),
             Some(BusKind::ModbusTcp) | Some(BusKind::ModbusRtuOverTcp) => {
@@ -769,6 +769,21 @@ impl<'s> Cx<'s> {
                 }
             },
             max_line: self.int(s, "max_line", 16, 65_536).unwrap_or(1024) as usize,
+            share: match self.string(s, "share") {
+                Some(a) => {
+                    match a.parse::<std::net::SocketAddr>() {
+                        Ok(addr) => Some(addr),
+                        Err(_) => {
+                            self.error_at(
+                            &s.key("share"),
+                            format!("invalid address \"{a}\"; expected ip:port, e.g. \"127.0.0.1:5020\""),
+                        );
+                            None
+                        }
+                    }
+                }
+                None => None,
+            },
         })
     }
 

@@ -243,6 +243,8 @@ pub struct BusConfig {
     pub line_ending: LineEnding,
     /// Serial: longest line kept, in bytes; longer ones are dropped and counted. Default 1024.
     pub max_line: usize,
+    /// Modbus: serve other Modbus TCP masters on this address, through this bus's queue.
+    pub share: Option<std::net::SocketAddr>,
 }
 
 /// `buses.<name>.line_ending`.
