@@ -157,6 +157,17 @@ pub fn mqtt_settings(config: &Config, topics: &Topics) -> Result<MqttSettings, B
                     path.display()
                 ))
             })?;
+            {
+                use std::os::unix::fs::PermissionsExt;
+                if let Ok(meta) = std::fs::metadata(path) {
+                    if meta.permissions().mode() & 0o004 != 0 {
+                        warn!(
+                            file = %path.display(),
+                            "mqtt.password_file is readable by every user; chmod 600 (or 640 with group fieldbridge)"
+                        );
+                    }
+                }
+            }
             Some(Secret::new(
                 text.lines().next().unwrap_or_default().to_string(),
             ))

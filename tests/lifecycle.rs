@@ -240,6 +240,12 @@ fn a_password_file_logs_in_and_a_wrong_password_is_not_authorized_and_never_logg
     let dir = tempfile::tempdir().unwrap();
     let pass_file = dir.path().join("mqtt.pass");
     std::fs::write(&pass_file, "s3cret-Pa55\n").unwrap();
+    // World-readable on purpose: the gateway warns about it.
+    std::fs::set_permissions(
+        &pass_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
     let extra = format!(
         "username = \"gwuser\"\npassword_file = \"{}\"",
         pass_file.display()
@@ -250,6 +256,11 @@ fn a_password_file_logs_in_and_a_wrong_password_is_not_authorized_and_never_logg
     // Reading the retained status needs credentials too.
     let got = wait_for_retained_auth(broker.port, status);
     assert!(got.is_some_and(|p| online(&p)), "{}", good.log());
+    assert!(
+        good.log().contains("readable by every user"),
+        "{}",
+        good.log()
+    );
     drop(good);
 
     let dir = tempfile::tempdir().unwrap();
