@@ -25,6 +25,4 @@ for t in "${targets[@]}"; do
   cargo build --release --target "$t"
   cargo deb --no-build --no-strip --target "$t"
 done
-for t in "${targets[@]}"; do
-  ls -l "target/$t/release/fieldbridge" target/"$t"/debian/*.deb
-done
+ls -l target/*/release/fieldbridge target/debian/*.deb
