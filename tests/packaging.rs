@@ -1,4 +1,8 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::let_underscore_must_use)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::let_underscore_must_use
+)]
 //! The .deb packages made by `packaging/build-debs.sh`: paths, conffile, unit, maintainer
 //! scripts. They take a cross build, so this checks the packages that exist in `target/debian`
 //! and says so when there are none (run the script first).
@@ -23,7 +27,11 @@ fn debs() -> Vec<PathBuf> {
 
 fn dpkg_deb(args: &[&str]) -> String {
     let out = Command::new("dpkg-deb").args(args).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
@@ -43,10 +51,17 @@ fn the_debs_install_binary_unit_config_and_scripts() {
             "./etc/fieldbridge/config.toml",
             "./usr/share/doc/fieldbridge/README.md",
         ] {
-            assert!(files.lines().any(|l| l.ends_with(path)), "{d} lacks {path}:\n{files}");
+            assert!(
+                files.lines().any(|l| l.ends_with(path)),
+                "{d} lacks {path}:\n{files}"
+            );
         }
         let info = dpkg_deb(&["-I", &d]);
-        let arch = if d.ends_with("_arm64.deb") { "arm64" } else { "armhf" };
+        let arch = if d.ends_with("_arm64.deb") {
+            "arm64"
+        } else {
+            "armhf"
+        };
         assert!(info.contains(&format!("Architecture: {arch}")), "{info}");
         let tmp = tempfile::tempdir().unwrap();
         let ctl = tmp.path().display().to_string();
