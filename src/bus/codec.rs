@@ -350,30 +350,8 @@ mod tests {
 
     fn point(ty: DataType) -> PointConfig {
         PointConfig {
-            register: Some(crate::config::Register {
-                table: Table::Holding,
-                address: 0,
-            }),
-            field: None,
-            data_type: Some(ty),
-            length: None,
-            order: WordOrder::Abcd,
-            scale: None,
-            offset: None,
-            precision: None,
-            unit: None,
-            deadband: 0.0,
-            heartbeat: None,
-            device_class: None,
-            state_class: None,
             writable: true,
-            min: None,
-            max: None,
-            map: None,
-            qos: 0,
-            retain: false,
-            send: None,
-            expect: None,
+            ..PointConfig::register(Table::Holding, 0, ty)
         }
     }
 

@@ -213,32 +213,9 @@ pub fn bus_load(bus: &BusConfig, devices: &[(Vec<ReadSpec>, Duration)]) -> BusLo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Register, WordOrder};
 
     fn p(table: Table, address: u16, ty: DataType) -> PointConfig {
-        PointConfig {
-            register: Some(Register { table, address }),
-            field: None,
-            data_type: Some(ty),
-            length: None,
-            order: WordOrder::Abcd,
-            scale: None,
-            offset: None,
-            precision: None,
-            unit: None,
-            deadband: 0.0,
-            heartbeat: None,
-            device_class: None,
-            state_class: None,
-            writable: false,
-            min: None,
-            max: None,
-            map: None,
-            qos: 0,
-            retain: false,
-            send: None,
-            expect: None,
-        }
+        PointConfig::register(table, address, ty)
     }
 
     #[test]

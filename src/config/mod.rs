@@ -468,6 +468,33 @@ pub struct PointConfig {
 }
 
 impl PointConfig {
+    /// A plain register point with every option at its default (for tests and tools).
+    pub fn register(table: Table, address: u16, data_type: DataType) -> Self {
+        PointConfig {
+            register: Some(Register { table, address }),
+            field: None,
+            data_type: Some(data_type),
+            length: None,
+            order: WordOrder::Abcd,
+            scale: None,
+            offset: None,
+            precision: None,
+            unit: None,
+            deadband: 0.0,
+            heartbeat: None,
+            device_class: None,
+            state_class: None,
+            writable: false,
+            min: None,
+            max: None,
+            map: None,
+            qos: 0,
+            retain: false,
+            send: None,
+            expect: None,
+        }
+    }
+
     /// The effective value type.
     pub fn effective_type(&self) -> Option<DataType> {
         self.data_type.or(match self.register {
