@@ -206,6 +206,12 @@ impl DevicePoller {
                     continue;
                 }
                 _ = tokio::time::sleep_until(next) => {}
+                // The bus was down and is back (an adapter replugged, a PLC rebooted): an
+                // offline device is tried now, not at its next `offline_retry`.
+                _ = self.bus.stats.reconnected.notified(), if self.availability.is_offline() => {
+                    // A new grid from now; the old one pointed at the far retry.
+                    next = Instant::now();
+                }
             }
             if self.availability.is_offline() {
                 if self.probe(unit).await {

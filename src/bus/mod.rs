@@ -122,6 +122,8 @@ pub struct BusStats {
     /// Time the bus spent in transactions, in microseconds (for utilisation).
     pub busy_us_total: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Woken when the link comes back after being down.
+    pub reconnected: tokio::sync::Notify,
     /// Transaction latencies, for p50/p99.
     pub latency: LatencyHistogram,
 }

@@ -171,11 +171,21 @@ impl ModbusBus {
     pub async fn run(mut self, shutdown: CancellationToken) {
         loop {
             // Commands first, always; a poll's reads then run back to back.
+            let retry_at = self.down.as_ref().map(|(at, _)| *at);
             let req = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(r) = self.commands.recv() => r,
                 Some(r) = self.polls.recv() => r,
+                // While the link is down the bus tries it on its own backoff, so a replugged
+                // adapter is found even when every device on it is offline and polled rarely.
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                    // Failure re-arms the backoff and is logged once by `connect`.
+                    if self.connect().await.is_ok() {
+                        tracing::debug!(bus = %self.name, "link back before any request");
+                    }
+                    continue;
+                }
                 else => break,
             };
             self.handle(req).await;
@@ -267,6 +277,17 @@ impl ModbusBus {
                     last = BusError::Transport(format!("protocol error: {p}"));
                     self.drop_link_if_stream();
                 }
+                Ok(Err(tokio_modbus::Error::Transport(e)))
+                    if e.kind() == io::ErrorKind::InvalidData =>
+                {
+                    // A malformed answer (bad CRC, wrong length): the device's fault, not the
+                    // link's. The link is opened afresh at once, so no leftover of the answer
+                    // is read as the next one, but not marked down: the other devices on the
+                    // bus go on without a pause.
+                    BusStats::add(&self.stats.errors, 1);
+                    last = BusError::Transport(e.to_string());
+                    self.ctx = None;
+                }
                 Ok(Err(tokio_modbus::Error::Transport(e))) => {
                     BusStats::add(&self.stats.errors, 1);
                     last = BusError::Transport(e.to_string());
@@ -307,6 +328,8 @@ impl ModbusBus {
                 if self.down.take().is_some() || !self.ever_up {
                     if self.ever_up {
                         BusStats::add(&self.stats.reconnects, 1);
+                        // Offline devices try again now rather than at their `offline_retry`.
+                        self.stats.reconnected.notify_waiters();
                     }
                     info!(bus = %self.name, "bus connected");
                 }
