@@ -388,7 +388,9 @@ fn rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_malformed_commands_are_counted_cost_bounded_memory_and_valid_ones_still_work()
 {
-    let broker = Mosquitto::start();
+    // mosquitto keeps at most 1,000 QoS 1 messages queued per client by default and drops the
+    // rest of a burst silently; this test is about what reaches the gateway, so no limit.
+    let broker = Mosquitto::start_with("allow_anonymous true\nmax_queued_messages 0\n", None);
     let fake = FakeModbus::new();
     fake.unit(1, |_| {});
     let addr = fake.serve_tcp().await;

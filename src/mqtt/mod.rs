@@ -40,8 +40,9 @@ pub const MAX_PACKET: usize = 256 * 1024;
 /// Requests handed to rumqttc at a time. Small on purpose: what waits, waits in our outbox,
 /// where we decide what is dropped.
 pub const CLIENT_CAP: usize = 64;
-/// Incoming messages (commands) waiting for the bridge. When full, new ones are dropped and
-/// counted: the bridge validates without I/O, so this only fills under a flood.
+/// Incoming messages (commands) waiting for the bridge. When full, the link waits for room
+/// (back-pressure on the broker), counted in `incoming_waits`: the bridge validates without
+/// I/O, so this only fills under a flood.
 pub const INCOMING_CAP: usize = 1024;
 /// How long a clean stop may spend sending what is queued and the `offline` status.
 pub const STOP_FLUSH: Duration = Duration::from_millis(800);
@@ -118,13 +119,15 @@ pub struct MqttStats {
     pub connected: AtomicBool,
     pub reconnects: AtomicU64,
     pub published: AtomicU64,
-    /// Messages dropped: readings beyond the queue bound, and incoming messages beyond
-    /// `INCOMING_CAP`.
+    /// Messages dropped: readings beyond the queue bound, and incoming messages that arrived
+    /// while stopping.
     pub dropped: AtomicU64,
     /// Retained messages superseded by newer ones for the same topic while queued.
     pub coalesced: AtomicU64,
     pub queued: AtomicU64,
     pub incoming_dropped: AtomicU64,
+    /// Times an incoming message waited for room in the bridge's queue (a command flood).
+    pub incoming_waits: AtomicU64,
     /// The last connection error, for tests and health.
     pub last_error: Mutex<String>,
 }
@@ -331,8 +334,25 @@ impl Mqtt {
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let msg = Incoming { topic: p.topic, payload: p.payload.to_vec() };
-                        if incoming.try_send(msg).is_err() {
-                            shared.stats.incoming_dropped.fetch_add(1, Ordering::Relaxed);
+                        match incoming.try_send(msg) {
+                            Ok(()) => {}
+                            // A flood: back-pressure, never a drop. rumqttc has acknowledged
+                            // the message, so dropping it would lose a command the broker
+                            // thinks delivered. The bridge never waits on this task, so the
+                            // wait is short; meanwhile the broker holds the rest (its own
+                            // `max_queued_messages` decides there).
+                            Err(mpsc::error::TrySendError::Full(msg)) => {
+                                shared.stats.incoming_waits.fetch_add(1, Ordering::Relaxed);
+                                tokio::select! {
+                                    _ = shutdown.cancelled() => break,
+                                    sent = incoming.send(msg) => if sent.is_err() {
+                                        shared.stats.incoming_dropped.fetch_add(1, Ordering::Relaxed);
+                                    },
+                                }
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => {
+                                shared.stats.incoming_dropped.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                     }
                     Ok(Event::Outgoing(rumqttc::Outgoing::Publish(_))) => {
