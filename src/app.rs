@@ -109,7 +109,7 @@ pub async fn build(config_path: &Path) -> Result<Gateway, BuildError> {
     };
     let config = Config::load(config_path)?;
     prepare_history_dir(&config)?;
-    let history = crate::history::open(&config.history.path)
+    let history = crate::history::open_with(&config.history.path, config.history.max_size)
         .await
         .map_err(|e| BuildError::Other(anyhow::anyhow!(e)))?;
     let topics = Topics::new(&config);

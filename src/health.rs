@@ -113,10 +113,18 @@ fn report(src: &Sources, started: Instant, prev: &mut Previous) -> String {
             "pending": h.pending.load(Ordering::Relaxed),
             "dropped": h.dropped.load(Ordering::Relaxed),
             "errors": h.errors.load(Ordering::Relaxed),
+            "full": h.full.load(Ordering::Relaxed),
+            "reopened": h.reopened.load(Ordering::Relaxed),
         })
     });
+    // Tasks alive in the runtime: steady in a healthy gateway, so a leak (say, across reloads)
+    // shows as a number that only grows.
+    let tasks = tokio::runtime::Handle::try_current()
+        .map(|h| h.metrics().num_alive_tasks())
+        .unwrap_or(0);
     json!({
         "uptime": started.elapsed().as_secs(),
+        "tasks": tasks,
         "history": history,
         "version": VERSION,
         "mqtt": mqtt,

@@ -8,10 +8,16 @@
 //!   a read→write upgrade can't fail with SQLITE_BUSY; WAL and `synchronous = NORMAL`, so a
 //!   power cut loses at most the last window and never corrupts the file.
 //! - Retention deletes old rows in small batches, so the `history` command can read meanwhile.
+//! - `max_size` caps the file (SQLite's `max_page_count`): when it, or the disk, is full, the
+//!   oldest tenth of the rows is deleted to make room and the batch written again; the
+//!   database works as a ring and the newest readings are always kept.
+//! - A database deleted or replaced underneath the daemon is noticed before the next batch (its
+//!   inode changed), logged, counted, and opened anew at the same path.
 //! - Runtime queries only (no `query!` macros): the build needs no database, and
 //!   `tests/history.rs` runs every statement against a freshly migrated file.
 
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -37,6 +43,10 @@ const ROWS_PER_INSERT: usize = 500;
 const RETENTION_BATCH: i64 = 1_000;
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
+/// The page size new databases get; `max_size` is turned into pages with it.
+const PAGE_SIZE: u64 = 4096;
+/// SQLite's result code for "database or disk is full".
+const SQLITE_FULL: &str = "13";
 
 /// Why the history can't be used.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +69,10 @@ pub struct HistoryStats {
     pub pending: AtomicU64,
     pub dropped: AtomicU64,
     pub errors: AtomicU64,
+    /// Times the database was full and its oldest rows were deleted to make room.
+    pub full: AtomicU64,
+    /// Times the file was found deleted or replaced and opened anew.
+    pub reopened: AtomicU64,
 }
 
 /// One row to write.
@@ -86,6 +100,11 @@ fn millis(t: SystemTime) -> i64 {
 
 /// Opens (creating if needed) the database and brings its schema up to date.
 pub async fn open(path: &Path) -> Result<SqlitePool, Error> {
+    open_with(path, None).await
+}
+
+/// As `open`, with the file capped at `max_size` bytes (`history.max_size`).
+pub async fn open_with(path: &Path, max_size: Option<u64>) -> Result<SqlitePool, Error> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::Open {
             path: path.display().to_string(),
@@ -101,7 +120,13 @@ pub async fn open(path: &Path) -> Result<SqlitePool, Error> {
         // The writer appends; a small page cache does (SQLite's default is 2 MiB), and only the
         // few fixed statements are kept prepared. See BENCHMARKS.md, memory.
         .pragma("cache_size", "-256")
+        .page_size(PAGE_SIZE as u32)
         .statement_cache_capacity(16);
+    let opts = match max_size {
+        // On every connection the pool opens; at least 16 pages, which the schema needs.
+        Some(max) => opts.pragma("max_page_count", (max / PAGE_SIZE).max(16).to_string()),
+        None => opts,
+    };
     let pool = SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(opts)
@@ -211,6 +236,28 @@ pub struct History {
     stats: Arc<HistoryStats>,
     series: HashMap<(String, String), i64>,
     last_error_log: Option<Instant>,
+    last_full_log: Option<Instant>,
+    /// (device, inode) of the file when it was opened.
+    file_id: Option<(u64, u64)>,
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+fn is_full(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == SQLITE_FULL)
+}
+
+/// True at most once a minute per `last`.
+fn due(last: &mut Option<Instant>) -> bool {
+    let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+    if due {
+        *last = Some(Instant::now());
+    }
+    due
 }
 
 impl History {
@@ -233,6 +280,8 @@ impl History {
                 stats: stats.clone(),
                 series: HashMap::new(),
                 last_error_log: None,
+                last_full_log: None,
+                file_id: file_id(&config.path),
             },
             HistoryHandle {
                 tx,
@@ -280,10 +329,14 @@ impl History {
         if buf.is_empty() {
             return;
         }
+        self.check_file().await;
         let n = buf.len() as u64;
         let mut result = self.try_write(buf).await;
-        if result.is_err() {
-            // Once more (a locked file, a moment of full disk), then the batch is dropped.
+        if let Err(e) = &result {
+            if is_full(e) {
+                self.make_room().await;
+            }
+            // Once more (after making room, or a locked file), then the batch is dropped.
             result = self.try_write(buf).await;
         }
         match result {
@@ -295,12 +348,8 @@ impl History {
                 self.stats.dropped.fetch_add(n, Ordering::Relaxed);
                 // The cache may hold ids of a database that is gone.
                 self.series.clear();
-                let due = self
-                    .last_error_log
-                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
-                if due {
+                if due(&mut self.last_error_log) {
                     warn!(error = %e, rows = n, "cannot write history; rows dropped");
-                    self.last_error_log = Some(Instant::now());
                 }
             }
         }
@@ -309,6 +358,64 @@ impl History {
             Ordering::Relaxed,
         );
         buf.clear();
+    }
+
+    /// Opens the database anew when its file was deleted or replaced: SQLite would go on
+    /// writing into the unlinked inode, and every row would be lost when we stop.
+    async fn check_file(&mut self) {
+        let now = file_id(&self.config.path);
+        if now.is_some() && now == self.file_id {
+            return;
+        }
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        self.stats.reopened.fetch_add(1, Ordering::Relaxed);
+        warn!(
+            path = %self.config.path.display(),
+            "history database was deleted or replaced; creating it again"
+        );
+        match open_with(&self.config.path, self.config.max_size).await {
+            Ok(pool) => {
+                let old = std::mem::replace(&mut self.pool, pool);
+                old.close().await;
+                self.series.clear();
+                self.file_id = file_id(&self.config.path);
+            }
+            Err(e) => {
+                // Tried again before the next batch; until then batches fail and are counted.
+                if due(&mut self.last_error_log) {
+                    warn!(error = %e, "cannot create the history database again");
+                }
+            }
+        }
+    }
+
+    /// The database (or the disk) is full: deletes the oldest tenth of the rows, so it works
+    /// as a ring that always keeps the newest.
+    async fn make_room(&mut self) {
+        self.stats.full.fetch_add(1, Ordering::Relaxed);
+        let mut deleted = 0;
+        for table in ["readings", "events"] {
+            let sql = format!(
+                "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY ts LIMIT max(100, (SELECT count(*) FROM {table}) / 10))"
+            );
+            match sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&self.pool)
+                .await
+            {
+                Ok(r) => deleted += r.rows_affected(),
+                Err(e) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %e, table, "history database full; cannot delete old rows");
+                }
+            }
+        }
+        if due(&mut self.last_full_log) {
+            warn!(
+                deleted,
+                max_size = ?self.config.max_size,
+                "history database full; oldest rows deleted to make room"
+            );
+        }
     }
 
     async fn series_id(

@@ -28,6 +28,7 @@ fn hcfg(path: &std::path::Path, flush_ms: u64) -> HistoryConfig {
         path: path.to_path_buf(),
         retention: Duration::from_secs(30 * 86_400),
         flush: Duration::from_millis(flush_ms),
+        max_size: None,
     }
 }
 

@@ -340,6 +340,36 @@ impl<'s> Cx<'s> {
         }
     }
 
+    /// A size in bytes: `"64MB"`, `"512KiB"`, `"1GB"` (K, M, G are powers of 1024, with or
+    /// without `B`/`iB`), or an integer number of bytes. At least 64 KiB.
+    fn size(&mut self, sec: &Sec, key: &str) -> Option<u64> {
+        const MIN: u64 = 64 * 1024;
+        let v = self.value(sec, key)?;
+        let bytes = match v.get_ref() {
+            DeValue::Integer(i) => u64::from_str_radix(i.as_str(), i.radix()).ok(),
+            DeValue::String(s) => parse_size(s),
+            _ => {
+                self.type_error(sec, key, v, "a size like \"64MB\"");
+                return None;
+            }
+        };
+        match bytes {
+            Some(b) if b >= MIN => Some(b),
+            Some(_) => {
+                self.error(v.span(), &sec.key(key), "too small; at least 64KiB");
+                None
+            }
+            None => {
+                self.error(
+                    v.span(),
+                    &sec.key(key),
+                    "invalid size; expected e.g. \"512KiB\", \"64MB\" or \"1GB\"",
+                );
+                None
+            }
+        }
+    }
+
     /// A string that must be one of `names`; returns its index.
     fn choice(&mut self, sec: &Sec, key: &str, what: &str, names: &[&str]) -> Option<usize> {
         let s = self.string(sec, key)?;
@@ -570,7 +600,7 @@ impl<'s> Cx<'s> {
     }
 
     fn history(&mut self, s: &Sec) -> HistoryConfig {
-        self.keys(s, &["path", "retention", "flush"]);
+        self.keys(s, &["path", "retention", "flush", "max_size"]);
         HistoryConfig {
             path: self
                 .text(s, "path")
@@ -580,6 +610,7 @@ impl<'s> Cx<'s> {
                 .duration(s, "retention")
                 .unwrap_or(Duration::from_secs(30 * 86_400)),
             flush: self.duration(s, "flush").unwrap_or(Duration::from_secs(1)),
+            max_size: self.size(s, "max_size"),
         }
     }
 
@@ -1494,6 +1525,22 @@ pub fn parse_register(s: &str) -> Result<Register, String> {
 }
 
 /// `[a-z0-9_-]+`
+/// `"64MB"`, `"512 KiB"`, `"1g"`, `"4096"`: bytes, with K/M/G as powers of 1024.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name

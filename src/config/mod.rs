@@ -138,6 +138,9 @@ pub struct HistoryConfig {
     pub retention: Duration,
     /// Batching window. Default 1 s.
     pub flush: Duration,
+    /// Cap on the database file in bytes; when reached, the oldest rows make room. Default none
+    /// (the disk is the limit, and a full disk is treated the same way).
+    pub max_size: Option<u64>,
 }
 
 /// `[homeassistant]`
