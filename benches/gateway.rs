@@ -9,7 +9,9 @@
 //! - bus efficiency: a reference device map's reads and wire time per cycle at 9600 baud,
 //!   coalesced against one read per point.
 //!
-//! `cargo bench -- throughput` (or `memory`, `bus`) runs one of them.
+//! - soak (only when named): an hour at 1,000 points/s, sampled every minute into a CSV.
+//!
+//! `cargo bench -- throughput` (or `memory`, `bus`, `soak`) runs one of them.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -375,6 +377,76 @@ async fn commands() {
     let _ = gw.wait();
 }
 
+/// One hour (`BENCH_SOAK_SECS`) at 1,000 points/s with history on: RSS, open file descriptors,
+/// threads and CPU sampled every `BENCH_SOAK_EVERY` seconds (default 60) into a CSV
+/// (`BENCH_SOAK_CSV`, default `target/soak.csv`) for RELIABILITY.md. Runs only when named.
+async fn soak() {
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(d)
+    };
+    let secs = env("BENCH_SOAK_SECS", 3600);
+    let every = env("BENCH_SOAK_EVERY", 60).max(1);
+    let csv_path = std::env::var("BENCH_SOAK_CSV").unwrap_or_else(|_| "target/soak.csv".into());
+    let broker = Mosquitto::start();
+    let (_fake, addr) = fake_devices(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        config(broker.port, &addr.to_string(), dir.path(), "1s"),
+    )
+    .unwrap();
+    let (mut sub, count) = count_messages(broker.port, "b/lab/sensor/#");
+    let mut gw = spawn_gateway(&cfg, false);
+    let pid = gw.id();
+    let hz = ticks_per_second() as f64;
+    let mut csv = String::from("minute,rss_kib,fds,threads,cpu_percent,messages,history_kib\n");
+    let t0 = Instant::now();
+    let mut last_ticks = proc_cpu_ticks(pid);
+    let mut last = Instant::now();
+    let mut n = 0u64;
+    while t0.elapsed() < Duration::from_secs(secs) {
+        tokio::time::sleep(Duration::from_secs(every)).await;
+        n += 1;
+        let ticks = proc_cpu_ticks(pid);
+        let cpu = (ticks - last_ticks) as f64 / hz / last.elapsed().as_secs_f64() * 100.0;
+        last_ticks = ticks;
+        last = Instant::now();
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let threads = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default();
+        let db = std::fs::metadata(dir.path().join("history.db"))
+            .map(|m| m.len() / 1024)
+            .unwrap_or(0);
+        let line = format!(
+            "{:.1},{},{},{},{:.2},{},{}\n",
+            (n * every) as f64 / 60.0,
+            rss_kib(pid),
+            fds,
+            threads,
+            cpu,
+            count.load(Ordering::Relaxed),
+            db
+        );
+        print!("soak: {line}");
+        csv += &line;
+        std::fs::write(&csv_path, &csv).unwrap();
+    }
+    println!("soak: {n} samples written to {csv_path}");
+    let _ = gw.kill();
+    let _ = gw.wait();
+    let _ = sub.kill();
+}
+
 fn main() {
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -393,5 +465,9 @@ fn main() {
     }
     if want("memory") {
         rt.block_on(memory());
+    }
+    // An hour long: only when asked for by name.
+    if filter.iter().any(|f| f == "soak") {
+        rt.block_on(soak());
     }
 }

@@ -42,6 +42,8 @@ pub struct Unit {
     pub clamp: HashMap<u16, u16>,
     /// Every read of holding registers adds 1 to them afterwards (values that always move).
     pub tick: bool,
+    /// Answers register reads with one word too many (0xDEAD): a malformed answer.
+    pub garbage: bool,
 }
 
 #[derive(Debug, Default)]
@@ -185,7 +187,10 @@ impl Service for FakeModbus {
                     Response::ReadDiscreteInputs(bits(&u.discretes, a, n))
                 }
                 Request::ReadHoldingRegisters(a, n) => {
-                    let w = words(&u.holdings, a, n);
+                    let mut w = words(&u.holdings, a, n);
+                    if u.garbage {
+                        w.push(0xDEAD);
+                    }
                     if u.tick {
                         for i in a..a + n {
                             let v = u.holdings.entry(i).or_default();
@@ -195,7 +200,11 @@ impl Service for FakeModbus {
                     Response::ReadHoldingRegisters(w)
                 }
                 Request::ReadInputRegisters(a, n) => {
-                    Response::ReadInputRegisters(words(&u.inputs, a, n))
+                    let mut w = words(&u.inputs, a, n);
+                    if u.garbage {
+                        w.push(0xDEAD);
+                    }
+                    Response::ReadInputRegisters(w)
                 }
                 Request::WriteSingleCoil(a, v) => {
                     u.coils.insert(a, v);

@@ -8,12 +8,25 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1 (bound and released; the OS doesn't hand it out again soon).
+/// A free TCP port on 127.0.0.1 for a server the test starts (and may stop and start again).
+///
+/// Taken below the kernel's ephemeral range (32768-60999 on Linux), from a counter unique to
+/// this process: an ephemeral port freed while a broker is down for a restart could be handed
+/// to another test's broker or to any outgoing connection, and the restarted broker would fail
+/// to bind while the gateway reconnected to someone else's. Checked free by binding it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Processes (test binaries, benches) start at different places in 20000-31999.
+    let base = 20_000 + (std::process::id() % 120) as u16 * 100;
+    for _ in 0..12_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) % 12_000;
+        let port = 20_000 + (base - 20_000 + n) % 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-31999");
 }
 
 pub struct Mosquitto {
@@ -63,7 +76,15 @@ impl Mosquitto {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
+            // Ours, not another broker on the port: ours must still be running.
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("mosquitto on port {} exited: {status}", self.port);
+            }
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                std::thread::sleep(Duration::from_millis(30));
+                if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                    panic!("mosquitto on port {} exited: {status}", self.port);
+                }
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -106,6 +127,8 @@ pub struct Msg {
     pub topic: String,
     pub payload: String,
     pub retained: bool,
+    /// When the subscriber read it.
+    pub at: Instant,
 }
 
 /// A real subscriber: `mosquitto_sub` on a filter, every message kept.
@@ -145,6 +168,7 @@ impl Subscriber {
                     topic,
                     payload,
                     retained,
+                    at: Instant::now(),
                 });
             }
         });
