@@ -255,3 +255,75 @@ async fn messages_above_rumqttc_s_10_kib_default_pass_both_ways() {
     token.cancel();
     task.await.unwrap();
 }
+
+/// A broker behind a slow link: its first bytes to each client (the CONNACK) arrive after
+/// `delay`. Counts the connections made through it.
+fn slow_link(target: u16, delay: Duration) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().map_while(Result::ok) {
+            c.fetch_add(1, Ordering::SeqCst);
+            let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                continue;
+            };
+            pipe(
+                client.try_clone().unwrap(),
+                server.try_clone().unwrap(),
+                None,
+            );
+            let (mut from, mut to) = (server, client);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                let mut first = true;
+                while let Ok(n) = from.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if std::mem::take(&mut first) {
+                        std::thread::sleep(delay);
+                    }
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = to.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    (port, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_connack_is_waited_for_on_one_connection_and_no_last_will_is_triggered() {
+    let broker = Mosquitto::start();
+    let status = Subscriber::connect(broker.port, "t/slow/status");
+    // Longer than the link task's 1 s heartbeat tick, which used to abandon the connect
+    // half-way: each new attempt took over the last one's session, and the broker published
+    // the last will ("offline") for a gateway that was up.
+    let (port, connections) = slow_link(broker.port, Duration::from_millis(1500));
+    let (h, token, task) = start(settings(port, "slow", 100));
+    wait_connected(&h, true).await;
+    status
+        .wait_for("t/slow/status", |p| p == "online", WAIT)
+        .expect("online");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "connected more than once"
+    );
+    assert!(
+        status
+            .on("t/slow/status")
+            .iter()
+            .all(|m| m.payload == "online"),
+        "{:?}",
+        status.on("t/slow/status")
+    );
+    assert_eq!(h.stats().reconnects, 0);
+    token.cancel();
+    task.await.unwrap();
+}

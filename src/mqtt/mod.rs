@@ -307,7 +307,7 @@ impl Mqtt {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                ev = eventloop.poll() => match ev {
+                ev = poll_beating(&mut eventloop, &heartbeat) => match ev {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                         backoff.reset();
                         collisions = 0;
@@ -394,7 +394,9 @@ impl Mqtt {
                     }
                 },
                 _ = shared.notify.notified(), if connected => {}
-                _ = tick.tick() => heartbeat.beat(),
+                // Only while connected: a branch that wins while rumqttc is connecting would
+                // drop the connect half-way (see `poll_beating`).
+                _ = tick.tick(), if connected => heartbeat.beat(),
             }
             if connected {
                 feed(&client, &shared);
@@ -435,6 +437,28 @@ impl Mqtt {
         shared.stats.connected.store(false, Ordering::Relaxed);
         info!("mqtt disconnected");
         Ok(())
+    }
+}
+
+/// `eventloop.poll()`, beating the watchdog heartbeat while it waits. rumqttc connects inside
+/// `poll`: a poll dropped after CONNECT went out but before the CONNACK came back leaves a
+/// session on the broker that the next poll's connect takes over, and the broker publishes our
+/// last will, a retained "offline", for a gateway that is up (and on a link slower than the
+/// dropping branch, it never connects at all). So while connecting, nothing but shutdown may win
+/// over this future.
+async fn poll_beating(
+    eventloop: &mut rumqttc::EventLoop,
+    heartbeat: &crate::systemd::Heartbeat,
+) -> Result<Event, ConnectionError> {
+    let poll = eventloop.poll();
+    tokio::pin!(poll);
+    let mut beat = tokio::time::interval(Duration::from_secs(1));
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            ev = &mut poll => return ev,
+            _ = beat.tick() => heartbeat.beat(),
+        }
     }
 }
 
