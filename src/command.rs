@@ -147,6 +147,11 @@ pub fn parse(device: &DeviceConfig, payload: &[u8]) -> Result<Command, Refused> 
     for (point, value) in &values {
         let p = check_point(device, point).map_err(fail)?;
         check_limits(point, p, value).map_err(fail)?;
+        // Everything the write itself could refuse (a string too long for its registers, a
+        // value the type can't hold) is refused here, before the command is queued.
+        if p.register.is_some() {
+            plan_write(point, p, value, false).map_err(fail)?;
+        }
     }
     Ok(Command {
         raw: String::from_utf8_lossy(payload).into_owned(),

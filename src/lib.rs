@@ -26,6 +26,8 @@ pub mod config;
 pub mod demo;
 pub mod discovery;
 pub mod fleet;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod health;
 pub mod history;
 pub mod line_device;

@@ -426,37 +426,40 @@ async fn exec(
         Ok(r) => r,
         Err(exception) => return Ok(Err(exception)),
     };
-    let short = |got: usize, want: u16| {
-        tokio_modbus::Error::Transport(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("the device answered {got} values for {want} asked"),
-        ))
+    Ok(Ok(match op {
+        Op::Read(r) => Outcome::Data(read_answer(r, response)?),
+        // A write's echo may differ from the request (a device that clamps); the read-back
+        // that follows every command says what the device kept.
+        Op::Write(_) => Outcome::Written,
+    }))
+}
+
+/// Checks a device's answer to the read `r`: the right kind, and as many values as asked (bits
+/// come in whole bytes; the padding is cut off). Anything else is a malformed answer
+/// (`InvalidData`), never data.
+pub fn read_answer(r: &ReadSpec, response: Response) -> Result<RawData, tokio_modbus::Error> {
+    let bad = |msg: String| {
+        tokio_modbus::Error::Transport(io::Error::new(io::ErrorKind::InvalidData, msg))
     };
-    Ok(Ok(match (op, response) {
-        (Op::Read(r), Response::ReadCoils(mut b) | Response::ReadDiscreteInputs(mut b)) => {
-            // Bits come in whole bytes; the padding is cut off.
+    let short =
+        |got: usize, want: u16| bad(format!("the device answered {got} values for {want} asked"));
+    let bits = matches!(r.table, Table::Coil | Table::Discrete);
+    match response {
+        Response::ReadCoils(mut b) | Response::ReadDiscreteInputs(mut b) if bits => {
             if b.len() < usize::from(r.count) {
                 return Err(short(b.len(), r.count));
             }
             b.truncate(usize::from(r.count));
-            Outcome::Data(RawData::Bits(b))
+            Ok(RawData::Bits(b))
         }
-        (Op::Read(r), Response::ReadHoldingRegisters(w) | Response::ReadInputRegisters(w)) => {
+        Response::ReadHoldingRegisters(w) | Response::ReadInputRegisters(w) if !bits => {
             if w.len() != usize::from(r.count) {
                 return Err(short(w.len(), r.count));
             }
-            Outcome::Data(RawData::Words(w))
+            Ok(RawData::Words(w))
         }
-        // A write's echo may differ from the request (a device that clamps); the read-back
-        // that follows every command says what the device kept.
-        (Op::Write(_), _) => Outcome::Written,
-        (Op::Read(_), other) => {
-            return Err(tokio_modbus::Error::Transport(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("unexpected answer {other:?}"),
-            )));
-        }
-    }))
+        other => Err(bad(format!("unexpected answer {other:?}"))),
+    }
 }
 
 fn answer<T>(tx: oneshot::Sender<T>, value: T) {
