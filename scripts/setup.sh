@@ -16,6 +16,8 @@ need mosquitto_passwd mosquitto
 need openssl openssl
 need socat socat
 need curl curl
+# The system CA bundle: the default roots for an mqtts:// broker (and for the TLS tests).
+[ -f /etc/ssl/certs/ca-certificates.crt ] || packages+=(ca-certificates)
 
 if [ "${#packages[@]}" -gt 0 ]; then
   sudo=""

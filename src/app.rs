@@ -178,7 +178,15 @@ pub fn mqtt_settings(config: &Config, topics: &Topics) -> Result<MqttSettings, B
         ca_file: m.ca_file.clone(),
         cert_file: m.cert_file.clone(),
         key_file: m.key_file.clone(),
+        insecure: m.tls_insecure,
     });
+    if m.tls_insecure {
+        warn!(
+            broker = %m.url,
+            "mqtt.tls_insecure is set: the broker's certificate is NOT verified; anyone on the \
+             path to the broker can read and change every message, and the password"
+        );
+    }
     Ok(MqttSettings {
         host: m.url.host.clone(),
         port: m.url.port,

@@ -250,7 +250,10 @@ fn a_password_file_logs_in_and_a_wrong_password_is_not_authorized_and_never_logg
         "username = \"gwuser\"\npassword_file = \"{}\"",
         pass_file.display()
     );
-    let cfg = config_text(dir.path(), broker.port, "gw-auth", &extra);
+    let cfg = config_text(dir.path(), broker.port, "gw-auth", &extra).replace(
+        "location = \"lab\"",
+        "location = \"lab\"\nhealth_interval = \"1s\"",
+    );
     let good = GatewayProcess::spawn_in(dir, &cfg, &[("RUST_LOG", "trace")]);
     let status = "test/gateway/gw-auth/status";
     // Reading the retained status needs credentials too.
@@ -260,6 +263,33 @@ fn a_password_file_logs_in_and_a_wrong_password_is_not_authorized_and_never_logg
         good.log().contains("readable by every user"),
         "{}",
         good.log()
+    );
+    // Not at trace level, not in the health report, not in `check`.
+    let report = std::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .args(["-u", "gwuser", "-P", "s3cret-Pa55"])
+        .args(["-t", "test/gateway/gw-auth/health", "-C", "1", "-W", "10"])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&report.stdout).to_string();
+    assert!(report.contains("uptime"), "no health report: {report}");
+    assert!(!report.contains("s3cret-Pa55"));
+    assert!(
+        !good.log().contains("s3cret-Pa55"),
+        "the password was logged"
+    );
+    let check = std::process::Command::new(common::gateway::BIN)
+        .args(["check", "-c"])
+        .arg(&good.config_path)
+        .env("FIELDBRIDGE_MQTT_PASSWORD", "env-s3cret")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&check.stdout).to_string()
+        + &String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{shown}");
+    assert!(
+        !shown.contains("s3cret-Pa55") && !shown.contains("env-s3cret"),
+        "{shown}"
     );
     drop(good);
 
@@ -350,9 +380,15 @@ fn tls_with_a_ca_and_client_certificate_connects_and_a_wrong_ca_is_a_clear_retri
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_text(dir.path(), tls_port, "gw-tls", &tls(&good.file("ca.crt")))
         .replace("mqtt://127.0.0.1", "mqtts://127.0.0.1");
-    let gw = GatewayProcess::spawn_in(dir, &cfg, &[]);
+    let gw = GatewayProcess::spawn_in(dir, &cfg, &[("RUST_LOG", "trace")]);
     let got = wait_retained(plain_port, "test/gateway/gw-tls/status", online, WAIT);
     assert!(got.is_some(), "no TLS connection; log:\n{}", gw.log());
+    // The private key never shows, not even at trace level.
+    let key = std::fs::read_to_string(good.file("client.key")).unwrap();
+    let log = gw.log();
+    for line in key.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(!log.contains(line), "a line of the client key was logged");
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_text(
@@ -372,4 +408,61 @@ fn tls_with_a_ca_and_client_certificate_connects_and_a_wrong_ca_is_a_clear_retri
     std::thread::sleep(Duration::from_millis(1500));
     assert!(bad.is_running());
     assert!(common::mosquitto::retained(plain_port, "test/gateway/gw-tls-bad/status").is_none());
+}
+
+#[test]
+fn tls_verification_is_on_by_default_and_tls_insecure_is_an_explicit_logged_opt_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A broker whose certificate no system CA has signed (self-signed, as on many LANs).
+    let certs = Certs::generate(tmp.path(), "lan");
+    let tls_port = common::mosquitto::free_port();
+    let plain_port = common::mosquitto::free_port();
+    let _broker = Mosquitto::start_with(
+        &format!(
+            "allow_anonymous true\nlistener {plain_port} 127.0.0.1\nlistener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\n",
+            certs.file("server.crt"),
+            certs.file("server.key")
+        ),
+        None,
+    );
+    // No ca_file: the system's roots, which don't know this broker. Refused, and retried.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_text(dir.path(), tls_port, "gw-strict", "")
+        .replace("mqtt://127.0.0.1", "mqtts://127.0.0.1");
+    let mut strict = GatewayProcess::spawn_in(dir, &cfg, &[]);
+    assert!(strict.wait_log("TLS:", WAIT), "{}", strict.log());
+    assert!(
+        strict.log().to_lowercase().contains("certificate"),
+        "{}",
+        strict.log()
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(strict.is_running());
+    assert!(common::mosquitto::retained(plain_port, "test/gateway/gw-strict/status").is_none());
+
+    // The explicit opt-out connects, and says what it gives up at start.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_text(dir.path(), tls_port, "gw-insecure", "tls_insecure = true")
+        .replace("mqtt://127.0.0.1", "mqtts://127.0.0.1");
+    let insecure = GatewayProcess::spawn_in(dir, &cfg, &[("RUST_LOG", "info")]);
+    let got = wait_retained(plain_port, "test/gateway/gw-insecure/status", online, WAIT);
+    assert!(got.is_some(), "{}", insecure.log());
+    let log = insecure.log();
+    assert!(
+        log.contains("WARN") && log.contains("tls_insecure") && log.contains("NOT verified"),
+        "{log}"
+    );
+
+    // And only for TLS: on a plain url the key is a config error, not silently ignored.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_text(dir.path(), plain_port, "gw-plain", "tls_insecure = true");
+    std::fs::write(dir.path().join("c.toml"), cfg).unwrap();
+    let out = std::process::Command::new(common::gateway::BIN)
+        .args(["check", "-c"])
+        .arg(dir.path().join("c.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tls_insecure is for TLS"), "{err}");
 }

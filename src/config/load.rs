@@ -559,6 +559,7 @@ impl<'s> Cx<'s> {
                 "ca_file",
                 "cert_file",
                 "key_file",
+                "tls_insecure",
                 "client_id",
                 "keep_alive",
                 "clean_session",
@@ -584,6 +585,7 @@ impl<'s> Cx<'s> {
             ca_file: self.text(s, "ca_file").map(PathBuf::from),
             cert_file: self.text(s, "cert_file").map(PathBuf::from),
             key_file: self.text(s, "key_file").map(PathBuf::from),
+            tls_insecure: self.boolean(s, "tls_insecure").unwrap_or(false),
             client_id: self.text(s, "client_id"),
             keep_alive: self
                 .duration(s, "keep_alive")

@@ -73,6 +73,9 @@ pub struct MqttConfig {
     pub cert_file: Option<PathBuf>,
     /// Client private key (PEM) for mutual TLS; needs `cert_file`.
     pub key_file: Option<PathBuf>,
+    /// Accept any broker certificate (no chain, no host name check). Default false; logged as a
+    /// warning at every start when set.
+    pub tls_insecure: bool,
     /// MQTT client id. Default `fieldbridge-<gateway.id>` — stable, so a persistent session
     /// survives restarts.
     pub client_id: Option<String>,
@@ -100,6 +103,7 @@ impl std::fmt::Debug for MqttConfig {
             .field("ca_file", &self.ca_file)
             .field("cert_file", &self.cert_file)
             .field("key_file", &self.key_file)
+            .field("tls_insecure", &self.tls_insecure)
             .field("client_id", &self.client_id)
             .field("keep_alive", &self.keep_alive)
             .field("clean_session", &self.clean_session)

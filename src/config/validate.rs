@@ -99,6 +99,7 @@ pub(super) fn validate(config: &Config, cx: &mut Cx) {
             ("ca_file", m.ca_file.is_some()),
             ("cert_file", m.cert_file.is_some()),
             ("key_file", m.key_file.is_some()),
+            ("tls_insecure", m.tls_insecure),
         ] {
             if set {
                 cx.error_at(

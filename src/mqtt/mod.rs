@@ -73,6 +73,8 @@ pub struct TlsSettings {
     pub ca_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// `mqtt.tls_insecure`: no verification of the broker's certificate.
+    pub insecure: bool,
 }
 
 /// Everything the link needs, filled from the config by the app.
@@ -104,6 +106,14 @@ pub enum Error {
         path: String,
         source: std::io::Error,
     },
+    #[error("{what} {path}: {reason}")]
+    Pem {
+        what: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// A message that arrived on a subscribed filter.
@@ -582,6 +592,90 @@ fn read_file(what: &'static str, path: &PathBuf) -> Result<Vec<u8>, Error> {
     })
 }
 
+/// `mqtt.tls_insecure`: TLS with no check of the broker's certificate chain or name (the
+/// handshake signatures are still verified, so the session key is the certificate's). For a
+/// broker with a self-signed certificate on a trusted network; logged at every start.
+fn insecure_tls(tls: &TlsSettings) -> Result<rumqttc::TlsConfiguration, Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)));
+    let config = match (&tls.cert_file, &tls.key_file) {
+        (Some(c), Some(k)) => {
+            let pem = |what: &'static str, path: &PathBuf, reason: String| Error::Pem {
+                what,
+                path: path.display().to_string(),
+                reason,
+            };
+            let certs: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(&read_file("client certificate", c)?)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| pem("client certificate", c, e.to_string()))?;
+            let key = PrivateKeyDer::from_pem_slice(&read_file("client key", k)?)
+                .map_err(|e| pem("client key", k, e.to_string()))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| Error::Tls(e.to_string()))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(rumqttc::TlsConfiguration::Rustls(Arc::new(config)))
+}
+
+/// Accepts any server certificate; checks the handshake's signatures against it.
+#[derive(Debug)]
+struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// The system's CA bundle on Debian and Raspberry Pi OS (package ca-certificates).
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -605,6 +699,10 @@ fn options(s: &MqttSettings) -> Result<MqttOptions, Error> {
         o.set_credentials(user.clone(), password);
     }
     if let Some(tls) = &s.tls {
+        if tls.insecure {
+            o.set_transport(Transport::tls_with_config(insecure_tls(tls)?));
+            return Ok(o);
+        }
         let ca = match &tls.ca_file {
             Some(path) => read_file("CA certificate", path)?,
             None => read_file("system CA bundle", &PathBuf::from(SYSTEM_CA_BUNDLE))?,
