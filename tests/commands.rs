@@ -156,12 +156,30 @@ async fn invalid_commands_are_refused_naming_point_and_limit_and_nothing_is_writ
             r#"{"state": "on", "brightness": 101}"#,
             "brightness: 101 is above max 100",
         ),
+        // A key can't reach another device or point through topic syntax.
+        (r#"{"../lamp2/state": 1}"#, "../lamp2/state: unknown point"),
+        (r#"{"+/#": 1}"#, "+/#: unknown point"),
     ];
     for (i, (body, error)) in cases.iter().enumerate() {
         let r = command(broker.port, &sub, &format!("bad{i}"), body);
         assert_eq!(r["ok"], json!(false), "{body}");
         assert_eq!(r["error"], json!(error), "{body}");
     }
+    // Payloads above 16 KiB are refused unread.
+    let big = format!(r#"{{"id": "big", "pad": "{}"}}"#, "x".repeat(17 * 1024));
+    publish(broker.port, CMD, &big, false);
+    let m = sub
+        .wait_for(
+            RESULT,
+            |p| {
+                json_of(p)["error"]
+                    .as_str()
+                    .is_some_and(|e| e.ends_with("at most 16384 are accepted"))
+            },
+            WAIT,
+        )
+        .expect("oversized command answered");
+    assert_eq!(json_of(&m.payload)["ok"], json!(false));
     // Malformed JSON has no id to echo: it is answered without one.
     publish(broker.port, CMD, "{not json", false);
     let m = sub
