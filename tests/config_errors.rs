@@ -386,3 +386,17 @@ fn absurdly_long_durations_are_rejected() {
         "config.toml:2:19: gateway.health_interval: too long; at most 3650 days",
     );
 }
+
+#[test]
+fn history_max_size_takes_sizes_with_units_and_refuses_nonsense() {
+    let ok = format!("[history]\nmax_size = \"64MB\"\n{BUS}");
+    assert_eq!(check(&ok).0, 0);
+    fails_with(
+        &format!("[history]\nmax_size = \"12 parsecs\"\n{BUS}"),
+        "config.toml:2:12: history.max_size: invalid size; expected e.g. \"512KiB\", \"64MB\" or \"1GB\"",
+    );
+    fails_with(
+        &format!("[history]\nmax_size = \"1KiB\"\n{BUS}"),
+        "config.toml:2:12: history.max_size: too small; at least 64KiB",
+    );
+}
