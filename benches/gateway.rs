@@ -135,18 +135,37 @@ async fn fake_devices(tick: bool) -> (FakeModbus, std::net::SocketAddr) {
     (fake, addr)
 }
 
-async fn throughput() {
+/// A broker, the 10 × 100 simulated points, and the gateway's config polling them every `poll`.
+struct Load {
+    broker: Mosquitto,
+    _fake: FakeModbus,
+    dir: tempfile::TempDir,
+    cfg: std::path::PathBuf,
+}
+
+async fn load(poll: &str) -> Load {
     let broker = Mosquitto::start();
-    let (_fake, addr) = fake_devices(true).await;
+    let (fake, addr) = fake_devices(true).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("config.toml");
     std::fs::write(
         &cfg,
-        config(broker.port, &addr.to_string(), dir.path(), "1ms"),
+        config(broker.port, &addr.to_string(), dir.path(), poll),
     )
     .unwrap();
+    Load {
+        broker,
+        _fake: fake,
+        dir,
+        cfg,
+    }
+}
+
+async fn throughput() {
+    let l = load("1ms").await;
+    let (broker, cfg) = (&l.broker, &l.cfg);
     let (mut sub, count) = count_messages(broker.port, "b/lab/sensor/#");
-    let mut gw = spawn_gateway(&cfg, true);
+    let mut gw = spawn_gateway(cfg, true);
     let pid = gw.id();
     tokio::time::sleep(Duration::from_secs(3)).await; // warm up
     let (n0, c0, t0) = (
@@ -181,17 +200,10 @@ async fn memory() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
-    let broker = Mosquitto::start();
-    let (_fake, addr) = fake_devices(true).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(
-        &cfg,
-        config(broker.port, &addr.to_string(), dir.path(), "1s"),
-    )
-    .unwrap();
+    let l = load("1s").await;
+    let (broker, cfg) = (&l.broker, &l.cfg);
     let (mut sub, count) = count_messages(broker.port, "b/lab/sensor/#");
-    let mut gw = spawn_gateway(&cfg, false);
+    let mut gw = spawn_gateway(cfg, false);
     let pid = gw.id();
     let mut peak = 0;
     let t0 = Instant::now();
@@ -302,7 +314,7 @@ async fn commands() {
         dir.path().display()
     );
     std::fs::write(&cfg, text).unwrap();
-    let mut gw = spawn_gateway(&cfg, false);
+    let mut gw = spawn_gateway(cfg, false);
     let mut opts = MqttOptions::new("bench-cmd", "127.0.0.1", broker.port);
     opts.set_keep_alive(Duration::from_secs(30));
     let (client, mut ev) = AsyncClient::new(opts, 16);
@@ -390,17 +402,10 @@ async fn soak() {
     let secs = env("BENCH_SOAK_SECS", 3600);
     let every = env("BENCH_SOAK_EVERY", 60).max(1);
     let csv_path = std::env::var("BENCH_SOAK_CSV").unwrap_or_else(|_| "target/soak.csv".into());
-    let broker = Mosquitto::start();
-    let (_fake, addr) = fake_devices(true).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(
-        &cfg,
-        config(broker.port, &addr.to_string(), dir.path(), "1s"),
-    )
-    .unwrap();
+    let l = load("1s").await;
+    let (broker, cfg) = (&l.broker, &l.cfg);
     let (mut sub, count) = count_messages(broker.port, "b/lab/sensor/#");
-    let mut gw = spawn_gateway(&cfg, false);
+    let mut gw = spawn_gateway(cfg, false);
     let pid = gw.id();
     let hz = ticks_per_second() as f64;
     let mut csv = String::from("minute,rss_kib,fds,threads,cpu_percent,messages,history_kib\n");
@@ -424,7 +429,7 @@ async fn soak() {
             .find_map(|l| l.strip_prefix("Threads:"))
             .map(|v| v.trim().to_string())
             .unwrap_or_default();
-        let db = std::fs::metadata(dir.path().join("history.db"))
+        let db = std::fs::metadata(l.dir.path().join("history.db"))
             .map(|m| m.len() / 1024)
             .unwrap_or(0);
         let line = format!(
