@@ -314,7 +314,7 @@ async fn commands() {
         dir.path().display()
     );
     std::fs::write(&cfg, text).unwrap();
-    let mut gw = spawn_gateway(cfg, false);
+    let mut gw = spawn_gateway(&cfg, false);
     let mut opts = MqttOptions::new("bench-cmd", "127.0.0.1", broker.port);
     opts.set_keep_alive(Duration::from_secs(30));
     let (client, mut ev) = AsyncClient::new(opts, 16);
