@@ -200,18 +200,7 @@ fn regex_for_lines() -> &'static regex::Regex {
     )
 }
 
-const TYPES: [DataType; 10] = [
-    DataType::Bool,
-    DataType::U16,
-    DataType::I16,
-    DataType::U32,
-    DataType::I32,
-    DataType::U64,
-    DataType::I64,
-    DataType::F32,
-    DataType::F64,
-    DataType::String,
-];
+const TYPES: [DataType; 10] = config::ALL_TYPES;
 const ORDERS: [WordOrder; 4] = [
     WordOrder::Abcd,
     WordOrder::Cdab,

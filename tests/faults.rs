@@ -58,17 +58,44 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// 10 devices × 10 points every 100 ms (1,000 points/s) whose values move on every read, and a
-/// writable `set` register on dw (unit 11), which holds what is written.
-fn load_devices(rt: &tokio::runtime::Runtime) -> (FakeModbus, std::net::SocketAddr) {
-    let fake = FakeModbus::new();
-    for d in 1..=10u8 {
-        fake.set_holding(d, 0, &[0; 10]);
-        fake.unit(d, |u| u.tick = true);
+/// The load of campaigns 1, 4, 5 and 6: 10 devices × 10 points every 100 ms (1,000 points/s)
+/// whose values move on every read, and a writable `set` register on dw (unit 11), which holds
+/// what is written; a broker; a history directory; and the gateway's config for all of it.
+struct Rig {
+    rt: tokio::runtime::Runtime,
+    fake: FakeModbus,
+    addr: std::net::SocketAddr,
+    broker: Mosquitto,
+    hist: tempfile::TempDir,
+}
+
+impl Rig {
+    fn start() -> Rig {
+        let rt = runtime();
+        let fake = FakeModbus::new();
+        for d in 1..=10u8 {
+            fake.set_holding(d, 0, &[0; 10]);
+            fake.unit(d, |u| u.tick = true);
+        }
+        fake.set_holding(11, 0, &[0]);
+        let addr = rt.block_on(fake.serve_tcp());
+        Rig {
+            rt,
+            fake,
+            addr,
+            broker: Mosquitto::start(),
+            hist: tempfile::tempdir().unwrap(),
+        }
     }
-    fake.set_holding(11, 0, &[0]);
-    let addr = rt.block_on(fake.serve_tcp());
-    (fake, addr)
+
+    fn db(&self) -> std::path::PathBuf {
+        self.hist.path().join("h.db")
+    }
+
+    /// The gateway's config, with `extra` lines in `[history]`.
+    fn config(&self, extra: &str) -> String {
+        load_config(self.broker.port, &self.addr.to_string(), &self.db(), extra)
+    }
 }
 
 fn load_config(port: u16, modbus: &str, history: &std::path::Path, extra: &str) -> String {
@@ -149,13 +176,9 @@ fn next_health(sub: &Subscriber) -> Value {
 fn broker_killed_and_restarted_under_load_leaves_nothing_stale_and_answers_every_command_once() {
     let restarts = scale(3, 10);
     let per_round = scale(5, 20);
-    let rt = runtime();
-    let _rt = rt.enter();
-    let (fake, addr) = load_devices(&rt);
-    let mut broker = Mosquitto::start();
-    let port = broker.port;
-    let hist = tempfile::tempdir().unwrap();
-    let cfg = load_config(port, &addr.to_string(), &hist.path().join("h.db"), "");
+    let mut rig = Rig::start();
+    let port = rig.broker.port;
+    let cfg = rig.config("");
     let gw = GatewayProcess::spawn(&cfg, &[("RUST_LOG", "info"), ("MALLOC_ARENA_MAX", "1")]);
     let pid = gw.pid().as_raw();
     wait_retained(port, "f/gateway/fz/status", online, WAIT).expect("online");
@@ -212,9 +235,9 @@ fn broker_killed_and_restarted_under_load_leaves_nothing_stale_and_answers_every
         drop(health);
         // Readings in flight when it dies; an outage long enough to overflow the queue.
         sleep_ms(jitter(700));
-        broker.kill();
+        rig.broker.kill();
         sleep_ms(600 + jitter(900));
-        broker.restart();
+        rig.broker.restart();
         wait_retained(port, "f/gateway/fz/status", online, WAIT)
             .unwrap_or_else(|| panic!("round {round}: not online again"));
     }
@@ -246,7 +269,8 @@ fn broker_killed_and_restarted_under_load_leaves_nothing_stale_and_answers_every
         "the retained state has the last command"
     );
     // Executed exactly once each.
-    let writes = fake
+    let writes = rig
+        .fake
         .log()
         .iter()
         .filter(|s| s.unit == 11 && (s.fc == 6 || s.fc == 16))
@@ -526,17 +550,9 @@ register = "holding:0"
 #[test]
 fn fifty_reloads_under_load_keep_the_mqtt_session_and_leak_no_tasks_or_descriptors() {
     let reloads = scale(10, 50);
-    let rt = runtime();
-    let _rt = rt.enter();
-    let (_fake, addr) = load_devices(&rt);
-    let broker = Mosquitto::start();
-    let hist = tempfile::tempdir().unwrap();
-    let base = load_config(
-        broker.port,
-        &addr.to_string(),
-        &hist.path().join("h.db"),
-        "",
-    );
+    let rig = Rig::start();
+    let broker = &rig.broker;
+    let base = rig.config("");
     let extra = "[devices.x]\nbus = \"plc\"\nunit = 9\npoll = \"100ms\"\n[devices.x.points.p]\nregister = \"holding:3\"\n";
     let status = Subscriber::connect(broker.port, "f/gateway/fz/status");
     let health = Subscriber::connect(broker.port, "f/gateway/fz/health");
@@ -616,13 +632,9 @@ fn now_ms() -> i64 {
 ///    deleted underneath the daemon.
 #[test]
 fn a_full_history_makes_room_and_a_deleted_one_is_recreated_while_bridging_goes_on() {
-    let rt = runtime();
-    let _rt = rt.enter();
-    let (_fake, addr) = load_devices(&rt);
-    let broker = Mosquitto::start();
-    let hist = tempfile::tempdir().unwrap();
-    let db = hist.path().join("h.db");
-    let cfg = load_config(broker.port, &addr.to_string(), &db, "max_size = \"256KiB\"");
+    let rig = Rig::start();
+    let (broker, rt, db) = (&rig.broker, &rig.rt, rig.db());
+    let cfg = rig.config("max_size = \"256KiB\"");
     let health = Subscriber::connect(broker.port, "f/gateway/fz/health");
     let sensor = Subscriber::connect(broker.port, "f/lab/sensor/d5/p5");
     let gw = GatewayProcess::spawn(&cfg, &[("RUST_LOG", "info")]);
@@ -681,13 +693,9 @@ fn a_full_history_makes_room_and_a_deleted_one_is_recreated_while_bridging_goes_
 #[test]
 fn kill_9_at_random_moments_restarts_cleanly_with_an_intact_history() {
     let runs = scale(3, 20);
-    let rt = runtime();
-    let _rt = rt.enter();
-    let (_fake, addr) = load_devices(&rt);
-    let broker = Mosquitto::start();
-    let hist = tempfile::tempdir().unwrap();
-    let db = hist.path().join("h.db");
-    let cfg = load_config(broker.port, &addr.to_string(), &db, "");
+    let rig = Rig::start();
+    let (broker, rt, db) = (&rig.broker, &rig.rt, rig.db());
+    let cfg = rig.config("");
     let mut rows = Vec::new();
     for run in 0..runs {
         let status = Subscriber::connect(broker.port, "f/gateway/fz/status");

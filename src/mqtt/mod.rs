@@ -317,7 +317,7 @@ impl Mqtt {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                ev = poll_beating(&mut eventloop, &heartbeat) => match ev {
+                ev = poll_beating(&mut eventloop, &heartbeat, connected) => match ev {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                         backoff.reset();
                         collisions = 0;
@@ -459,7 +459,12 @@ impl Mqtt {
 async fn poll_beating(
     eventloop: &mut rumqttc::EventLoop,
     heartbeat: &crate::systemd::Heartbeat,
+    connected: bool,
 ) -> Result<Event, ConnectionError> {
+    if connected {
+        // The common case, once per packet: no timer. The tick branch beats meanwhile.
+        return eventloop.poll().await;
+    }
     let poll = eventloop.poll();
     tokio::pin!(poll);
     let mut beat = tokio::time::interval(Duration::from_secs(1));
