@@ -327,3 +327,30 @@ async fn a_slow_connack_is_waited_for_on_one_connection_and_no_last_will_is_trig
     token.cancel();
     task.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_added_while_connected_is_subscribed_at_once() {
+    // The app adds Home Assistant's status after the link is up, and a reload adds devices'
+    // command topics: they must not wait for the next reconnect.
+    let broker = Mosquitto::start();
+    let (mqtt, h, mut incoming) = Mqtt::new(settings(broker.port, "late", 100)).unwrap();
+    let token = CancellationToken::new();
+    let t = token.clone();
+    let task = tokio::spawn(async move { mqtt.run(t).await.unwrap() });
+    wait_connected(&h, true).await;
+    h.subscribe("t/late/command");
+    let deadline = Instant::now() + WAIT;
+    let got = loop {
+        common::mosquitto::publish(broker.port, "t/late/command", "hello", false);
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), incoming.recv()).await
+        {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "never subscribed");
+    };
+    assert_eq!(got.topic, "t/late/command");
+    assert_eq!(got.payload, b"hello");
+    assert_eq!(h.stats().reconnects, 0);
+    token.cancel();
+    task.await.unwrap();
+}

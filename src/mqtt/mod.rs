@@ -157,6 +157,9 @@ struct Shared {
     notify: Notify,
     /// Filters to subscribe to on every ConnAck.
     filters: Mutex<Vec<String>>,
+    /// Filters added since the last ConnAck, subscribed as soon as the link can take them: the
+    /// app adds some after the link is up (Home Assistant's status), a reload adds devices.
+    new_filters: Mutex<Vec<String>>,
     /// The newest payload of every retained topic, re-published on every ConnAck.
     retained: Mutex<HashMap<String, Vec<u8>>>,
     stats: MqttStats,
@@ -211,6 +214,7 @@ impl MqttHandle {
         let mut f = lock(&self.shared.filters);
         if !f.iter().any(|x| x == filter) {
             f.push(filter.to_string());
+            lock(&self.shared.new_filters).push(filter.to_string());
         }
         drop(f);
         self.shared.notify.notify_one();
@@ -271,6 +275,7 @@ impl Mqtt {
             outbox: Mutex::new(Outbox::new(settings.queue)),
             notify: Notify::new(),
             filters: Mutex::new(Vec::new()),
+            new_filters: Mutex::new(Vec::new()),
             retained: Mutex::new(HashMap::new()),
             stats: MqttStats::default(),
             connected_tx,
@@ -409,6 +414,7 @@ impl Mqtt {
                 _ = tick.tick(), if connected => heartbeat.beat(),
             }
             if connected {
+                subscribe_new(&client, &shared);
                 feed(&client, &shared);
             }
         }
@@ -490,7 +496,25 @@ fn new_client(options: &MqttOptions) -> (AsyncClient, rumqttc::EventLoop) {
 
 /// After every ConnAck: subscribe to every filter, re-publish every retained message we hold,
 /// then the `online` status.
+/// Subscribes to the filters added while connected (see `Shared::new_filters`). When the client's
+/// channel is full they wait for the next turn.
+fn subscribe_new(client: &AsyncClient, shared: &Shared) {
+    let mut new = lock(&shared.new_filters);
+    if new.is_empty() {
+        return;
+    }
+    let filters: Vec<rumqttc::SubscribeFilter> = new
+        .iter()
+        .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce))
+        .collect();
+    if client.try_subscribe_many(filters).is_ok() {
+        new.clear();
+    }
+}
+
 fn on_connect(client: &AsyncClient, shared: &Shared, settings: &MqttSettings) {
+    // Every filter is in this subscription; none is left for `subscribe_new`.
+    lock(&shared.new_filters).clear();
     let filters: Vec<rumqttc::SubscribeFilter> = lock(&shared.filters)
         .iter()
         .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce))
