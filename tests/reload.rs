@@ -103,6 +103,24 @@ async fn sighup_restarts_exactly_what_changed_and_keeps_the_mqtt_session() {
         )
         .is_some()
     );
+    // The added device takes commands at once: its command topic was subscribed on the
+    // running session, not at some later reconnect.
+    common::mosquitto::publish(
+        broker.port,
+        "t/lab/device/fresh/command",
+        r#"{"action": "refresh", "id": "after-reload"}"#,
+        false,
+    );
+    let result = sub.wait_for(
+        "t/lab/device/fresh/command/result",
+        |p| p.contains("after-reload"),
+        WAIT,
+    );
+    assert!(
+        result.is_some_and(|m| m.payload.contains("\"ok\":true")),
+        "{}",
+        gw.log()
+    );
     let deadline = Instant::now() + WAIT;
     while retained(broker.port, gone_discovery).is_some() {
         assert!(
