@@ -165,35 +165,25 @@ async fn invalid_commands_are_refused_naming_point_and_limit_and_nothing_is_writ
         assert_eq!(r["ok"], json!(false), "{body}");
         assert_eq!(r["error"], json!(error), "{body}");
     }
-    // Payloads above 16 KiB are refused unread.
+    // Refused without an id to echo: payloads above 16 KiB (refused unread), malformed JSON.
+    let refused_unread = |payload: &str, error_start: &str, error_end: &str| {
+        publish(broker.port, CMD, payload, false);
+        let m = sub
+            .wait_for(
+                RESULT,
+                |p| {
+                    json_of(p)["error"]
+                        .as_str()
+                        .is_some_and(|e| e.starts_with(error_start) && e.ends_with(error_end))
+                },
+                WAIT,
+            )
+            .unwrap_or_else(|| panic!("{error_start}…{error_end} not answered"));
+        assert_eq!(json_of(&m.payload)["ok"], json!(false));
+    };
     let big = format!(r#"{{"id": "big", "pad": "{}"}}"#, "x".repeat(17 * 1024));
-    publish(broker.port, CMD, &big, false);
-    let m = sub
-        .wait_for(
-            RESULT,
-            |p| {
-                json_of(p)["error"]
-                    .as_str()
-                    .is_some_and(|e| e.ends_with("at most 16384 are accepted"))
-            },
-            WAIT,
-        )
-        .expect("oversized command answered");
-    assert_eq!(json_of(&m.payload)["ok"], json!(false));
-    // Malformed JSON has no id to echo: it is answered without one.
-    publish(broker.port, CMD, "{not json", false);
-    let m = sub
-        .wait_for(
-            RESULT,
-            |p| {
-                json_of(p)["error"]
-                    .as_str()
-                    .is_some_and(|e| e.starts_with("malformed JSON"))
-            },
-            WAIT,
-        )
-        .expect("malformed JSON answered");
-    assert_eq!(json_of(&m.payload)["ok"], json!(false));
+    refused_unread(&big, "command is", "at most 16384 are accepted");
+    refused_unread("{not json", "malformed JSON", "");
     assert!(
         writes(&fake).is_empty(),
         "something was written: {:?}",

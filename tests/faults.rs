@@ -162,6 +162,21 @@ fn fds(pid: i32) -> usize {
         .unwrap_or(0)
 }
 
+/// Health reports until `counter` (a path like `["history", "full"]`) reaches `at_least`.
+fn health_until(sub: &Subscriber, counter: [&str; 2], at_least: u64, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let h = next_health(sub);
+        if h[counter[0]][counter[1]].as_u64().unwrap() >= at_least {
+            return h;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{counter:?} never reached {at_least}: {h}"
+        );
+    }
+}
+
 /// The next health report published after now.
 fn next_health(sub: &Subscriber) -> Value {
     sub.clear();
@@ -639,14 +654,7 @@ fn a_full_history_makes_room_and_a_deleted_one_is_recreated_while_bridging_goes_
     let sensor = Subscriber::connect(broker.port, "f/lab/sensor/d5/p5");
     let gw = GatewayProcess::spawn(&cfg, &[("RUST_LOG", "info")]);
     // 1,000 rows a second fill 256 KiB in seconds.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let full = loop {
-        let h = next_health(&health);
-        if h["history"]["full"].as_u64().unwrap() >= 2 {
-            break h;
-        }
-        assert!(Instant::now() < deadline, "never full: {h}");
-    };
+    let full = health_until(&health, ["history", "full"], 2, Duration::from_secs(60));
     sleep_ms(2000);
     let later = next_health(&health);
     let size = std::fs::metadata(&db).unwrap().len();
@@ -667,14 +675,7 @@ fn a_full_history_makes_room_and_a_deleted_one_is_recreated_while_bridging_goes_
         let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
     }
     sensor.clear();
-    let deadline = Instant::now() + WAIT;
-    let h = loop {
-        let h = next_health(&health);
-        if h["history"]["reopened"].as_u64().unwrap() >= 1 {
-            break h;
-        }
-        assert!(Instant::now() < deadline, "never reopened: {h}");
-    };
+    let h = health_until(&health, ["history", "reopened"], 1, WAIT);
     sleep_ms(1500);
     let newest = rt.block_on(newest_reading_ms(&db)).expect("a new database");
     assert!(newest > deleted_at, "nothing written after the delete");
