@@ -127,8 +127,12 @@ pub async fn open_with(path: &Path, max_size: Option<u64>) -> Result<SqlitePool,
         Some(max) => opts.pragma("max_page_count", (max / PAGE_SIZE).max(16).to_string()),
         None => opts,
     };
+    // One connection for the life of the writer: sqlx would otherwise close and reopen it
+    // every 30 minutes (seen as file-descriptor blips in the soak, RELIABILITY.md).
     let pool = SqlitePoolOptions::new()
         .max_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
         .connect_with(opts)
         .await
         .map_err(|source| Error::Open {
