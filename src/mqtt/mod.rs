@@ -41,8 +41,8 @@ pub const MAX_PACKET: usize = 256 * 1024;
 /// where we decide what is dropped.
 pub const CLIENT_CAP: usize = 64;
 /// Incoming messages (commands) waiting for the bridge. When full, the link waits for room
-/// (back-pressure on the broker), counted in `incoming_waits`: the bridge validates without
-/// I/O, so this only fills under a flood.
+/// (back-pressure on the broker): the bridge validates without I/O, so this only fills under a
+/// flood.
 pub const INCOMING_CAP: usize = 1024;
 /// How long a clean stop may spend sending what is queued and the `offline` status.
 pub const STOP_FLUSH: Duration = Duration::from_millis(800);
@@ -136,8 +136,6 @@ pub struct MqttStats {
     pub coalesced: AtomicU64,
     pub queued: AtomicU64,
     pub incoming_dropped: AtomicU64,
-    /// Times an incoming message waited for room in the bridge's queue (a command flood).
-    pub incoming_waits: AtomicU64,
     /// The last connection error, for tests and health.
     pub last_error: Mutex<String>,
 }
@@ -357,7 +355,6 @@ impl Mqtt {
                             // wait is short; meanwhile the broker holds the rest (its own
                             // `max_queued_messages` decides there).
                             Err(mpsc::error::TrySendError::Full(msg)) => {
-                                shared.stats.incoming_waits.fetch_add(1, Ordering::Relaxed);
                                 tokio::select! {
                                     _ = shutdown.cancelled() => break,
                                     sent = incoming.send(msg) => if sent.is_err() {
@@ -494,31 +491,29 @@ fn new_client(options: &MqttOptions) -> (AsyncClient, rumqttc::EventLoop) {
     (client, eventloop)
 }
 
-/// After every ConnAck: subscribe to every filter, re-publish every retained message we hold,
-/// then the `online` status.
+/// QoS 1 subscriptions to `filters`.
+fn subscription(filters: &[String]) -> Vec<rumqttc::SubscribeFilter> {
+    filters
+        .iter()
+        .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce))
+        .collect()
+}
+
 /// Subscribes to the filters added while connected (see `Shared::new_filters`). When the client's
 /// channel is full they wait for the next turn.
 fn subscribe_new(client: &AsyncClient, shared: &Shared) {
     let mut new = lock(&shared.new_filters);
-    if new.is_empty() {
-        return;
-    }
-    let filters: Vec<rumqttc::SubscribeFilter> = new
-        .iter()
-        .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce))
-        .collect();
-    if client.try_subscribe_many(filters).is_ok() {
+    if !new.is_empty() && client.try_subscribe_many(subscription(&new)).is_ok() {
         new.clear();
     }
 }
 
+/// After every ConnAck: subscribe to every filter, re-publish every retained message we hold,
+/// then the `online` status.
 fn on_connect(client: &AsyncClient, shared: &Shared, settings: &MqttSettings) {
     // Every filter is in this subscription; none is left for `subscribe_new`.
     lock(&shared.new_filters).clear();
-    let filters: Vec<rumqttc::SubscribeFilter> = lock(&shared.filters)
-        .iter()
-        .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce))
-        .collect();
+    let filters = subscription(&lock(&shared.filters));
     if !filters.is_empty() {
         if let Err(e) = client.try_subscribe_many(filters) {
             warn!(error = %e, "mqtt: could not queue the subscriptions");
