@@ -98,8 +98,10 @@ impl Rig {
     }
 }
 
-fn load_config(port: u16, modbus: &str, history: &std::path::Path, extra: &str) -> String {
-    let mut c = format!(
+/// The sections every campaign shares: gateway `fz` under `f/lab`, the broker on `port`, the
+/// history at `history` with `extra` lines, no discovery. Buses and devices follow.
+fn head(port: u16, history: &std::path::Path, extra: &str) -> String {
+    format!(
         r#"[gateway]
 id = "fz"
 base_topic = "f"
@@ -120,14 +122,21 @@ flush = "200ms"
 
 [homeassistant]
 discovery = false
+"#,
+        history.display()
+    )
+}
 
+fn load_config(port: u16, modbus: &str, history: &std::path::Path, extra: &str) -> String {
+    let mut c = head(port, history, extra)
+        + &format!(
+            r#"
 [buses.plc]
 kind = "modbus-tcp"
 address = "{modbus}"
 timeout = "500ms"
-"#,
-        history.display()
-    );
+"#
+        );
     for d in 1..=10 {
         c += &format!("[devices.d{d}]\nbus = \"plc\"\nunit = {d}\npoll = \"100ms\"\n");
         for p in 0..10 {
@@ -323,27 +332,17 @@ fn a_flapping_rtu_device_goes_offline_and_online_with_hysteresis_and_never_publi
     let tmp = tempfile::tempdir().unwrap();
     let bus = fake.serve_rtu(tmp.path());
     let broker = Mosquitto::start();
-    let mut cfg = format!(
-        r#"[gateway]
-id = "fz"
-base_topic = "f"
-location = "lab"
-[mqtt]
-url = "mqtt://127.0.0.1:{}"
-[history]
-path = "{{dir}}/h.db"
-[homeassistant]
-discovery = false
-[buses.rs485]
+    let mut cfg = head(broker.port, &tmp.path().join("h.db"), "")
+        + &format!(
+            r#"[buses.rs485]
 kind = "modbus-rtu"
 port = "{}"
 baud = 9600
 timeout = "150ms"
 retries = 0
 "#,
-        broker.port,
-        bus.path_str()
-    );
+            bus.path_str()
+        );
     for d in 1..=3 {
         cfg += &format!(
             "[devices.d{d}]\nbus = \"rs485\"\nunit = {d}\npoll = \"300ms\"\noffline_after = 3\noffline_retry = \"1s\"\n[devices.d{d}.points.v]\nregister = \"holding:0\"\n"
@@ -351,10 +350,7 @@ retries = 0
     }
     let sub = Subscriber::connect(broker.port, "f/lab/device/+/availability");
     let values = Subscriber::connect(broker.port, "f/lab/sensor/+/v");
-    let gw = GatewayProcess::spawn(
-        &cfg.replace("{dir}", &tmp.path().display().to_string()),
-        &[],
-    );
+    let gw = GatewayProcess::spawn(&cfg, &[]);
     let avail = "f/lab/device/d2/availability";
     sub.wait_for(avail, online, WAIT).expect("d2 online");
     let t0 = Instant::now();
@@ -476,18 +472,9 @@ fn serial_adapters_unplugged_and_replugged_resume_every_time_without_leaking() {
     fake.set_holding(1, 0, &[500]);
     let mut rs485 = fake.serve_rtu(&rtu_dir);
     let broker = Mosquitto::start();
-    let cfg = format!(
-        r#"[gateway]
-id = "fz"
-base_topic = "f"
-location = "lab"
-[mqtt]
-url = "mqtt://127.0.0.1:{}"
-[history]
-path = "{}/h.db"
-[homeassistant]
-discovery = false
-[buses.ard]
+    let cfg = head(broker.port, &tmp.path().join("h.db"), "")
+        + &format!(
+            r#"[buses.ard]
 kind = "serial"
 port = "{}"
 baud = 115200
@@ -507,11 +494,9 @@ poll = "200ms"
 [devices.m.points.v]
 register = "holding:0"
 "#,
-        broker.port,
-        tmp.path().display(),
-        cable.path_str(),
-        rs485.path_str()
-    );
+            cable.path_str(),
+            rs485.path_str()
+        );
     let sub = Subscriber::connect(broker.port, "f/lab/sensor/#");
     let gw = GatewayProcess::spawn(&cfg, &[("RUST_LOG", "info")]);
     let pid = gw.pid().as_raw();
