@@ -9,8 +9,8 @@
 //!   power cut loses at most the last window and never corrupts the file.
 //! - Retention deletes old rows in small batches, so the `history` command can read meanwhile.
 //! - `max_size` caps the file (SQLite's `max_page_count`): when it, or the disk, is full, the
-//!   oldest tenth of the rows is deleted to make room and the batch written again; the
-//!   database works as a ring and the newest readings are always kept.
+//!   oldest tenth of the rows (at least twice the batch) is deleted to make room and the batch
+//!   written again; the database works as a ring and the newest readings are always kept.
 //! - A database deleted or replaced underneath the daemon is noticed before the next batch (its
 //!   inode changed), logged, counted, and opened anew at the same path.
 //! - Runtime queries only (no `query!` macros): the build needs no database, and
@@ -120,6 +120,10 @@ pub async fn open_with(path: &Path, max_size: Option<u64>) -> Result<SqlitePool,
         // The writer appends; a small page cache does (SQLite's default is 2 MiB), and only the
         // few fixed statements are kept prepared. See BENCHMARKS.md, memory.
         .pragma("cache_size", "-256")
+        // No statement journals (see `try_write`): the writer takes its series ids from the
+        // table inside the same transaction, so the foreign key would only cost a lookup per row
+        // and make every multi-row INSERT abortable.
+        .foreign_keys(false)
         .page_size(PAGE_SIZE as u32)
         .statement_cache_capacity(16);
     let opts = match max_size {
@@ -338,9 +342,23 @@ impl History {
         let mut result = self.try_write(buf).await;
         if let Err(e) = &result {
             if is_full(e) {
-                self.make_room().await;
+                let readings = buf
+                    .iter()
+                    .filter(|r| matches!(r, Record::Reading { .. }))
+                    .count();
+                self.make_room([readings, buf.len() - readings]).await;
             }
             // Once more (after making room, or a locked file), then the batch is dropped.
+            result = self.try_write(buf).await;
+        }
+        if matches!(result, Err(sqlx::Error::InvalidSavePointStatement)) {
+            // SQLite rolled the failed transaction back by itself (it does on a full database
+            // or disk, an I/O error, out of memory), sqlx's ROLLBACK then failed and its
+            // connection believes a transaction is still open: every BEGIN on it would fail
+            // from now on. Only a new connection gets out of that.
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            debug!("history connection left in a transaction SQLite rolled back; reconnecting");
+            self.reopen().await;
             result = self.try_write(buf).await;
         }
         match result {
@@ -367,16 +385,27 @@ impl History {
     /// Opens the database anew when its file was deleted or replaced: SQLite would go on
     /// writing into the unlinked inode, and every row would be lost when we stop.
     async fn check_file(&mut self) {
-        let now = file_id(&self.config.path);
-        if now.is_some() && now == self.file_id {
-            return;
+        if self.file_changed() {
+            self.reopen().await;
         }
-        self.stats.errors.fetch_add(1, Ordering::Relaxed);
-        self.stats.reopened.fetch_add(1, Ordering::Relaxed);
-        warn!(
-            path = %self.config.path.display(),
-            "history database was deleted or replaced; creating it again"
-        );
+    }
+
+    fn file_changed(&self) -> bool {
+        let now = file_id(&self.config.path);
+        now.is_none() || now != self.file_id
+    }
+
+    /// Opens the database at its path on a new connection, and closes the old one. A file
+    /// deleted or replaced meanwhile is counted and logged here, whichever path noticed it.
+    async fn reopen(&mut self) {
+        if self.file_changed() {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            self.stats.reopened.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                path = %self.config.path.display(),
+                "history database was deleted or replaced; creating it again"
+            );
+        }
         match open_with(&self.config.path, self.config.max_size).await {
             Ok(pool) => {
                 let old = std::mem::replace(&mut self.pool, pool);
@@ -387,20 +416,22 @@ impl History {
             Err(e) => {
                 // Tried again before the next batch; until then batches fail and are counted.
                 if due(&mut self.last_error_log) {
-                    warn!(error = %e, "cannot create the history database again");
+                    warn!(error = %e, "cannot open the history database again");
                 }
             }
         }
     }
 
-    /// The database (or the disk) is full: deletes the oldest tenth of the rows, so it works
-    /// as a ring that always keeps the newest.
-    async fn make_room(&mut self) {
+    /// The database (or the disk) is full: deletes the oldest tenth of each table's rows, and
+    /// at least twice what the batch brings to it (`batch`: readings, events), so it works as
+    /// a ring that always keeps the newest even when a batch is large beside the cap.
+    async fn make_room(&mut self, batch: [usize; 2]) {
         self.stats.full.fetch_add(1, Ordering::Relaxed);
         let mut deleted = 0;
-        for table in ["readings", "events"] {
+        for (table, n) in ["readings", "events"].into_iter().zip(batch) {
+            let at_least = (2 * n).max(100);
             let sql = format!(
-                "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY ts LIMIT max(100, (SELECT count(*) FROM {table}) / 10))"
+                "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY ts LIMIT max({at_least}, (SELECT count(*) FROM {table}) / 10))"
             );
             match sqlx::query(sqlx::AssertSqlSafe(sql))
                 .execute(&self.pool)
@@ -477,9 +508,13 @@ impl History {
                 } => events.push((*ts, device.as_deref(), kind, detail.as_str())),
             }
         }
+        // `OR FAIL` (and no foreign-key checks) spares SQLite a statement journal per INSERT,
+        // which spilled to a temporary file in /var/tmp now and then: one more write to the SD
+        // card, and a file descriptor coming and going. Nothing is lost by it: any error drops
+        // the whole transaction, and the batch is written again or counted as dropped.
         for chunk in readings.chunks(ROWS_PER_INSERT) {
             let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO readings (ts, series, kind, value) ");
+                QueryBuilder::new("INSERT OR FAIL INTO readings (ts, series, kind, value) ");
             q.push_values(chunk, |mut b, (ts, id, kind, v)| {
                 b.push_bind(*ts).push_bind(*id).push_bind(*kind);
                 match v {
@@ -497,7 +532,7 @@ impl History {
         }
         for chunk in events.chunks(ROWS_PER_INSERT) {
             let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO events (ts, device, kind, detail) ");
+                QueryBuilder::new("INSERT OR FAIL INTO events (ts, device, kind, detail) ");
             q.push_values(chunk, |mut b, (ts, device, kind, detail)| {
                 b.push_bind(*ts)
                     .push_bind(device.map(str::to_string))

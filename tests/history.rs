@@ -383,3 +383,50 @@ async fn history_keeps_recording_while_the_broker_is_away() {
         rows.len()
     );
 }
+
+/// A capped database filled again and again: each time SQLite refuses the batch (and rolls the
+/// whole transaction back by itself, which once left sqlx's connection unable to begin another),
+/// the oldest rows make room and the batch is written; nothing is dropped and the newest rows
+/// are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_history_full_again_and_again_drops_nothing_and_keeps_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let cap = 128 * 1024;
+    let cfg = HistoryConfig {
+        max_size: Some(cap),
+        ..hcfg(&db, 20)
+    };
+    let pool = history::open_with(&db, cfg.max_size).await.unwrap();
+    let (writer, h) = History::new(pool, &cfg);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(writer.run(stop.clone()));
+    let t0 = SystemTime::now();
+    let mut last = 0;
+    for batch in 0..40u64 {
+        for i in 0..500u64 {
+            last = batch * 500 + i;
+            h.record_reading(
+                "d",
+                &format!("p{}", i % 20),
+                t0 + Duration::from_millis(last),
+                &Value::Int(i128::from(last)),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(load(&h.stats.full) >= 3, "never full: {:?}", h.stats);
+    assert_eq!(load(&h.stats.dropped), 0, "{:?}", h.stats);
+    assert_eq!(load(&h.stats.rows), 20_000, "{:?}", h.stats);
+    assert!(std::fs::metadata(&db).unwrap().len() <= cap);
+    let pool = history::open_read_only(&db).await.unwrap();
+    let rows = history::query(&pool, &Filter::default()).await.unwrap();
+    assert!(rows.len() < 20_000);
+    assert!(
+        rows.iter().any(|r| r.value == Value::Int(i128::from(last))),
+        "the newest reading was not kept"
+    );
+}
