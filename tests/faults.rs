@@ -165,10 +165,49 @@ fn proc_status(pid: i32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn fds(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+/// What the process's file descriptors point at, sorted, so a leak names itself.
+fn fds(pid: i32) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| {
+                    std::fs::read_link(e.path())
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_default()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The most descriptors seen over `window`: the baseline a leak is measured against, with
+/// whatever comes and goes in normal running (a socket being replaced, say) counted in.
+fn fds_peak(pid: i32, window: Duration) -> Vec<String> {
+    let end = Instant::now() + window;
+    let mut peak = fds(pid);
+    while Instant::now() < end {
+        sleep_ms(50);
+        let now = fds(pid);
+        if now.len() > peak.len() {
+            peak = now;
+        }
+    }
+    peak
+}
+
+/// The descriptors once they are back to at most `baseline`, or the last look after `within`:
+/// what comes and goes settles, a leak stays.
+fn fds_settled(pid: i32, baseline: usize, within: Duration) -> Vec<String> {
+    let end = Instant::now() + within;
+    loop {
+        let now = fds(pid);
+        if now.len() <= baseline || Instant::now() >= end {
+            return now;
+        }
+        sleep_ms(50);
+    }
 }
 
 /// Health reports until `counter` (a path like `["history", "full"]`) reaches `at_least`.
@@ -502,7 +541,7 @@ register = "holding:0"
     let pid = gw.pid().as_raw();
     sub.wait_for("f/lab/sensor/m/v", |p| json_of(p)["value"] == 500, WAIT)
         .expect("first RTU reading");
-    let fds_before = fds(pid);
+    let fds_before = fds_peak(pid, Duration::from_secs(1));
     let threads_before = proc_status(pid, "Threads:");
     for i in 0..times {
         cable.unplug();
@@ -533,11 +572,17 @@ register = "holding:0"
         sub.wait_for("f/lab/sensor/m/v", |p| json_of(p)["value"] == i, WAIT)
             .unwrap_or_else(|| panic!("unplug {i}: Modbus RTU did not resume: {}", gw.log()));
     }
-    let (fds_after, threads_after) = (fds(pid), proc_status(pid, "Threads:"));
+    let fds_after = fds_settled(pid, fds_before.len(), Duration::from_secs(5));
+    let threads_after = proc_status(pid, "Threads:");
     println!(
-        "unplugs: {times}, fds {fds_before} -> {fds_after}, threads {threads_before} -> {threads_after}"
+        "unplugs: {times}, fds {} -> {}, threads {threads_before} -> {threads_after}",
+        fds_before.len(),
+        fds_after.len()
     );
-    assert!(fds_after <= fds_before, "file descriptors leaked");
+    assert!(
+        fds_after.len() <= fds_before.len(),
+        "file descriptors leaked: {fds_before:?} -> {fds_after:?}"
+    );
     assert_eq!(threads_after, threads_before);
     let log = gw.log();
     assert!(
@@ -563,7 +608,7 @@ fn fifty_reloads_under_load_keep_the_mqtt_session_and_leak_no_tasks_or_descripto
         .unwrap();
     sleep_ms(2000);
     let before = next_health(&health);
-    let fds_before = fds(pid);
+    let fds_before = fds_peak(pid, Duration::from_secs(1));
     let threads_before = proc_status(pid, "Threads:");
     for i in 0..reloads {
         let text = if i % 2 == 0 {
@@ -587,10 +632,14 @@ fn fifty_reloads_under_load_keep_the_mqtt_session_and_leak_no_tasks_or_descripto
     // Back to the first config: the same tasks as before.
     sleep_ms(1500);
     let after = next_health(&health);
-    let (fds_after, threads_after) = (fds(pid), proc_status(pid, "Threads:"));
+    let fds_after = fds_settled(pid, fds_before.len(), Duration::from_secs(5));
+    let threads_after = proc_status(pid, "Threads:");
     println!(
-        "reloads: {reloads}; tasks {} -> {}; fds {fds_before} -> {fds_after}; threads {threads_before} -> {threads_after}",
-        before["tasks"], after["tasks"]
+        "reloads: {reloads}; tasks {} -> {}; fds {} -> {}; threads {threads_before} -> {threads_after}",
+        before["tasks"],
+        after["tasks"],
+        fds_before.len(),
+        fds_after.len()
     );
     assert_eq!(after["mqtt"]["reconnects"], 0, "the MQTT session was lost");
     assert!(
@@ -603,7 +652,10 @@ fn fifty_reloads_under_load_keep_the_mqtt_session_and_leak_no_tasks_or_descripto
         gw.log()
     );
     assert_eq!(after["tasks"], before["tasks"], "tasks leaked");
-    assert!(fds_after <= fds_before, "file descriptors leaked");
+    assert!(
+        fds_after.len() <= fds_before.len(),
+        "file descriptors leaked: {fds_before:?} -> {fds_after:?}"
+    );
     assert_eq!(threads_after, threads_before);
     assert!(
         after["buses"]["plc"]["transactions"].as_u64().unwrap()
