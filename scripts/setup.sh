@@ -2,7 +2,8 @@
 # Installs what fieldbridge needs to build and test on Debian or Raspberry Pi OS: a C compiler
 # (bundled SQLite, ring), mosquitto and its clients (the tests start their own broker on a free
 # loopback port), openssl (test certificates), socat (pseudo-terminal pairs standing in for
-# RS-485 cables) and a Rust toolchain (rustup, when cargo is missing).
+# RS-485 cables), debootstrap and cargo-deb (the package test) and a Rust toolchain (rustup, when
+# cargo is missing).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 
@@ -16,6 +17,8 @@ need mosquitto_passwd mosquitto
 need openssl openssl
 need socat socat
 need curl curl
+# tests/packaging.rs installs the .deb in a throwaway Debian root.
+need debootstrap debootstrap
 # The system CA bundle: the default roots for an mqtts:// broker (and for the TLS tests).
 [ -f /etc/ssl/certs/ca-certificates.crt ] || packages+=(ca-certificates)
 
@@ -31,4 +34,11 @@ fi
 if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
   echo "setup: installing the Rust toolchain with rustup"
   curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+fi
+
+# tests/packaging.rs packs the .deb with cargo-deb (from crates.io).
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-deb"
+  cargo install cargo-deb --locked --quiet
 fi

@@ -3,16 +3,27 @@
     clippy::expect_used,
     clippy::let_underscore_must_use
 )]
-//! The .deb packages made by `packaging/build-debs.sh`: paths, conffile, unit, maintainer
-//! scripts. They take a cross build, so this checks the packages that exist in `target/debian`
-//! and says so when there are none (run the script first).
+//! The .deb packages: paths, conffile, unit, maintainer scripts, and install / upgrade /
+//! purge in a throwaway Debian root.
+//!
+//! - A host-architecture package is packed here with cargo-deb from the binary this test run
+//!   built (`scripts/setup.sh` installs cargo-deb), so every clean checkout checks the package
+//!   layout and the maintainer scripts, which are the same for every architecture.
+//! - The Raspberry Pi packages made by `packaging/build-debs.sh` (a cross build) are checked
+//!   too when they are in `target/debian`.
+//! - As root with debootstrap, `packaging/test-install.sh` installs, upgrades and purges the
+//!   host package in a debootstrap root.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn debs() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/debian");
-    match std::fs::read_dir(dir) {
+fn root_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Pi packages from `packaging/build-debs.sh`, when they were built.
+fn pi_debs() -> Vec<PathBuf> {
+    match std::fs::read_dir(root_dir().join("target/debian")) {
         Ok(d) => d
             .filter_map(Result::ok)
             .map(|e| e.path())
@@ -25,6 +36,48 @@ fn debs() -> Vec<PathBuf> {
     }
 }
 
+fn has(tool: &str, arg: &str) -> bool {
+    Command::new(tool)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Packs the binary this test run built (the `dev` profile) as revision `rev` into `out`.
+fn pack_host_deb(out: &Path, rev: u32) -> PathBuf {
+    let file = out.join(format!("fieldbridge-{rev}.deb"));
+    let o = Command::new(env!("CARGO"))
+        .current_dir(root_dir())
+        .args([
+            "deb",
+            "--no-build",
+            "--fast",
+            "--profile",
+            "dev",
+            "--deb-revision",
+        ])
+        .arg(rev.to_string())
+        .arg("--output")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "cargo deb: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    file
+}
+
+fn host_arch() -> String {
+    let o = Command::new("dpkg")
+        .arg("--print-architecture")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
 fn dpkg_deb(args: &[&str]) -> String {
     let out = Command::new("dpkg-deb").args(args).output().unwrap();
     assert!(
@@ -35,14 +88,36 @@ fn dpkg_deb(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// cargo-deb and dpkg, or why this run can't use them.
+fn tools() -> Result<(), &'static str> {
+    if !has("dpkg-deb", "--version") {
+        return Err("no dpkg-deb (not a Debian system)");
+    }
+    if !has(env!("CARGO"), "deb") && !has("cargo-deb", "--version") {
+        return Err("no cargo-deb (scripts/setup.sh installs it)");
+    }
+    Ok(())
+}
+
 #[test]
 fn the_debs_install_binary_unit_config_and_scripts() {
-    let debs = debs();
-    if debs.is_empty() || Command::new("dpkg-deb").arg("--version").output().is_err() {
-        eprintln!("no .deb built (run packaging/build-debs.sh); skipping");
+    if let Err(why) = tools() {
+        eprintln!("{why}; skipping");
         return;
     }
-    for deb in debs {
+    // The binary cargo-deb packs from the dev profile.
+    assert!(Path::new(env!("CARGO_BIN_EXE_fieldbridge")).exists());
+    let tmp = tempfile::tempdir().unwrap();
+    let mut debs = vec![(pack_host_deb(tmp.path(), 1), host_arch())];
+    for d in pi_debs() {
+        let arch = if d.display().to_string().ends_with("_arm64.deb") {
+            "arm64"
+        } else {
+            "armhf"
+        };
+        debs.push((d, arch.to_string()));
+    }
+    for (deb, arch) in debs {
         let d = deb.display().to_string();
         let files = dpkg_deb(&["-c", &d]);
         for path in [
@@ -57,11 +132,6 @@ fn the_debs_install_binary_unit_config_and_scripts() {
             );
         }
         let info = dpkg_deb(&["-I", &d]);
-        let arch = if d.ends_with("_arm64.deb") {
-            "arm64"
-        } else {
-            "armhf"
-        };
         assert!(info.contains(&format!("Architecture: {arch}")), "{info}");
         let tmp = tempfile::tempdir().unwrap();
         let ctl = tmp.path().display().to_string();
@@ -70,7 +140,10 @@ fn the_debs_install_binary_unit_config_and_scripts() {
         assert_eq!(conffiles.trim(), "/etc/fieldbridge/config.toml");
         let postinst = std::fs::read_to_string(tmp.path().join("postinst")).unwrap();
         assert!(postinst.contains("adduser --system"), "{postinst}");
-        assert!(postinst.contains("systemctl enable fieldbridge.service"));
+        assert!(
+            postinst.contains("deb-systemd-helper enable fieldbridge.service"),
+            "{postinst}"
+        );
         assert!(
             !postinst
                 .lines()
@@ -79,4 +152,35 @@ fn the_debs_install_binary_unit_config_and_scripts() {
         );
         assert!(tmp.path().join("postrm").exists() && tmp.path().join("prerm").exists());
     }
+}
+
+/// Install, upgrade (the edited config, the history and the user's enable/disable kept) and
+/// purge, in a debootstrap root: needs root (chroot) and debootstrap, which `.ci/run` has.
+#[test]
+fn the_package_installs_upgrades_and_purges_in_a_throwaway_root() {
+    if let Err(why) = tools() {
+        eprintln!("{why}; skipping");
+        return;
+    }
+    let uid = Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" || !has("debootstrap", "--version") {
+        eprintln!("needs root and debootstrap (packaging/test-install.sh); skipping");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (v1, v2) = (pack_host_deb(tmp.path(), 1), pack_host_deb(tmp.path(), 2));
+    let o = Command::new("bash")
+        .arg(root_dir().join("packaging/test-install.sh"))
+        .arg(&v1)
+        .arg(&v2)
+        .output()
+        .unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    println!("{out}");
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("purge: ok"), "{out}");
 }
