@@ -99,6 +99,48 @@ fn tools() -> Result<(), &'static str> {
     Ok(())
 }
 
+/// "2.34" as (2, 34).
+fn version(v: &str) -> (u32, u32) {
+    let mut it = v.split('.').map(|n| n.parse().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+/// The glibc the package depends on is at least the newest symbol version its binary uses, and
+/// the dependency names no architecture (a cross build's `libc6:arm64` would).
+fn glibc_floor_holds(deb: &str, info: &str) {
+    let depends = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Depends: "))
+        .unwrap_or_else(|| panic!("{deb}: no Depends:\n{info}"));
+    assert!(!depends.contains(':'), "{deb}: {depends}");
+    let floor = depends
+        .split(", ")
+        .find_map(|d| d.strip_prefix("libc6 (>= "))
+        .and_then(|v| v.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{deb}: no libc6 floor in {depends}"));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().display().to_string();
+    dpkg_deb(&["-x", deb, &dir]);
+    let bin = tmp.path().join("usr/bin/fieldbridge");
+    let out = Command::new("objdump")
+        .arg("-T")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "objdump -T {}", bin.display());
+    let newest = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.trim_matches(['(', ')']).strip_prefix("GLIBC_"))
+        .filter(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+        .map(version)
+        .max()
+        .unwrap_or_else(|| panic!("{deb}: no glibc symbols"));
+    assert!(
+        newest <= version(floor),
+        "{deb} uses glibc {newest:?} but depends on libc6 >= {floor}"
+    );
+}
+
 #[test]
 fn the_debs_install_binary_unit_config_and_scripts() {
     if let Err(why) = tools() {
@@ -133,6 +175,7 @@ fn the_debs_install_binary_unit_config_and_scripts() {
         }
         let info = dpkg_deb(&["-I", &d]);
         assert!(info.contains(&format!("Architecture: {arch}")), "{info}");
+        glibc_floor_holds(&d, &info);
         let tmp = tempfile::tempdir().unwrap();
         let ctl = tmp.path().display().to_string();
         dpkg_deb(&["-e", &d, &ctl]);
