@@ -227,3 +227,35 @@ fn the_package_installs_upgrades_and_purges_in_a_throwaway_root() {
     assert!(o.status.success(), "{out}");
     assert!(out.contains("purge: ok"), "{out}");
 }
+
+/// The cross-built binaries under qemu-user (`packaging/qemu-smoke.sh`): `check` on the example
+/// config and a bounded demo publishing to a mosquitto of its own. Only where
+/// `packaging/build-debs.sh` has built them and qemu-user is installed.
+#[test]
+fn the_cross_built_binaries_run_under_qemu() {
+    let built = ["aarch64-unknown-linux-gnu", "armv7-unknown-linux-gnueabihf"]
+        .iter()
+        .all(|t| {
+            root_dir()
+                .join("target")
+                .join(t)
+                .join("release/fieldbridge")
+                .exists()
+        });
+    if !built || !has("qemu-aarch64", "--version") || !has("qemu-arm", "--version") {
+        eprintln!("no cross builds or no qemu-user (packaging/build-debs.sh); skipping");
+        return;
+    }
+    let o = Command::new("bash")
+        .arg(root_dir().join("packaging/qemu-smoke.sh"))
+        .output()
+        .unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    println!("{out}");
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("qemu smoke: ok"), "{out}");
+}
