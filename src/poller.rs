@@ -116,8 +116,15 @@ pub(crate) async fn next_command(rx: &mut Option<mpsc::Receiver<Command>>) -> Op
 pub const DEVICE_COMMANDS_CAP: usize = 16;
 
 /// A Modbus device's task: its poll loop and its commands, one at a time in arrival order.
+/// A command that arrives while the device's poll waits in the bus queue is executed at once
+/// (commands go ahead of polls on the bus), not after that poll.
 pub struct DevicePoller {
     commands: Option<mpsc::Receiver<Command>>,
+    /// A command is being executed: commands arriving meanwhile wait their turn.
+    executing: bool,
+    /// Points a command wrote (or a refresh read) during the current poll: what that poll read
+    /// of them may be older, and is not published.
+    superseded: Vec<String>,
     command_stats: Arc<crate::bridge::CommandStats>,
     history: Option<crate::history::HistoryHandle>,
     /// Write single registers with FC16 too, for devices that refuse FC06.
@@ -151,6 +158,8 @@ impl DevicePoller {
         let reads = plan::plan(&refs, max_gap);
         DevicePoller {
             commands: None,
+            executing: false,
+            superseded: Vec::new(),
             command_stats: Arc::default(),
             history: None,
             force_multiple: config.write_multiple,
@@ -196,12 +205,11 @@ impl DevicePoller {
         };
         debug!(device = %self.name, reads = self.reads.len(), max_gap = self.max_gap, "poller started");
         let mut next = Instant::now();
-        let mut commands = self.commands.take();
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some(cmd) = next_command(&mut commands) => {
+                Some(cmd) = next_command(&mut self.commands) => {
                     self.execute(unit, cmd).await;
                     continue;
                 }
@@ -231,10 +239,14 @@ impl DevicePoller {
 
     /// Executes a validated command and publishes its result.
     async fn execute(&mut self, unit: u8, cmd: Command) {
+        self.executing = true;
         let outcome = match &cmd.kind {
             CommandKind::Refresh => {
                 self.state.force_state();
-                match self.poll(unit).await {
+                let answered = self.poll(unit).await;
+                // Everything is fresher than what a poll this refresh interrupted read.
+                self.superseded.extend(self.names.iter().cloned());
+                match answered {
                     true => Ok((Vec::new(), Vec::new())),
                     false => Err(format!("{}: the device did not answer", self.name)),
                 }
@@ -243,6 +255,7 @@ impl DevicePoller {
             // Validation only makes Send for serial devices.
             CommandKind::Send { .. } => Err(format!("{}: not a serial device", self.name)),
         };
+        self.executing = false;
         let counter = if outcome.is_ok() {
             &self.command_stats.ok
         } else {
@@ -316,6 +329,8 @@ impl DevicePoller {
         if let Some(change) = self.availability.success() {
             self.announce(change);
         }
+        self.superseded
+            .extend(read_back.iter().map(|(n, _)| n.clone()));
         let rules = read_back
             .iter()
             .filter_map(|(n, v)| {
@@ -350,6 +365,7 @@ impl DevicePoller {
     /// A full poll: all reads, decode, publish, availability. Returns whether the device answered.
     async fn poll(&mut self, unit: u8) -> bool {
         let now_wall = SystemTime::now();
+        self.superseded.clear();
         let mut values: Vec<(String, Value, PublishRule)> = Vec::new();
         let mut answered = false;
         let mut pending: Vec<usize> = (0..self.reads.len()).collect();
@@ -359,7 +375,7 @@ impl DevicePoller {
                 break;
             }
             let specs = pending.iter().map(|i| self.reads[*i].spec).collect();
-            let results = self.bus.poll(unit, specs).await;
+            let results = self.bus_poll(unit, specs).await;
             let mut splits: Vec<(usize, Vec<PlannedRead>)> = Vec::new();
             for (i, result) in pending.iter().copied().zip(results) {
                 match result {
@@ -409,6 +425,7 @@ impl DevicePoller {
         } else {
             self.availability.failure()
         };
+        values.retain(|(name, _, _)| !self.superseded.contains(name));
         if !values.is_empty() {
             self.publish(values, now_wall);
         }
@@ -416,6 +433,25 @@ impl DevicePoller {
             self.announce(change);
         }
         answered
+    }
+
+    /// The device's reads through the bus's poll queue. While they wait there behind other
+    /// devices' polls, this device's commands are executed: they go to the bus ahead of polls.
+    async fn bus_poll(&mut self, unit: u8, specs: Vec<ReadSpec>) -> Vec<Result<RawData, BusError>> {
+        let bus = self.bus.clone();
+        let reads = bus.poll(unit, specs);
+        tokio::pin!(reads);
+        loop {
+            tokio::select! {
+                biased;
+                results = &mut reads => return results,
+                Some(cmd) = next_command(&mut self.commands), if !self.executing => {
+                    // Boxed: a refresh polls, and that poll could take a command (it doesn't:
+                    // `executing`), which the compiler can't know.
+                    Box::pin(self.execute(unit, cmd)).await;
+                }
+            }
+        }
     }
 
     fn decode_read(

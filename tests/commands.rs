@@ -312,7 +312,7 @@ async fn exceptions_and_timeouts_are_answered_by_name() {
 async fn a_command_during_a_long_poll_cycle_is_written_before_the_rest_of_the_cycle() {
     let broker = Mosquitto::start();
     let fake = FakeModbus::new();
-    // Six devices answering in 300 ms each: a cycle of ~1.8 s, time enough for the command to
+    // Six devices answering in 300 ms each: a cycle of ~3 s, time enough for the command to
     // arrive in the middle even on a loaded machine.
     for u in 1..=6 {
         fake.unit(u, |x| x.delay = Duration::from_millis(300));
@@ -322,30 +322,100 @@ async fn a_command_during_a_long_poll_cycle_is_written_before_the_rest_of_the_cy
     cfg = cfg.replace("poll = \"5s\"", "poll = \"30s\"");
     for u in 2..=6 {
         cfg += &format!(
-            "[devices.m{u}]\nbus = \"plc\"\nunit = {u}\npoll = \"30s\"\n[devices.m{u}.points.v]\nregister = \"holding:0\"\n"
+            "[devices.m{u}]\nbus = \"plc\"\nunit = {u}\npoll = \"30s\"\n[devices.m{u}.points.v]\nregister = \"holding:0\"\nwritable = true\n"
         );
     }
     let sub = Subscriber::connect(broker.port, "t/#");
     let gw = InProcess::start(&cfg).await;
-    // Command the lamp once the cycle is under way.
+    // Once the cycle is under way, command a device whose own poll is still waiting in the
+    // bus's queue: the write must not wait for that poll (nor for the rest of the cycle).
     let deadline = Instant::now() + WAIT;
     while fake.log().iter().filter(|s| s.fc <= 4).count() < 2 {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    publish(broker.port, CMD, r#"{"id": "mid", "brightness": 7}"#, false);
-    sub.wait_for(RESULT, |p| p.contains("\"mid\""), WAIT)
+    let seen: Vec<u8> = fake.log().iter().map(|s| s.unit).collect();
+    let u = (2..=6u8)
+        .find(|u| !seen.contains(u))
+        .expect("a device not polled yet");
+    publish(
+        broker.port,
+        &format!("t/lab/device/m{u}/command"),
+        r#"{"id": "mid", "v": 7}"#,
+        false,
+    );
+    let result = format!("t/lab/device/m{u}/command/result");
+    let r = sub
+        .wait_for(&result, |p| p.contains("\"mid\""), WAIT)
         .expect("result");
+    assert_eq!(json_of(&r.payload)["ok"], json!(true), "{}", r.payload);
     let log = fake.log();
     let write_at = log.iter().position(|s| s.fc == 6).expect("written");
+    assert_eq!(log[write_at].unit, u);
+    assert!(
+        log[..write_at].iter().all(|s| s.unit != u),
+        "the write waited for its device's poll: {log:?}"
+    );
     let reads_after = log[write_at..]
         .iter()
-        .filter(|s| s.fc <= 4 && s.unit != 1)
+        .filter(|s| s.fc <= 4 && s.unit != u)
         .count();
     assert!(
         reads_after >= 1,
         "the write waited for the whole cycle: {log:?}"
     );
+    gw.stop().await;
+}
+
+/// A command taken while its device's poll is on the wire: that poll read the register before
+/// the write, and its (older) value must not be published after the command's result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_that_read_before_a_write_does_not_publish_its_older_value_after_it() {
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    fake.unit(2, |x| x.delay = Duration::from_millis(800));
+    fake.set_holding(2, 0, &[5]);
+    let addr = fake.serve_tcp().await;
+    let mut cfg = config(broker.port, &addr.to_string(), "timeout = \"2s\"");
+    cfg = cfg.replace("poll = \"5s\"", "poll = \"30s\"");
+    cfg += "[devices.m2]\nbus = \"plc\"\nunit = 2\npoll = \"30s\"\n[devices.m2.points.v]\nregister = \"holding:0\"\nwritable = true\n";
+    let sub = Subscriber::connect(broker.port, "t/lab/#");
+    let gw = InProcess::start(&cfg).await;
+    // m2's first poll is on the wire (the device answers in 800 ms): command it now.
+    let deadline = Instant::now() + WAIT;
+    while !fake.log().iter().any(|s| s.unit == 2) {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    publish(
+        broker.port,
+        "t/lab/device/m2/command",
+        r#"{"id": "w", "v": 7}"#,
+        false,
+    );
+    let r = sub
+        .wait_for(
+            "t/lab/device/m2/command/result",
+            |p| p.contains("\"w\""),
+            WAIT,
+        )
+        .expect("result");
+    assert_eq!(json_of(&r.payload)["ok"], json!(true), "{}", r.payload);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = fake.log();
+    let first_read = log.iter().position(|s| s.unit == 2 && s.fc == 3).unwrap();
+    let write = log.iter().position(|s| s.unit == 2 && s.fc == 6).unwrap();
+    assert!(
+        first_read < write,
+        "the poll was not before the write: {log:?}"
+    );
+    // Whatever was published of v, the last is the written value.
+    let states: Vec<Value> = sub
+        .on("t/lab/sensor/m2/v")
+        .iter()
+        .map(|m| json_of(&m.payload)["value"].clone())
+        .collect();
+    assert_eq!(states.last(), Some(&json!(7)), "published: {states:?}");
     gw.stop().await;
 }
 
