@@ -312,13 +312,13 @@ async fn exceptions_and_timeouts_are_answered_by_name() {
 async fn a_command_during_a_long_poll_cycle_is_written_before_the_rest_of_the_cycle() {
     let broker = Mosquitto::start();
     let fake = FakeModbus::new();
-    // Six devices answering in 300 ms each: a cycle of ~3 s, time enough for the command to
-    // arrive in the middle even on a loaded machine.
+    // Six devices answering in 600 ms each: a cycle of ~6 s, and 600 ms for the command to
+    // reach the gateway before the next poll starts, even on a loaded machine.
     for u in 1..=6 {
-        fake.unit(u, |x| x.delay = Duration::from_millis(300));
+        fake.unit(u, |x| x.delay = Duration::from_millis(600));
     }
     let addr = fake.serve_tcp().await;
-    let mut cfg = config(broker.port, &addr.to_string(), "timeout = \"1s\"");
+    let mut cfg = config(broker.port, &addr.to_string(), "timeout = \"2s\"");
     cfg = cfg.replace("poll = \"5s\"", "poll = \"30s\"");
     for u in 2..=6 {
         cfg += &format!(
