@@ -212,20 +212,7 @@ fn the_package_installs_upgrades_and_purges_in_a_throwaway_root() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let (v1, v2) = (pack_host_deb(tmp.path(), 1), pack_host_deb(tmp.path(), 2));
-    let o = Command::new("bash")
-        .arg(root_dir().join("packaging/test-install.sh"))
-        .arg(&v1)
-        .arg(&v2)
-        .output()
-        .unwrap();
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    println!("{out}");
-    assert!(o.status.success(), "{out}");
-    assert!(out.contains("purge: ok"), "{out}");
+    run_script("test-install.sh", &[&v1, &v2], "purge: ok");
 }
 
 /// The cross-built binaries under qemu-user (`packaging/qemu-smoke.sh`): `check` on the example
@@ -246,8 +233,14 @@ fn the_cross_built_binaries_run_under_qemu() {
         eprintln!("no cross builds or no qemu-user (packaging/build-debs.sh); skipping");
         return;
     }
+    run_script("qemu-smoke.sh", &[], "qemu smoke: ok");
+}
+
+/// Runs `packaging/<script>` with `args`; it must succeed and say `done`.
+fn run_script(script: &str, args: &[&Path], done: &str) {
     let o = Command::new("bash")
-        .arg(root_dir().join("packaging/qemu-smoke.sh"))
+        .arg(root_dir().join("packaging").join(script))
+        .args(args)
         .output()
         .unwrap();
     let out = format!(
@@ -256,6 +249,6 @@ fn the_cross_built_binaries_run_under_qemu() {
         String::from_utf8_lossy(&o.stderr)
     );
     println!("{out}");
-    assert!(o.status.success(), "{out}");
-    assert!(out.contains("qemu smoke: ok"), "{out}");
+    assert!(o.status.success(), "{script}: {out}");
+    assert!(out.contains(done), "{script}: {out}");
 }
