@@ -36,9 +36,10 @@ fn pi_debs() -> Vec<PathBuf> {
     }
 }
 
-fn has(tool: &str, arg: &str) -> bool {
+/// Whether `tool args` runs and succeeds (args like `--version`: nothing that does work).
+fn has(tool: &str, args: &[&str]) -> bool {
     Command::new(tool)
-        .arg(arg)
+        .args(args)
         .output()
         .is_ok_and(|o| o.status.success())
 }
@@ -90,10 +91,10 @@ fn dpkg_deb(args: &[&str]) -> String {
 
 /// cargo-deb and dpkg, or why this run can't use them.
 fn tools() -> Result<(), &'static str> {
-    if !has("dpkg-deb", "--version") {
+    if !has("dpkg-deb", &["--version"]) {
         return Err("no dpkg-deb (not a Debian system)");
     }
-    if !has(env!("CARGO"), "deb") && !has("cargo-deb", "--version") {
+    if !has(env!("CARGO"), &["deb", "--version"]) {
         return Err("no cargo-deb (scripts/setup.sh installs it)");
     }
     Ok(())
@@ -206,7 +207,7 @@ fn the_package_installs_upgrades_and_purges_in_a_throwaway_root() {
         return;
     }
     let uid = Command::new("id").arg("-u").output().unwrap();
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" || !has("debootstrap", "--version") {
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" || !has("debootstrap", &["--version"]) {
         eprintln!("needs root and debootstrap (packaging/test-install.sh); skipping");
         return;
     }
@@ -229,7 +230,7 @@ fn the_cross_built_binaries_run_under_qemu() {
                 .join("release/fieldbridge")
                 .exists()
         });
-    if !built || !has("qemu-aarch64", "--version") || !has("qemu-arm", "--version") {
+    if !built || !has("qemu-aarch64", &["--version"]) || !has("qemu-arm", &["--version"]) {
         eprintln!("no cross builds or no qemu-user (packaging/build-debs.sh); skipping");
         return;
     }
