@@ -340,25 +340,25 @@ impl History {
         self.check_file().await;
         let n = buf.len() as u64;
         let mut result = self.try_write(buf).await;
-        if let Err(e) = &result {
+        // Twice more at most, each after its remedy; then the batch is dropped.
+        for _ in 0..2 {
+            let Err(e) = &result else { break };
             if is_full(e) {
                 let readings = buf
                     .iter()
                     .filter(|r| matches!(r, Record::Reading { .. }))
                     .count();
                 self.make_room([readings, buf.len() - readings]).await;
+            } else if matches!(e, sqlx::Error::InvalidSavePointStatement) {
+                // SQLite rolled the failed transaction back by itself (it does on a full
+                // database or disk, an I/O error, out of memory), sqlx's ROLLBACK then failed
+                // and its connection believes a transaction is still open: every BEGIN on it
+                // would fail from now on. Only a new connection gets out of that.
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                debug!("history connection left in a transaction SQLite rolled back; reconnecting");
+                self.reopen().await;
             }
-            // Once more (after making room, or a locked file), then the batch is dropped.
-            result = self.try_write(buf).await;
-        }
-        if matches!(result, Err(sqlx::Error::InvalidSavePointStatement)) {
-            // SQLite rolled the failed transaction back by itself (it does on a full database
-            // or disk, an I/O error, out of memory), sqlx's ROLLBACK then failed and its
-            // connection believes a transaction is still open: every BEGIN on it would fail
-            // from now on. Only a new connection gets out of that.
-            self.stats.errors.fetch_add(1, Ordering::Relaxed);
-            debug!("history connection left in a transaction SQLite rolled back; reconnecting");
-            self.reopen().await;
+            // Anything else (a locked file): simply once more.
             result = self.try_write(buf).await;
         }
         match result {

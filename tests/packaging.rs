@@ -21,15 +21,19 @@ fn root_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The Pi packages from `packaging/build-debs.sh`, when they were built.
-fn pi_debs() -> Vec<PathBuf> {
+/// The Pi packages from `packaging/build-debs.sh`, when they were built, with their
+/// architecture.
+fn pi_debs() -> Vec<(PathBuf, String)> {
     match std::fs::read_dir(root_dir().join("target/debian")) {
         Ok(d) => d
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| {
+            .filter_map(|p| {
                 let n = p.display().to_string();
-                n.ends_with("_arm64.deb") || n.ends_with("_armhf.deb")
+                let arch = ["arm64", "armhf"]
+                    .into_iter()
+                    .find(|a| n.ends_with(&format!("_{a}.deb")))?;
+                Some((p, arch.to_string()))
             })
             .collect(),
         Err(_) => Vec::new(),
@@ -152,14 +156,7 @@ fn the_debs_install_binary_unit_config_and_scripts() {
     assert!(Path::new(env!("CARGO_BIN_EXE_fieldbridge")).exists());
     let tmp = tempfile::tempdir().unwrap();
     let mut debs = vec![(pack_host_deb(tmp.path(), 1), host_arch())];
-    for d in pi_debs() {
-        let arch = if d.display().to_string().ends_with("_arm64.deb") {
-            "arm64"
-        } else {
-            "armhf"
-        };
-        debs.push((d, arch.to_string()));
-    }
+    debs.extend(pi_debs());
     for (deb, arch) in debs {
         let d = deb.display().to_string();
         let files = dpkg_deb(&["-c", &d]);
