@@ -2,10 +2,12 @@
 # Installs what fieldbridge needs to build and test on Debian or Raspberry Pi OS: a C compiler
 # (bundled SQLite, ring), mosquitto and its clients (the tests start their own broker on a free
 # loopback port), openssl (test certificates), socat (pseudo-terminal pairs standing in for
-# RS-485 cables), debootstrap and cargo-deb (the package test) and a Rust toolchain (rustup, when
-# cargo is missing).
+# RS-485 cables) and a Rust toolchain (rustup, when cargo is missing); with `--tests`, also
+# debootstrap and cargo-deb, which the package test (tests/packaging.rs) uses.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
+tests=false
+[ "${1:-}" = "--tests" ] && tests=true
 
 packages=()
 need() { command -v "$1" >/dev/null 2>&1 || packages+=("$2"); }
@@ -18,7 +20,7 @@ need openssl openssl
 need socat socat
 need curl curl
 # tests/packaging.rs installs the .deb in a throwaway Debian root.
-need debootstrap debootstrap
+$tests && need debootstrap debootstrap
 # The system CA bundle: the default roots for an mqtts:// broker (and for the TLS tests).
 [ -f /etc/ssl/certs/ca-certificates.crt ] || packages+=(ca-certificates)
 
@@ -38,7 +40,7 @@ fi
 
 # tests/packaging.rs packs the .deb with cargo-deb (from crates.io).
 export PATH="$HOME/.cargo/bin:$PATH"
-if ! cargo deb --version >/dev/null 2>&1; then
+if $tests && ! cargo deb --version >/dev/null 2>&1; then
   echo "setup: installing cargo-deb"
   cargo install cargo-deb --locked --quiet
 fi

@@ -7,7 +7,7 @@
 //! purge in a throwaway Debian root.
 //!
 //! - A host-architecture package is packed here with cargo-deb from the binary this test run
-//!   built (`scripts/setup.sh` installs cargo-deb), so every clean checkout checks the package
+//!   built (`scripts/setup.sh --tests` installs cargo-deb), so every clean checkout checks the package
 //!   layout and the maintainer scripts, which are the same for every architecture.
 //! - The Raspberry Pi packages made by `packaging/build-debs.sh` (a cross build) are checked
 //!   too when they are in `target/debian`.
@@ -99,7 +99,7 @@ fn tools() -> Result<(), &'static str> {
         return Err("no dpkg-deb (not a Debian system)");
     }
     if !has(env!("CARGO"), &["deb", "--version"]) {
-        return Err("no cargo-deb (scripts/setup.sh installs it)");
+        return Err("no cargo-deb (scripts/setup.sh --tests installs it)");
     }
     Ok(())
 }
