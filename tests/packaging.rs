@@ -7,8 +7,8 @@
 //! purge in a throwaway Debian root.
 //!
 //! - A host-architecture package is packed here with cargo-deb from the binary this test run
-//!   built (`scripts/setup.sh --tests` installs cargo-deb), so every clean checkout checks the package
-//!   layout and the maintainer scripts, which are the same for every architecture.
+//!   built (`scripts/setup.sh --tests` installs cargo-deb), so every clean checkout checks the
+//!   package layout and the maintainer scripts, which are the same for every architecture.
 //! - The Raspberry Pi packages made by `packaging/build-debs.sh` (a cross build) are checked
 //!   too when they are in `target/debian`.
 //! - As root with debootstrap, `packaging/test-install.sh` installs, upgrades and purges the
