@@ -8,7 +8,15 @@
 //! The types here are already validated: code outside this module can rely on names matching
 //! `[a-z0-9_-]+`, a device's bus existing, a point's register table fitting its bus kind, and so on.
 
+mod buses;
+mod devices;
+mod gateway;
+mod history;
+mod homeassistant;
 mod load;
+mod mqtt;
+mod points;
+mod topics;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -16,10 +24,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use load::{
-    ALL_TYPES, ConfigError, ConfigErrors, is_valid_name, load, one_of, parse, parse_mqtt_url,
-    parse_register,
-};
+pub use load::{ConfigError, ConfigErrors, is_valid_name, load, one_of, parse};
+pub use mqtt::parse_mqtt_url;
+pub use points::{ALL_TYPES, parse_register};
 
 /// Where the config is read from when neither `-c` nor `FIELDBRIDGE_CONFIG` says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/fieldbridge/config.toml";

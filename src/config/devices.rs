@@ -1,0 +1,183 @@
+//! `[devices.<name>]`: what is on a bus, how often it is polled, and its points and actions
+//! (extracted by `points.rs`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use toml::de::DeValue;
+
+use super::load::{Cx, Sec};
+use super::points::{RESERVED_ACTIONS, RESERVED_POINTS};
+use super::*;
+
+impl Cx<'_> {
+    pub(super) fn device(
+        &mut self,
+        s: &Sec,
+        default_location: &str,
+        buses: &BTreeMap<String, BusConfig>,
+    ) -> Option<DeviceConfig> {
+        self.keys(
+            s,
+            &[
+                "bus",
+                "unit",
+                "location",
+                "poll",
+                "offline_after",
+                "offline_retry",
+                "name",
+                "manufacturer",
+                "model",
+                "match",
+                "silence",
+                "write_multiple",
+                "points",
+                "actions",
+            ],
+        );
+        let bus_name = self.text(s, "bus");
+        let bus_name = self.required(s, "bus", bus_name, "bus");
+        let bus = bus_name.as_ref().and_then(|b| buses.get(b));
+        if let Some(b) = &bus_name {
+            if bus.is_none() {
+                let defined: Vec<&str> = buses.keys().map(String::as_str).collect();
+                let msg = if defined.is_empty() {
+                    format!("unknown bus \"{b}\"; no buses are defined")
+                } else {
+                    format!("unknown bus \"{b}\"; defined buses: {}", defined.join(", "))
+                };
+                self.error_at(&s.key("bus"), msg);
+            }
+        }
+        let kind = bus.map(|b| b.kind);
+        let unit = self.int(s, "unit", 0, 255).map(|u| u as u8);
+        match kind {
+            Some(k) if k.is_modbus() => {
+                self.required(s, "unit", unit, "Modbus unit id (unit = 1..247)");
+            }
+            Some(_) if unit.is_some() => {
+                self.error_at(
+                    &s.key("unit"),
+                    "`unit` applies to Modbus buses only; this device is on a serial bus",
+                );
+            }
+            _ => {}
+        }
+        let location = match self.string(s, "location") {
+            Some(l) => {
+                let key = s.key("location");
+                let span = self.span_of(&key);
+                self.name(span, &key, &l);
+                l
+            }
+            None => default_location.to_string(),
+        };
+        let m = match self.table(s, "match") {
+            Some(m) => {
+                self.keys(&m, &["field", "equals"]);
+                let field = self.text(&m, "field");
+                let field = self.required(&m, "field", field, "field");
+                let v = self.value(&m, "equals");
+                let equals = match v.map(|v| (v, v.get_ref())) {
+                    Some((_, DeValue::String(x))) => Some(x.to_string()),
+                    Some((_, DeValue::Integer(i))) => Some(i.as_str().to_string()),
+                    Some((_, DeValue::Boolean(b))) => Some(b.to_string()),
+                    Some((v, _)) => {
+                        self.type_error(&m, "equals", v, "a string, integer or boolean");
+                        None
+                    }
+                    None => None,
+                };
+                let equals = self.required(&m, "equals", equals, "equals");
+                if matches!(kind, Some(k) if k.is_modbus()) {
+                    self.error_at(&s.key("match"), "`match` applies to serial buses only");
+                }
+                field
+                    .zip(equals)
+                    .map(|(field, equals)| MatchConfig { field, equals })
+            }
+            None => None,
+        };
+        let poll = self.duration(s, "poll").unwrap_or(Duration::from_secs(10));
+        let silence = self
+            .duration(s, "silence")
+            .unwrap_or(Duration::from_secs(60));
+        let write_multiple = self.boolean(s, "write_multiple").unwrap_or(false);
+        match kind {
+            Some(BusKind::Serial) => {
+                for key in ["poll", "offline_after", "offline_retry", "write_multiple"] {
+                    if s.table.contains_key(key) {
+                        self.error_at(
+                            &s.key(key),
+                            format!("`{key}` applies to Modbus devices; serial devices talk when they want (see `silence`)"),
+                        );
+                    }
+                }
+            }
+            Some(_) if s.table.contains_key("silence") => {
+                self.error_at(
+                    &s.key("silence"),
+                    "`silence` applies to serial devices; Modbus devices use `offline_after`",
+                );
+            }
+            _ => {}
+        }
+        let offline_retry = self
+            .duration(s, "offline_retry")
+            .unwrap_or(Duration::from_secs(30))
+            .max(poll);
+        let mut points = BTreeMap::new();
+        for (name, ps) in self.named(s, "points") {
+            if RESERVED_POINTS.contains(&name.as_str()) {
+                let key = ps.path.clone();
+                self.error(
+                    ps.at.clone(),
+                    &key,
+                    format!("\"{name}\" is a reserved name (it is a key of the state and command payloads); choose another point name"),
+                );
+                continue;
+            }
+            if let Some(p) = self.point(&ps, kind) {
+                points.insert(name, p);
+            }
+        }
+        if points.is_empty() && !s.table.contains_key("points") {
+            self.error(
+                s.at.clone(),
+                &s.key("points"),
+                "a device needs at least one point",
+            );
+        }
+        let mut actions = BTreeMap::new();
+        for (name, acs) in self.named(s, "actions") {
+            if RESERVED_ACTIONS.contains(&name.as_str()) {
+                self.error(
+                    acs.at.clone(),
+                    &acs.path,
+                    format!("\"{name}\" is a built-in action; choose another name"),
+                );
+                continue;
+            }
+            if let Some(a) = self.action(&acs, kind, &points) {
+                actions.insert(name, a);
+            }
+        }
+        Some(DeviceConfig {
+            bus: bus_name?,
+            unit,
+            location,
+            poll,
+            offline_after: self.int(s, "offline_after", 1, 1000).unwrap_or(3) as u32,
+            offline_retry,
+            name: self.text(s, "name"),
+            manufacturer: self.text(s, "manufacturer"),
+            model: self.text(s, "model"),
+            silence,
+            write_multiple,
+            r#match: m,
+            points,
+            actions,
+        })
+    }
+}

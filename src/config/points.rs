@@ -1,0 +1,499 @@
+//! Points and actions: `[devices.<d>.points.<p>]` and `[devices.<d>.actions.<a>]`.
+//!
+//! They are extracted from their own table with its own path, not from a device, so that the
+//! same rules and messages apply wherever that table sits: under a device in the config, or at
+//! the top of a device profile file (CONTRACT §6).
+
+use std::collections::{BTreeMap, HashMap};
+
+use toml::de::DeValue;
+
+use super::load::{Cx, Sec, closest};
+use super::*;
+
+impl Cx<'_> {
+    pub(super) fn point(&mut self, s: &Sec, kind: Option<BusKind>) -> Option<PointConfig> {
+        self.keys(
+            s,
+            &[
+                "register",
+                "field",
+                "type",
+                "length",
+                "order",
+                "scale",
+                "offset",
+                "precision",
+                "unit",
+                "deadband",
+                "heartbeat",
+                "device_class",
+                "state_class",
+                "writable",
+                "min",
+                "max",
+                "map",
+                "qos",
+                "retain",
+                "send",
+                "expect",
+            ],
+        );
+        let modbus = kind.map(BusKind::is_modbus);
+        let register = match self.string(s, "register") {
+            Some(r) => match parse_register(&r) {
+                Ok(reg) => Some(reg),
+                Err(msg) => {
+                    self.error_at(&s.key("register"), msg);
+                    None
+                }
+            },
+            None => None,
+        };
+        let field = self.text(s, "field");
+        match modbus {
+            Some(true) => {
+                if !s.table.contains_key("register") {
+                    self.error(
+                        s.at.clone(),
+                        &s.key("register"),
+                        "missing register (e.g. register = \"holding:10\")",
+                    );
+                }
+                if field.is_some() {
+                    self.error_at(
+                        &s.key("field"),
+                        "`field` applies to serial buses; Modbus points use `register`",
+                    );
+                }
+            }
+            Some(false) => {
+                if s.table.contains_key("register") {
+                    self.error_at(
+                        &s.key("register"),
+                        "`register` applies to Modbus buses; serial points use `field`",
+                    );
+                }
+            }
+            None => {}
+        }
+        let data_type = self
+            .choice(s, "type", "type", DataType::NAMES)
+            .map(|i| ALL_TYPES[i]);
+        let length = self.int(s, "length", 1, 125).map(|l| l as u16);
+        let order = match self.choice(s, "order", "order", WordOrder::NAMES) {
+            Some(1) => WordOrder::Cdab,
+            Some(2) => WordOrder::Badc,
+            Some(3) => WordOrder::Dcba,
+            _ => WordOrder::Abcd,
+        };
+        let map = self.map(s);
+        let point = PointConfig {
+            register,
+            field,
+            data_type,
+            length,
+            order,
+            scale: self.float(s, "scale"),
+            offset: self.float(s, "offset"),
+            precision: self.int(s, "precision", 0, 12).map(|p| p as u8),
+            unit: self.string(s, "unit"),
+            deadband: match self.float(s, "deadband") {
+                Some(d) if d < 0.0 => {
+                    self.error_at(&s.key("deadband"), "must not be negative");
+                    0.0
+                }
+                Some(d) => d,
+                None => 0.0,
+            },
+            heartbeat: self.duration(s, "heartbeat"),
+            device_class: self.text(s, "device_class"),
+            state_class: self.text(s, "state_class"),
+            writable: self.boolean(s, "writable").unwrap_or(false),
+            min: self.float(s, "min"),
+            max: self.float(s, "max"),
+            map,
+            qos: self.int(s, "qos", 0, 1).unwrap_or(0) as u8,
+            retain: self.boolean(s, "retain").unwrap_or(false),
+            send: self.text(s, "send"),
+            expect: self.text(s, "expect"),
+        };
+        let mut point = point;
+        if point.send.is_some() {
+            point.writable = true;
+        }
+        self.check_point(s, &point, kind);
+        Some(point)
+    }
+
+    /// `map = { 0 = "off", 1 = "on" }`: integer keys, unique labels.
+    fn map(&mut self, s: &Sec) -> Option<BTreeMap<i64, String>> {
+        let m = self.table(s, "map")?;
+        let mut out = BTreeMap::new();
+        let mut labels: HashMap<String, String> = HashMap::new();
+        for (k, v) in m.table.iter() {
+            let raw = k.get_ref().as_ref();
+            let key = m.key(raw);
+            let Ok(n) = raw.trim().parse::<i64>() else {
+                self.error(
+                    k.span(),
+                    &key,
+                    format!("map keys are raw integer values; \"{raw}\" is not an integer"),
+                );
+                continue;
+            };
+            let DeValue::String(label) = v.get_ref() else {
+                self.type_error(&m, raw, v, "a label string");
+                continue;
+            };
+            if label.is_empty() {
+                self.error(v.span(), &key, "a label must not be empty");
+                continue;
+            }
+            if let Some(first) = labels.get(label.as_ref()) {
+                self.error(
+                    v.span(),
+                    &key,
+                    format!(
+                        "label \"{label}\" is used twice (also for {first}); labels must be unique"
+                    ),
+                );
+                continue;
+            }
+            labels.insert(label.to_string(), raw.to_string());
+            out.insert(n, label.to_string());
+        }
+        if out.is_empty() && m.table.is_empty() {
+            self.error(m.at.clone(), &m.path, "an empty map has no labels");
+        }
+        Some(out)
+    }
+
+    fn check_point(&mut self, s: &Sec, p: &PointConfig, kind: Option<BusKind>) {
+        let ty = p.effective_type();
+        if let (Some(reg), Some(ty)) = (p.register, ty) {
+            if reg.table.is_bits() && ty != DataType::Bool {
+                self.error_at(
+                    &s.key("type"),
+                    format!(
+                        "a {} holds single bits; type must be bool, not {}",
+                        reg.table.name(),
+                        ty.name()
+                    ),
+                );
+            }
+            let len = ty.registers(p.length.unwrap_or(1));
+            if reg.address as u32 + len as u32 > 65_536 {
+                self.error_at(
+                    &s.key("register"),
+                    format!("{reg} with {len} registers runs past address 65535"),
+                );
+            }
+            if p.writable && !reg.table.is_writable() {
+                self.error_at(
+                    &s.key("writable"),
+                    format!("{} registers are read-only in Modbus; only coil and holding can be writable", reg.table.name()),
+                );
+            }
+        }
+        if kind == Some(BusKind::Serial) && p.writable && p.send.is_none() {
+            self.error_at(
+                &s.key("writable"),
+                "a writable serial point needs `send`, the line that sets it (e.g. send = \"SET {value}\")",
+            );
+        }
+        if matches!(kind, Some(k) if k.is_modbus()) {
+            for key in ["send", "expect"] {
+                if s.table.contains_key(key) {
+                    self.error_at(&s.key(key), format!("`{key}` applies to serial points"));
+                }
+            }
+        }
+        if p.expect.is_some() && p.send.is_none() {
+            self.error_at(&s.key("expect"), "`expect` needs `send`");
+        }
+        if let Some(re) = p.expect.as_deref() {
+            if let Err(e) = regex::Regex::new(re) {
+                let msg = e.to_string();
+                let last = msg.lines().last().unwrap_or("invalid").trim().to_string();
+                self.error_at(&s.key("expect"), format!("invalid regex: {last}"));
+            }
+        }
+        match ty {
+            Some(DataType::String) => {
+                if p.length.is_none() && p.register.is_some() {
+                    self.error(
+                        s.at.clone(),
+                        &s.key("length"),
+                        "a string point needs `length` (registers)",
+                    );
+                }
+            }
+            _ => {
+                if p.length.is_some() {
+                    self.error_at(
+                        &s.key("length"),
+                        "`length` applies to type = \"string\" only",
+                    );
+                }
+            }
+        }
+        if matches!(ty, Some(DataType::Bool) | Some(DataType::String)) {
+            for key in ["scale", "offset", "precision", "min", "max", "deadband"] {
+                if s.table.contains_key(key) {
+                    let t = ty.map(DataType::name).unwrap_or("");
+                    self.error_at(
+                        &s.key(key),
+                        format!("`{key}` applies to numeric points, not {t}"),
+                    );
+                }
+            }
+        }
+        if let (Some(min), Some(max)) = (p.min, p.max) {
+            if min > max {
+                self.error_at(&s.key("min"), format!("min {min} is above max {max}"));
+            }
+        }
+        if let Some(map) = &p.map {
+            if matches!(
+                ty,
+                Some(DataType::F32) | Some(DataType::F64) | Some(DataType::String)
+            ) {
+                self.error_at(&s.key("map"), "`map` labels integer or bool values");
+            } else if ty == Some(DataType::Bool) {
+                if let Some(k) = map.keys().find(|k| **k != 0 && **k != 1) {
+                    self.error_at(
+                        &s.key("map"),
+                        format!("a bool point maps only 0 and 1, not {k}"),
+                    );
+                }
+            }
+            if p.scale.is_some() || p.offset.is_some() {
+                self.error_at(
+                    &s.key("map"),
+                    "`map` cannot be combined with `scale`/`offset`",
+                );
+            }
+        }
+    }
+
+    pub(super) fn action(
+        &mut self,
+        s: &Sec,
+        kind: Option<BusKind>,
+        points: &BTreeMap<String, PointConfig>,
+    ) -> Option<ActionConfig> {
+        self.keys(s, &["set", "send", "expect"]);
+        let mut set = BTreeMap::new();
+        if let Some(t) = self.table(s, "set") {
+            for (k, v) in t.table.iter() {
+                let point = k.get_ref().to_string();
+                let key = t.key(&point);
+                let value = match v.get_ref() {
+                    DeValue::Boolean(b) => SetValue::Bool(*b),
+                    DeValue::String(x) => SetValue::String(x.to_string()),
+                    DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+                        Ok(n) => SetValue::Integer(n),
+                        Err(_) => {
+                            self.error(v.span(), &key, "integer out of range");
+                            continue;
+                        }
+                    },
+                    DeValue::Float(f) => match f.as_str().parse::<f64>() {
+                        Ok(x) if x.is_finite() => SetValue::Float(x),
+                        _ => {
+                            self.error(v.span(), &key, "expected a finite number");
+                            continue;
+                        }
+                    },
+                    _ => {
+                        self.type_error(&t, &point, v, "a value (number, string or boolean)");
+                        continue;
+                    }
+                };
+                match points.get(&point) {
+                    None => {
+                        let msg = match closest(
+                            &point,
+                            &points.keys().map(String::as_str).collect::<Vec<_>>(),
+                        ) {
+                            Some(near) => {
+                                format!("unknown point \"{point}\" (did you mean \"{near}\"?)")
+                            }
+                            None => format!("unknown point \"{point}\""),
+                        };
+                        self.error(k.span(), &key, msg);
+                        continue;
+                    }
+                    Some(p) if !p.writable => {
+                        self.error(k.span(), &key, format!("point \"{point}\" is not writable"));
+                        continue;
+                    }
+                    Some(p) => {
+                        if let Err(msg) = check_set_value(p, &value) {
+                            self.error(v.span(), &key, msg);
+                            continue;
+                        }
+                    }
+                }
+                set.insert(point, value);
+            }
+        }
+        let send = self.text(s, "send");
+        let expect = self.text(s, "expect");
+        if let Some(re) = expect.as_deref() {
+            if let Err(e) = regex::Regex::new(re) {
+                let msg = e.to_string();
+                let last = msg.lines().last().unwrap_or("invalid").trim().to_string();
+                self.error_at(&s.key("expect"), format!("invalid regex: {last}"));
+            }
+        }
+        match kind {
+            Some(k) if k.is_modbus() => {
+                if send.is_some() || expect.is_some() {
+                    self.error(
+                        s.at.clone(),
+                        &s.path,
+                        "`send`/`expect` apply to serial buses; Modbus actions use `set`",
+                    );
+                } else if set.is_empty() && !s.table.contains_key("set") {
+                    self.error(
+                        s.at.clone(),
+                        &s.key("set"),
+                        "missing set (e.g. set = { state = \"on\" })",
+                    );
+                }
+            }
+            Some(_) => {
+                if send.is_none() && !s.table.contains_key("send") {
+                    self.error(
+                        s.at.clone(),
+                        &s.key("send"),
+                        "missing send (e.g. send = \"LED {value}\")",
+                    );
+                }
+                if s.table.contains_key("set") {
+                    self.error_at(
+                        &s.key("set"),
+                        "serial actions write with `send`; `set` applies to Modbus devices",
+                    );
+                }
+            }
+            None => {}
+        }
+        Some(ActionConfig { set, send, expect })
+    }
+}
+
+/// Point names that would collide with keys of the contract's payloads.
+pub const RESERVED_POINTS: &[&str] = &["timestamp", "action", "id"];
+/// Action names the command handler gives a meaning of its own.
+pub const RESERVED_ACTIONS: &[&str] = &["set", "refresh"];
+
+/// Every data type, in the order of `DataType::NAMES`.
+pub const ALL_TYPES: [DataType; 10] = [
+    DataType::Bool,
+    DataType::U16,
+    DataType::I16,
+    DataType::U32,
+    DataType::I32,
+    DataType::U64,
+    DataType::I64,
+    DataType::F32,
+    DataType::F64,
+    DataType::String,
+];
+
+/// Checks a value from an action's `set` table against the point it writes.
+fn check_set_value(p: &PointConfig, v: &SetValue) -> Result<(), String> {
+    if let Some(map) = &p.map {
+        return match v {
+            SetValue::String(label) if map.values().any(|l| l == label) => Ok(()),
+            SetValue::String(label) => Err(format!(
+                "unknown label \"{label}\"; expected {}",
+                one_of(&map.values().map(String::as_str).collect::<Vec<_>>())
+            )),
+            SetValue::Integer(n) if map.contains_key(n) => Ok(()),
+            _ => Err("expected one of the point's map labels".into()),
+        };
+    }
+    let number = match (p.effective_type(), v) {
+        (Some(DataType::Bool), SetValue::Bool(_)) => return Ok(()),
+        (Some(DataType::Bool), _) => return Err("expected true or false".into()),
+        (Some(DataType::String), SetValue::String(_)) => return Ok(()),
+        (Some(DataType::String), _) => return Err("expected a string".into()),
+        (_, SetValue::Integer(n)) => *n as f64,
+        (_, SetValue::Float(f)) => *f,
+        _ => return Err("expected a number".into()),
+    };
+    if let Some(min) = p.min {
+        if number < min {
+            return Err(format!("{number} is below min {min}"));
+        }
+    }
+    if let Some(max) = p.max {
+        if number > max {
+            return Err(format!("{number} is above max {max}"));
+        }
+    }
+    Ok(())
+}
+
+/// `holding:10` → table and 0-based address.
+pub fn parse_register(s: &str) -> Result<Register, String> {
+    let Some((table, addr)) = s.split_once(':') else {
+        return Err(format!(
+            "invalid register \"{s}\"; expected table:address, e.g. \"holding:10\""
+        ));
+    };
+    let table = match table.trim() {
+        "coil" => Table::Coil,
+        "discrete" => Table::Discrete,
+        "input" => Table::Input,
+        "holding" => Table::Holding,
+        other => {
+            return Err(format!(
+                "unknown register table \"{other}\"; expected coil, discrete, input or holding"
+            ));
+        }
+    };
+    let address = addr.trim();
+    let address = if let Some(hex) = address.strip_prefix("0x") {
+        u16::from_str_radix(hex, 16).ok()
+    } else {
+        address.parse::<u16>().ok()
+    };
+    match address {
+        Some(address) => Ok(Register { table, address }),
+        None => Err(format!(
+            "invalid register address \"{}\"; expected 0 to 65535",
+            addr.trim()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_parse_tables_and_addresses() {
+        assert_eq!(
+            parse_register("holding:10"),
+            Ok(Register {
+                table: Table::Holding,
+                address: 10
+            })
+        );
+        assert_eq!(
+            parse_register("coil:0x10"),
+            Ok(Register {
+                table: Table::Coil,
+                address: 16
+            })
+        );
+        assert!(parse_register("holdng:1").is_err());
+        assert!(parse_register("input:70000").is_err());
+        assert!(parse_register("input").is_err());
+    }
+}
