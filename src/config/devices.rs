@@ -7,7 +7,6 @@ use std::time::Duration;
 use toml::de::DeValue;
 
 use super::load::{Cx, Sec};
-use super::points::{RESERVED_ACTIONS, RESERVED_POINTS};
 use super::*;
 
 impl Cx<'_> {
@@ -127,21 +126,10 @@ impl Cx<'_> {
             .duration(s, "offline_retry")
             .unwrap_or(Duration::from_secs(30))
             .max(poll);
-        let mut points = BTreeMap::new();
-        for (name, ps) in self.named(s, "points") {
-            if RESERVED_POINTS.contains(&name.as_str()) {
-                let key = ps.path.clone();
-                self.error(
-                    ps.at.clone(),
-                    &key,
-                    format!("\"{name}\" is a reserved name (it is a key of the state and command payloads); choose another point name"),
-                );
-                continue;
-            }
-            if let Some(p) = self.point(&ps, kind) {
-                points.insert(name, p);
-            }
-        }
+        let points = match self.table(s, "points") {
+            Some(t) => self.points(&t, kind),
+            None => BTreeMap::new(),
+        };
         if points.is_empty() && !s.table.contains_key("points") {
             self.error(
                 s.at.clone(),
@@ -149,20 +137,10 @@ impl Cx<'_> {
                 "a device needs at least one point",
             );
         }
-        let mut actions = BTreeMap::new();
-        for (name, acs) in self.named(s, "actions") {
-            if RESERVED_ACTIONS.contains(&name.as_str()) {
-                self.error(
-                    acs.at.clone(),
-                    &acs.path,
-                    format!("\"{name}\" is a built-in action; choose another name"),
-                );
-                continue;
-            }
-            if let Some(a) = self.action(&acs, kind, &points) {
-                actions.insert(name, a);
-            }
-        }
+        let actions = match self.table(s, "actions") {
+            Some(t) => self.actions(&t, kind, &points),
+            None => BTreeMap::new(),
+        };
         Some(DeviceConfig {
             bus: bus_name?,
             unit,

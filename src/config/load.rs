@@ -76,6 +76,23 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Parses and validates config text; `path` is used in messages and stored in the result.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    parse_document(text, path, |cx, root| {
+        let config = cx.config(root, path);
+        if cx.errors.is_empty() {
+            super::validate::validate(&config, cx);
+        }
+        config
+    })
+}
+
+/// Reads one TOML document with `extract`, which walks it from the root table; every problem
+/// comes back with `path` and its line and column. The config is one such document; a device
+/// profile file, whose `points` and `actions` go through the same extraction, is another.
+pub(super) fn parse_document<T>(
+    text: &str,
+    path: &Path,
+    extract: impl FnOnce(&mut Cx<'_>, &Sec<'_, '_>) -> T,
+) -> Result<T, ConfigErrors> {
     let (root, syntax) = DeTable::parse_recoverable(text);
     let mut cx = Cx::new(text, path, root.get_ref());
     if !syntax.is_empty() {
@@ -91,18 +108,17 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         at: 0..0,
         path: String::new(),
     };
-    let config = cx.config(&root, path);
+    let out = extract(&mut cx, &root);
     if cx.errors.is_empty() {
-        super::validate::validate(&config, &mut cx);
-    }
-    if cx.errors.is_empty() {
-        Ok(config)
+        Ok(out)
     } else {
         Err(cx.finish_errors())
     }
 }
 
-/// A table being extracted: the table, where it was defined, and its dotted path.
+/// A table being extracted: the table, where it was defined, and its dotted path from the root
+/// of the document being read. That path is both the key named in errors and where
+/// `Cx::error_at` looks a key up, so a table can be extracted wherever it sits in its document.
 pub(super) struct Sec<'t, 'i> {
     pub(super) table: &'t DeTable<'i>,
     pub(super) at: Range<usize>,
@@ -449,6 +465,11 @@ impl<'s> Cx<'s> {
         let Some(outer) = self.table(sec, key) else {
             return Vec::new();
         };
+        self.entries(&outer)
+    }
+
+    /// The entries of `outer`, a table of named tables, names checked.
+    pub(super) fn entries<'t, 'i>(&mut self, outer: &Sec<'t, 'i>) -> Vec<(String, Sec<'t, 'i>)> {
         let mut out = Vec::new();
         for (k, v) in outer.table.iter() {
             let name = k.get_ref().to_string();
@@ -465,7 +486,7 @@ impl<'s> Cx<'s> {
                         path,
                     },
                 )),
-                _ => self.type_error(&outer, &name, v, "a table"),
+                _ => self.type_error(outer, &name, v, "a table"),
             }
         }
         out

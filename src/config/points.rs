@@ -12,7 +12,57 @@ use super::load::{Cx, Sec, closest};
 use super::*;
 
 impl Cx<'_> {
-    pub(super) fn point(&mut self, s: &Sec, kind: Option<BusKind>) -> Option<PointConfig> {
+    /// A `points` table: each named point extracted under `t`'s path. `kind` is the bus kind
+    /// the points are read over, when known; it decides between `register` and `field`.
+    pub(super) fn points(
+        &mut self,
+        t: &Sec,
+        kind: Option<BusKind>,
+    ) -> BTreeMap<String, PointConfig> {
+        let mut points = BTreeMap::new();
+        for (name, ps) in self.entries(t) {
+            if RESERVED_POINTS.contains(&name.as_str()) {
+                let key = ps.path.clone();
+                self.error(
+                    ps.at.clone(),
+                    &key,
+                    format!("\"{name}\" is a reserved name (it is a key of the state and command payloads); choose another point name"),
+                );
+                continue;
+            }
+            if let Some(p) = self.point(&ps, kind) {
+                points.insert(name, p);
+            }
+        }
+        points
+    }
+
+    /// An `actions` table: each named action extracted under `t`'s path, checked against
+    /// `points` (the points it may `set`).
+    pub(super) fn actions(
+        &mut self,
+        t: &Sec,
+        kind: Option<BusKind>,
+        points: &BTreeMap<String, PointConfig>,
+    ) -> BTreeMap<String, ActionConfig> {
+        let mut actions = BTreeMap::new();
+        for (name, acs) in self.entries(t) {
+            if RESERVED_ACTIONS.contains(&name.as_str()) {
+                self.error(
+                    acs.at.clone(),
+                    &acs.path,
+                    format!("\"{name}\" is a built-in action; choose another name"),
+                );
+                continue;
+            }
+            if let Some(a) = self.action(&acs, kind, points) {
+                actions.insert(name, a);
+            }
+        }
+        actions
+    }
+
+    fn point(&mut self, s: &Sec, kind: Option<BusKind>) -> Option<PointConfig> {
         self.keys(
             s,
             &[
@@ -277,7 +327,7 @@ impl Cx<'_> {
         }
     }
 
-    pub(super) fn action(
+    fn action(
         &mut self,
         s: &Sec,
         kind: Option<BusKind>,
@@ -474,7 +524,87 @@ pub fn parse_register(s: &str) -> Result<Register, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use super::super::load::parse_document;
     use super::*;
+
+    type Extracted = (
+        BTreeMap<String, PointConfig>,
+        BTreeMap<String, ActionConfig>,
+    );
+
+    /// Extracts `points` and `actions` from the top of a document, as a profile file has them.
+    fn top_level(text: &str) -> Result<Extracted, ConfigErrors> {
+        let kind = Some(BusKind::ModbusRtu);
+        parse_document(text, Path::new("profiles/meter.toml"), |cx, root| {
+            let points = match cx.table(root, "points") {
+                Some(t) => cx.points(&t, kind),
+                None => BTreeMap::new(),
+            };
+            let actions = match cx.table(root, "actions") {
+                Some(t) => cx.actions(&t, kind, &points),
+                None => BTreeMap::new(),
+            };
+            (points, actions)
+        })
+    }
+
+    #[test]
+    fn points_and_actions_extract_from_the_top_of_a_document() {
+        let text = r#"manufacturer = "Eastron"
+
+[points.voltage]
+register = "input:0"
+type = "f32"
+unit = "V"
+
+[points.relay]
+register = "coil:0"
+writable = true
+
+[actions.on]
+set = { relay = true }
+"#;
+        let (points, actions) = top_level(text).unwrap();
+        let voltage = &points["voltage"];
+        assert_eq!(
+            voltage.register,
+            Some(Register {
+                table: Table::Input,
+                address: 0
+            })
+        );
+        assert_eq!(voltage.data_type, Some(DataType::F32));
+        assert_eq!(voltage.unit.as_deref(), Some("V"));
+        assert!(points["relay"].writable);
+        assert_eq!(actions["on"].set["relay"], SetValue::Bool(true));
+    }
+
+    #[test]
+    fn errors_in_a_top_level_points_table_name_their_file_path_and_position() {
+        let text = r#"[points.voltage]
+register = "input:0"
+type = "f33"
+
+[points.id]
+register = "input:2"
+
+[points.relay]
+register = "input:4"
+
+[actions.on]
+set = { relay = true, lamp = 1 }
+"#;
+        let errors = top_level(text).unwrap_err().to_string();
+        let expected = [
+            "profiles/meter.toml:3:8: points.voltage.type: unknown type \"f33\"; expected bool, u16, i16, u32, i32, u64, i64, f32, f64 or string",
+            "profiles/meter.toml:5:9: points.id: \"id\" is a reserved name (it is a key of the state and command payloads); choose another point name",
+            "profiles/meter.toml:12:9: actions.on.set.relay: point \"relay\" is not writable",
+            "profiles/meter.toml:12:23: actions.on.set.lamp: unknown point \"lamp\"",
+        ];
+        assert_eq!(errors, expected.join("\n"));
+    }
 
     #[test]
     fn registers_parse_tables_and_addresses() {
