@@ -5,6 +5,11 @@
 //! durations and the cross-checks of `validate.rs` — is reported in one pass as
 //! `file:line:col: key.path: message`, not only the first one serde would stop at.
 //!
+//! `load.rs` holds the machinery (errors, positions, the typed key readers of `Cx`); each section
+//! is extracted in a file of its own: `gateway.rs`, `mqtt.rs`, `history.rs`, `homeassistant.rs`,
+//! `topics.rs`, `buses.rs`, `devices.rs`, and `points.rs` for a device's points and actions,
+//! which reads them from their own table so that other files in the same form can reuse it.
+//!
 //! The types here are already validated: code outside this module can rely on names matching
 //! `[a-z0-9_-]+`, a device's bus existing, a point's register table fitting its bus kind, and so on.
 

@@ -1,6 +1,6 @@
 //! Cross-checks that need the whole config: resources shared between buses, topic templates,
 //! MQTT option combinations, devices sharing a serial line. Per-key checks happen during
-//! extraction in `load.rs`; this runs only when extraction found no errors, so it can rely on
+//! extraction, in the file of each section; this runs only when extraction found no errors, so it can rely on
 //! every name being valid and every device's bus existing.
 
 use std::collections::BTreeMap;
