@@ -5,16 +5,18 @@
 //! durations and the cross-checks of `validate.rs` — is reported in one pass as
 //! `file:line:col: key.path: message`, not only the first one serde would stop at.
 //!
-//! `load.rs` holds the machinery (errors, positions, the typed key readers of `Cx`); each section
-//! is extracted in a file of its own: `gateway.rs`, `mqtt.rs`, `history.rs`, `homeassistant.rs`,
-//! `topics.rs`, `buses.rs`, `devices.rs`, and `points.rs` for a device's points and actions,
-//! which reads them from their own table so that other files in the same form can reuse it.
+//! `load.rs` holds the machinery (positions and the typed key readers of `Cx`), `error.rs` the
+//! error types. Each section is extracted in a file of its own: `gateway.rs`, `mqtt.rs`,
+//! `history.rs`, `homeassistant.rs`, `topics.rs`, `buses.rs`, `devices.rs`, and `points.rs` for
+//! a device's points and actions, which reads them from their own table so that other files in
+//! the same form can reuse it.
 //!
 //! The types here are already validated: code outside this module can rely on names matching
 //! `[a-z0-9_-]+`, a device's bus existing, a point's register table fitting its bus kind, and so on.
 
 mod buses;
 mod devices;
+mod error;
 mod gateway;
 mod history;
 mod homeassistant;
@@ -29,7 +31,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use load::{ConfigError, ConfigErrors, is_valid_name, load, one_of, parse};
+pub use error::{ConfigError, ConfigErrors};
+pub use load::{is_valid_name, load, one_of, parse};
 pub use mqtt::parse_mqtt_url;
 pub use points::{ALL_TYPES, parse_register};
 
