@@ -15,6 +15,7 @@ impl Cx<'_> {
         s: &Sec,
         default_location: &str,
         buses: &BTreeMap<String, BusConfig>,
+        profiles: &Profiles,
     ) -> Option<DeviceConfig> {
         self.keys(
             s,
@@ -31,6 +32,7 @@ impl Cx<'_> {
                 "match",
                 "silence",
                 "write_multiple",
+                "profile",
                 "points",
                 "actions",
             ],
@@ -98,7 +100,11 @@ impl Cx<'_> {
             }
             None => None,
         };
-        let poll = self.duration(s, "poll").unwrap_or(Duration::from_secs(10));
+        let profile = self.device_profile(s, kind, profiles);
+        let poll = self
+            .duration(s, "poll")
+            .or(profile.and_then(|p| p.poll))
+            .unwrap_or(Duration::from_secs(10));
         let silence = self
             .duration(s, "silence")
             .unwrap_or(Duration::from_secs(60));
@@ -126,21 +132,16 @@ impl Cx<'_> {
             .duration(s, "offline_retry")
             .unwrap_or(Duration::from_secs(30))
             .max(poll);
-        let points = match self.table(s, "points") {
-            Some(t) => self.points(&t, kind),
-            None => BTreeMap::new(),
-        };
-        if points.is_empty() && !s.table.contains_key("points") {
+        let (points, from_profile) = self.device_points(s, kind, profile);
+        if points.is_empty() && !s.table.contains_key("points") && !s.table.contains_key("profile")
+        {
             self.error(
                 s.at.clone(),
                 &s.key("points"),
-                "a device needs at least one point",
+                "a device needs at least one point (or a `profile`)",
             );
         }
-        let actions = match self.table(s, "actions") {
-            Some(t) => self.actions(&t, kind, &points),
-            None => BTreeMap::new(),
-        };
+        let actions = self.device_actions(s, kind, profile, &points);
         Some(DeviceConfig {
             bus: bus_name?,
             unit,
@@ -149,13 +150,18 @@ impl Cx<'_> {
             offline_after: self.int(s, "offline_after", 1, 1000).unwrap_or(3) as u32,
             offline_retry,
             name: self.text(s, "name"),
-            manufacturer: self.text(s, "manufacturer"),
-            model: self.text(s, "model"),
+            manufacturer: self
+                .text(s, "manufacturer")
+                .or_else(|| profile.map(|p| p.manufacturer.clone())),
+            model: self
+                .text(s, "model")
+                .or_else(|| profile.map(|p| p.model.clone())),
             silence,
             write_multiple,
             r#match: m,
             points,
             actions,
+            profile: from_profile,
         })
     }
 }

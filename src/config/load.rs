@@ -17,10 +17,12 @@ use toml::de::{DeTable, DeValue};
 use super::error::{ConfigError, ConfigErrors};
 use super::*;
 
-/// Reads, parses and validates the config at `path`.
+/// Reads, parses and validates the config at `path`, with the built-in profiles and the user's
+/// in `profiles/` beside it. Errors of the profile files come first, then the config's.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse(&text, path),
+    let (profiles, mut errors) = Profiles::load(&super::profiles_dir(path));
+    let parsed = match std::fs::read_to_string(path) {
+        Ok(text) => parse_with(&text, path, &profiles),
         Err(e) => Err(ConfigErrors(vec![ConfigError {
             file: path.display().to_string(),
             line: 0,
@@ -28,13 +30,30 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             key: String::new(),
             message: format!("cannot read config: {e}"),
         }])),
+    };
+    match parsed {
+        Ok(config) if errors.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigErrors(errors)),
+        Err(e) => {
+            errors.extend(e.0);
+            Err(ConfigErrors(errors))
+        }
     }
 }
 
-/// Parses and validates config text; `path` is used in messages and stored in the result.
+/// Parses and validates config text with the built-in profiles only; `path` is used in messages
+/// and stored in the result.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    match Profiles::builtin() {
+        Ok(profiles) => parse_with(text, path, profiles),
+        Err(e) => Err(e.clone()),
+    }
+}
+
+/// Parses and validates config text; devices may name any of `profiles`.
+pub fn parse_with(text: &str, path: &Path, profiles: &Profiles) -> Result<Config, ConfigErrors> {
     parse_document(text, path, |cx, root| {
-        let config = cx.config(root, path);
+        let config = cx.config(root, path, profiles);
         if cx.errors.is_empty() {
             super::validate::validate(&config, cx);
         }
@@ -449,7 +468,7 @@ impl<'s> Cx<'s> {
         out
     }
 
-    fn config(&mut self, root: &Sec, path: &Path) -> Config {
+    fn config(&mut self, root: &Sec, path: &Path, profiles: &Profiles) -> Config {
         self.keys(
             root,
             &[
@@ -491,7 +510,7 @@ impl<'s> Cx<'s> {
         }
         let mut devices = BTreeMap::new();
         for (name, sec) in self.named(root, "devices") {
-            if let Some(dev) = self.device(&sec, &gateway.location, &buses) {
+            if let Some(dev) = self.device(&sec, &gateway.location, &buses, profiles) {
                 devices.insert(name, std::sync::Arc::new(dev));
             }
         }

@@ -9,7 +9,7 @@
 //! error types. Each section is extracted in a file of its own: `gateway.rs`, `mqtt.rs`,
 //! `history.rs`, `homeassistant.rs`, `topics.rs`, `buses.rs`, `devices.rs`, and `points.rs` for
 //! a device's points and actions, which reads them from their own table so that other files in
-//! the same form can reuse it.
+//! the same form reuse it: `profiles.rs` reads device profiles (CONTRACT §6) with it.
 //!
 //! The types here are already validated: code outside this module can rely on names matching
 //! `[a-z0-9_-]+`, a device's bus existing, a point's register table fitting its bus kind, and so on.
@@ -23,6 +23,7 @@ mod homeassistant;
 mod load;
 mod mqtt;
 mod points;
+mod profiles;
 mod topics;
 mod validate;
 
@@ -32,9 +33,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use load::{is_valid_name, load, one_of, parse};
+pub use load::{is_valid_name, load, one_of, parse, parse_with};
 pub use mqtt::parse_mqtt_url;
 pub use points::{ALL_TYPES, parse_register};
+pub use profiles::{
+    Profile, ProfileDocument, ProfileIdentify, ProfileSource, Profiles, parse_profile, profiles_dir,
+};
 
 /// Where the config is read from when neither `-c` nor `FIELDBRIDGE_CONFIG` says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/fieldbridge/config.toml";
@@ -335,6 +339,19 @@ pub struct DeviceConfig {
     pub points: BTreeMap<String, PointConfig>,
     /// Named actions by name.
     pub actions: BTreeMap<String, ActionConfig>,
+    /// The profile the device's points start from (`profile = "NAME"`), if any.
+    pub profile: Option<DeviceProfile>,
+}
+
+/// Which profile a device uses, and what its own points changed (for `check`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceProfile {
+    pub name: String,
+    /// Where the profile came from: built in, or the user's file.
+    pub source: String,
+    /// The profile's points by name, each with the keys the device overrides (empty: as the
+    /// profile has it). Points of the device not listed here are the device's own.
+    pub points: BTreeMap<String, Vec<String>>,
 }
 
 /// Modbus register table.

@@ -19,6 +19,19 @@ impl Cx<'_> {
         t: &Sec,
         kind: Option<BusKind>,
     ) -> BTreeMap<String, PointConfig> {
+        self.points_over(t, kind, &BTreeMap::new(), WordOrder::Abcd)
+    }
+
+    /// A `points` table over `base` (a profile's points): a point named like one of `base`
+    /// starts from it and changes only the keys it gives; the others start empty. `order` is
+    /// the word order of points that set none (a profile's default).
+    pub(super) fn points_over(
+        &mut self,
+        t: &Sec,
+        kind: Option<BusKind>,
+        base: &BTreeMap<String, PointConfig>,
+        order: WordOrder,
+    ) -> BTreeMap<String, PointConfig> {
         let mut points = BTreeMap::new();
         for (name, ps) in self.entries(t) {
             if RESERVED_POINTS.contains(&name.as_str()) {
@@ -30,7 +43,7 @@ impl Cx<'_> {
                 );
                 continue;
             }
-            if let Some(p) = self.point(&ps, kind) {
+            if let Some(p) = self.point(&ps, kind, base.get(&name), order) {
                 points.insert(name, p);
             }
         }
@@ -62,7 +75,14 @@ impl Cx<'_> {
         actions
     }
 
-    fn point(&mut self, s: &Sec, kind: Option<BusKind>) -> Option<PointConfig> {
+    /// One point. With `base`, every key it does not give is the base point's.
+    fn point(
+        &mut self,
+        s: &Sec,
+        kind: Option<BusKind>,
+        base: Option<&PointConfig>,
+        default_order: WordOrder,
+    ) -> Option<PointConfig> {
         self.keys(
             s,
             &[
@@ -98,12 +118,14 @@ impl Cx<'_> {
                     None
                 }
             },
-            None => None,
+            None => base.and_then(|b| b.register),
         };
-        let field = self.text(s, "field");
+        let field = self
+            .text(s, "field")
+            .or_else(|| base.and_then(|b| b.field.clone()));
         match modbus {
             Some(true) => {
-                if !s.table.contains_key("register") {
+                if !s.table.contains_key("register") && register.is_none() {
                     self.error(
                         s.at.clone(),
                         &s.key("register"),
@@ -129,44 +151,76 @@ impl Cx<'_> {
         }
         let data_type = self
             .choice(s, "type", "type", DataType::NAMES)
-            .map(|i| ALL_TYPES[i]);
-        let length = self.int(s, "length", 1, 125).map(|l| l as u16);
+            .map(|i| ALL_TYPES[i])
+            .or_else(|| base.and_then(|b| b.data_type));
+        let length = self
+            .int(s, "length", 1, 125)
+            .map(|l| l as u16)
+            .or_else(|| base.and_then(|b| b.length));
         let order = match self.choice(s, "order", "order", WordOrder::NAMES) {
+            Some(0) => WordOrder::Abcd,
             Some(1) => WordOrder::Cdab,
             Some(2) => WordOrder::Badc,
             Some(3) => WordOrder::Dcba,
-            _ => WordOrder::Abcd,
+            _ => base.map_or(default_order, |b| b.order),
         };
-        let map = self.map(s);
+        let map = self.map(s).or_else(|| base.and_then(|b| b.map.clone()));
+        let deadband = match self.float(s, "deadband") {
+            Some(d) if d < 0.0 => {
+                self.error_at(&s.key("deadband"), "must not be negative");
+                0.0
+            }
+            Some(d) => d,
+            None => base.map_or(0.0, |b| b.deadband),
+        };
         let point = PointConfig {
             register,
             field,
             data_type,
             length,
             order,
-            scale: self.float(s, "scale"),
-            offset: self.float(s, "offset"),
-            precision: self.int(s, "precision", 0, 12).map(|p| p as u8),
-            unit: self.string(s, "unit"),
-            deadband: match self.float(s, "deadband") {
-                Some(d) if d < 0.0 => {
-                    self.error_at(&s.key("deadband"), "must not be negative");
-                    0.0
-                }
-                Some(d) => d,
-                None => 0.0,
-            },
-            heartbeat: self.duration(s, "heartbeat"),
-            device_class: self.text(s, "device_class"),
-            state_class: self.text(s, "state_class"),
-            writable: self.boolean(s, "writable").unwrap_or(false),
-            min: self.float(s, "min"),
-            max: self.float(s, "max"),
+            scale: self
+                .float(s, "scale")
+                .or_else(|| base.and_then(|b| b.scale)),
+            offset: self
+                .float(s, "offset")
+                .or_else(|| base.and_then(|b| b.offset)),
+            precision: self
+                .int(s, "precision", 0, 12)
+                .map(|p| p as u8)
+                .or_else(|| base.and_then(|b| b.precision)),
+            unit: self
+                .string(s, "unit")
+                .or_else(|| base.and_then(|b| b.unit.clone())),
+            deadband,
+            heartbeat: self
+                .duration(s, "heartbeat")
+                .or_else(|| base.and_then(|b| b.heartbeat)),
+            device_class: self
+                .text(s, "device_class")
+                .or_else(|| base.and_then(|b| b.device_class.clone())),
+            state_class: self
+                .text(s, "state_class")
+                .or_else(|| base.and_then(|b| b.state_class.clone())),
+            writable: self
+                .boolean(s, "writable")
+                .unwrap_or_else(|| base.is_some_and(|b| b.writable)),
+            min: self.float(s, "min").or_else(|| base.and_then(|b| b.min)),
+            max: self.float(s, "max").or_else(|| base.and_then(|b| b.max)),
             map,
-            qos: self.int(s, "qos", 0, 1).unwrap_or(0) as u8,
-            retain: self.boolean(s, "retain").unwrap_or(false),
-            send: self.text(s, "send"),
-            expect: self.text(s, "expect"),
+            qos: self
+                .int(s, "qos", 0, 1)
+                .map(|q| q as u8)
+                .unwrap_or_else(|| base.map_or(0, |b| b.qos)),
+            retain: self
+                .boolean(s, "retain")
+                .unwrap_or_else(|| base.is_some_and(|b| b.retain)),
+            send: self
+                .text(s, "send")
+                .or_else(|| base.and_then(|b| b.send.clone())),
+            expect: self
+                .text(s, "expect")
+                .or_else(|| base.and_then(|b| b.expect.clone())),
         };
         let mut point = point;
         if point.send.is_some() {
@@ -289,8 +343,20 @@ impl Cx<'_> {
             }
         }
         if matches!(ty, Some(DataType::Bool) | Some(DataType::String)) {
-            for key in ["scale", "offset", "precision", "min", "max", "deadband"] {
-                if s.table.contains_key(key) {
+            // Checked on the values, not the keys: an override may change a profile point's
+            // type under keys the profile set.
+            for (key, set) in [
+                ("scale", p.scale.is_some()),
+                ("offset", p.offset.is_some()),
+                ("precision", p.precision.is_some()),
+                ("min", p.min.is_some()),
+                ("max", p.max.is_some()),
+                (
+                    "deadband",
+                    p.deadband != 0.0 || s.table.contains_key("deadband"),
+                ),
+            ] {
+                if set {
                     let t = ty.map(DataType::name).unwrap_or("");
                     self.error_at(
                         &s.key(key),
@@ -455,7 +521,7 @@ pub const ALL_TYPES: [DataType; 10] = [
 ];
 
 /// Checks a value from an action's `set` table against the point it writes.
-fn check_set_value(p: &PointConfig, v: &SetValue) -> Result<(), String> {
+pub(super) fn check_set_value(p: &PointConfig, v: &SetValue) -> Result<(), String> {
     if let Some(map) = &p.map {
         return match v {
             SetValue::String(label) if map.values().any(|l| l == label) => Ok(()),
