@@ -79,6 +79,9 @@ fn write_summary(out: &mut String, config: &Config) -> std::fmt::Result {
             humantime::format_duration(dev.poll),
             dev.offline_after
         )?;
+        if let Some(p) = &dev.profile {
+            writeln!(out, "    profile      {} ({})", p.name, p.source)?;
+        }
         let loc = &dev.location;
         writeln!(out, "    state        {}", topics.state(name, loc))?;
         writeln!(out, "    availability {}", topics.availability(name, loc))?;
@@ -93,8 +96,9 @@ fn write_summary(out: &mut String, config: &Config) -> std::fmt::Result {
             let rw = if p.writable { " writable" } else { "" };
             writeln!(
                 out,
-                "    point {pname}: {source} {ty}{rw} -> {}",
-                topics.sensor(name, loc, pname)
+                "    point {pname}: {source} {ty}{rw} -> {}{}",
+                topics.sensor(name, loc, pname),
+                point_origin(dev, pname)
             )?;
         }
         for aname in dev.actions.keys() {
@@ -166,6 +170,19 @@ fn write_summary(out: &mut String, config: &Config) -> std::fmt::Result {
         }
     }
     Ok(())
+}
+
+/// Where a point of a device with a profile came from: the profile as it is, the profile with
+/// keys the device overrides, or the device alone. Nothing for devices without a profile.
+fn point_origin(dev: &DeviceConfig, point: &str) -> String {
+    let Some(p) = &dev.profile else {
+        return String::new();
+    };
+    match p.points.get(point) {
+        Some(keys) if keys.is_empty() => format!(" (profile {})", p.name),
+        Some(keys) => format!(" (profile {}; device sets {})", p.name, keys.join(", ")),
+        None => " (device)".to_string(),
+    }
 }
 
 /// Above this share of wire time an RTU bus has no slack for commands, retries and timeouts.

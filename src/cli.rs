@@ -102,6 +102,16 @@ pub enum Command {
         /// `1-247` or one id.
         #[arg(long, default_value = "1-247")]
         units: String,
+        /// Also ask each answering unit who it is (FC 43/14, FC 17) and name matching profiles.
+        #[arg(long)]
+        identify: bool,
+    },
+    /// List the device profiles (built in and the user's), or print one.
+    Profiles {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print this profile's points, actions and source document.
+        name: Option<String>,
     },
     /// Simulated devices, the real gateway against them, every publish printed.
     Demo {

@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::codec::{self, Raw};
 use crate::bus::modbus::ModbusBus;
-use crate::bus::{BusError, BusHandle, RawData, ReadSpec, WriteSpec};
-use crate::config::{BusConfig, Config, DataType, Register, Table, WordOrder};
+use crate::bus::{BusError, BusHandle, IdentifySpec, Identity, RawData, ReadSpec, WriteSpec};
+use crate::config::{BusConfig, Config, DataType, Profiles, Register, Table, WordOrder};
 
 const ORDERS: [(WordOrder, &str); 4] = [
     (WordOrder::Abcd, "ABCD"),
@@ -247,11 +247,13 @@ fn parse_value(ty: DataType, v: &str) -> Result<Raw, String> {
 }
 
 /// `fieldbridge scan`: which unit ids answer a one-register read (with data or an exception),
-/// each given at most the bus timeout and no retries.
+/// each given at most the bus timeout and no retries. With `identify`, each answering unit is
+/// also asked who it is (FC 43/14, then FC 17) and the profiles that match are named.
 pub async fn scan(
     config: &Config,
     bus_name: &str,
     units: std::ops::RangeInclusive<u8>,
+    identify: Option<&Profiles>,
     mut progress: impl FnMut(u8),
 ) -> Result<Vec<(u8, String)>, String> {
     let mut bus = modbus_bus(config, bus_name)?.clone();
@@ -270,20 +272,99 @@ pub async fn scan(
                 },
             )
             .await;
-        match r {
-            Ok(_) => found.push((unit, "answers with data".to_string())),
-            Err(BusError::Exception(e)) => found.push((unit, format!("answers: {e}"))),
+        let mut what = match r {
+            Ok(_) => "answers with data".to_string(),
+            Err(BusError::Exception(e)) => format!("answers: {e}"),
             Err(BusError::Unavailable(e)) => {
                 stop.cancel();
                 return Err(e);
             }
-            Err(_) => {}
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+        };
+        if let Some(profiles) = identify {
+            what += &identify_unit(&handle, unit, profiles).await;
         }
+        found.push((unit, what));
         // A timed-out unit may answer late; give the line a moment.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     stop.cancel();
     Ok(found)
+}
+
+/// Asks a unit for its identity and names the profiles that match: lines to append to its scan
+/// line. A unit that supports neither request says so; it still answered.
+async fn identify_unit(handle: &BusHandle, unit: u8, profiles: &Profiles) -> String {
+    let mut out = String::new();
+    let mut reported: Vec<(String, String)> = Vec::new();
+    match handle
+        .identify(unit, IdentifySpec::DeviceIdentification)
+        .await
+    {
+        Ok(Identity::Objects(objects)) => {
+            let get = |id: u8| {
+                objects
+                    .iter()
+                    .find(|(i, _)| *i == id)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            let (vendor, product, revision) = (get(0), get(1), get(2));
+            let _ = write!(
+                out,
+                "\n  device identification (FC 43/14): vendor \"{vendor}\", product \"{product}\", revision \"{revision}\""
+            );
+            reported.push((vendor, product));
+        }
+        Ok(Identity::ServerId { .. }) => {}
+        Err(e) => {
+            let _ = write!(out, "\n  device identification (FC 43/14): {}", why_not(&e));
+        }
+    }
+    match handle.identify(unit, IdentifySpec::ServerId).await {
+        Ok(Identity::ServerId { id, running, data }) => {
+            let text: String = String::from_utf8_lossy(&data)
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect();
+            let _ = write!(
+                out,
+                "\n  server id (FC 17): id {id}, {}, data {} \"{}\"",
+                if running { "running" } else { "stopped" },
+                data.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                text.trim()
+            );
+            reported.push((String::new(), text));
+        }
+        Ok(Identity::Objects(_)) => {}
+        Err(e) => {
+            let _ = write!(out, "\n  server id (FC 17): {}", why_not(&e));
+        }
+    }
+    let matching: Vec<&str> = profiles
+        .iter()
+        .filter(|p| reported.iter().any(|(v, d)| p.matches(v, d)))
+        .map(|p| p.name.as_str())
+        .collect();
+    if !reported.is_empty() {
+        if matching.is_empty() {
+            out += "\n  matching profiles: none";
+        } else {
+            let _ = write!(out, "\n  matching profiles: {}", matching.join(", "));
+        }
+    }
+    out
+}
+
+fn why_not(e: &BusError) -> String {
+    match e {
+        BusError::Exception(x) if x == "illegal function" => "not supported".to_string(),
+        BusError::Timeout(_) => "no answer".to_string(),
+        other => other.to_string(),
+    }
 }
 
 fn describe(bus: &str, unit: u8, e: &BusError) -> String {

@@ -3,7 +3,8 @@
 //!
 //! Module map (data flows top to bottom):
 //!
-//! - [`config`]: the TOML model, extracted key by key so every mistake is reported at once.
+//! - [`config`]: the TOML model, extracted key by key so every mistake is reported at once;
+//!   device profiles (`config::Profiles`) are read by the same extraction. [`profiles`] shows them.
 //! - [`app`]: build everything fallible, spawn the tasks under one cancellation tree, supervise,
 //!   reload on SIGHUP, stop in order.
 //! - [`bus`]: one task owns each bus (`bus::modbus`, `bus::serial_line`); pure codecs
@@ -35,6 +36,7 @@ pub mod model;
 pub mod mqtt;
 pub mod payload;
 pub mod poller;
+pub mod profiles;
 pub mod sim;
 pub mod state;
 pub mod systemd;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use fieldbridge::cli::{Cli, Command};
 use fieldbridge::{
-    EXIT_CONFIG, EXIT_FAILURE, app, check, commission, config, demo, history, telemetry,
+    EXIT_CONFIG, EXIT_FAILURE, app, check, commission, config, demo, history, profiles, telemetry,
 };
 
 /// Runs a commissioning command: config from `path`, the async work, its text on stdout.
@@ -170,25 +170,58 @@ fn main() -> ExitCode {
             config: arg,
             bus,
             units,
-        } => commissioning(&arg.config, |config| async move {
-            let units = commission::parse_units(&units)?;
-            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let found = commission::scan(&config, &bus, units, |u| {
+            identify,
+        } => {
+            // The config loads only when its profiles do, so these are the same, without errors.
+            let (all, _) = config::Profiles::load(&config::profiles_dir(&arg.config));
+            commissioning(&arg.config, |config| async move {
+                let units = commission::parse_units(&units)?;
+                let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+                let profiles = identify.then_some(&all);
+                let found = commission::scan(&config, &bus, units, profiles, |u| {
+                    if tty {
+                        eprint!("\rscanning unit {u:>3}");
+                    }
+                })
+                .await?;
                 if tty {
-                    eprint!("\rscanning unit {u:>3}");
+                    eprintln!();
                 }
+                let mut out = String::new();
+                for (u, what) in &found {
+                    out += &format!("unit {u}: {what}\n");
+                }
+                out += &format!("{} unit(s) answered\n", found.len());
+                Ok(out)
             })
-            .await?;
-            if tty {
-                eprintln!();
+        }
+        Command::Profiles { config: arg, name } => {
+            let (all, errors) = config::Profiles::load(&config::profiles_dir(&arg.config));
+            if !errors.is_empty() {
+                eprintln!("{}", config::ConfigErrors(errors.clone()));
+                eprintln!("{} error(s) in device profiles", errors.len());
+                return ExitCode::from(EXIT_CONFIG);
             }
-            let mut out = String::new();
-            for (u, what) in &found {
-                out += &format!("unit {u}: {what}\n");
+            match name {
+                None => {
+                    print!("{}", profiles::list(&all));
+                    ExitCode::SUCCESS
+                }
+                Some(n) => match all.get(&n) {
+                    Some(p) => {
+                        print!("{}", profiles::show(p));
+                        ExitCode::SUCCESS
+                    }
+                    None => {
+                        eprintln!(
+                            "fieldbridge profiles: no profile \"{n}\"; profiles: {}",
+                            all.names().join(", ")
+                        );
+                        ExitCode::from(2)
+                    }
+                },
             }
-            out += &format!("{} unit(s) answered\n", found.len());
-            Ok(out)
-        }),
+        }
         Command::Demo { mqtt, duration } => {
             if let Err(e) = telemetry::init(cli.log_level.as_deref().or(Some("warn"))) {
                 eprintln!("fieldbridge: cannot start logging: {e:#}");

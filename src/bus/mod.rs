@@ -57,6 +57,28 @@ pub enum WriteSpec {
     Registers { address: u16, values: Vec<u16> },
 }
 
+/// Which identity request `scan --identify` sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentifySpec {
+    /// FC 43 / MEI 14 "Read Device Identification", basic objects (vendor, product, revision).
+    DeviceIdentification,
+    /// FC 17 "Report Server ID" (serial line devices).
+    ServerId,
+}
+
+/// What a device said about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// FC 43/14: object id (0 VendorName, 1 ProductCode, 2 MajorMinorRevision, …) and text.
+    Objects(Vec<(u8, String)>),
+    /// FC 17: the server id byte, the run indicator, and the device-specific data after them.
+    ServerId {
+        id: u8,
+        running: bool,
+        data: Vec<u8>,
+    },
+}
+
 /// Why a transaction failed. Callers branch on these: a timeout or transport error counts
 /// towards `offline_after`; an exception is the device's answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,6 +127,12 @@ pub enum BusRequest {
         unit: u8,
         write: WriteSpec,
         reply: oneshot::Sender<Result<(), BusError>>,
+    },
+    /// Ask a unit who it is (commissioning).
+    Identify {
+        unit: u8,
+        spec: IdentifySpec,
+        reply: oneshot::Sender<Result<Identity, BusError>>,
     },
 }
 
@@ -235,6 +263,16 @@ impl BusHandle {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(BusRequest::Read { unit, read, reply })
+            .await
+            .map_err(|_| BusError::Stopped)?;
+        rx.await.unwrap_or(Err(BusError::Stopped))
+    }
+
+    /// An identity request, ahead of polls.
+    pub async fn identify(&self, unit: u8, spec: IdentifySpec) -> Result<Identity, BusError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(BusRequest::Identify { unit, spec, reply })
             .await
             .map_err(|_| BusError::Stopped)?;
         rx.await.unwrap_or(Err(BusError::Stopped))

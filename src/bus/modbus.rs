@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_modbus::client::{Client, Context};
+use tokio_modbus::prelude::ReadCode;
 use tokio_modbus::prelude::{ExceptionCode, Request, Response, Slave, SlaveContext};
 use tokio_serial::{ClearBuffer, SerialPort, SerialStream};
 use tokio_util::sync::CancellationToken;
@@ -34,7 +35,8 @@ use tracing::{info, warn};
 use super::plan;
 use super::port::{self, Backoff};
 use super::{
-    BusError, BusHandle, BusRequest, BusStats, COMMANDS_CAP, RawData, ReadSpec, WriteSpec,
+    BusError, BusHandle, BusRequest, BusStats, COMMANDS_CAP, IdentifySpec, Identity, RawData,
+    ReadSpec, WriteSpec,
 };
 use crate::config::{BusConfig, BusKind, Table};
 
@@ -123,11 +125,13 @@ impl AsyncWrite for ClearOnWrite {
 enum Op {
     Read(ReadSpec),
     Write(WriteSpec),
+    Identify(IdentifySpec),
 }
 
 enum Outcome {
     Data(RawData),
     Written,
+    Identity(Identity),
 }
 
 /// The bus task.
@@ -234,13 +238,21 @@ impl ModbusBus {
                 let r = self.transaction(unit, &Op::Write(write)).await.map(|_| ());
                 answer(reply, r);
             }
+            BusRequest::Identify { unit, spec, reply } => {
+                let r = match self.transaction(unit, &Op::Identify(spec)).await {
+                    Ok(Outcome::Identity(i)) => Ok(i),
+                    Ok(_) => Err(BusError::Transport("unexpected answer".into())),
+                    Err(e) => Err(e),
+                };
+                answer(reply, r);
+            }
         }
     }
 
     async fn read(&mut self, unit: u8, spec: ReadSpec) -> Result<RawData, BusError> {
         match self.transaction(unit, &Op::Read(spec)).await? {
             Outcome::Data(d) => Ok(d),
-            Outcome::Written => Err(BusError::Transport("unexpected answer".into())),
+            _ => Err(BusError::Transport("unexpected answer".into())),
         }
     }
 
@@ -421,6 +433,10 @@ async fn exec(
                 Request::WriteMultipleRegisters(*address, Cow::Borrowed(values))
             }
         },
+        Op::Identify(IdentifySpec::DeviceIdentification) => {
+            Request::ReadDeviceIdentification(ReadCode::Basic, 0)
+        }
+        Op::Identify(IdentifySpec::ServerId) => Request::ReportServerId,
     };
     let response = match ctx.call(request).await? {
         Ok(r) => r,
@@ -431,7 +447,25 @@ async fn exec(
         // A write's echo may differ from the request (a device that clamps); the read-back
         // that follows every command says what the device kept.
         Op::Write(_) => Outcome::Written,
+        Op::Identify(_) => Outcome::Identity(identity_answer(response)?),
     }))
+}
+
+/// A device's answer to an identity request, as text where it is text.
+fn identity_answer(response: Response) -> Result<Identity, tokio_modbus::Error> {
+    match response {
+        Response::ReadDeviceIdentification(r) => Ok(Identity::Objects(
+            r.device_id_objects
+                .iter()
+                .map(|o| (o.id, String::from_utf8_lossy(&o.value).trim().to_string()))
+                .collect(),
+        )),
+        Response::ReportServerId(id, running, data) => Ok(Identity::ServerId { id, running, data }),
+        other => Err(tokio_modbus::Error::Transport(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected answer {other:?}"),
+        ))),
+    }
 }
 
 /// Checks a device's answer to the read `r`: the right kind, and as many values as asked (bits
@@ -475,5 +509,6 @@ fn refuse(r: BusRequest) {
         }
         BusRequest::Read { reply, .. } => answer(reply, Err(BusError::Stopped)),
         BusRequest::Write { reply, .. } => answer(reply, Err(BusError::Stopped)),
+        BusRequest::Identify { reply, .. } => answer(reply, Err(BusError::Stopped)),
     }
 }
