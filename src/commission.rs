@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::codec::{self, Raw};
 use crate::bus::modbus::ModbusBus;
 use crate::bus::{BusError, BusHandle, IdentifySpec, Identity, RawData, ReadSpec, WriteSpec};
-use crate::config::{BusConfig, Config, DataType, Profiles, Register, Table, WordOrder};
+use crate::config::{BusConfig, BusKind, Config, DataType, Profiles, Register, Table, WordOrder};
 
 const ORDERS: [(WordOrder, &str); 4] = [
     (WordOrder::Abcd, "ABCD"),
@@ -285,7 +285,8 @@ pub async fn scan(
             }
         };
         if let Some(profiles) = identify {
-            what += &identify_unit(&handle, unit, profiles).await;
+            let serial_line = bus.kind != BusKind::ModbusTcp;
+            what += &identify_unit(&handle, unit, serial_line, profiles).await;
         }
         found.push((unit, what));
         // A timed-out unit may answer late; give the line a moment.
@@ -296,8 +297,15 @@ pub async fn scan(
 }
 
 /// Asks a unit for its identity and names the profiles that match: lines to append to its scan
-/// line. A unit that supports neither request says so; it still answered.
-async fn identify_unit(handle: &BusHandle, unit: u8, profiles: &Profiles) -> String {
+/// line. A unit that supports neither request says so; it still answered. FC 17 is a serial
+/// line function in the Modbus specification, asked only where the frames are RTU (tokio-modbus
+/// 0.17's TCP server also drops the connection on it).
+async fn identify_unit(
+    handle: &BusHandle,
+    unit: u8,
+    serial_line: bool,
+    profiles: &Profiles,
+) -> String {
     let mut out = String::new();
     let mut reported: Vec<(String, String)> = Vec::new();
     match handle
@@ -324,7 +332,14 @@ async fn identify_unit(handle: &BusHandle, unit: u8, profiles: &Profiles) -> Str
             let _ = write!(out, "\n  device identification (FC 43/14): {}", why_not(&e));
         }
     }
-    match handle.identify(unit, IdentifySpec::ServerId).await {
+    let server_id = if serial_line {
+        handle.identify(unit, IdentifySpec::ServerId).await
+    } else {
+        Err(BusError::Exception(
+            "serial line only; not asked over Modbus TCP".into(),
+        ))
+    };
+    match server_id {
         Ok(Identity::ServerId { id, running, data }) => {
             let text: String = String::from_utf8_lossy(&data)
                 .chars()

@@ -11,7 +11,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio_modbus::prelude::{ExceptionCode, Request, Response, SlaveRequest};
+use tokio_modbus::prelude::{
+    ConformityLevel, DeviceIdObject, ExceptionCode, ReadCode, ReadDeviceIdentificationResponse,
+    Request, Response, SlaveRequest,
+};
 use tokio_modbus::server::Service;
 
 /// One request as the server saw it.
@@ -44,6 +47,10 @@ pub struct Unit {
     pub tick: bool,
     /// Answers register reads with one word too many (0xDEAD): a malformed answer.
     pub garbage: bool,
+    /// FC 43/14 basic objects (0 vendor, 1 product, 2 revision); `None`: illegal function.
+    pub identity: Option<Vec<(u8, String)>>,
+    /// FC 17 additional data after the server id and run indicator; `None`: illegal function.
+    pub server_id: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Default)]
@@ -152,6 +159,8 @@ impl Service for FakeModbus {
                 Request::WriteSingleRegister(a, _) => (6, *a, 1),
                 Request::WriteMultipleCoils(a, v) => (15, *a, v.len() as u16),
                 Request::WriteMultipleRegisters(a, v) => (16, *a, v.len() as u16),
+                Request::ReportServerId => (17, 0, 0),
+                Request::ReadDeviceIdentification(_, _) => (43, 0, 0),
                 _ => (0, 0, 0),
             };
             let (silent, delay) = {
@@ -229,6 +238,28 @@ impl Service for FakeModbus {
                     }
                     Response::WriteMultipleRegisters(a, v.len() as u16)
                 }
+                Request::ReadDeviceIdentification(_, _) => match &u.identity {
+                    Some(objects) => {
+                        Response::ReadDeviceIdentification(ReadDeviceIdentificationResponse {
+                            read_code: ReadCode::Basic,
+                            conformity_level: ConformityLevel::BasicIdentificationStreamOnly,
+                            more_follows: false,
+                            next_object_id: 0,
+                            device_id_objects: objects
+                                .iter()
+                                .map(|(id, v)| DeviceIdObject {
+                                    id: *id,
+                                    value: tokio_modbus::bytes::Bytes::from(v.clone()),
+                                })
+                                .collect(),
+                        })
+                    }
+                    None => return Err(ExceptionCode::IllegalFunction),
+                },
+                Request::ReportServerId => match &u.server_id {
+                    Some(data) => Response::ReportServerId(unit_id, true, data.clone()),
+                    None => return Err(ExceptionCode::IllegalFunction),
+                },
                 _ => return Err(ExceptionCode::IllegalFunction),
             };
             Ok(Some(resp))

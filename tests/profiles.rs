@@ -1,0 +1,497 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::let_underscore_must_use
+)]
+//! Device profiles (CONTRACT §6): every built-in profile against a simulated device holding
+//! example register contents from its document, published through the real gateway to a real
+//! mosquitto; user profiles shadowing built-ins; device overrides; broken profile files;
+//! `scan --identify`; `check` on a config that uses every profile.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::gateway::InProcess;
+use common::modbus::FakeModbus;
+use common::mosquitto::{Mosquitto, Subscriber};
+use fieldbridge::config::{self, Profiles, Table};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fieldbridge");
+const WAIT: Duration = Duration::from_secs(20);
+
+/// `test-data/profiles/<name>.toml`: register contents and what they must publish.
+struct Example {
+    registers: Vec<(config::Register, Vec<u16>)>,
+    expect: BTreeMap<String, toml::Table>,
+}
+
+fn example(name: &str) -> Example {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("test-data/profiles")
+        .join(format!("{name}.toml"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (every built-in profile needs examples)",
+            path.display()
+        )
+    });
+    let doc: toml::Table = toml::from_str(&text).unwrap();
+    let registers = doc["registers"]
+        .as_table()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            let words = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w.as_integer().unwrap() as u16)
+                .collect();
+            (config::parse_register(k).unwrap(), words)
+        })
+        .collect();
+    let expect = doc["expect"]
+        .as_table()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_table().unwrap().clone()))
+        .collect();
+    Example { registers, expect }
+}
+
+fn builtin() -> &'static Profiles {
+    Profiles::builtin().unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn every_built_in_profile_has_examples_for_every_point() {
+    for p in builtin().iter() {
+        let ex = example(&p.name);
+        let points: Vec<&String> = p.points.keys().collect();
+        let expected: Vec<&String> = ex.expect.keys().collect();
+        assert_eq!(points, expected, "{}: points without examples", p.name);
+        assert!(!ex.registers.is_empty(), "{}", p.name);
+    }
+}
+
+fn json(p: &str) -> Value {
+    serde_json::from_str(p).unwrap_or(Value::Null)
+}
+
+/// The Home Assistant discovery entry of one point, in either discovery layout.
+fn discovery_entry(sub: &Subscriber, gateway: &str, device: &str, point: &str) -> Option<Value> {
+    let per_point = format!("/{gateway}_{device}/{point}/config");
+    let per_device = format!("homeassistant/device/{gateway}_{device}/config");
+    let unique = format!("{gateway}_{device}_{point}");
+    for m in sub.seen().iter().rev() {
+        if m.topic.ends_with(&per_point) && !m.payload.is_empty() {
+            return Some(json(&m.payload));
+        }
+        if m.topic == per_device {
+            let cfg = json(&m.payload);
+            if let Some(cmps) = cfg.get("cmps").and_then(Value::as_object) {
+                if let Some(c) = cmps.values().find(|c| c["unique_id"] == unique.as_str()) {
+                    return Some(c.clone());
+                }
+            }
+        }
+    }
+    None
+}
+
+fn same_value(got: &Value, want: &toml::Value) -> bool {
+    match want {
+        toml::Value::Float(f) => got
+            .as_f64()
+            .is_some_and(|g| (g - f).abs() <= 1e-9 * f.abs().max(1.0)),
+        toml::Value::Integer(i) => got.as_f64() == Some(*i as f64),
+        toml::Value::String(s) => got.as_str() == Some(s.as_str()),
+        toml::Value::Boolean(b) => got.as_bool() == Some(*b),
+        _ => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_built_in_profile_publishes_the_documented_values_units_and_classes() {
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    let profiles: Vec<_> = builtin().iter().collect();
+    let mut cfg = format!(
+        "[gateway]\nid = \"prof\"\nbase_topic = \"t\"\nlocation = \"lab\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n[history]\npath = \"{{dir}}/history.db\"\n",
+        broker.port
+    );
+    let addr = fake.serve_tcp().await;
+    cfg += &format!("[buses.lan]\nkind = \"modbus-tcp\"\naddress = \"{addr}\"\ntimeout = \"2s\"\n");
+    for (i, p) in profiles.iter().enumerate() {
+        let unit = i as u8 + 1;
+        for (reg, words) in example(&p.name).registers {
+            match reg.table {
+                Table::Coil => fake.unit(unit, |u| {
+                    u.coils.insert(reg.address, words[0] != 0);
+                }),
+                Table::Discrete => fake.unit(unit, |u| {
+                    u.discretes.insert(reg.address, words[0] != 0);
+                }),
+                Table::Holding => fake.set_holding(unit, reg.address, &words),
+                Table::Input => fake.set_input(unit, reg.address, &words),
+            }
+        }
+        cfg += &format!(
+            "[devices.{}]\nbus = \"lan\"\nunit = {unit}\nprofile = \"{}\"\npoll = \"1s\"\n",
+            p.name, p.name
+        );
+    }
+    let sub = Subscriber::connect(broker.port, "#");
+    let gw = InProcess::start(&cfg).await;
+    let mut failures = Vec::new();
+    for p in &profiles {
+        let ex = example(&p.name);
+        let topic = format!("t/lab/device/{}/state", p.name);
+        let state = sub
+            .wait_for(
+                &topic,
+                |s| ex.expect.keys().all(|k| json(s).get(k).is_some()),
+                WAIT,
+            )
+            .map(|m| json(&m.payload))
+            .unwrap_or(Value::Null);
+        for (point, want) in &ex.expect {
+            let got = &state[point.as_str()];
+            if !same_value(got, &want["value"]) {
+                failures.push(format!(
+                    "{}.{point}: published {got}, documented {}",
+                    p.name, want["value"]
+                ));
+            }
+            // The unit rides on the sensor topic; the classes on the discovery config.
+            let sensor = sub.wait_for(&format!("t/lab/sensor/{}/{point}", p.name), |_| true, WAIT);
+            let unit = sensor
+                .map(|m| json(&m.payload)["unit"].clone())
+                .unwrap_or(Value::Null);
+            let want_unit = want.get("unit").and_then(|u| u.as_str());
+            if unit.as_str() != want_unit {
+                failures.push(format!(
+                    "{}.{point}: unit {unit}, documented {want_unit:?}",
+                    p.name
+                ));
+            }
+            let mut disc = discovery_entry(&sub, "prof", &p.name, point);
+            for _ in 0..100 {
+                if disc.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                disc = discovery_entry(&sub, "prof", &p.name, point);
+            }
+            let disc = disc.unwrap_or(Value::Null);
+            for (key, field) in [
+                ("device_class", "device_class"),
+                ("state_class", "state_class"),
+                ("unit", "unit_of_measurement"),
+            ] {
+                if let Some(w) = want.get(key).and_then(|v| v.as_str()) {
+                    if disc[field].as_str() != Some(w) {
+                        failures.push(format!(
+                            "{}.{point}: discovery {field} {}, documented {w}",
+                            p.name, disc[field]
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    gw.stop().await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn run(args: &[&str], config: &Path) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .env_remove("FIELDBRIDGE_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// A config dir with `config.toml` and `profiles/<name>.toml` files.
+fn config_dir(config: &str, profiles: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[history]\npath = \"{}/h.db\"\n{config}",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    if !profiles.is_empty() {
+        std::fs::create_dir(dir.path().join("profiles")).unwrap();
+        for (name, text) in profiles {
+            std::fs::write(
+                dir.path().join("profiles").join(format!("{name}.toml")),
+                text,
+            )
+            .unwrap();
+        }
+    }
+    (dir, path)
+}
+
+const RTU: &str = "[buses.rs485]\nkind = \"modbus-rtu\"\nport = \"/dev/ttyUSB9\"\nbaud = 9600\n";
+
+#[test]
+fn a_user_profile_shadows_a_built_in_and_a_device_override_changes_only_that_point() {
+    let user = r#"manufacturer = "Eastron"
+model = "SDM120"
+buses = ["modbus-rtu"]
+poll = "3s"
+[document]
+title = "My own reading of the SDM120 manual"
+date = "2026-01-01"
+[points.voltage]
+register = "input:0"
+type = "f32"
+unit = "V"
+device_class = "voltage"
+[points.power]
+register = "input:12"
+type = "f32"
+unit = "W"
+device_class = "power"
+precision = 1
+"#;
+    let cfg = format!(
+        "{RTU}[devices.meter]\nbus = \"rs485\"\nunit = 2\nprofile = \"eastron-sdm120\"\n[devices.meter.points.power]\nprecision = 3\ndeadband = 5\n[devices.meter.points.extra]\nregister = \"input:70\"\ntype = \"f32\"\n[devices.plain]\nbus = \"rs485\"\nunit = 3\nprofile = \"eastron-sdm230\"\n"
+    );
+    let (_dir, path) = config_dir(&cfg, &[("eastron-sdm120", user)]);
+    let c = config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let meter = &c.devices["meter"];
+    // The user's file, not the built-in (which has twelve points and polls every 10 s).
+    let mut names: Vec<&str> = meter.points.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(names, ["extra", "power", "voltage"]);
+    assert_eq!(meter.poll, Duration::from_secs(3));
+    let prof = meter.profile.as_ref().unwrap();
+    assert!(
+        prof.source.ends_with("profiles/eastron-sdm120.toml"),
+        "{}",
+        prof.source
+    );
+    // The override changed precision and deadband of `power` only; every other key, and every
+    // other point, is the profile's.
+    let users = Profiles::load(&config::profiles_dir(&path)).0;
+    let base = &users.get("eastron-sdm120").unwrap().points;
+    let power = &meter.points["power"];
+    assert_eq!(power.precision, Some(3));
+    assert_eq!(power.deadband, 5.0);
+    let mut restored = power.clone();
+    restored.precision = base["power"].precision;
+    restored.deadband = base["power"].deadband;
+    assert_eq!(&restored, &base["power"]);
+    assert_eq!(&meter.points["voltage"], &base["voltage"]);
+    let mut keys = prof.points["power"].clone();
+    keys.sort();
+    assert_eq!(keys, ["deadband", "precision"]);
+    assert!(prof.points["voltage"].is_empty());
+    // A built-in nobody shadowed is still the built-in one.
+    assert_eq!(
+        c.devices["plain"].points,
+        builtin().get("eastron-sdm230").unwrap().points
+    );
+    // `check` shows where each point came from, and `profiles` the shadowing file.
+    let (code, out, err) = run(&["check"], &path);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("profile      eastron-sdm120 ("), "{out}");
+    assert!(out.contains("/profiles/eastron-sdm120.toml)"), "{out}");
+    assert!(
+        out.contains("point power: input:12 f32 -> ")
+            && out.contains("(profile eastron-sdm120; device sets deadband, precision)"),
+        "{out}"
+    );
+    assert!(out.contains("point voltage: input:0 f32 -> fieldbridge/home/sensor/meter/voltage (profile eastron-sdm120)\n"), "{out}");
+    assert!(
+        out.contains("point extra: input:70 f32 -> fieldbridge/home/sensor/meter/extra (device)\n"),
+        "{out}"
+    );
+    let (code, out, _) = run(&["profiles"], &path);
+    assert_eq!(code, 0);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("eastron-sdm120 "))
+        .unwrap();
+    assert!(line.ends_with("profiles/eastron-sdm120.toml"), "{line}");
+    let (code, out, _) = run(&["profiles", "eastron-sdm120"], &path);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("document: \"My own reading of the SDM120 manual\", 2026-01-01"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_broken_profile_file_gives_file_line_col_errors_and_exit_78() {
+    let broken = r#"manufacturer = "Acme"
+model = "M1"
+buses = ["modbus-rtu", "cann"]
+colour = "red"
+[document]
+title = "Acme M1 manual"
+[points.temp]
+register = "input:0"
+type = "f33"
+[points.mode]
+register = "input:1"
+map = { 0 = "off", x = "on" }
+"#;
+    let cfg = format!("{RTU}[devices.m]\nbus = \"rs485\"\nunit = 1\nprofile = \"acme-m1\"\n");
+    let (dir, path) = config_dir(&cfg, &[("acme-m1", broken)]);
+    let (code, _, err) = run(&["check"], &path);
+    assert_eq!(code, 78, "{err}");
+    let file = dir
+        .path()
+        .join("profiles/acme-m1.toml")
+        .display()
+        .to_string();
+    for want in [
+        format!("{file}:3:24: buses: unknown bus kind \"cann\""),
+        format!("{file}:4:1: colour: unknown key \"colour\""),
+        format!("{file}:5:2: document.version: the source document needs a `version` or a `date`"),
+        format!("{file}:9:8: points.temp.type: unknown type \"f33\""),
+        format!("{file}:12:20: points.mode.map.x: map keys are raw integer values"),
+        format!("{}:", path.display()) + "10:11: devices.m.profile: profile \"acme-m1\" has errors",
+    ] {
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+    // Listing the profiles reports the same file errors, with the same exit code.
+    let (code, _, err2) = run(&["profiles"], &path);
+    assert_eq!(code, 78);
+    assert!(
+        err2.contains(&format!("{file}:9:8: points.temp.type")),
+        "{err2}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_identify_names_the_profile_of_a_device_with_fc43_and_lists_one_without() {
+    let fake = FakeModbus::new();
+    fake.set_holding(1, 0, &[1]);
+    fake.unit(1, |u| {
+        u.identity = Some(vec![
+            (0, "Eastron".to_string()),
+            (1, "SDM630-Modbus V2".to_string()),
+            (2, "1.9".to_string()),
+        ]);
+    });
+    // Unit 2 answers reads but neither identity request; unit 3 gives only its FC 17 data.
+    fake.set_holding(2, 0, &[1]);
+    fake.set_holding(3, 0, &[1]);
+    fake.unit(3, |u| u.server_id = Some(b"XY-MD02 v1".to_vec()));
+    let dir = tempfile::tempdir().unwrap();
+    let bus = fake.serve_rtu(dir.path());
+    let (_cfg_dir, path) = config_dir(
+        &format!(
+            "[buses.rs485]\nkind = \"modbus-rtu\"\nport = \"{}\"\nbaud = 9600\ntimeout = \"300ms\"\n",
+            bus.path_str()
+        ),
+        &[],
+    );
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        run(
+            &["scan", "--bus", "rs485", "--units", "1-4", "--identify"],
+            &path,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("unit 1: answers with data\n  device identification (FC 43/14): vendor \"Eastron\", product \"SDM630-Modbus V2\", revision \"1.9\"\n  server id (FC 17): not supported\n  matching profiles: eastron-sdm630\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("unit 2: answers with data\n  device identification (FC 43/14): not supported\n  server id (FC 17): not supported\nunit 3"),
+        "{out}"
+    );
+    assert!(
+        out.contains("unit 3: answers with data\n  device identification (FC 43/14): not supported\n  server id (FC 17): id 3, running, data 58592d4d443032207631 \"XY-MD02 v1\"\n  matching profiles: xy-md02\n"),
+        "{out}"
+    );
+    assert!(out.contains("3 unit(s) answered"), "{out}");
+    // The identity requests went out as FC 43 and FC 17.
+    let fcs: Vec<u8> = fake
+        .log()
+        .iter()
+        .filter(|s| s.unit == 1)
+        .map(|s| s.fc)
+        .collect();
+    assert!(fcs.contains(&43) && fcs.contains(&17), "{fcs:?}");
+    drop(bus);
+}
+
+#[test]
+fn check_on_a_config_using_every_profile_passes_and_counts_their_coalesced_reads() {
+    let mut cfg = RTU.replace("9600", "115200");
+    let profiles: Vec<_> = builtin().iter().collect();
+    for (i, p) in profiles.iter().enumerate() {
+        cfg += &format!(
+            "[devices.{}]\nbus = \"rs485\"\nunit = {}\nprofile = \"{}\"\n",
+            p.name,
+            i + 1,
+            p.name
+        );
+    }
+    let (_dir, path) = config_dir(&cfg, &[]);
+    let (code, out, err) = run(&["check"], &path);
+    assert_eq!(code, 0, "{err}\n{out}");
+    let mut reads_per_second = 0.0;
+    for p in &profiles {
+        let points: Vec<&config::PointConfig> = p.points.values().collect();
+        let reads = fieldbridge::bus::plan::plan(&points, 4);
+        let block = out
+            .split(&format!("\n  {}: bus rs485", p.name))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no device {} in:\n{out}", p.name));
+        assert!(
+            block.contains(&format!(
+                "reads per poll: {} (for {} points)",
+                reads.len(),
+                p.points.len()
+            )),
+            "{}: {block}",
+            p.name
+        );
+        for r in &reads {
+            let first = format!("{} {}..", r.spec.table.name(), r.spec.start);
+            assert!(
+                block.contains(&first),
+                "{}: no read {first} in {block}",
+                p.name
+            );
+        }
+        let poll = p.poll.unwrap_or(Duration::from_secs(10)).as_secs_f64();
+        reads_per_second += reads.len() as f64 / poll;
+        assert!(
+            block.contains(&format!(
+                "profile      {} (built in (profiles/{}.toml))",
+                p.name, p.name
+            )),
+            "{block}"
+        );
+    }
+    assert!(
+        out.contains(&format!("rs485: {reads_per_second:.1} reads/s")),
+        "expected {reads_per_second:.1} reads/s in:\n{out}"
+    );
+}
