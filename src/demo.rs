@@ -76,25 +76,9 @@ map = {{ 0 = "off", 1 = "on" }}
 bus = "rs485"
 unit = 1
 poll = "2s"
+profile = "eastron-sdm120"
 [devices.meter.points.voltage]
-register = "input:0"
-type = "f32"
-order = "CDAB"
-precision = 1
-unit = "V"
 deadband = 0.5
-[devices.meter.points.current]
-register = "input:2"
-type = "f32"
-order = "CDAB"
-precision = 2
-unit = "A"
-[devices.meter.points.power]
-register = "input:4"
-type = "f32"
-order = "CDAB"
-precision = 0
-unit = "W"
 
 [devices.weather]
 bus = "usb"
@@ -157,7 +141,7 @@ pub async fn run(mqtt: Option<String>, duration: Option<Duration>) -> u8 {
     }
     println!("fieldbridge demo: broker {url}; simulated devices:");
     println!("  thermostat  Modbus TCP   {thermostat}");
-    println!("  meter       Modbus RTU   {meter} (9600 baud, f32 CDAB)");
+    println!("  meter       Modbus RTU   {meter} (9600 baud, profile eastron-sdm120)");
     println!("  weather     serial JSON  {weather}");
     println!("config: {}", path.display());
     println!(

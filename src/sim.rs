@@ -1,5 +1,6 @@
 //! Simulated devices for `fieldbridge demo`: a Modbus TCP thermostat, a Modbus RTU energy meter
-//! on a pseudo-terminal, and a serial weather station printing JSON lines. Their values move.
+//! (an Eastron SDM120, polled through its built-in profile) on a pseudo-terminal, and a serial
+//! weather station printing JSON lines. Their values move.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -125,13 +126,14 @@ pub async fn thermostat(shutdown: CancellationToken) -> std::io::Result<(SocketA
     Ok((addr, unit))
 }
 
-fn f32_cdab(x: f32) -> [u16; 2] {
+fn f32_abcd(x: f32) -> [u16; 2] {
     let b = x.to_bits();
-    [(b & 0xFFFF) as u16, (b >> 16) as u16]
+    [(b >> 16) as u16, (b & 0xFFFF) as u16]
 }
 
-/// An energy meter on Modbus RTU over a pseudo-terminal: input 0/2/4 = voltage, current, power
-/// as f32 in CDAB order. Returns the path the gateway opens.
+/// An Eastron SDM120 energy meter on Modbus RTU over a pseudo-terminal, at the addresses of its
+/// protocol document (the `eastron-sdm120` profile): IEEE 754 floats, high word first, in input
+/// registers. Returns the path the gateway opens.
 pub fn energy_meter(shutdown: CancellationToken) -> std::io::Result<String> {
     let (master, slave) = SerialStream::pair().map_err(std::io::Error::other)?;
     let path = slave
@@ -151,6 +153,7 @@ pub fn energy_meter(shutdown: CancellationToken) -> std::io::Result<String> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut n = 0f32;
+        let mut kwh = 1234.5f32;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -159,9 +162,24 @@ pub fn energy_meter(shutdown: CancellationToken) -> std::io::Result<String> {
             n += 1.0;
             let volts = 230.0 + 2.0 * (n / 7.0).sin();
             let amps = 4.0 + 1.5 * (n / 5.0).sin();
+            let watts = volts * amps * 0.97;
+            kwh += watts / 3_600_000.0;
             let mut r = lock(&regs);
-            for (addr, x) in [(0u16, volts), (2, amps), (4, volts * amps)] {
-                let w = f32_cdab(x);
+            for (addr, x) in [
+                (0x00u16, volts),
+                (0x06, amps),
+                (0x0C, watts),
+                (0x12, volts * amps),
+                (0x18, volts * amps * 0.243),
+                (0x1E, 0.97),
+                (0x46, 50.0),
+                (0x48, kwh),
+                (0x4A, 0.0),
+                (0x4C, 0.0),
+                (0x4E, 0.0),
+                (0x156, kwh),
+            ] {
+                let w = f32_abcd(x);
                 r.inputs.insert(addr, w[0]);
                 r.inputs.insert(addr + 1, w[1]);
             }

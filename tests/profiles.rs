@@ -495,3 +495,23 @@ fn check_on_a_config_using_every_profile_passes_and_counts_their_coalesced_reads
         "expected {reads_per_second:.1} reads/s in:\n{out}"
     );
 }
+
+#[test]
+fn the_readme_supported_devices_table_matches_the_built_in_profiles() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let (begin, end) = ("<!-- profiles:begin -->\n", "<!-- profiles:end -->");
+    let start = readme.find(begin).expect("README has the profiles markers") + begin.len();
+    let stop = readme.find(end).unwrap();
+    let table = fieldbridge::profiles::readme_table(builtin());
+    if readme[start..stop] != table {
+        if std::env::var_os("FIELDBRIDGE_BLESS").is_some() {
+            let updated = format!("{}{table}{}", &readme[..start], &readme[stop..]);
+            std::fs::write(&path, updated).unwrap();
+        } else {
+            panic!(
+                "README's supported devices table is out of date; run with FIELDBRIDGE_BLESS=1 to rewrite it:\n{table}"
+            );
+        }
+    }
+}
