@@ -463,6 +463,13 @@ pub enum WordOrder {
 
 impl WordOrder {
     pub const NAMES: &'static [&'static str] = &["ABCD", "CDAB", "BADC", "DCBA"];
+    /// Every order, in the order of `NAMES`.
+    pub const ALL: [WordOrder; 4] = [
+        WordOrder::Abcd,
+        WordOrder::Cdab,
+        WordOrder::Badc,
+        WordOrder::Dcba,
+    ];
 }
 
 /// `[devices.<d>.points.<p>]`

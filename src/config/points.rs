@@ -158,11 +158,8 @@ impl Cx<'_> {
             .map(|l| l as u16)
             .or_else(|| base.and_then(|b| b.length));
         let order = match self.choice(s, "order", "order", WordOrder::NAMES) {
-            Some(0) => WordOrder::Abcd,
-            Some(1) => WordOrder::Cdab,
-            Some(2) => WordOrder::Badc,
-            Some(3) => WordOrder::Dcba,
-            _ => base.map_or(default_order, |b| b.order),
+            Some(i) => WordOrder::ALL[i],
+            None => base.map_or(default_order, |b| b.order),
         };
         let map = self.map(s).or_else(|| base.and_then(|b| b.map.clone()));
         let deadband = match self.float(s, "deadband") {

@@ -340,12 +340,9 @@ impl Cx<'_> {
             );
         }
         let poll = self.duration(s, "poll");
-        let order = match self.choice(s, "order", "order", WordOrder::NAMES) {
-            Some(1) => WordOrder::Cdab,
-            Some(2) => WordOrder::Badc,
-            Some(3) => WordOrder::Dcba,
-            _ => WordOrder::Abcd,
-        };
+        let order = self
+            .choice(s, "order", "order", WordOrder::NAMES)
+            .map_or(WordOrder::Abcd, |i| WordOrder::ALL[i]);
         let identify = match self.table(s, "identify") {
             Some(t) => {
                 self.keys(&t, &["vendor", "product"]);
