@@ -1,5 +1,5 @@
 //! Shared test harness: a real mosquitto per test on a free loopback port, a subscriber with
-//! bounded waits, the gateway as a subprocess, an sd_notify listener, certificates.
+//! bounded waits, the gateway as a subprocess, an sd_notify listener, certificates; the .deb.
 #![allow(
     dead_code,
     clippy::unwrap_used,
@@ -7,6 +7,7 @@
     clippy::let_underscore_must_use
 )]
 
+pub mod deb;
 pub mod gateway;
 pub mod modbus;
 pub mod mosquitto;
