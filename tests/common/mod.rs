@@ -1,5 +1,6 @@
 //! Shared test harness: a real mosquitto per test on a free loopback port, a subscriber with
-//! bounded waits, the gateway as a subprocess, an sd_notify listener, certificates; the .deb.
+//! bounded waits, the gateway as a subprocess, an sd_notify listener, certificates; the .deb
+//! and a booted systemd to install it in.
 #![allow(
     dead_code,
     clippy::unwrap_used,
@@ -12,4 +13,5 @@ pub mod gateway;
 pub mod modbus;
 pub mod mosquitto;
 pub mod notify;
+pub mod nspawn;
 pub mod pty;
