@@ -159,11 +159,20 @@ fn history_csv(c: &Container, device: &str) -> String {
     ))
 }
 
-/// A simulated Modbus TCP device on the container's loopback, served by `rt`.
-fn modbus_in(c: &Container, rt: &tokio::runtime::Runtime, fake: &FakeModbus) -> String {
-    let _enter = rt.enter();
-    let listener = tokio::net::TcpListener::from_std(c.listen_tcp()).unwrap();
-    fake.serve_tcp_on(listener).to_string()
+/// A simulated Modbus TCP server on the container's loopback whose units hold `(unit, value)`
+/// in holding register 0: the runtime serving it, its state, and its address.
+fn modbus_sim(c: &Container, units: &[(u8, u16)]) -> (tokio::runtime::Runtime, FakeModbus, String) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fake = FakeModbus::new();
+    for (unit, value) in units {
+        fake.set_holding(*unit, 0, &[*value]);
+    }
+    let addr = {
+        let _enter = rt.enter();
+        let listener = tokio::net::TcpListener::from_std(c.listen_tcp()).unwrap();
+        fake.serve_tcp_on(listener).to_string()
+    };
+    (rt, fake, addr)
 }
 
 fn main_pid(c: &Container) -> String {
@@ -221,10 +230,7 @@ fn journalctl_device_field_selects_one_devices_lines() {
     let Some(c) = boot_installed("journal", &[]) else {
         return;
     };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let fake = FakeModbus::new();
-    fake.set_holding(1, 0, &[215]);
-    let addr = modbus_in(&c, &rt, &fake);
+    let (_rt, _fake, addr) = modbus_sim(&c, &[(1, 215)]);
     write_config(
         &c,
         &config(&format!(
@@ -293,11 +299,7 @@ fn reload_fails_on_a_broken_file_and_applies_a_good_one() {
     let Some(c) = boot_installed("reload", &[]) else {
         return;
     };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let fake = FakeModbus::new();
-    fake.set_holding(1, 0, &[215]);
-    fake.set_holding(2, 0, &[180]);
-    let addr = modbus_in(&c, &rt, &fake);
+    let (_rt, fake, addr) = modbus_sim(&c, &[(1, 215), (2, 180)]);
     let one = config(&modbus_device("plc", &addr, "boiler", 1));
     write_config(&c, &one);
     c.ok("systemctl restart fieldbridge");
@@ -461,14 +463,7 @@ register = "holding:0"
     assert!(fds.contains("/dev/ttySC0"), "{fds}");
 
     let security = c.ok("systemd-analyze security fieldbridge --no-pager");
-    let level: f64 = security
-        .lines()
-        .find_map(|l| {
-            l.split("Overall exposure level for fieldbridge.service: ")
-                .nth(1)
-        })
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
+    let level = common::exposure_level(&security)
         .unwrap_or_else(|| panic!("no exposure level in:\n{security}"));
     shout(&format!(
         "systemd-analyze security fieldbridge (booted): {level}"
@@ -510,10 +505,7 @@ fn install_upgrade_and_purge_in_the_booted_root() {
     );
 
     // The admin adds a device to the config and tightens its mode; history accumulates.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let fake = FakeModbus::new();
-    fake.set_holding(1, 0, &[215]);
-    let addr = modbus_in(&c, &rt, &fake);
+    let (_rt, _fake, addr) = modbus_sim(&c, &[(1, 215)]);
     let edited = std::fs::read_to_string(c.path("/etc/fieldbridge/config.toml")).unwrap()
         + &modbus_device("plc", &addr, "boiler", 1);
     write_config(&c, &edited);

@@ -6,6 +6,8 @@
 //! The unit file: what CONTRACT §5 asks of it, `systemd-analyze verify`, and its exposure.
 //! Under a booted systemd, from the installed package: tests/booted.rs.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -111,15 +113,8 @@ fn exposure_is_2_5_or_lower_with_serial_ports_reachable() {
         .unwrap();
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let level: f64 = text
-        .lines()
-        .find_map(|l| {
-            l.split("Overall exposure level for fieldbridge.service: ")
-                .nth(1)
-        })
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
+    let level =
+        common::exposure_level(&text).unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
     eprintln!("systemd-analyze security exposure: {level}");
     assert!(level <= 2.5, "exposure {level}:\n{text}");
 }

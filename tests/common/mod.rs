@@ -15,3 +15,14 @@ pub mod mosquitto;
 pub mod notify;
 pub mod nspawn;
 pub mod pty;
+
+/// The overall exposure level in `systemd-analyze security` output for fieldbridge.service.
+pub fn exposure_level(text: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for fieldbridge.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}

@@ -203,22 +203,36 @@ impl Container {
             std::thread::sleep(Duration::from_millis(50));
         }
         // Until the boot is finished (or 90 s): "running", or "degraded" when a unit failed.
-        // systemctl fails at once until PID 1 has made its socket.
+        // Until PID 1 has made /run/systemd/system and its socket, systemctl says "offline" or
+        // nothing at once.
         let deadline = Instant::now() + Duration::from_secs(90);
         let state = loop {
             let o = c.run(&["timeout", "90", "systemctl", "is-system-running", "--wait"]);
             let state = String::from_utf8_lossy(&o.stdout).trim().to_string();
-            if !state.is_empty() || Instant::now() > deadline {
+            if !matches!(state.as_str(), "" | "offline") || Instant::now() > deadline {
                 break state;
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        if state != "running" {
-            let failed = c.sh("systemctl --failed --no-legend; journalctl -b -p err -o cat");
-            return Err(format!(
-                "the container's systemd is {state:?}:\n{}",
-                String::from_utf8_lossy(&failed.stdout)
-            ));
+        match state.as_str() {
+            "running" => {}
+            // A boot unit that failed is no reason to stop: under cgroup v1 one sometimes
+            // loses a race for its cgroup ("Failed at step CGROUP"). Said, not hidden.
+            "degraded" => {
+                let failed = c.sh("systemctl --failed --no-legend --plain");
+                shout(&format!(
+                    "{}: booted degraded, failed units:\n{}",
+                    c.name,
+                    String::from_utf8_lossy(&failed.stdout).trim_end()
+                ));
+            }
+            _ => {
+                let errors = c.sh("journalctl -b -p err -o cat");
+                return Err(format!(
+                    "the container's systemd is {state:?}:\n{}",
+                    String::from_utf8_lossy(&errors.stdout)
+                ));
+            }
         }
         Ok(c)
     }
@@ -254,14 +268,17 @@ impl Container {
     /// Runs a shell script inside; it must succeed. Returns its stdout.
     pub fn ok(&self, script: &str) -> String {
         let o = self.sh(script);
-        assert!(
-            o.status.success(),
-            "in {}: `{script}` failed ({}):\n{}{}",
-            self.name,
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
+        if !o.status.success() {
+            let journal = self.sh("journalctl -n 40 --no-pager");
+            panic!(
+                "in {}: `{script}` failed ({}):\n{}{}\nthe journal's last lines:\n{}",
+                self.name,
+                o.status,
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr),
+                String::from_utf8_lossy(&journal.stdout)
+            );
+        }
         String::from_utf8_lossy(&o.stdout).to_string()
     }
 
