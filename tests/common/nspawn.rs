@@ -267,7 +267,11 @@ impl Container {
 
     /// Runs a shell script inside; it must succeed. Returns its stdout.
     pub fn ok(&self, script: &str) -> String {
-        let o = self.sh(script);
+        self.succeeded(script, self.sh(script))
+    }
+
+    /// `o`, the output of `script`, if it succeeded; else a panic with the journal's end.
+    fn succeeded(&self, script: &str, o: Output) -> String {
         if !o.status.success() {
             let journal = self.sh("journalctl -n 40 --no-pager");
             panic!(
@@ -280,6 +284,26 @@ impl Container {
             );
         }
         String::from_utf8_lossy(&o.stdout).to_string()
+    }
+
+    /// `systemctl ARGS`, which must succeed. Under cgroup v1 in a container, systemd now and
+    /// then fails to move a new process into its unit's cgroup ("Failed at step CGROUP", seen
+    /// on boot units too): that, and only that, is said and tried once more.
+    pub fn systemctl(&self, args: &str) -> String {
+        let script = format!("systemctl {args}");
+        let o = self.sh(&script);
+        if !o.status.success()
+            && self
+                .journal(&["-n", "20"])
+                .contains("Failed at step CGROUP")
+        {
+            shout(&format!(
+                "{}: `{script}` lost a race for its cgroup; once more",
+                self.name
+            ));
+            return self.ok(&script);
+        }
+        self.succeeded(&script, o)
     }
 
     /// The host's path of `path` inside the container (through its PID 1's root).
