@@ -19,8 +19,10 @@ need mosquitto_passwd mosquitto
 need openssl openssl
 need socat socat
 need curl curl
-# tests/packaging.rs installs the .deb in a throwaway Debian root.
+# tests/packaging.rs installs the .deb in a throwaway Debian root and boots it with
+# systemd-nspawn (tests/booted.rs).
 $tests && need debootstrap debootstrap
+$tests && need systemd-nspawn systemd-container
 # The system CA bundle: the default roots for an mqtts:// broker (and for the TLS tests).
 [ -f /etc/ssl/certs/ca-certificates.crt ] || packages+=(ca-certificates)
 

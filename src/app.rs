@@ -319,6 +319,7 @@ impl Gateway {
         // Config, history folder and buses are up: ready, whether or not the broker is.
         systemd::ready();
         info!(
+            gateway = %config.gateway.id,
             config = %config_path.display(),
             devices = config.devices.len(),
             buses = config.buses.len(),

@@ -34,7 +34,13 @@ pub enum Command {
     /// Run the daemon in the foreground (systemd supervises it).
     Run(ConfigArg),
     /// Validate the config and print what it will do; exit 0, or 78 with every error.
-    Check(ConfigArg),
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print only the errors (for `ExecReload=`: nothing in the journal for a good file).
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Read the local history.
     History {
         #[command(flatten)]

@@ -48,9 +48,11 @@ fn main() -> ExitCode {
     // clap exits with 2 on usage errors and 0 for --help/--version.
     let cli = Cli::parse();
     match cli.command {
-        Command::Check(arg) => match config::Config::load(&arg.config) {
+        Command::Check { config: arg, quiet } => match config::Config::load(&arg.config) {
             Ok(config) => {
-                print!("{}", check::summary(&config));
+                if !quiet {
+                    print!("{}", check::summary(&config));
+                }
                 ExitCode::SUCCESS
             }
             Err(errors) => {

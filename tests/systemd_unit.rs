@@ -4,6 +4,9 @@
     clippy::let_underscore_must_use
 )]
 //! The unit file: what CONTRACT §5 asks of it, `systemd-analyze verify`, and its exposure.
+//! Under a booted systemd, from the installed package: tests/booted.rs.
+
+mod common;
 
 use std::path::Path;
 use std::process::Command;
@@ -38,20 +41,36 @@ fn the_unit_has_what_the_contract_asks() {
     let u = unit();
     for line in [
         "Type=notify",
-        "ExecStartPre=/usr/bin/fieldbridge check -c /etc/fieldbridge/config.toml",
         "ExecStart=/usr/bin/fieldbridge run -c /etc/fieldbridge/config.toml",
-        "ExecReload=/bin/kill -HUP $MAINPID",
         "Restart=on-failure",
         "RestartPreventExitStatus=78",
         "WatchdogSec=30",
+        "StartLimitIntervalSec=120",
+        "StartLimitBurst=5",
         "ProtectSystem=strict",
         "StateDirectory=fieldbridge",
         "SupplementaryGroups=dialout",
         "User=fieldbridge",
         "DeviceAllow=char-ttyUSB rw",
+        "DeviceAllow=char-ttySC rw",
     ] {
         assert!(u.lines().any(|l| l == line), "missing {line}");
     }
+    // RestartPreventExitStatus= does not cover ExecStartPre=: a failing check there would be
+    // restarted forever (systemd issue 11868). `run` checks the config itself.
+    assert!(!u.lines().any(|l| l.starts_with("ExecStartPre=")));
+    // Reload checks the file first, so a broken one fails `systemctl reload`, then signals.
+    let reload: Vec<&str> = u.lines().filter(|l| l.starts_with("ExecReload=")).collect();
+    assert_eq!(
+        reload,
+        [
+            "ExecReload=/usr/bin/fieldbridge check --quiet -c /etc/fieldbridge/config.toml",
+            "ExecReload=/bin/sh -c 'kill -HUP $$MAINPID'",
+        ]
+    );
+    // The start limit belongs to [Unit] (systemd ignores it in [Service] with a warning).
+    let unit_section = u.split("[Service]").next().unwrap();
+    assert!(unit_section.contains("StartLimitBurst="));
     assert!(
         !u.lines().any(|l| l.trim() == "PrivateDevices=yes"),
         "would hide the serial ports"
@@ -94,15 +113,8 @@ fn exposure_is_2_5_or_lower_with_serial_ports_reachable() {
         .unwrap();
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let level: f64 = text
-        .lines()
-        .find_map(|l| {
-            l.split("Overall exposure level for fieldbridge.service: ")
-                .nth(1)
-        })
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
+    let level =
+        common::exposure_level(&text).unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
     eprintln!("systemd-analyze security exposure: {level}");
     assert!(level <= 2.5, "exposure {level}:\n{text}");
 }

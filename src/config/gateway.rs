@@ -38,8 +38,18 @@ impl Cx<'_> {
     }
 }
 
+/// The host name from gethostname(2), as a valid name (CONTRACT §3). Not from
+/// `/proc/sys/kernel/hostname`, which the unit's `ProcSubset=pid` hides: every gateway would be
+/// `fieldbridge`, with one MQTT client id and one set of Home Assistant ids among them.
 fn default_gateway_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    gateway_id_from_host(&host)
+}
+
+/// `host` lower-cased, with characters a name cannot hold as `-`; `fieldbridge` when empty.
+fn gateway_id_from_host(host: &str) -> String {
     let id: String = host
         .trim()
         .to_ascii_lowercase()
@@ -56,5 +66,22 @@ fn default_gateway_id() -> String {
         "fieldbridge".into()
     } else {
         id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_gateway_id_is_the_host_name_made_a_valid_name() {
+        assert_eq!(gateway_id_from_host("Garage-Pi\n"), "garage-pi");
+        assert_eq!(gateway_id_from_host("pi.lan"), "pi-lan");
+        assert_eq!(gateway_id_from_host(""), "fieldbridge");
+        let host = nix::unistd::gethostname().unwrap();
+        let host = host.to_string_lossy();
+        if !host.is_empty() {
+            assert_eq!(default_gateway_id(), gateway_id_from_host(&host));
+        }
     }
 }

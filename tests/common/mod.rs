@@ -1,5 +1,6 @@
 //! Shared test harness: a real mosquitto per test on a free loopback port, a subscriber with
-//! bounded waits, the gateway as a subprocess, an sd_notify listener, certificates.
+//! bounded waits, the gateway as a subprocess, an sd_notify listener, certificates; the .deb
+//! and a booted systemd to install it in.
 #![allow(
     dead_code,
     clippy::unwrap_used,
@@ -7,8 +8,21 @@
     clippy::let_underscore_must_use
 )]
 
+pub mod deb;
 pub mod gateway;
 pub mod modbus;
 pub mod mosquitto;
 pub mod notify;
+pub mod nspawn;
 pub mod pty;
+
+/// The overall exposure level in `systemd-analyze security` output for fieldbridge.service.
+pub fn exposure_level(text: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for fieldbridge.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}

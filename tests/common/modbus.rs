@@ -103,6 +103,12 @@ impl FakeModbus {
     /// Serves Modbus TCP on 127.0.0.1:0 (in this tokio runtime); returns the address.
     pub async fn serve_tcp(&self) -> SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.serve_tcp_on(listener)
+    }
+
+    /// Serves Modbus TCP on `listener` (in this tokio runtime), e.g. one made in another network
+    /// namespace; returns its address.
+    pub fn serve_tcp_on(&self, listener: tokio::net::TcpListener) -> SocketAddr {
         let addr = listener.local_addr().unwrap();
         let service = self.clone();
         tokio::spawn(async move {
