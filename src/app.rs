@@ -18,10 +18,10 @@ use tracing::{error, info, warn};
 
 use crate::bridge::Bridge;
 use crate::config::{Config, ConfigErrors, PASSWORD_ENV};
+use crate::device::Sink;
 use crate::fleet::{self, Fleet};
 use crate::history::History;
 use crate::mqtt::{Incoming, Mqtt, MqttHandle, MqttSettings, Secret, TlsSettings};
-use crate::poller::Sink;
 use crate::topics::Topics;
 use crate::{EXIT_CONFIG, EXIT_FAILURE, discovery, health, payload, systemd};
 

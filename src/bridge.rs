@@ -3,63 +3,17 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::command::{self, Command};
 use crate::config::DeviceConfig;
-use crate::poller::Sink;
+use crate::device::command::{self, Command};
+use crate::device::{CommandStats, DEVICE_COMMANDS_CAP, Sink};
+use crate::telemetry::RateLimit;
 use crate::topics::{Topic, Topics};
-
-/// Counters of the command path, for the health topic.
-#[derive(Debug, Default)]
-pub struct CommandStats {
-    /// Valid commands handed to their device.
-    pub accepted: AtomicU64,
-    /// Commands refused by validation (malformed, unknown point, out of range, …).
-    pub rejected: AtomicU64,
-    /// Valid commands refused because their device already had `DEVICE_COMMANDS_CAP` waiting.
-    pub busy: AtomicU64,
-    /// Commands executed and confirmed.
-    pub ok: AtomicU64,
-    /// Commands that failed at the device (exception, timeout, port down).
-    pub failed: AtomicU64,
-}
-
-/// At most one warning per `every`; the rest are counted and reported with the next one.
-#[derive(Debug)]
-pub struct RateLimit {
-    every: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimit {
-    pub const fn new(every: Duration) -> Self {
-        RateLimit {
-            every,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// `Some(suppressed since the last one)` when a line may be logged now.
-    pub fn check(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(t) if now.duration_since(t) < self.every => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
 
 struct Target {
     config: Arc<DeviceConfig>,
@@ -182,7 +136,7 @@ impl Bridge {
                         Some(&cmd.action),
                         Err(&format!(
                             "{device}: busy: {} commands already waiting",
-                            crate::poller::DEVICE_COMMANDS_CAP
+                            DEVICE_COMMANDS_CAP
                         )),
                         &[],
                     );
@@ -216,20 +170,5 @@ impl Bridge {
                 self.sink.publish(result_topic, body, 1, false);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rate_limit_lets_one_line_through_per_period_and_counts_the_rest() {
-        let mut r = RateLimit::new(Duration::from_secs(10));
-        let t0 = Instant::now();
-        assert_eq!(r.check(t0), Some(0));
-        assert_eq!(r.check(t0 + Duration::from_secs(1)), None);
-        assert_eq!(r.check(t0 + Duration::from_secs(2)), None);
-        assert_eq!(r.check(t0 + Duration::from_secs(11)), Some(2));
     }
 }

@@ -10,14 +10,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::bridge::{Bridge, CommandStats};
+use crate::bridge::Bridge;
 use crate::bus::BusStats;
 use crate::bus::modbus::ModbusBus;
 use crate::bus::serial_line::{LineStats, SerialLineBus};
 use crate::config::{BusConfig, Config, DeviceConfig};
+use crate::device::line::LineDevice;
+use crate::device::modbus::DevicePoller;
+use crate::device::{CommandStats, DEVICE_COMMANDS_CAP, Sink};
 use crate::history::HistoryHandle;
-use crate::line_device::LineDevice;
-use crate::poller::{DEVICE_COMMANDS_CAP, DevicePoller, Sink};
 use crate::topics::Topics;
 
 /// How long a stopping bus or device may take before it is abandoned.

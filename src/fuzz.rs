@@ -13,8 +13,8 @@ use tokio_util::codec::Decoder;
 
 use crate::bus::codec;
 use crate::bus::line::{self, Frame, LineCodec};
-use crate::command::{self, CommandKind};
 use crate::config::{self, Config, DataType, LineFormat, PointConfig, Table, WordOrder};
+use crate::device::command::{self, CommandKind};
 
 /// `config.toml` text. Property: parsing never panics, and a config that parses has names that
 /// are safe in topics (no `/`, `+`, `#`).
@@ -181,7 +181,7 @@ pub fn serial_line(data: &[u8]) {
                         if let Some(v) = line::field(&doc, name) {
                             let _ = line::typed(v);
                         }
-                        let _ = crate::line_device::point_value(&doc, name, &point);
+                        let _ = crate::device::line::point_value(&doc, name, &point);
                         let _ = line::matches(&doc, name, "x");
                     }
                 }

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value as Json, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::CommandStats;
 use crate::bus::BusStats;
 use crate::bus::serial_line::LineStats;
+use crate::device::CommandStats;
 use crate::mqtt::MqttHandle;
 use crate::payload::VERSION;
 

@@ -3,6 +3,7 @@
 //! lines on stderr, coloured only on a terminal. `--log-level` or `RUST_LOG` filters.
 
 use std::io::IsTerminal;
+use std::time::{Duration, Instant};
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -39,9 +40,51 @@ pub fn init(log_level: Option<&str>) -> anyhow::Result<()> {
     registry.with(fmt).try_init().or(Ok(()))
 }
 
+/// At most one log line per `every`; the rest are counted and reported with the next one.
+#[derive(Debug)]
+pub struct RateLimit {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    pub const fn new(every: Duration) -> Self {
+        RateLimit {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(suppressed since the last one)` when a line may be logged now.
+    pub fn check(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.duration_since(t) < self.every => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_limit_lets_one_line_through_per_period_and_counts_the_rest() {
+        let mut r = RateLimit::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(r.check(t0), Some(0));
+        assert_eq!(r.check(t0 + Duration::from_secs(1)), None);
+        assert_eq!(r.check(t0 + Duration::from_secs(2)), None);
+        assert_eq!(r.check(t0 + Duration::from_secs(11)), Some(2));
+    }
 
     #[test]
     fn the_command_line_beats_rust_log_which_beats_the_default() {

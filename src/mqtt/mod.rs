@@ -241,7 +241,7 @@ impl MqttHandle {
     }
 }
 
-impl crate::poller::Sink for MqttHandle {
+impl crate::device::Sink for MqttHandle {
     fn publish(&self, topic: String, payload: String, qos: u8, retain: bool) {
         MqttHandle::publish(self, topic, payload, qos, retain);
     }

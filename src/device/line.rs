@@ -11,14 +11,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::command::{self, Command, CommandKind};
+use super::state::{DeviceState, PublishRule};
+use super::{CommandStats, Out, Sink, next_command};
 use crate::bus::codec::{self, Raw};
 use crate::bus::line;
 use crate::bus::serial_line::LineHandle;
-use crate::command::{self, Command, CommandKind};
 use crate::config::{DataType, DeviceConfig, PointConfig};
 use crate::model::Value;
-use crate::poller::{Out, Sink, next_command};
-use crate::state::{DeviceState, PublishRule};
 use crate::topics::Topics;
 
 /// A line field → the point's value. Text that reads as a number is a number.
@@ -53,7 +53,7 @@ pub struct LineDevice {
     config: Arc<DeviceConfig>,
     lines: mpsc::Receiver<Json>,
     commands: Option<mpsc::Receiver<Command>>,
-    command_stats: Arc<crate::bridge::CommandStats>,
+    command_stats: Arc<CommandStats>,
     history: Option<crate::history::HistoryHandle>,
     bus: LineHandle,
     sink: Arc<dyn Sink>,
@@ -92,11 +92,7 @@ impl LineDevice {
         self
     }
 
-    pub fn with_commands(
-        mut self,
-        rx: mpsc::Receiver<Command>,
-        stats: Arc<crate::bridge::CommandStats>,
-    ) -> Self {
+    pub fn with_commands(mut self, rx: mpsc::Receiver<Command>, stats: Arc<CommandStats>) -> Self {
         self.commands = Some(rx);
         self.command_stats = stats;
         self

@@ -20,100 +20,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::command::{self, Command, CommandKind};
+use super::state::{Availability, Change, DeviceState, PublishRule};
+use super::{CommandStats, Out, Sink, next_command};
 use crate::bus::codec;
 use crate::bus::plan::{self, PlannedRead};
 use crate::bus::{BusError, BusHandle, BusStats, RawData, ReadSpec};
-use crate::command::{self, Command, CommandKind};
 use crate::config::{DataType, DeviceConfig, PointConfig};
-use crate::history::HistoryHandle;
 use crate::model::Value;
-use crate::payload;
-use crate::state::{Availability, Change, DeviceState, PublishRule};
 use crate::topics::Topics;
-
-/// Where the device task sends what it publishes. The MQTT handle implements it; so can a test.
-pub trait Sink: Send + Sync + 'static {
-    /// A reading on a sensor topic: never blocks; when the broker is away the link queues it
-    /// with drop-oldest.
-    fn publish(&self, topic: String, payload: String, qos: u8, retain: bool);
-    /// Retained state or availability: never blocks; newest per topic wins while queued.
-    fn publish_retained(&self, topic: String, payload: String);
-    /// Deletes a retained message (empty retained payload).
-    fn clear_retained(&self, topic: String) {
-        self.publish_retained(topic, String::new());
-    }
-}
-
-/// Where a device task's results go: MQTT through the sink, and the history. A borrowed view,
-/// built from the task's fields where needed, shared by Modbus and serial devices.
-pub(crate) struct Out<'a> {
-    pub name: &'a str,
-    pub config: &'a DeviceConfig,
-    pub sink: &'a dyn Sink,
-    pub topics: &'a Topics,
-    pub history: Option<&'a HistoryHandle>,
-}
-
-impl Out<'_> {
-    /// Applies one read's values to `state` and publishes what that calls for: sensor topics
-    /// (recorded in the history too) and the retained device state.
-    pub fn values(
-        &self,
-        state: &mut DeviceState,
-        values: Vec<(String, Value, PublishRule)>,
-        at: SystemTime,
-    ) {
-        let decision = state.apply(values, std::time::Instant::now());
-        let loc = &self.config.location;
-        for (point, value) in &decision.sensors {
-            let Some(p) = self.config.points.get(point) else {
-                continue;
-            };
-            let topic = self.topics.sensor(self.name, loc, point);
-            let body = payload::sensor(value, p.unit.as_deref(), at, self.name, loc);
-            self.sink.publish(topic, body, p.qos, p.retain);
-            if let Some(h) = self.history {
-                h.record_reading(self.name, point, at, value);
-            }
-        }
-        if decision.state {
-            let topic = self.topics.state(self.name, loc);
-            let body = payload::state(state.latest().iter().map(|(k, v)| (k.as_str(), v)), at);
-            self.sink.publish_retained(topic, body);
-        }
-    }
-
-    /// Publishes (retained) and records an availability change.
-    pub fn availability(&self, online: bool) {
-        let topic = self.topics.availability(self.name, &self.config.location);
-        self.sink
-            .publish_retained(topic, payload::availability(self.name, online));
-        if let Some(h) = self.history {
-            h.record_availability(self.name, online, SystemTime::now());
-        }
-    }
-
-    /// Publishes a command's result and records the command.
-    pub fn result(&self, cmd: &Command, body: String) {
-        if let Some(h) = self.history {
-            h.record_command(self.name, &cmd.raw, &body, SystemTime::now());
-        }
-        let topic = self.topics.command_result(self.name, &self.config.location);
-        self.sink.publish(topic, body, 1, false);
-    }
-}
-
-/// The next command, or never when the task takes none.
-pub(crate) async fn next_command(rx: &mut Option<mpsc::Receiver<Command>>) -> Option<Command> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Commands waiting for one device. The bridge validates commands before queuing them, so only
-/// valid ones wait here; when full, the bridge answers the newest one `ok: false` ("busy").
-pub const DEVICE_COMMANDS_CAP: usize = 16;
 
 /// A Modbus device's task: its poll loop and its commands, one at a time in arrival order.
 /// A command that arrives while the device's poll waits in the bus queue is executed at once
@@ -125,7 +40,7 @@ pub struct DevicePoller {
     /// Points a command wrote (or a refresh read) during the current poll: what that poll read
     /// of them may be older, and is not published.
     superseded: Vec<String>,
-    command_stats: Arc<crate::bridge::CommandStats>,
+    command_stats: Arc<CommandStats>,
     history: Option<crate::history::HistoryHandle>,
     /// Write single registers with FC16 too, for devices that refuse FC06.
     force_multiple: bool,
@@ -184,11 +99,7 @@ impl DevicePoller {
         self
     }
 
-    pub fn with_commands(
-        mut self,
-        rx: mpsc::Receiver<Command>,
-        stats: Arc<crate::bridge::CommandStats>,
-    ) -> Self {
+    pub fn with_commands(mut self, rx: mpsc::Receiver<Command>, stats: Arc<CommandStats>) -> Self {
         self.commands = Some(rx);
         self.command_stats = stats;
         self
