@@ -51,6 +51,7 @@ fn bus_json(stats: &BusStats, prev_busy: u64, elapsed: Duration) -> (Json, u64) 
             "errors": get(&stats.errors),
             "timeouts": get(&stats.timeouts),
             "exceptions": get(&stats.exceptions),
+            "gateway_exceptions": get(&stats.gateway_exceptions),
             "overruns": get(&stats.overruns),
             "reconnects": get(&stats.reconnects),
             "latency_ms": (latency_ms * 100.0).round() / 100.0,

@@ -51,6 +51,13 @@ pub struct Unit {
     pub identity: Option<Vec<(u8, String)>>,
     /// FC 17 additional data after the server id and run indicator; `None`: illegal function.
     pub server_id: Option<Vec<u8>>,
+    /// Answers every request with this exception (0x0B: a gateway whose device is silent).
+    pub exception: Option<ExceptionCode>,
+    /// Register addresses (any table) whose reads fail with "server device failure".
+    pub failing: HashSet<u16>,
+    /// The next this-many requests are answered after `late` (past the gateway's timeout).
+    pub late_answers: u32,
+    pub late: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -172,8 +179,12 @@ impl Service for FakeModbus {
                     count,
                     at: Instant::now(),
                 });
-                match s.units.get(&unit_id) {
+                match s.units.get_mut(&unit_id) {
                     None => (true, Duration::ZERO),
+                    Some(u) if u.late_answers > 0 => {
+                        u.late_answers -= 1;
+                        (u.silent, u.late)
+                    }
                     Some(u) => (u.silent, u.delay),
                 }
             };
@@ -187,8 +198,14 @@ impl Service for FakeModbus {
             let Some(u) = s.units.get_mut(&unit_id) else {
                 return Ok(None);
             };
+            if let Some(e) = u.exception {
+                return Err(e);
+            }
             if (address..address.saturating_add(count)).any(|a| u.missing.contains(&a)) {
                 return Err(ExceptionCode::IllegalDataAddress);
+            }
+            if fc <= 4 && (address..address.saturating_add(count)).any(|a| u.failing.contains(&a)) {
+                return Err(ExceptionCode::ServerDeviceFailure);
             }
             let resp = match req.request {
                 Request::ReadCoils(a, n) => Response::ReadCoils(bits(&u.coils, a, n)),
