@@ -91,6 +91,7 @@ pub struct Gateway {
     topics: Topics,
     signals: Signals,
     history: sqlx::SqlitePool,
+    command_log: crate::history::CommandLog,
 }
 
 struct Signals {
@@ -112,6 +113,9 @@ pub async fn build(config_path: &Path) -> Result<Gateway, BuildError> {
     let history = crate::history::open_with(&config.history.path, config.history.max_size)
         .await
         .map_err(|e| BuildError::Other(anyhow::anyhow!(e)))?;
+    let command_log = crate::history::CommandLog::open(&config.history.path)
+        .await
+        .map_err(|e| BuildError::Other(anyhow::anyhow!(e)))?;
     let topics = Topics::new(&config);
     let settings = mqtt_settings(&config, &topics)?;
     let (mqtt, handle, incoming) = Mqtt::new(settings)
@@ -125,6 +129,7 @@ pub async fn build(config_path: &Path) -> Result<Gateway, BuildError> {
         topics,
         signals,
         history,
+        command_log,
     })
 }
 
@@ -228,6 +233,7 @@ impl Gateway {
             topics,
             mut signals,
             history: history_pool,
+            command_log,
         } = self;
         let tracker = TaskTracker::new();
         // Core tasks report here when they die; the supervisor then stops everything.
@@ -250,6 +256,7 @@ impl Gateway {
             topics: shared_topics.clone(),
             history: history.clone(),
             commands: bridge.stats.clone(),
+            command_log: Some(command_log),
             fatal: fatal_tx.clone(),
         };
         // Buses and devices stop first at shutdown; then history; MQTT last.
@@ -378,7 +385,7 @@ impl Gateway {
                     error!(error = %reason, "a core task failed; stopping");
                     break EXIT_FAILURE;
                 }
-                Some(msg) = incoming.recv() => bridge.handle(&msg.topic, &msg.payload),
+                Some(msg) = incoming.recv() => bridge.handle(&msg),
                 _ = beat.tick() => main_heartbeat.beat(),
             }
         };

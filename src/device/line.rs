@@ -1,31 +1,60 @@
-//! One task per serial line device: turns the lines routed to it into point values, publishes
-//! them exactly like Modbus points (deadband, heartbeat, state, sensor topics), tracks
-//! availability by silence, and executes its `send` actions.
+//! The serial line transport of the device core: one task per serial line device turns the
+//! lines routed to it into point values for the [`Core`] (deadband, heartbeat, state and
+//! sensor topics exactly as for Modbus points), reports silence as failed polls, and executes
+//! its commands as lines written to the device.
+//!
+//! - A device is `offline` when no line for it arrived within `silence`, and `online` with its
+//!   next line.
+//! - A point whose field came with a value that can't be read (`null`, text where its type or
+//!   scale needs a number), or that no line carried for `silence`, leaves the retained state
+//!   until it reads again.
+//! - `refresh` publishes the state now; on an offline device it waits one bus `timeout` for a
+//!   line.
+//! - A named action's `send` line, then the point values given beside it, each point's own
+//!   `send` line; a reply awaited with `expect` is asked for again up to `retries` times.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
-use super::command::{self, Command, CommandKind};
-use super::state::{DeviceState, PublishRule};
-use super::{CommandStats, Out, Sink, next_command};
+use super::command::{CommandKind, Failure, Outcome};
+use super::{Core, Links, Queued, next_command};
+use crate::bus::BusError;
 use crate::bus::codec::{self, Raw};
 use crate::bus::line;
 use crate::bus::serial_line::LineHandle;
 use crate::config::{DataType, DeviceConfig, PointConfig};
 use crate::model::Value;
-use crate::topics::Topics;
 
-/// A line field → the point's value. Text that reads as a number is a number.
-pub fn point_value(doc: &Json, point: &str, p: &PointConfig) -> Option<Value> {
+/// Whether a point's value must be a number: a numeric type, labels for numbers, or arithmetic.
+fn needs_number(p: &PointConfig) -> bool {
+    p.data_type
+        .is_some_and(|t| !matches!(t, DataType::String | DataType::Bool))
+        || p.map.is_some()
+        || p.scale.is_some()
+        || p.offset.is_some()
+        || p.precision.is_some()
+}
+
+/// A line field → the point's value: `Ok(None)` when the line does not carry the field, an
+/// error when it carries one that can't be the point's value. Text that reads as a number is a
+/// number.
+pub fn point_value(doc: &Json, point: &str, p: &PointConfig) -> Result<Option<Value>, String> {
     let name = p.field.as_deref().unwrap_or(point);
-    let v = line::typed(line::field(doc, name)?);
+    let Some(field) = line::field(doc, name) else {
+        return Ok(None);
+    };
+    let v = line::typed(field);
     let raw = match (&v, p.data_type) {
+        (Json::Null, _) => return Err(format!("field \"{name}\" has no value (null)")),
+        (Json::Array(_) | Json::Object(_), _) => {
+            return Err(format!("field \"{name}\" is not a single value: {v}"));
+        }
         (_, Some(DataType::String)) => Raw::Text(match &v {
             Json::String(s) => s.clone(),
             other => other.to_string(),
@@ -38,28 +67,32 @@ pub fn point_value(doc: &Json, point: &str, p: &PointConfig) -> Option<Value> {
             } else if let Some(u) = n.as_u64() {
                 Raw::Unsigned(u)
             } else {
-                Raw::Float(n.as_f64()?)
+                match n.as_f64() {
+                    Some(f) => Raw::Float(f),
+                    None => return Err(format!("field \"{name}\": {n} is not a usable number")),
+                }
             }
         }
+        (Json::String(s), _) if needs_number(p) => {
+            return Err(format!("field \"{name}\": \"{s}\" is not a number"));
+        }
         (Json::String(s), _) => Raw::Text(s.clone()),
-        _ => return None,
     };
-    Some(codec::to_value(raw, p))
+    Ok(Some(codec::to_value(raw, p)))
 }
 
 /// A serial line device's task.
 pub struct LineDevice {
-    name: String,
-    config: Arc<DeviceConfig>,
+    core: Core,
     lines: mpsc::Receiver<Json>,
-    commands: Option<mpsc::Receiver<Command>>,
-    command_stats: Arc<CommandStats>,
-    history: Option<crate::history::HistoryHandle>,
+    commands: Option<mpsc::Receiver<Queued>>,
     bus: LineHandle,
-    sink: Arc<dyn Sink>,
-    topics: Arc<Topics>,
-    state: DeviceState,
-    online: Option<bool>,
+    /// The bus `timeout`: how long an `expect` reply (and an offline device's refresh) waits.
+    timeout: Duration,
+    /// The bus `retries`: how often a line whose `expect` reply did not come is sent again.
+    retries: u32,
+    /// When each point last came with a value.
+    seen: HashMap<String, Instant>,
 }
 
 impl LineDevice {
@@ -68,34 +101,35 @@ impl LineDevice {
         config: &Arc<DeviceConfig>,
         lines: mpsc::Receiver<Json>,
         bus: LineHandle,
-        sink: Arc<dyn Sink>,
-        topics: Arc<Topics>,
+        links: Links,
     ) -> Self {
         LineDevice {
-            name: name.to_string(),
-            config: config.clone(),
+            // Silence is already a long window: one is a failed poll enough.
+            core: Core::new(name, config, 1, links),
             lines,
             commands: None,
-            command_stats: Arc::default(),
-            history: None,
             bus,
-            sink,
-            topics,
-            state: DeviceState::default(),
-            online: None,
+            timeout: Duration::from_millis(500),
+            retries: 0,
+            seen: HashMap::new(),
         }
     }
 
-    /// Records what it publishes in the history.
-    pub fn with_history(mut self, h: crate::history::HistoryHandle) -> Self {
-        self.history = Some(h);
+    /// Takes commands from `rx`.
+    pub fn with_commands(mut self, rx: mpsc::Receiver<Queued>) -> Self {
+        self.commands = Some(rx);
         self
     }
 
-    pub fn with_commands(mut self, rx: mpsc::Receiver<Command>, stats: Arc<CommandStats>) -> Self {
-        self.commands = Some(rx);
-        self.command_stats = stats;
+    /// The bus's `timeout` and `retries`, for command replies.
+    pub fn with_timing(mut self, timeout: Duration, retries: u32) -> Self {
+        self.timeout = timeout;
+        self.retries = retries;
         self
+    }
+
+    fn silence(&self) -> Duration {
+        self.core.config().silence
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -103,11 +137,11 @@ impl LineDevice {
         // Silence is counted from start-up too: a device that never talks goes offline.
         let mut last_line = Instant::now();
         loop {
-            let silent_at = last_line + self.config.silence;
+            let silent_at = last_line + self.silence();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some(cmd) = next_command(&mut commands) => self.execute(cmd).await,
+                Some(q) = next_command(&mut commands) => self.command(q).await,
                 doc = self.lines.recv() => match doc {
                     Some(doc) => {
                         last_line = Instant::now();
@@ -115,133 +149,184 @@ impl LineDevice {
                     }
                     None => break,
                 },
-                _ = tokio::time::sleep_until(silent_at), if self.online != Some(false) => {
-                    self.set_online(false);
+                _ = tokio::time::sleep_until(silent_at), if !self.core.is_offline() => {
+                    let why = format!(
+                        "no line within the silence period ({})",
+                        humantime::format_duration(self.silence())
+                    );
+                    self.core.silent(&why);
                 }
             }
         }
     }
 
+    /// One line routed to this device: its points' values, and the points it could not give.
     fn line(&mut self, doc: &Json) {
-        let values: Vec<(String, Value, PublishRule)> = self
-            .config
-            .points
-            .iter()
-            .filter_map(|(name, p)| {
-                point_value(doc, name, p).map(|v| {
-                    (
-                        name.clone(),
-                        v,
-                        PublishRule {
-                            deadband: p.deadband,
-                            heartbeat: p.heartbeat,
-                        },
-                    )
-                })
-            })
-            .collect();
-        self.set_online(true);
-        if values.is_empty() {
+        let now = Instant::now();
+        let silence = self.silence();
+        let config = self.core.config().clone();
+        let mut values = Vec::new();
+        let mut failed = Vec::new();
+        for (name, p) in &config.points {
+            match point_value(doc, name, p) {
+                Ok(Some(v)) => {
+                    self.seen.insert(name.clone(), now);
+                    values.push((name.clone(), v));
+                }
+                Ok(None) => {
+                    // Not on this line. Gone from the device's lines for a whole silence
+                    // period: stale, so it leaves the state.
+                    if self
+                        .seen
+                        .get(name)
+                        .is_some_and(|t| now.duration_since(*t) >= silence)
+                    {
+                        self.seen.remove(name);
+                        let why =
+                            format!("not reported for {}", humantime::format_duration(silence));
+                        self.core.point_error(name, &why);
+                        failed.push(name.clone());
+                    }
+                }
+                Err(e) => {
+                    self.seen.remove(name);
+                    self.core.point_error(name, &e);
+                    failed.push(name.clone());
+                }
+            }
+        }
+        self.core.values(values, &failed, SystemTime::now());
+        self.core.answered();
+    }
+
+    async fn command(&mut self, queued: Queued) {
+        let Some(admitted) = self.core.admit(queued).await else {
             return;
-        }
-        let out = Out {
-            name: &self.name,
-            config: &self.config,
-            sink: self.sink.as_ref(),
-            topics: &self.topics,
-            history: self.history.as_ref(),
         };
-        out.values(&mut self.state, values, SystemTime::now());
-    }
-
-    fn out(&self) -> Out<'_> {
-        Out {
-            name: &self.name,
-            config: &self.config,
-            sink: self.sink.as_ref(),
-            topics: &self.topics,
-            history: self.history.as_ref(),
+        let outcome = match &admitted.command.kind {
+            CommandKind::Refresh => Some(self.refresh().await),
+            // Lines may have gone out before the crash; sending them again is what the id
+            // forbids, and a line device has nothing to read back.
+            _ if admitted.interrupted => Some(Outcome::error(super::INTERRUPTED)),
+            CommandKind::Send {
+                text,
+                expect,
+                values,
+            } => {
+                let action = (
+                    admitted.command.action.as_str(),
+                    text.as_str(),
+                    expect.as_deref(),
+                );
+                self.send(Some(action), values).await
+            }
+            CommandKind::Set(values) => self.send(None, values).await,
+        };
+        match outcome {
+            Some(o) => self.core.finish(admitted, o).await,
+            None => self.core.abandon(admitted).await,
         }
     }
 
-    fn set_online(&mut self, online: bool) {
-        if self.online == Some(online) {
-            return;
-        }
-        self.online = Some(online);
-        if online {
-            info!(device = %self.name, "device online");
+    /// `refresh`: the state now. A line device reports on its own, so an online one has its
+    /// latest values already; an offline one is given one bus `timeout` to send a line.
+    async fn refresh(&mut self) -> Outcome {
+        if self.core.is_offline() {
+            match tokio::time::timeout(self.timeout, self.lines.recv()).await {
+                Ok(Some(doc)) => {
+                    self.core.force_state();
+                    self.line(&doc);
+                    Outcome::default()
+                }
+                _ => Outcome::error(format!(
+                    "{}: no line within {}",
+                    super::DEVICE_OFFLINE,
+                    humantime::format_duration(self.timeout)
+                )),
+            }
         } else {
-            warn!(
-                device = %self.name,
-                silence = %humantime::format_duration(self.config.silence),
-                "device offline: no line within the silence period"
-            );
+            self.core.force_state();
+            self.core.values(Vec::new(), &[], SystemTime::now());
+            Outcome::default()
         }
-        self.out().availability(online);
     }
 
-    async fn execute(&mut self, cmd: Command) {
-        let outcome = match &cmd.kind {
-            CommandKind::Send { text, expect } => {
-                let re = expect.as_deref().and_then(|e| regex::Regex::new(e).ok());
-                self.bus
-                    .send(text.clone(), re)
-                    .await
-                    .map(|_| Vec::new())
-                    .map_err(|e| format!("{}: {e}", cmd.action))
-            }
-            CommandKind::Refresh => {
-                Err("refresh: a serial device reports on its own; nothing to read".into())
-            }
-            CommandKind::Set(values) => self.set(values).await.map(|()| values.clone()),
-        };
-        let counter = if outcome.is_ok() {
-            &self.command_stats.ok
-        } else {
-            &self.command_stats.failed
-        };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let body = match &outcome {
-            Ok(written) => {
-                info!(device = %self.name, action = %cmd.action, "command sent");
-                command::result_payload(cmd.id.as_ref(), Some(&cmd.action), Ok(written), &[])
-            }
-            Err(e) => {
-                warn!(device = %self.name, action = %cmd.action, error = %e, "command failed");
-                command::result_payload(cmd.id.as_ref(), Some(&cmd.action), Err(e), &[])
-            }
-        };
-        self.out().result(&cmd, body);
-    }
-}
-
-impl LineDevice {
-    /// Writable serial points: each point's `send` line with `{value}` filled in, one after
-    /// another, each waiting for its `expect` reply when it has one.
-    async fn set(&mut self, values: &[(String, Value)]) -> Result<(), String> {
+    /// Writes a named action's line (`action`: its name, the rendered line and the reply it
+    /// expects), then each point's `send` line with its value, in order, stopping at the first
+    /// failure. `None` when the bus stopped before anything was sent.
+    async fn send(
+        &mut self,
+        action: Option<(&str, &str, Option<&str>)>,
+        values: &[(String, Value)],
+    ) -> Option<Outcome> {
+        let mut steps: Vec<(String, String, Option<String>)> = Vec::new();
+        if let Some((name, text, expect)) = action {
+            steps.push((
+                name.to_string(),
+                text.to_string(),
+                expect.map(str::to_string),
+            ));
+        }
         for (point, value) in values {
-            let Some(p) = self.config.points.get(point) else {
-                return Err(format!("{point}: unknown point"));
+            let Some(p) = self.core.config().points.get(point) else {
+                return Some(Outcome::error(format!("{point}: unknown point")));
             };
             let Some(template) = p.send.as_deref() else {
-                return Err(format!("{point}: not writable"));
+                return Some(Outcome::error(format!("{point}: not writable")));
             };
             let text = match value {
                 Value::Text(t) => t.clone(),
                 other => other.to_json().to_string(),
             };
             if text.contains(['\n', '\r']) {
-                return Err(format!("{point}: the value must not contain line breaks"));
+                return Some(Outcome::error(format!(
+                    "{point}: the value must not contain line breaks"
+                )));
             }
-            let line = template.replace("{value}", &text);
-            let re = p.expect.as_deref().and_then(|e| regex::Regex::new(e).ok());
-            self.bus
-                .send(line, re)
-                .await
-                .map_err(|e| format!("{point}: {e}"))?;
+            steps.push((
+                point.clone(),
+                template.replace("{value}", &text),
+                p.expect.clone(),
+            ));
         }
-        Ok(())
+        let mut outcome = Outcome::default();
+        for (i, (what, text, expect)) in steps.iter().enumerate() {
+            match self.send_line(text, expect.as_deref()).await {
+                Ok(()) => {
+                    if let Some((_, v)) = values.iter().find(|(p, _)| p == what) {
+                        outcome.written.push((what.clone(), v.clone()));
+                    }
+                }
+                Err(BusError::Stopped) if i == 0 => return None,
+                Err(e) => {
+                    outcome.failure = Some(Failure {
+                        error: format!("{what}: {e}"),
+                        failed: Some(what.clone()),
+                        not_written: steps[i + 1..].iter().map(|s| s.0.clone()).collect(),
+                    });
+                    break;
+                }
+            }
+        }
+        if !outcome.written.is_empty() {
+            self.core.written(&outcome.written.clone());
+        }
+        Some(outcome)
+    }
+
+    /// One line; with `expect`, sent again up to `retries` times while the reply times out.
+    async fn send_line(&mut self, text: &str, expect: Option<&str>) -> Result<(), BusError> {
+        // The config was validated: an `expect` compiles.
+        let re = expect.and_then(|e| regex::Regex::new(e).ok());
+        let mut attempt = 0;
+        loop {
+            match self.bus.send(text.to_string(), re.clone()).await {
+                Err(BusError::Timeout(_)) if re.is_some() && attempt < self.retries => {
+                    attempt += 1;
+                }
+                other => return other.map(|_| ()),
+            }
+        }
     }
 }
 
@@ -273,26 +358,20 @@ type = "string"
         let d = &c.devices["w"];
         let doc = line::parse_json(r#"{"temp": "21.54", "env": {"h": 405}, "mode": 1, "name": 7}"#)
             .unwrap();
-        assert_eq!(
-            point_value(&doc, "temperature", &d.points["temperature"]),
-            Some(Value::Float(21.5))
-        );
-        assert_eq!(
-            point_value(&doc, "humidity", &d.points["humidity"]),
-            Some(Value::Float(40.5))
-        );
-        assert_eq!(
-            point_value(&doc, "mode", &d.points["mode"]),
-            Some(Value::Text("run".into()))
-        );
-        assert_eq!(
-            point_value(&doc, "name", &d.points["name"]),
-            Some(Value::Text("7".into()))
-        );
+        let value = |doc: &Json, p: &str| point_value(doc, p, &d.points[p]);
+        assert_eq!(value(&doc, "temperature"), Ok(Some(Value::Float(21.5))));
+        assert_eq!(value(&doc, "humidity"), Ok(Some(Value::Float(40.5))));
+        assert_eq!(value(&doc, "mode"), Ok(Some(Value::Text("run".into()))));
+        assert_eq!(value(&doc, "name"), Ok(Some(Value::Text("7".into()))));
         let empty = line::parse_json("{}").unwrap();
+        assert_eq!(value(&empty, "temperature"), Ok(None));
+        // Carried, but no value for the point: a failed read, never a value made up.
+        let bad = line::parse_json(r#"{"temp": "ERR", "env": {"h": null}, "mode": [1]}"#).unwrap();
         assert_eq!(
-            point_value(&empty, "temperature", &d.points["temperature"]),
-            None
+            value(&bad, "temperature"),
+            Err("field \"temp\": \"ERR\" is not a number".into())
         );
+        assert!(value(&bad, "humidity").is_err());
+        assert!(value(&bad, "mode").is_err());
     }
 }
