@@ -1,9 +1,10 @@
 //! The daemon's life: build everything fallible first, then spawn the long-lived tasks under one
 //! cancellation tree, supervise them, reload on SIGHUP and stop in order on SIGTERM/SIGINT.
 //!
-//! Order of shutdown: stop the producers (pollers, later issues), let in-flight work finish, then
-//! the MQTT link publishes the retained `offline` status and disconnects; everything under a
-//! deadline so the process is gone within 2 s of SIGTERM.
+//! Order of shutdown: stop the devices and buses (a read is abandoned, a write on the wire
+//! finishes), flush the history, then the MQTT link publishes the retained `offline` status
+//! and disconnects. Each stage has its own share of the 2 s CONTRACT §5 allows, so dead
+//! devices on a bus cannot eat the time the history and the `offline` status need.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,9 +26,15 @@ use crate::mqtt::{Incoming, Mqtt, MqttHandle, MqttSettings, Secret, TlsSettings}
 use crate::topics::Topics;
 use crate::{EXIT_CONFIG, EXIT_FAILURE, discovery, health, payload, systemd};
 
-/// How long shutdown may take before the remaining tasks are abandoned. CONTRACT §5 asks for
-/// an exit within 2 s of SIGTERM; this leaves room for the runtime to wind down.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+/// Shutdown's share for the devices and buses: a write on the wire finishes its try (the
+/// default `timeout` is 500 ms).
+pub const STOP_DEVICES: Duration = Duration::from_millis(800);
+/// Shutdown's share for the history's last batch (one transaction, one fsync).
+pub const STOP_HISTORY: Duration = Duration::from_millis(300);
+/// Shutdown's share for MQTT: `offline` and what is queued ([`crate::mqtt::STOP_FLUSH`]), and the
+/// other tasks. With the runtime's 200 ms to wind down, the process is gone within 2 s of
+/// SIGTERM (CONTRACT §5), however many devices are dead.
+pub const STOP_MQTT: Duration = Duration::from_millis(450);
 
 /// Why `build` refused to start.
 #[derive(Debug, thiserror::Error)]
@@ -391,28 +398,28 @@ impl Gateway {
         };
 
         systemd::stopping();
-        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        // 1. Stop polling (a poll already on the wire finishes), then the buses, which finish
-        //    their in-flight transaction (writes included) and answer the rest.
+        let share = |d: Duration| tokio::time::Instant::now() + d;
+        // 1. Devices and buses: polls end, a write on the wire finishes its try, the rest of
+        //    what waits is answered "stopped" (and its commands left to the broker).
         health_token.cancel();
-        fleet.stop_all(deadline).await;
-        // 3. History: everything queued goes to disk.
+        fleet.stop_all(share(STOP_DEVICES)).await;
+        // 2. History: everything queued goes to disk.
         history.record_gateway("stop", std::time::SystemTime::now());
         history_token.cancel();
-        if tokio::time::timeout_at(deadline, history_task)
+        if tokio::time::timeout_at(share(STOP_HISTORY), history_task)
             .await
             .is_err()
         {
             warn!("shutdown: history did not flush in time");
         }
-        // 4. MQTT publishes `offline` and disconnects.
+        // 3. MQTT publishes `offline` and disconnects.
         shutdown.cancel();
         tracker.close();
-        if tokio::time::timeout_at(deadline, tracker.wait())
+        if tokio::time::timeout_at(share(STOP_MQTT), tracker.wait())
             .await
             .is_err()
         {
-            warn!("shutdown: some tasks did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
+            warn!("shutdown: some tasks did not stop within {STOP_MQTT:?}; exiting anyway");
         }
         info!("fieldbridge stopped");
         code

@@ -52,7 +52,8 @@ pub const CLIENT_CAP: usize = 64;
 /// flood.
 pub const INCOMING_CAP: usize = 1024;
 /// How long a clean stop may spend sending what is queued and the `offline` status.
-pub const STOP_FLUSH: Duration = Duration::from_millis(800);
+/// (The `offline` status goes first: retained messages leave the outbox before readings.)
+pub const STOP_FLUSH: Duration = Duration::from_millis(400);
 
 /// A secret that never prints.
 #[derive(Clone, PartialEq, Eq)]
