@@ -42,5 +42,7 @@ pub mod topics;
 
 /// Exit code for a runtime failure.
 pub const EXIT_FAILURE: u8 = 1;
+/// Exit code for a usage error (a wrong command line; clap exits with it too).
+pub const EXIT_USAGE: u8 = 2;
 /// Exit code for an invalid, missing or unreadable config (EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
