@@ -232,6 +232,46 @@ impl Drop for Subscriber {
     }
 }
 
+/// A publisher kept connected (`mosquitto_pub -l`): each `send` is one QoS 1 message on its
+/// topic at once, without a process start, so a test can time what follows it.
+pub struct LinePublisher {
+    child: Child,
+    stdin: std::process::ChildStdin,
+}
+
+impl LinePublisher {
+    pub fn start(port: u16, topic: &str) -> Self {
+        let mut child = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+            .args(["-t", topic, "-l"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto_pub");
+        let stdin = child.stdin.take().expect("stdin");
+        // Connected before the first line is timed.
+        std::thread::sleep(Duration::from_millis(300));
+        LinePublisher { child, stdin }
+    }
+
+    /// Publishes `payload` (one line); returns when it was handed over.
+    pub fn send(&mut self, payload: &str) -> Instant {
+        use std::io::Write;
+        let at = Instant::now();
+        writeln!(self.stdin, "{payload}").expect("write to mosquitto_pub");
+        self.stdin.flush().expect("flush");
+        at
+    }
+}
+
+impl Drop for LinePublisher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// `mosquitto_pub` one message (QoS 1).
 pub fn publish(port: u16, topic: &str, payload: &str, retain: bool) {
     let mut cmd = Command::new("mosquitto_pub");
