@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use fieldbridge::cli::{Cli, Command};
 use fieldbridge::{
-    EXIT_CONFIG, EXIT_FAILURE, EXIT_USAGE, app, check, commission, config, demo, history,
-    profiles, telemetry,
+    EXIT_CONFIG, EXIT_FAILURE, EXIT_USAGE, app, check, commission, config, demo, history, profiles,
+    telemetry,
 };
 
 /// Runs a commissioning command: config from `path`, the async work, its text on stdout. A

@@ -153,6 +153,21 @@ pub enum BusRequest {
         spec: IdentifySpec,
         reply: oneshot::Sender<Result<Identity, BusError>>,
     },
+    /// A command's writes in order, stopping at the first that fails, then each written one
+    /// read back: back to back, so no poll read comes between a write and its read-back.
+    Command {
+        unit: u8,
+        writes: Vec<(WriteSpec, ReadSpec)>,
+        reply: oneshot::Sender<Vec<Written>>,
+    },
+}
+
+/// What became of one write of a [`BusRequest::Command`]: `None` where it was not tried (an
+/// earlier write failed; a write that failed is not read back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub write: Option<Result<(), BusError>>,
+    pub read_back: Option<Result<RawData, BusError>>,
 }
 
 /// Counters of one bus, shared with the health topic.
@@ -312,6 +327,34 @@ impl BusHandle {
             .await
             .map_err(|_| BusError::Stopped)?;
         rx.await.unwrap_or(Err(BusError::Stopped))
+    }
+
+    /// A command's writes and their read-backs, back to back, ahead of polls.
+    pub async fn command(&self, unit: u8, writes: Vec<(WriteSpec, ReadSpec)>) -> Vec<Written> {
+        let n = writes.len();
+        let stopped = || {
+            vec![
+                Written {
+                    write: Some(Err(BusError::Stopped)),
+                    read_back: None,
+                };
+                n
+            ]
+        };
+        let (reply, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(BusRequest::Command {
+                unit,
+                writes,
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            return stopped();
+        }
+        rx.await.unwrap_or_else(|_| stopped())
     }
 
     /// One write, ahead of polls.

@@ -42,7 +42,7 @@ use super::plan;
 use super::port::{self, Backoff};
 use super::{
     BusError, BusHandle, BusRequest, BusStats, COMMANDS_CAP, IdentifySpec, Identity, RawData,
-    ReadSpec, WriteSpec,
+    ReadSpec, WriteSpec, Written,
 };
 use crate::config::{BusConfig, BusKind, Table};
 
@@ -238,7 +238,9 @@ impl ModbusBus {
             };
             match req {
                 // A write on the wire finishes (CONTRACT §5: in-flight writes complete).
-                BusRequest::Write { .. } => self.handle(req, false).await,
+                BusRequest::Write { .. } | BusRequest::Command { .. } => {
+                    self.handle(req, false).await;
+                }
                 // Reads are abandoned at shutdown: a dead device must not hold the stop up.
                 _ => tokio::select! {
                     biased;
@@ -279,6 +281,34 @@ impl ModbusBus {
                     Err(e) => Err(e),
                 };
                 answer(reply, r);
+            }
+            BusRequest::Command {
+                unit,
+                writes,
+                reply,
+            } => {
+                let mut out: Vec<Written> = Vec::with_capacity(writes.len());
+                for (w, _) in &writes {
+                    let failed = out.iter().any(|o| !matches!(o.write, Some(Ok(()))));
+                    let write = match failed {
+                        true => None,
+                        false => Some(
+                            self.transaction(unit, &Op::Write(w.clone()))
+                                .await
+                                .map(|_| ()),
+                        ),
+                    };
+                    out.push(Written {
+                        write,
+                        read_back: None,
+                    });
+                }
+                for ((_, r), o) in writes.iter().zip(out.iter_mut()) {
+                    if matches!(o.write, Some(Ok(()))) {
+                        o.read_back = Some(self.read(unit, *r).await);
+                    }
+                }
+                answer(reply, out);
             }
         }
     }
@@ -614,5 +644,12 @@ fn refuse(r: BusRequest) {
         BusRequest::Read { reply, .. } => answer(reply, Err(BusError::Stopped)),
         BusRequest::Write { reply, .. } => answer(reply, Err(BusError::Stopped)),
         BusRequest::Identify { reply, .. } => answer(reply, Err(BusError::Stopped)),
+        BusRequest::Command { writes, reply, .. } => {
+            let stopped = Written {
+                write: Some(Err(BusError::Stopped)),
+                read_back: None,
+            };
+            answer(reply, vec![stopped; writes.len()]);
+        }
     }
 }

@@ -26,7 +26,7 @@ use super::command::{self, CommandKind, Failure, Outcome, PlannedWrite};
 use super::{Core, Links, Queued, next_command};
 use crate::bus::codec;
 use crate::bus::plan::{self, PlannedRead};
-use crate::bus::{BusError, BusHandle, BusStats, RawData, ReadSpec};
+use crate::bus::{BusError, BusHandle, BusStats, RawData, ReadSpec, Written};
 use crate::config::{DataType, DeviceConfig, PointConfig};
 use crate::model::Value;
 
@@ -177,49 +177,82 @@ impl DevicePoller {
         }
     }
 
-    /// Writes each value (unless `send` is false: a command interrupted by a crash is only
-    /// read back), then reads the written points back; the read-back values are what the result
-    /// and the state carry. `None` when the bus stopped before anything was written.
+    /// Writes each value and reads the written points back, in one bus request (no poll read
+    /// comes between them); the read-back values are what the result and the state carry.
+    /// With `send` false (a command interrupted by a crash) nothing is written: the points
+    /// are read back, and the command is confirmed only if the device holds what it asked.
+    /// `None` when the bus stopped before anything was written.
     async fn write(&mut self, unit: u8, values: &[(String, Value)], send: bool) -> Option<Outcome> {
-        let mut planned: Vec<PlannedWrite> = Vec::new();
+        let mut planned: Vec<(PlannedWrite, PointConfig, ReadSpec)> = Vec::new();
         for (point, value) in values {
-            let Some(p) = self.config().points.get(point) else {
+            let Some(p) = self.config().points.get(point).cloned() else {
                 return Some(Outcome::error(format!("{point}: unknown point")));
             };
-            match command::plan_write(point, p, value, self.force_multiple) {
-                Ok(w) => planned.push(w),
+            let w = match command::plan_write(point, &p, value, self.force_multiple) {
+                Ok(w) => w,
                 Err(e) => return Some(Outcome::error(e)),
+            };
+            let Some(slot) = plan::slot(&p) else {
+                return Some(Outcome::error(format!("{point}: has no register")));
+            };
+            let read = ReadSpec {
+                table: slot.table,
+                start: slot.address,
+                count: slot.len,
+            };
+            planned.push((w, p, read));
+        }
+        let results: Vec<Written> = if send {
+            let pairs = planned
+                .iter()
+                .map(|(w, _, r)| (w.spec.clone(), *r))
+                .collect();
+            self.bus.command(unit, pairs).await
+        } else {
+            let mut out = Vec::with_capacity(planned.len());
+            for (_, _, r) in &planned {
+                out.push(Written {
+                    write: Some(Ok(())),
+                    read_back: Some(self.bus.read(unit, *r).await),
+                });
             }
+            out
+        };
+        if matches!(
+            results.first().map(|r| &r.write),
+            Some(Some(Err(BusError::Stopped)))
+        ) {
+            return None;
         }
         let mut outcome = Outcome::default();
-        let mut written = planned.len();
-        if send {
-            for (i, w) in planned.iter().enumerate() {
-                match self.bus.write(unit, w.spec.clone()).await {
-                    Ok(()) => {}
-                    Err(BusError::Stopped) if i == 0 => return None,
-                    Err(e) => {
-                        outcome.failure = Some(Failure {
-                            error: format!("{}: {e}", w.point),
-                            failed: Some(w.point.clone()),
-                            not_written: planned[i + 1..].iter().map(|w| w.point.clone()).collect(),
-                        });
-                        written = i;
-                        break;
-                    }
+        for (i, ((w, p, _), r)) in planned.iter().zip(results).enumerate() {
+            match r.write {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    outcome.failure = Some(Failure {
+                        error: format!("{}: {e}", w.point),
+                        failed: Some(w.point.clone()),
+                        not_written: planned[i + 1..].iter().map(|x| x.0.point.clone()).collect(),
+                    });
+                    continue;
                 }
-                if w.rounded {
-                    outcome.rounded.push(format!(
-                        "{}: rounded to {} (the register's resolution)",
-                        w.point,
-                        w.effective.to_json()
-                    ));
-                }
+                None => continue,
             }
-        }
-        // What was written is read back, also when a later point failed.
-        for w in &planned[..written] {
-            match self.read_back(unit, &w.point).await {
+            if w.rounded && send {
+                outcome.rounded.push(format!(
+                    "{}: rounded to {} (the register's resolution)",
+                    w.point,
+                    w.effective.to_json()
+                ));
+            }
+            let back = match r.read_back {
+                Some(Ok(data)) => {
+                    decode_point(p, &data).map_err(|e| format!("the read-back is unusable: {e}"))
+                }
+                Some(Err(e)) => Err(format!("reading it back failed: {e}")),
+                None => Err("not read back".to_string()),
+            };
+            match back {
                 Ok(v) => outcome.written.push((w.point.clone(), v)),
                 Err(e) => {
                     outcome.failure.get_or_insert(Failure {
@@ -239,7 +272,7 @@ impl DevicePoller {
             let held = planned
                 .iter()
                 .zip(&outcome.written)
-                .all(|(w, (_, v))| *v == w.effective);
+                .all(|((w, _, _), (_, v))| *v == w.effective);
             if !held {
                 outcome.failure = Some(Failure {
                     error: super::INTERRUPTED.to_string(),
@@ -248,34 +281,6 @@ impl DevicePoller {
             }
         }
         Some(outcome)
-    }
-
-    /// One written point read back and decoded.
-    async fn read_back(&mut self, unit: u8, point: &str) -> Result<Value, String> {
-        let Some(p) = self.config().points.get(point).cloned() else {
-            return Err("unknown point".into());
-        };
-        let Some(slot) = plan::slot(&p) else {
-            return Err("no register".into());
-        };
-        let spec = ReadSpec {
-            table: slot.table,
-            start: slot.address,
-            count: slot.len,
-        };
-        let data = self
-            .bus
-            .read(unit, spec)
-            .await
-            .map_err(|e| format!("reading it back failed: {e}"))?;
-        let words: Vec<u16> = match data {
-            RawData::Bits(b) => b.first().map(|x| vec![u16::from(*x)]).unwrap_or_default(),
-            RawData::Words(w) => w,
-        };
-        let ty = p.effective_type().unwrap_or(DataType::U16);
-        let raw = codec::decode(&words, ty, p.order)
-            .map_err(|e| format!("the read-back is unusable: {e}"))?;
-        Ok(codec::to_value(raw, &p))
     }
 
     /// One read to see whether an offline device is back.
@@ -436,6 +441,17 @@ impl DevicePoller {
             failed.push(name.clone());
         }
     }
+}
+
+/// A point's value from what a read of exactly its registers (or bit) returned.
+fn decode_point(p: &PointConfig, data: &RawData) -> Result<Value, String> {
+    let words: Vec<u16> = match data {
+        RawData::Bits(b) => b.first().map(|x| vec![u16::from(*x)]).unwrap_or_default(),
+        RawData::Words(w) => w.clone(),
+    };
+    let ty = p.effective_type().unwrap_or(DataType::U16);
+    let raw = codec::decode(&words, ty, p.order).map_err(|e| e.to_string())?;
+    Ok(codec::to_value(raw, p))
 }
 
 /// The next poll time on the grid `previous + k × period`, skipping (and counting) ticks that
