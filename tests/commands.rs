@@ -861,3 +861,30 @@ async fn on_a_busy_rtu_bus_a_command_waits_for_one_read_at_most() {
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_fails_part_way_names_what_was_written_what_failed_and_what_was_not() {
+    let (broker, fake, sub, gw) = setup().await;
+    // Points are written in name order: brightness, missing (refused by the device), offset.
+    let r = command(
+        broker.port,
+        &sub,
+        "p1",
+        r#"{"brightness": 5, "missing": 1, "offset": 3}"#,
+    );
+    assert_eq!(
+        r,
+        json!({"id": "p1", "action": "set", "ok": false,
+            "error": "missing: illegal data address",
+            "written": {"brightness": 5}, "failed": "missing", "not_written": ["offset"]})
+    );
+    assert_eq!(writes(&fake), vec![(6, 1), (6, 500)], "offset was written");
+    // The written point is in the state all the same.
+    let state = sub.wait_for(
+        "t/lab/device/lamp/state",
+        |p| json_of(p)["brightness"] == json!(5),
+        WAIT,
+    );
+    assert!(state.is_some());
+    gw.stop().await;
+}
