@@ -466,3 +466,47 @@ async fn a_serial_device_answers_refresh_honours_retries_and_takes_values_beside
     );
     gw.stop().await;
 }
+
+/// A point that no line carried for a whole `silence` period, while the device went on
+/// talking, is stale: it leaves the retained state. Points sent on different lines keep each
+/// other company meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_missing_from_the_lines_for_a_silence_period_leaves_the_state() {
+    let broker = Mosquitto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let pty = SocatPair::new(tmp.path());
+    let cfg = head(broker.port, "ss", &pty.path_str(), "format = \"kv\"")
+        + "[devices.w]\nbus = \"ard\"\nsilence = \"1s\"\n[devices.w.points.t]\n[devices.w.points.h]\n";
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let gw = InProcess::start(&cfg).await;
+    let mut dev = pty.device();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let state = "t/lab/device/w/state";
+    // `t` and `h` on lines of their own, as some devices send them.
+    for _ in 0..5 {
+        say(&mut dev, b"t=1\n").await;
+        say(&mut dev, b"h=40\n").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sub.wait_for(
+        state,
+        |p| json_of(p)["t"] == json!(1) && json_of(p)["h"] == json!(40),
+        WAIT,
+    )
+    .expect("both in the state");
+    // `h` stops coming; `t` goes on.
+    sub.clear();
+    for _ in 0..15 {
+        say(&mut dev, b"t=1\n").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m = sub
+        .wait_for(state, |p| json_of(p).get("h").is_none(), WAIT)
+        .expect("h left the state");
+    assert_eq!(json_of(&m.payload)["t"], json!(1));
+    assert!(
+        sub.on("t/lab/device/w/availability").is_empty(),
+        "the device went offline"
+    );
+    gw.stop().await;
+}
