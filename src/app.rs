@@ -26,14 +26,17 @@ use crate::mqtt::{Incoming, Mqtt, MqttHandle, MqttSettings, Secret, TlsSettings}
 use crate::topics::Topics;
 use crate::{EXIT_CONFIG, EXIT_FAILURE, discovery, health, payload, systemd};
 
-/// Shutdown's share for the devices and buses: a write on the wire finishes its try (the
-/// default `timeout` is 500 ms).
+/// How long the stop may take in all. With the runtime's 200 ms to wind down, the process is
+/// gone within 2 s of SIGTERM (CONTRACT §5), however many devices are dead.
+pub const STOP_TOTAL: Duration = Duration::from_millis(1550);
+/// The stop's share for the devices and buses at most: a write on the wire finishes its try
+/// (the default `timeout` is 500 ms).
 pub const STOP_DEVICES: Duration = Duration::from_millis(800);
-/// Shutdown's share for the history's last batch (one transaction, one fsync).
+/// The stop's share for the history's last batch (one transaction, one fsync) at least; it also
+/// gets what the devices left of theirs, as an fsync can take long on a busy SD card.
 pub const STOP_HISTORY: Duration = Duration::from_millis(300);
-/// Shutdown's share for MQTT: `offline` and what is queued ([`crate::mqtt::STOP_FLUSH`]), and the
-/// other tasks. With the runtime's 200 ms to wind down, the process is gone within 2 s of
-/// SIGTERM (CONTRACT §5), however many devices are dead.
+/// The stop's share for MQTT at least: `offline` and what is queued
+/// ([`crate::mqtt::STOP_FLUSH`]), and the other tasks.
 pub const STOP_MQTT: Duration = Duration::from_millis(450);
 
 /// Why `build` refused to start.
@@ -398,15 +401,20 @@ impl Gateway {
         };
 
         systemd::stopping();
-        let share = |d: Duration| tokio::time::Instant::now() + d;
+        let started = tokio::time::Instant::now();
+        let end = started + STOP_TOTAL;
+        // Each stage gets its own share, at least; what one leaves goes to the history.
+        let until = |latest: tokio::time::Instant, least: Duration| {
+            latest.max(tokio::time::Instant::now() + least)
+        };
         // 1. Devices and buses: polls end, a write on the wire finishes its try, the rest of
         //    what waits is answered "stopped" (and its commands left to the broker).
         health_token.cancel();
-        fleet.stop_all(share(STOP_DEVICES)).await;
+        fleet.stop_all(started + STOP_DEVICES).await;
         // 2. History: everything queued goes to disk.
         history.record_gateway("stop", std::time::SystemTime::now());
         history_token.cancel();
-        if tokio::time::timeout_at(share(STOP_HISTORY), history_task)
+        if tokio::time::timeout_at(until(end - STOP_MQTT, STOP_HISTORY), history_task)
             .await
             .is_err()
         {
@@ -415,7 +423,7 @@ impl Gateway {
         // 3. MQTT publishes `offline` and disconnects.
         shutdown.cancel();
         tracker.close();
-        if tokio::time::timeout_at(share(STOP_MQTT), tracker.wait())
+        if tokio::time::timeout_at(until(end, STOP_MQTT), tracker.wait())
             .await
             .is_err()
         {

@@ -106,6 +106,9 @@ fn report(src: &Sources, started: Instant, prev: &mut Previous) -> String {
             "accepted": c.accepted.load(Ordering::Relaxed),
             "rejected": c.rejected.load(Ordering::Relaxed),
             "busy": c.busy.load(Ordering::Relaxed),
+            "offline": c.offline.load(Ordering::Relaxed),
+            "retained": c.retained.load(Ordering::Relaxed),
+            "repeated": c.repeated.load(Ordering::Relaxed),
         })
     });
     let history = src.history.as_ref().map(|h| {

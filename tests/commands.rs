@@ -558,7 +558,7 @@ async fn ten_thousand_malformed_commands_are_counted_cost_bounded_memory_and_val
 
 fn small_config(port: u16, bus: &str, devices: &str) -> String {
     format!(
-        "[gateway]\nid = \"cmd\"\nbase_topic = \"t\"\nlocation = \"lab\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n[history]\npath = \"{{dir}}/history.db\"\n[homeassistant]\ndiscovery = false\n{bus}\n{devices}"
+        "[gateway]\nid = \"cmd\"\nbase_topic = \"t\"\nlocation = \"lab\"\nhealth_interval = \"1s\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n[history]\npath = \"{{dir}}/history.db\"\n[homeassistant]\ndiscovery = false\n{bus}\n{devices}"
     )
 }
 
@@ -620,6 +620,16 @@ async fn a_command_for_an_offline_device_is_refused_at_once_and_refresh_tries_it
     );
     assert!(latencies[0] < Duration::from_millis(50), "{latencies:?}");
     println!("offline refusals answered in {latencies:?}");
+    // Counted in health.
+    assert!(
+        sub.wait_for(
+            "t/gateway/cmd/health",
+            |p| json_of(p)["commands"]["offline"] == json!(10),
+            WAIT
+        )
+        .is_some(),
+        "offline refusals not counted"
+    );
     // `refresh` tries the device: exactly one read on the wire, then the answer.
     let frames = |fake: &FakeModbus| fake.log().iter().filter(|s| s.unit == 3).count();
     let before = frames(&fake);
@@ -652,7 +662,7 @@ async fn a_command_for_an_offline_device_is_refused_at_once_and_refresh_tries_it
 async fn a_retained_command_is_not_executed_at_a_start_or_a_reconnect() {
     // Persistence, so the retained command and our session outlive a broker restart.
     let mut broker = Mosquitto::start_with(
-        "allow_anonymous true\npersistence true\npersistence_location {dir}/\nautosave_interval 1\n",
+        "allow_anonymous true\npersistence true\npersistence_location {dir}/\n",
         None,
     );
     let fake = FakeModbus::new();
@@ -692,8 +702,7 @@ async fn a_retained_command_is_not_executed_at_a_start_or_a_reconnect() {
     // The broker restarts (with the retained command on disk); the gateway reconnects and
     // subscribes again, and the broker hands the command over flagged retained. (The history
     // is where to look: a subscriber of ours may reconnect after the result went out.)
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    broker.restart();
+    broker.restart_saving();
     let db = dir.path().join("history.db");
     let refused_again = async {
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -108,6 +108,17 @@ impl Mosquitto {
         }
     }
 
+    /// Stops with SIGTERM — with `persistence true` the broker saves its retained messages and
+    /// sessions — and starts again on the same port with the same config.
+    pub fn restart_saving(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = c.wait();
+        }
+        self.spawn();
+    }
+
     /// Starts again on the same port with the same config.
     pub fn restart(&mut self) {
         self.kill();
