@@ -298,10 +298,39 @@ fn bus() {
     }
 }
 
+/// An MQTT client subscribed to `results`, handing over each message with the moment it came.
+async fn measuring_client(
+    port: u16,
+    id: &str,
+    results: &str,
+) -> (
+    rumqttc::AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<(Instant, Vec<u8>)>,
+) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut ev) = AsyncClient::new(opts, 16);
+    // The measuring client must not add Nagle's delay of its own.
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    ev.set_network_options(net);
+    client.subscribe(results, QoS::AtLeastOnce).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    tokio::spawn(async move {
+        while let Ok(e) = ev.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = e {
+                let _ = tx.send((Instant::now(), p.payload.to_vec()));
+            }
+        }
+    });
+    (client, rx)
+}
+
 /// Command latency: MQTT publish → write at the device, and → result on the broker, over 1000
 /// commands one after another (in-process TCP device, release gateway, real mosquitto).
 async fn commands() {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    use rumqttc::QoS;
     let broker = Mosquitto::start();
     let fake = FakeModbus::new();
     fake.unit(1, |_| {});
@@ -315,25 +344,8 @@ async fn commands() {
     );
     std::fs::write(&cfg, text).unwrap();
     let mut gw = spawn_gateway(&cfg, false);
-    let mut opts = MqttOptions::new("bench-cmd", "127.0.0.1", broker.port);
-    opts.set_keep_alive(Duration::from_secs(30));
-    let (client, mut ev) = AsyncClient::new(opts, 16);
-    // The measuring client must not add Nagle's delay of its own.
-    let mut net = rumqttc::NetworkOptions::new();
-    net.set_tcp_nodelay(true);
-    ev.set_network_options(net);
-    client
-        .subscribe("b/lab/device/lamp/command/result", QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
-    tokio::spawn(async move {
-        while let Ok(e) = ev.poll().await {
-            if let Event::Incoming(Packet::Publish(p)) = e {
-                let _ = tx.send((Instant::now(), p.payload.to_vec()));
-            }
-        }
-    });
+    let (client, mut rx) =
+        measuring_client(broker.port, "bench-cmd", "b/lab/device/lamp/command/result").await;
     // Wait for the gateway to be subscribed: send until a result comes back.
     loop {
         client
@@ -412,7 +424,7 @@ fn pct(v: &mut [Duration], p: f64) -> f64 {
 /// poll cycle. A command waits for the one read on the wire, then its write and read-back
 /// (0.3 s each): at most 0.9 s plus the frames.
 async fn busy_rtu_commands() {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    use rumqttc::QoS;
     let broker = Mosquitto::start();
     let fake = FakeModbus::new();
     for u in [1, 2] {
@@ -438,24 +450,8 @@ async fn busy_rtu_commands() {
     let cfg = dir.path().join("config.toml");
     std::fs::write(&cfg, text).unwrap();
     let mut gw = spawn_gateway(&cfg, false);
-    let mut opts = MqttOptions::new("bench-busy", "127.0.0.1", broker.port);
-    opts.set_keep_alive(Duration::from_secs(30));
-    let (client, mut ev) = AsyncClient::new(opts, 16);
-    let mut net = rumqttc::NetworkOptions::new();
-    net.set_tcp_nodelay(true);
-    ev.set_network_options(net);
-    client
-        .subscribe("b/lab/device/a/command/result", QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
-    tokio::spawn(async move {
-        while let Ok(e) = ev.poll().await {
-            if let Event::Incoming(Packet::Publish(p)) = e {
-                let _ = tx.send((Instant::now(), p.payload.to_vec()));
-            }
-        }
-    });
+    let (client, mut rx) =
+        measuring_client(broker.port, "bench-busy", "b/lab/device/a/command/result").await;
     // Both devices polling.
     while fake.log().iter().filter(|s| s.unit == 2).count() < 8 {
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -135,18 +135,7 @@ pub async fn open_with(path: &Path, max_size: Option<u64>) -> Result<SqlitePool,
         Some(max) => opts.pragma("max_page_count", (max / PAGE_SIZE).max(16).to_string()),
         None => opts,
     };
-    // One connection for the life of the writer: sqlx would otherwise close and reopen it
-    // every 30 minutes (seen as file-descriptor blips in the soak, RELIABILITY.md).
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .max_lifetime(None)
-        .idle_timeout(None)
-        .connect_with(opts)
-        .await
-        .map_err(|source| Error::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
+    let pool = one_connection(path, opts).await?;
     sqlx::migrate!("./migrations")
         .run(&pool)
         .await
@@ -155,6 +144,21 @@ pub async fn open_with(path: &Path, max_size: Option<u64>) -> Result<SqlitePool,
             source,
         })?;
     Ok(pool)
+}
+
+/// A pool of one connection kept for the life of its user: sqlx would otherwise close and reopen
+/// it every 30 minutes (seen as file-descriptor blips in the soak, RELIABILITY.md).
+async fn one_connection(path: &Path, opts: SqliteConnectOptions) -> Result<SqlitePool, Error> {
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .connect_with(opts)
+        .await
+        .map_err(|source| Error::Open {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 /// Opens the database for reading, as `fieldbridge history` does while the daemon writes.
@@ -621,17 +625,9 @@ impl CommandLog {
             .busy_timeout(Duration::from_secs(5))
             .pragma("cache_size", "-64")
             .statement_cache_capacity(8);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .max_lifetime(None)
-            .idle_timeout(None)
-            .connect_with(opts)
-            .await
-            .map_err(|source| Error::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
-        Ok(CommandLog { pool })
+        Ok(CommandLog {
+            pool: one_connection(path, opts).await?,
+        })
     }
 
     /// Looks `id` of `device` up; when it was not executed within [`COMMAND_ID_WINDOW`],

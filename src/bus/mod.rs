@@ -281,25 +281,22 @@ impl BusHandle {
     /// Polls a device: its reads back to back. The poll queue holds one request per device at
     /// most (each poller waits for its reply), so it cannot grow without bound.
     pub async fn poll(&self, unit: u8, reads: Vec<ReadSpec>) -> Vec<Result<RawData, BusError>> {
-        let n = reads.len();
-        let (reply, rx) = oneshot::channel();
-        if self
-            .polls
-            .send(BusRequest::Poll { unit, reads, reply })
-            .await
-            .is_err()
-        {
-            return vec![Err(BusError::Stopped); n];
-        }
-        rx.await.unwrap_or_else(|_| vec![Err(BusError::Stopped); n])
+        Self::poll_on(&self.polls, unit, reads).await
     }
 
     /// A device's reads ahead of polls (`refresh`): back to back, like a command.
     pub async fn poll_now(&self, unit: u8, reads: Vec<ReadSpec>) -> Vec<Result<RawData, BusError>> {
+        Self::poll_on(&self.commands, unit, reads).await
+    }
+
+    async fn poll_on(
+        queue: &mpsc::Sender<BusRequest>,
+        unit: u8,
+        reads: Vec<ReadSpec>,
+    ) -> Vec<Result<RawData, BusError>> {
         let n = reads.len();
         let (reply, rx) = oneshot::channel();
-        if self
-            .commands
+        if queue
             .send(BusRequest::Poll { unit, reads, reply })
             .await
             .is_err()
