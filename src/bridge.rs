@@ -130,14 +130,12 @@ impl Bridge {
             );
             self.refused(
                 &device,
-                topic,
-                payload,
+                msg,
                 id.as_ref(),
                 action.as_deref(),
                 "retained",
                 &error,
             );
-            self.ack(msg);
             return;
         }
         match parsed {
@@ -178,32 +176,31 @@ impl Bridge {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                 self.refused(
                     &device,
-                    topic,
-                    payload,
+                    msg,
                     refused.id.as_ref(),
                     refused.action.as_deref(),
                     &refused.message,
                     &refused.message,
                 );
-                self.ack(msg);
             }
         }
     }
 
-    /// Answers a refused command, records it, and logs it: every distinct reason of every
-    /// device at least once, a repeat at most every `REFUSAL_LOG_EVERY` (the reason is the
-    /// message without its numbers and quoted values, see [`crate::telemetry::reason`]).
-    #[allow(clippy::too_many_arguments)]
+    /// Answers a refused command, records it, logs it — every distinct reason of every device
+    /// at least once, a repeat at most every `REFUSAL_LOG_EVERY` (the reason is the message
+    /// without its numbers and quoted values, see [`crate::telemetry::reason`]) — and
+    /// acknowledges its delivery.
     fn refused(
         &mut self,
         device: &str,
-        topic: &str,
-        payload: &[u8],
+        msg: &Incoming,
         id: Option<&serde_json::Value>,
         action: Option<&str>,
         reason: &str,
         error: &str,
     ) {
+        self.ack(msg);
+        let topic = msg.topic.as_str();
         if let Some(suppressed) = self.refusals.check(
             &format!("{device}\0{}", crate::telemetry::reason(reason)),
             Instant::now(),
@@ -212,7 +209,7 @@ impl Bridge {
         }
         let body = command::refusal_payload(id, action, error);
         if let Some(h) = &self.history {
-            let raw = String::from_utf8_lossy(payload);
+            let raw = String::from_utf8_lossy(&msg.payload);
             h.record_command(device, &raw, &body, std::time::SystemTime::now());
         }
         let Some(target) = self.devices.get(device) else {

@@ -384,9 +384,9 @@ impl Mqtt {
                         };
                         match incoming.try_send(msg) {
                             Ok(()) => {}
-                            // A flood: back-pressure, never a drop. rumqttc has acknowledged
-                            // the message, so dropping it would lose a command the broker
-                            // thinks delivered. The bridge never waits on this task, so the
+                            // A flood: back-pressure, never a drop. A dropped command would
+                            // stay unacknowledged, and the broker sends it again only when the
+                            // session resumes. The bridge never waits on this task, so the
                             // wait is short; meanwhile the broker holds the rest (its own
                             // `max_queued_messages` decides there).
                             Err(mpsc::error::TrySendError::Full(msg)) => {
