@@ -236,18 +236,9 @@ impl ModbusBus {
                 }
                 else => break,
             };
-            match req {
-                // A write on the wire finishes (CONTRACT §5: in-flight writes complete).
-                BusRequest::Write { .. } | BusRequest::Command { .. } => {
-                    self.handle(req, false).await;
-                }
-                // Reads are abandoned at shutdown: a dead device must not hold the stop up.
-                _ => tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => break,
-                    _ = self.handle(req, interleave) => {}
-                },
-            }
+            // A read is abandoned at shutdown (a dead device must not hold the stop up); a
+            // write on the wire finishes (CONTRACT §5), also one taken between a poll's reads.
+            self.handle(req, interleave).await;
         }
         // Whatever still waits is answered, not left hanging.
         self.commands.close();
@@ -267,7 +258,7 @@ impl ModbusBus {
                 answer(reply, out);
             }
             BusRequest::Read { unit, read, reply } => {
-                let r = self.read(unit, read).await;
+                let r = self.read_or_stop(unit, read).await;
                 answer(reply, r);
             }
             BusRequest::Write { unit, write, reply } => {
@@ -323,7 +314,7 @@ impl ModbusBus {
     ) -> Vec<Result<RawData, BusError>> {
         let mut out: Vec<Result<RawData, BusError>> = Vec::with_capacity(reads.len());
         for r in reads {
-            if interleave && !out.is_empty() {
+            if interleave && !out.is_empty() && !self.stopping.is_cancelled() {
                 while let Ok(cmd) = self.commands.try_recv() {
                     // A command's own reads (a refresh) run back to back.
                     Box::pin(self.handle(cmd, false)).await;
@@ -340,10 +331,20 @@ impl ModbusBus {
                     let e = e.clone();
                     out.push(Err(e));
                 }
-                None => out.push(self.read(unit, r).await),
+                None => out.push(self.read_or_stop(unit, r).await),
             }
         }
         out
+    }
+
+    /// A read, abandoned (`Stopped`) when the bus stops.
+    async fn read_or_stop(&mut self, unit: u8, spec: ReadSpec) -> Result<RawData, BusError> {
+        let stopping = self.stopping.clone();
+        tokio::select! {
+            biased;
+            _ = stopping.cancelled() => Err(BusError::Stopped),
+            r = self.read(unit, spec) => r,
+        }
     }
 
     async fn read(&mut self, unit: u8, spec: ReadSpec) -> Result<RawData, BusError> {
