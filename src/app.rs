@@ -1,9 +1,10 @@
 //! The daemon's life: build everything fallible first, then spawn the long-lived tasks under one
 //! cancellation tree, supervise them, reload on SIGHUP and stop in order on SIGTERM/SIGINT.
 //!
-//! Order of shutdown: stop the producers (pollers, later issues), let in-flight work finish, then
-//! the MQTT link publishes the retained `offline` status and disconnects; everything under a
-//! deadline so the process is gone within 2 s of SIGTERM.
+//! Order of shutdown: stop the devices and buses (a read is abandoned, a write on the wire
+//! finishes), flush the history, then the MQTT link publishes the retained `offline` status
+//! and disconnects. Each stage has its own share of the 2 s CONTRACT §5 allows, so dead
+//! devices on a bus cannot eat the time the history and the `offline` status need.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,16 +19,25 @@ use tracing::{error, info, warn};
 
 use crate::bridge::Bridge;
 use crate::config::{Config, ConfigErrors, PASSWORD_ENV};
+use crate::device::Sink;
 use crate::fleet::{self, Fleet};
 use crate::history::History;
 use crate::mqtt::{Incoming, Mqtt, MqttHandle, MqttSettings, Secret, TlsSettings};
-use crate::poller::Sink;
 use crate::topics::Topics;
 use crate::{EXIT_CONFIG, EXIT_FAILURE, discovery, health, payload, systemd};
 
-/// How long shutdown may take before the remaining tasks are abandoned. CONTRACT §5 asks for
-/// an exit within 2 s of SIGTERM; this leaves room for the runtime to wind down.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+/// How long the stop may take in all. With the runtime's 200 ms to wind down, the process is
+/// gone within 2 s of SIGTERM (CONTRACT §5), however many devices are dead.
+pub const STOP_TOTAL: Duration = Duration::from_millis(1550);
+/// The stop's share for the devices and buses at most: a write on the wire finishes its try
+/// (the default `timeout` is 500 ms).
+pub const STOP_DEVICES: Duration = Duration::from_millis(800);
+/// The stop's share for the history's last batch (one transaction, one fsync) at least; it also
+/// gets what the devices left of theirs, as an fsync can take long on a busy SD card.
+pub const STOP_HISTORY: Duration = Duration::from_millis(300);
+/// The stop's share for MQTT at least: `offline` and what is queued
+/// ([`crate::mqtt::STOP_FLUSH`]), and the other tasks.
+pub const STOP_MQTT: Duration = Duration::from_millis(450);
 
 /// Why `build` refused to start.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +101,7 @@ pub struct Gateway {
     topics: Topics,
     signals: Signals,
     history: sqlx::SqlitePool,
+    command_log: crate::history::CommandLog,
 }
 
 struct Signals {
@@ -112,6 +123,9 @@ pub async fn build(config_path: &Path) -> Result<Gateway, BuildError> {
     let history = crate::history::open_with(&config.history.path, config.history.max_size)
         .await
         .map_err(|e| BuildError::Other(anyhow::anyhow!(e)))?;
+    let command_log = crate::history::CommandLog::open(&config.history.path)
+        .await
+        .map_err(|e| BuildError::Other(anyhow::anyhow!(e)))?;
     let topics = Topics::new(&config);
     let settings = mqtt_settings(&config, &topics)?;
     let (mqtt, handle, incoming) = Mqtt::new(settings)
@@ -125,6 +139,7 @@ pub async fn build(config_path: &Path) -> Result<Gateway, BuildError> {
         topics,
         signals,
         history,
+        command_log,
     })
 }
 
@@ -228,6 +243,7 @@ impl Gateway {
             topics,
             mut signals,
             history: history_pool,
+            command_log,
         } = self;
         let tracker = TaskTracker::new();
         // Core tasks report here when they die; the supervisor then stops everything.
@@ -250,6 +266,7 @@ impl Gateway {
             topics: shared_topics.clone(),
             history: history.clone(),
             commands: bridge.stats.clone(),
+            command_log: Some(command_log),
             fatal: fatal_tx.clone(),
         };
         // Buses and devices stop first at shutdown; then history; MQTT last.
@@ -379,34 +396,39 @@ impl Gateway {
                     error!(error = %reason, "a core task failed; stopping");
                     break EXIT_FAILURE;
                 }
-                Some(msg) = incoming.recv() => bridge.handle(&msg.topic, &msg.payload),
+                Some(msg) = incoming.recv() => bridge.handle(&msg),
                 _ = beat.tick() => main_heartbeat.beat(),
             }
         };
 
         systemd::stopping();
-        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        // 1. Stop polling (a poll already on the wire finishes), then the buses, which finish
-        //    their in-flight transaction (writes included) and answer the rest.
+        let started = tokio::time::Instant::now();
+        let end = started + STOP_TOTAL;
+        // Each stage gets its own share, at least; what one leaves goes to the history.
+        let until = |latest: tokio::time::Instant, least: Duration| {
+            latest.max(tokio::time::Instant::now() + least)
+        };
+        // 1. Devices and buses: polls end, a write on the wire finishes its try, the rest of
+        //    what waits is answered "stopped" (and its commands left to the broker).
         health_token.cancel();
-        fleet.stop_all(deadline).await;
-        // 3. History: everything queued goes to disk.
+        fleet.stop_all(started + STOP_DEVICES).await;
+        // 2. History: everything queued goes to disk.
         history.record_gateway("stop", std::time::SystemTime::now());
         history_token.cancel();
-        if tokio::time::timeout_at(deadline, history_task)
+        if tokio::time::timeout_at(until(end - STOP_MQTT, STOP_HISTORY), history_task)
             .await
             .is_err()
         {
             warn!("shutdown: history did not flush in time");
         }
-        // 4. MQTT publishes `offline` and disconnects.
+        // 3. MQTT publishes `offline` and disconnects.
         shutdown.cancel();
         tracker.close();
-        if tokio::time::timeout_at(deadline, tracker.wait())
+        if tokio::time::timeout_at(until(end, STOP_MQTT), tracker.wait())
             .await
             .is_err()
         {
-            warn!("shutdown: some tasks did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
+            warn!("shutdown: some tasks did not stop within {STOP_MQTT:?}; exiting anyway");
         }
         info!("fieldbridge stopped");
         code

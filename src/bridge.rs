@@ -1,69 +1,27 @@
 //! Incoming MQTT messages → device tasks. Commands are validated here, before they queue, so a
 //! flood of garbage is answered and counted without ever standing in front of a valid command.
+//! A command the broker hands over flagged retained is refused: it would run again at every
+//! reconnect. Every message this does not pass on to a device is acknowledged here; a device
+//! acknowledges its commands once their result is out.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::command::{self, Command};
 use crate::config::DeviceConfig;
-use crate::poller::Sink;
+use crate::device::command;
+use crate::device::{CommandStats, DEVICE_COMMANDS_CAP, Queued, REFUSAL_LOG_EVERY, Sink};
+use crate::mqtt::Incoming;
+use crate::telemetry::RateLimits;
 use crate::topics::{Topic, Topics};
-
-/// Counters of the command path, for the health topic.
-#[derive(Debug, Default)]
-pub struct CommandStats {
-    /// Valid commands handed to their device.
-    pub accepted: AtomicU64,
-    /// Commands refused by validation (malformed, unknown point, out of range, …).
-    pub rejected: AtomicU64,
-    /// Valid commands refused because their device already had `DEVICE_COMMANDS_CAP` waiting.
-    pub busy: AtomicU64,
-    /// Commands executed and confirmed.
-    pub ok: AtomicU64,
-    /// Commands that failed at the device (exception, timeout, port down).
-    pub failed: AtomicU64,
-}
-
-/// At most one warning per `every`; the rest are counted and reported with the next one.
-#[derive(Debug)]
-pub struct RateLimit {
-    every: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimit {
-    pub const fn new(every: Duration) -> Self {
-        RateLimit {
-            every,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// `Some(suppressed since the last one)` when a line may be logged now.
-    pub fn check(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(t) if now.duration_since(t) < self.every => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
 
 struct Target {
     config: Arc<DeviceConfig>,
-    queue: mpsc::Sender<Command>,
+    queue: mpsc::Sender<Queued>,
 }
 
 /// Routes command topics to device tasks.
@@ -72,7 +30,8 @@ pub struct Bridge {
     devices: HashMap<String, Target>,
     sink: Arc<dyn Sink>,
     pub stats: Arc<CommandStats>,
-    warn_limit: RateLimit,
+    /// Refusal log lines, rate-limited per device and reason.
+    refusals: RateLimits,
     /// Home Assistant discovery configs, re-published when Home Assistant says it is online.
     discovery: Vec<(String, String)>,
     history: Option<crate::history::HistoryHandle>,
@@ -85,7 +44,7 @@ impl Bridge {
             devices: HashMap::new(),
             sink,
             stats: Arc::new(CommandStats::default()),
-            warn_limit: RateLimit::new(Duration::from_secs(10)),
+            refusals: RateLimits::new(REFUSAL_LOG_EVERY),
             discovery: Vec::new(),
             history: None,
         }
@@ -128,7 +87,7 @@ impl Bridge {
         &mut self,
         name: &str,
         config: &Arc<DeviceConfig>,
-        queue: mpsc::Sender<Command>,
+        queue: mpsc::Sender<Queued>,
     ) {
         self.devices.insert(
             name.to_string(),
@@ -140,15 +99,140 @@ impl Bridge {
     }
 
     /// Handles one incoming message. Never blocks.
-    pub fn handle(&mut self, topic: &str, payload: &[u8]) {
+    pub fn handle(&mut self, msg: &Incoming) {
+        let (topic, payload) = (msg.topic.as_str(), msg.payload.as_slice());
         let device = match self.topics.parse(topic) {
             Some(Topic::Command { device }) => device,
+            other => {
+                self.ack(msg);
+                self.handle_other(other, topic, payload);
+                return;
+            }
+        };
+        let Some(target) = self.devices.get(&device) else {
+            // A device of the config whose bus kind does not take commands yet.
+            debug!(device = %device, "command for a device without a command queue");
+            self.ack(msg);
+            return;
+        };
+        let location = target.config.location.clone();
+        let result_topic = self.topics.command_result(&device, &location);
+        let parsed = command::parse(&target.config, payload);
+        if msg.retained {
+            // Handed over at a (re)subscription: it would run at every reconnect.
+            self.stats.retained.fetch_add(1, Ordering::Relaxed);
+            let (id, action) = match &parsed {
+                Ok(c) => (c.id.clone(), Some(c.action.clone())),
+                Err(r) => (r.id.clone(), r.action.clone()),
+            };
+            let error = format!(
+                "retained command not executed (it would run again at every reconnect); clear it with an empty retained message on {topic}"
+            );
+            self.refused(
+                &device,
+                msg,
+                id.as_ref(),
+                action.as_deref(),
+                "retained",
+                &error,
+            );
+            return;
+        }
+        match parsed {
+            Ok(cmd) => {
+                let queued = Queued {
+                    command: cmd,
+                    ack: msg.ack,
+                };
+                match target.queue.try_send(queued) {
+                    Ok(()) => {
+                        self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(mpsc::error::TrySendError::Full(q)) => {
+                        self.stats.busy.fetch_add(1, Ordering::Relaxed);
+                        let body = command::refusal_payload(
+                            q.command.id.as_ref(),
+                            Some(&q.command.action),
+                            &format!(
+                                "{device}: busy: {DEVICE_COMMANDS_CAP} commands already waiting"
+                            ),
+                        );
+                        self.sink.publish(result_topic, body, 1, false);
+                        self.ack(msg);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(q)) => {
+                        // Its task is being restarted (a reload): said so, not dropped silently.
+                        let body = command::refusal_payload(
+                            q.command.id.as_ref(),
+                            Some(&q.command.action),
+                            &format!("{device}: restarting; send it again"),
+                        );
+                        self.sink.publish(result_topic, body, 1, false);
+                        self.ack(msg);
+                    }
+                }
+            }
+            Err(refused) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                self.refused(
+                    &device,
+                    msg,
+                    refused.id.as_ref(),
+                    refused.action.as_deref(),
+                    &refused.message,
+                    &refused.message,
+                );
+            }
+        }
+    }
+
+    /// Answers a refused command, records it, logs it — every distinct reason of every device
+    /// at least once, a repeat at most every `REFUSAL_LOG_EVERY` (the reason is the message
+    /// without its numbers and quoted values, see [`crate::telemetry::reason`]) — and
+    /// acknowledges its delivery.
+    fn refused(
+        &mut self,
+        device: &str,
+        msg: &Incoming,
+        id: Option<&serde_json::Value>,
+        action: Option<&str>,
+        reason: &str,
+        error: &str,
+    ) {
+        self.ack(msg);
+        let topic = msg.topic.as_str();
+        if let Some(suppressed) = self.refusals.check(
+            &format!("{device}\0{}", crate::telemetry::reason(reason)),
+            Instant::now(),
+        ) {
+            warn!(device = %device, topic = %topic, error = %error, suppressed, "command refused");
+        }
+        let body = command::refusal_payload(id, action, error);
+        if let Some(h) = &self.history {
+            let raw = String::from_utf8_lossy(&msg.payload);
+            h.record_command(device, &raw, &body, std::time::SystemTime::now());
+        }
+        let Some(target) = self.devices.get(device) else {
+            return;
+        };
+        let result_topic = self.topics.command_result(device, &target.config.location);
+        self.sink.publish(result_topic, body, 1, false);
+    }
+
+    fn ack(&self, msg: &Incoming) {
+        if let Some(a) = msg.ack {
+            self.sink.ack(a);
+        }
+    }
+
+    /// Messages on the other topics we subscribe to.
+    fn handle_other(&mut self, parsed: Option<Topic>, topic: &str, payload: &[u8]) {
+        match parsed {
             Some(Topic::HomeAssistantStatus) => {
                 if payload.eq_ignore_ascii_case(b"online") {
                     debug!("Home Assistant is online; publishing discovery again");
                     self.publish_discovery();
                 }
-                return;
             }
             Some(Topic::Discovery) => {
                 // Ours, retained from an earlier config: delete it if the point is gone.
@@ -156,80 +240,10 @@ impl Bridge {
                     tracing::info!(topic = %topic, "removing discovery of a point no longer configured");
                     self.sink.clear_retained(topic.to_string());
                 }
-                return;
             }
-            None => {
+            Some(Topic::Command { .. }) | None => {
                 debug!(topic = %topic, "message on an unhandled topic");
-                return;
-            }
-        };
-        let Some(target) = self.devices.get(&device) else {
-            // A device of the config whose bus kind does not take commands yet.
-            debug!(device = %device, "command for a device without a command queue");
-            return;
-        };
-        let location = target.config.location.clone();
-        let result_topic = self.topics.command_result(&device, &location);
-        match command::parse(&target.config, payload) {
-            Ok(cmd) => match target.queue.try_send(cmd) {
-                Ok(()) => {
-                    self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(mpsc::error::TrySendError::Full(cmd)) => {
-                    self.stats.busy.fetch_add(1, Ordering::Relaxed);
-                    let body = command::result_payload(
-                        cmd.id.as_ref(),
-                        Some(&cmd.action),
-                        Err(&format!(
-                            "{device}: busy: {} commands already waiting",
-                            crate::poller::DEVICE_COMMANDS_CAP
-                        )),
-                        &[],
-                    );
-                    self.sink.publish(result_topic, body, 1, false);
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    debug!(device = %device, "device task stopped; command dropped");
-                }
-            },
-            Err(refused) => {
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                if let Some(suppressed) = self.warn_limit.check(Instant::now()) {
-                    warn!(
-                        device = %device,
-                        topic = %topic,
-                        error = %refused.message,
-                        suppressed,
-                        "command refused"
-                    );
-                }
-                let body = command::result_payload(
-                    refused.id.as_ref(),
-                    refused.action.as_deref(),
-                    Err(&refused.message),
-                    &[],
-                );
-                if let Some(h) = &self.history {
-                    let raw = String::from_utf8_lossy(payload);
-                    h.record_command(&device, &raw, &body, std::time::SystemTime::now());
-                }
-                self.sink.publish(result_topic, body, 1, false);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rate_limit_lets_one_line_through_per_period_and_counts_the_rest() {
-        let mut r = RateLimit::new(Duration::from_secs(10));
-        let t0 = Instant::now();
-        assert_eq!(r.check(t0), Some(0));
-        assert_eq!(r.check(t0 + Duration::from_secs(1)), None);
-        assert_eq!(r.check(t0 + Duration::from_secs(2)), None);
-        assert_eq!(r.check(t0 + Duration::from_secs(11)), Some(2));
     }
 }

@@ -15,6 +15,16 @@ use crate::bus::modbus::ModbusBus;
 use crate::bus::{BusError, BusHandle, IdentifySpec, Identity, RawData, ReadSpec, WriteSpec};
 use crate::config::{BusConfig, BusKind, Config, DataType, Profiles, Register, Table, WordOrder};
 
+/// Why a commissioning command failed: the command line was wrong (exit 2), or the bus or the
+/// device was (exit 1).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
 const ORDERS: [(WordOrder, &str); 4] = [
     (WordOrder::Abcd, "ABCD"),
     (WordOrder::Cdab, "CDAB"),
@@ -23,17 +33,36 @@ const ORDERS: [(WordOrder, &str); 4] = [
 ];
 
 /// The bus named `name`, if it is a Modbus bus of the config.
-pub fn modbus_bus<'a>(config: &'a Config, name: &str) -> Result<&'a BusConfig, String> {
+pub fn modbus_bus<'a>(config: &'a Config, name: &str) -> Result<&'a BusConfig, Error> {
     match config.buses.get(name) {
         Some(b) if b.kind.is_modbus() => Ok(b),
-        Some(_) => Err(format!("bus \"{name}\" is a serial line bus, not Modbus")),
+        Some(_) => Err(Error::Usage(format!(
+            "bus \"{name}\" is a serial line bus, not Modbus"
+        ))),
         None => {
             let names: Vec<&str> = config.buses.keys().map(String::as_str).collect();
-            Err(format!(
+            Err(Error::Usage(format!(
                 "no bus \"{name}\" in the config; buses: {}",
                 names.join(", ")
-            ))
+            )))
         }
+    }
+}
+
+/// `--count`: at least one, at most what one Modbus read carries (125 registers, 2,000 bits).
+pub fn check_count(register: Register, count: u16) -> Result<(), Error> {
+    let max = if register.table.is_bits() { 2000 } else { 125 };
+    if (1..=max).contains(&count) {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "--count {count}: one read takes 1 to {max} {}",
+            if register.table.is_bits() {
+                "bits"
+            } else {
+                "registers"
+            }
+        )))
     }
 }
 
@@ -116,8 +145,9 @@ pub async fn read(
     unit: u8,
     register: Register,
     count: u16,
-) -> Result<String, String> {
+) -> Result<String, Error> {
     let bus = modbus_bus(config, bus_name)?;
+    check_count(register, count)?;
     let (handle, stop) = start(bus_name, bus);
     let spec = ReadSpec {
         table: register.table,
@@ -126,7 +156,7 @@ pub async fn read(
     };
     let result = handle.read(unit, spec).await;
     stop.cancel();
-    match result.map_err(|e| describe(bus_name, unit, &e))? {
+    match result.map_err(|e| Error::Failed(describe(bus_name, unit, &e)))? {
         RawData::Words(w) => Ok(decodings(register, &w)),
         RawData::Bits(b) => {
             let mut out = String::new();
@@ -153,20 +183,21 @@ pub async fn write(
     ty: DataType,
     order: WordOrder,
     value: &str,
-) -> Result<String, String> {
+) -> Result<String, Error> {
     let bus = modbus_bus(config, bus_name)?;
-    let raw = parse_value(ty, value)?;
+    let raw = parse_value(ty, value).map_err(Error::Usage)?;
     let spec = match register.table {
         Table::Coil => match raw {
             Raw::Bool(b) => WriteSpec::Coil {
                 address: register.address,
                 value: b,
             },
-            _ => return Err("a coil takes true/false (or 1/0)".into()),
+            _ => return Err(Error::Usage("a coil takes true/false (or 1/0)".into())),
         },
         Table::Holding => {
             let length = (value.len().div_ceil(2)).max(1) as u16;
-            let words = codec::encode(&raw, ty, order, length).map_err(|e| e.to_string())?;
+            let words = codec::encode(&raw, ty, order, length)
+                .map_err(|e| Error::Usage(format!("--value {value}: {e}")))?;
             if words.len() == 1 {
                 WriteSpec::Register {
                     address: register.address,
@@ -179,7 +210,12 @@ pub async fn write(
                 }
             }
         }
-        t => return Err(format!("{} registers are read-only", t.name())),
+        t => {
+            return Err(Error::Usage(format!(
+                "{} registers are read-only",
+                t.name()
+            )));
+        }
     };
     let count = match &spec {
         WriteSpec::Registers { values, .. } => values.len() as u16,
@@ -203,7 +239,7 @@ pub async fn write(
         Err(e) => Err(e),
     };
     stop.cancel();
-    let back = back.map_err(|e| describe(bus_name, unit, &e))?;
+    let back = back.map_err(|e| Error::Failed(describe(bus_name, unit, &e)))?;
     let shown = match back {
         RawData::Bits(b) => format!("{}", u8::from(b.first().copied().unwrap_or(false))),
         RawData::Words(w) => {
@@ -255,7 +291,7 @@ pub async fn scan(
     units: std::ops::RangeInclusive<u8>,
     identify: Option<&Profiles>,
     mut progress: impl FnMut(u8),
-) -> Result<Vec<(u8, String)>, String> {
+) -> Result<Vec<(u8, String)>, Error> {
     let mut bus = modbus_bus(config, bus_name)?.clone();
     bus.retries = 0;
     let (handle, stop) = start(bus_name, &bus);
@@ -277,7 +313,7 @@ pub async fn scan(
             Err(BusError::Exception(e)) => format!("answers: {e}"),
             Err(BusError::Unavailable(e)) => {
                 stop.cancel();
-                return Err(e);
+                return Err(Error::Failed(e));
             }
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(5)).await;

@@ -7,10 +7,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::parse_mqtt_url;
-use crate::{EXIT_FAILURE, app, sim};
-
-/// Usage errors exit with 2, as clap's do.
-const EXIT_USAGE: u8 = 2;
+use crate::{EXIT_FAILURE, EXIT_USAGE, app, sim};
 
 fn config(mqtt: &str, thermostat: &str, meter: &str, weather: &str, dir: &str) -> String {
     format!(

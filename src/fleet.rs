@@ -10,14 +10,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::bridge::{Bridge, CommandStats};
+use crate::bridge::Bridge;
 use crate::bus::BusStats;
 use crate::bus::modbus::ModbusBus;
 use crate::bus::serial_line::{LineStats, SerialLineBus};
 use crate::config::{BusConfig, Config, DeviceConfig};
-use crate::history::HistoryHandle;
-use crate::line_device::LineDevice;
-use crate::poller::{DEVICE_COMMANDS_CAP, DevicePoller, Sink};
+use crate::device::line::LineDevice;
+use crate::device::modbus::DevicePoller;
+use crate::device::{CommandStats, DEVICE_COMMANDS_CAP, Links, Sink};
+use crate::history::{CommandLog, HistoryHandle};
 use crate::topics::Topics;
 
 /// How long a stopping bus or device may take before it is abandoned.
@@ -30,7 +31,22 @@ pub struct Ctx {
     pub topics: Arc<Topics>,
     pub history: HistoryHandle,
     pub commands: Arc<CommandStats>,
+    /// Executed command ids on disk (the history file).
+    pub command_log: Option<CommandLog>,
     pub fatal: mpsc::Sender<String>,
+}
+
+impl Ctx {
+    /// What a device task shares with the rest of the gateway.
+    fn links(&self) -> Links {
+        Links {
+            sink: self.sink.clone(),
+            topics: self.topics.clone(),
+            history: Some(self.history.clone()),
+            commands: self.commands.clone(),
+            command_log: self.command_log.clone(),
+        }
+    }
 }
 
 struct RunningDevice {
@@ -135,16 +151,9 @@ impl Fleet {
                 let lines = bus.add_device(dev_name, dev.r#match.clone());
                 let (cmd_tx, cmd_rx) = mpsc::channel(DEVICE_COMMANDS_CAP);
                 bridge.add_device(dev_name, dev, cmd_tx);
-                let device = LineDevice::new(
-                    dev_name,
-                    dev,
-                    lines,
-                    line.clone(),
-                    ctx.sink.clone(),
-                    ctx.topics.clone(),
-                )
-                .with_commands(cmd_rx, ctx.commands.clone())
-                .with_history(ctx.history.clone());
+                let device = LineDevice::new(dev_name, dev, lines, line.clone(), ctx.links())
+                    .with_commands(cmd_rx)
+                    .with_timing(bus_config.timeout, bus_config.retries);
                 let dev_token = CancellationToken::new();
                 let task = tokio::spawn(supervised(
                     format!("device {dev_name}"),
@@ -195,16 +204,8 @@ impl Fleet {
         };
         let (cmd_tx, cmd_rx) = mpsc::channel(DEVICE_COMMANDS_CAP);
         bridge.add_device(name, dev, cmd_tx);
-        let poller = DevicePoller::new(
-            name,
-            dev,
-            rb.config.max_gap,
-            handle,
-            ctx.sink.clone(),
-            ctx.topics.clone(),
-        )
-        .with_commands(cmd_rx, ctx.commands.clone())
-        .with_history(ctx.history.clone());
+        let poller = DevicePoller::new(name, dev, rb.config.max_gap, handle, ctx.links())
+            .with_commands(cmd_rx);
         let token = CancellationToken::new();
         let task = tokio::spawn(supervised(
             format!("device {name}"),
@@ -341,12 +342,15 @@ impl Fleet {
         s
     }
 
-    /// Stops devices first, then buses, by `deadline`.
+    /// Stops devices and buses by `deadline`. Both at once: a bus that stops answers what its
+    /// devices wait for (a read is abandoned, a write on the wire finishes), so a device waiting
+    /// on a dead unit's timeout does not hold the stop up.
     pub async fn stop_all(&mut self, deadline: tokio::time::Instant) {
         for rb in self.buses.values() {
             for d in rb.devices.values() {
                 d.token.cancel();
             }
+            rb.token.cancel();
         }
         for rb in self.buses.values_mut() {
             for (_, d) in std::mem::take(&mut rb.devices) {
@@ -354,9 +358,6 @@ impl Fleet {
                     warn!("shutdown: a device task did not stop in time");
                 }
             }
-        }
-        for rb in self.buses.values() {
-            rb.token.cancel();
         }
         for (_, rb) in std::mem::take(&mut self.buses) {
             if tokio::time::timeout_at(deadline, rb.task).await.is_err() {

@@ -13,8 +13,8 @@ use tokio_util::codec::Decoder;
 
 use crate::bus::codec;
 use crate::bus::line::{self, Frame, LineCodec};
-use crate::command::{self, CommandKind};
 use crate::config::{self, Config, DataType, LineFormat, PointConfig, Table, WordOrder};
+use crate::device::command::{self, CommandKind};
 
 /// `config.toml` text. Property: parsing never panics, and a config that parses has names that
 /// are safe in topics (no `/`, `+`, `#`).
@@ -119,15 +119,18 @@ pub fn command(data: &[u8]) {
                     }
                 }
             }
-            let body = command::result_payload(cmd.id.as_ref(), Some(&cmd.action), Ok(&[]), &[]);
+            let body = command::result_payload(
+                cmd.id.as_ref(),
+                Some(&cmd.action),
+                &command::Outcome::default(),
+            );
             assert!(serde_json::from_str::<serde_json::Value>(&body).is_ok());
         }
         Err(refused) => {
-            let body = command::result_payload(
+            let body = command::refusal_payload(
                 refused.id.as_ref(),
                 refused.action.as_deref(),
-                Err(&refused.message),
-                &[],
+                &refused.message,
             );
             assert!(
                 serde_json::from_str::<serde_json::Value>(&body).is_ok(),
@@ -181,7 +184,10 @@ pub fn serial_line(data: &[u8]) {
                         if let Some(v) = line::field(&doc, name) {
                             let _ = line::typed(v);
                         }
-                        let _ = crate::line_device::point_value(&doc, name, &point);
+                        // A value or a reason, never a panic.
+                        if let Err(e) = crate::device::line::point_value(&doc, name, &point) {
+                            assert!(!e.is_empty());
+                        }
                         let _ = line::matches(&doc, name, "x");
                     }
                 }

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value as Json, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::CommandStats;
 use crate::bus::BusStats;
 use crate::bus::serial_line::LineStats;
+use crate::device::CommandStats;
 use crate::mqtt::MqttHandle;
 use crate::payload::VERSION;
 
@@ -51,6 +51,7 @@ fn bus_json(stats: &BusStats, prev_busy: u64, elapsed: Duration) -> (Json, u64) 
             "errors": get(&stats.errors),
             "timeouts": get(&stats.timeouts),
             "exceptions": get(&stats.exceptions),
+            "gateway_exceptions": get(&stats.gateway_exceptions),
             "overruns": get(&stats.overruns),
             "reconnects": get(&stats.reconnects),
             "latency_ms": (latency_ms * 100.0).round() / 100.0,
@@ -105,6 +106,9 @@ fn report(src: &Sources, started: Instant, prev: &mut Previous) -> String {
             "accepted": c.accepted.load(Ordering::Relaxed),
             "rejected": c.rejected.load(Ordering::Relaxed),
             "busy": c.busy.load(Ordering::Relaxed),
+            "offline": c.offline.load(Ordering::Relaxed),
+            "retained": c.retained.load(Ordering::Relaxed),
+            "repeated": c.repeated.load(Ordering::Relaxed),
         })
     });
     let history = src.history.as_ref().map(|h| {

@@ -5,8 +5,11 @@
 //!   (`HISTORY_CAP`); when it is full the row is dropped, counted, and a warning logged at most
 //!   once a minute.
 //! - One transaction per `flush` window (or per `BATCH` rows), opened with `BEGIN IMMEDIATE` so
-//!   a read→write upgrade can't fail with SQLITE_BUSY; WAL and `synchronous = NORMAL`, so a
-//!   power cut loses at most the last window and never corrupts the file.
+//!   a read→write upgrade can't fail with SQLITE_BUSY; WAL and `synchronous = FULL`: each batch
+//!   is on disk when its commit returns (one fsync of the WAL per window; `NORMAL` syncs only at
+//!   checkpoints, so a power cut could lose several windows), and the file is never corrupted.
+//! - [`CommandLog`]: the ids of executed commands, synced before each command's write goes
+//!   out, so a command the broker delivers again after a crash is not written twice.
 //! - Retention deletes old rows in small batches, so the `history` command can read meanwhile.
 //! - `max_size` caps the file (SQLite's `max_page_count`): when it, or the disk, is full, the
 //!   oldest tenth of the rows (at least twice the batch) is deleted to make room and the batch
@@ -115,7 +118,8 @@ pub async fn open_with(path: &Path, max_size: Option<u64>) -> Result<SqlitePool,
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
+        // Every commit synced: `flush` promises at most one window at risk on power loss.
+        .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(5))
         // The writer appends; a small page cache does (SQLite's default is 2 MiB), and only the
         // few fixed statements are kept prepared. See BENCHMARKS.md, memory.
@@ -131,18 +135,7 @@ pub async fn open_with(path: &Path, max_size: Option<u64>) -> Result<SqlitePool,
         Some(max) => opts.pragma("max_page_count", (max / PAGE_SIZE).max(16).to_string()),
         None => opts,
     };
-    // One connection for the life of the writer: sqlx would otherwise close and reopen it
-    // every 30 minutes (seen as file-descriptor blips in the soak, RELIABILITY.md).
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .max_lifetime(None)
-        .idle_timeout(None)
-        .connect_with(opts)
-        .await
-        .map_err(|source| Error::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
+    let pool = one_connection(path, opts).await?;
     sqlx::migrate!("./migrations")
         .run(&pool)
         .await
@@ -151,6 +144,21 @@ pub async fn open_with(path: &Path, max_size: Option<u64>) -> Result<SqlitePool,
             source,
         })?;
     Ok(pool)
+}
+
+/// A pool of one connection kept for the life of its user: sqlx would otherwise close and reopen
+/// it every 30 minutes (seen as file-descriptor blips in the soak, RELIABILITY.md).
+async fn one_connection(path: &Path, opts: SqliteConnectOptions) -> Result<SqlitePool, Error> {
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .connect_with(opts)
+        .await
+        .map_err(|source| Error::Open {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 /// Opens the database for reading, as `fieldbridge history` does while the daemon writes.
@@ -580,6 +588,102 @@ pub async fn retain(pool: &SqlitePool, cutoff_ms: i64) -> Result<u64, sqlx::Erro
         }
     }
     Ok(total)
+}
+
+/// How long an executed command's id is remembered: the same id again within this window is
+/// not executed again; its first result is published again (CONTRACT §4).
+pub const COMMAND_ID_WINDOW: Duration = Duration::from_secs(60);
+
+/// What the command log knew of an id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// Not executed within the window: now recorded (on disk) as running.
+    New,
+    /// Executed; its result payload.
+    Done(String),
+    /// Recorded as running, with no result: the gateway stopped (a crash, power loss) while
+    /// executing it. It may have been written.
+    Interrupted,
+}
+
+/// The ids of commands executed lately, in the history file (table `command_ids`), on a
+/// connection of its own so a command never waits behind a batch of readings. Each call is one
+/// transaction synced at commit (`synchronous = FULL`): one fsync when a command starts and one
+/// when it ends, only for commands that carry an `id`.
+#[derive(Debug, Clone)]
+pub struct CommandLog {
+    pool: SqlitePool,
+}
+
+impl CommandLog {
+    /// Opens the command log in the history file at `path` (created and migrated by [`open`]).
+    pub async fn open(path: &Path) -> Result<CommandLog, Error> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .pragma("cache_size", "-64")
+            .statement_cache_capacity(8);
+        Ok(CommandLog {
+            pool: one_connection(path, opts).await?,
+        })
+    }
+
+    /// Looks `id` of `device` up; when it was not executed within [`COMMAND_ID_WINDOW`],
+    /// records it as running, on disk before this returns. Older ids are forgotten here.
+    pub async fn begin(&self, device: &str, id: &str) -> Result<Seen, sqlx::Error> {
+        let now = millis(SystemTime::now());
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("DELETE FROM command_ids WHERE ts < ?")
+            .bind(now - COMMAND_ID_WINDOW.as_millis() as i64)
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query("SELECT result FROM command_ids WHERE device = ? AND id = ?")
+            .bind(device)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let seen = match row {
+            Some(r) => match r.try_get::<Option<String>, _>(0)? {
+                Some(result) => Seen::Done(result),
+                None => Seen::Interrupted,
+            },
+            None => {
+                sqlx::query("INSERT INTO command_ids (device, id, ts) VALUES (?, ?, ?)")
+                    .bind(device)
+                    .bind(id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                Seen::New
+            }
+        };
+        tx.commit().await?;
+        Ok(seen)
+    }
+
+    /// Records the result published for `id`.
+    pub async fn finish(&self, device: &str, id: &str, result: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE command_ids SET result = ? WHERE device = ? AND id = ?")
+            .bind(result)
+            .bind(device)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+
+    /// Forgets `id`: the command was not executed after all (the gateway was stopping), so the
+    /// broker's next delivery of it must run it.
+    pub async fn forget(&self, device: &str, id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM command_ids WHERE device = ? AND id = ?")
+            .bind(device)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
 }
 
 /// Which rows `fieldbridge history` shows.

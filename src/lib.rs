@@ -9,9 +9,9 @@
 //!   reload on SIGHUP, stop in order.
 //! - [`bus`]: one task owns each bus (`bus::modbus`, `bus::serial_line`); pure codecs
 //!   (`bus::codec`, `bus::line`) and the poll plan (`bus::plan`).
-//! - [`poller`] (Modbus) and [`line_device`] (serial): one task per device; polls, commands,
-//!   availability. [`state`] decides what to publish; [`command`] validates commands.
-//! - [`bridge`]: incoming MQTT commands to device tasks.
+//! - [`device`]: one task per device. The core (availability, freshness, the retained state,
+//!   commands and results) is written once; `device::modbus` and `device::line` feed it.
+//! - [`bridge`]: incoming MQTT commands, validated, to device tasks.
 //! - [`mqtt`]: the broker link and its bounded outbox; [`topics`] and [`payload`] are the only
 //!   places that shape topics and payloads; [`discovery`] is Home Assistant's.
 //! - [`telemetry`], [`systemd`]: logs and sd_notify.
@@ -21,29 +21,28 @@ pub mod bridge;
 pub mod bus;
 pub mod check;
 pub mod cli;
-pub mod command;
 pub mod commission;
 pub mod config;
 pub mod demo;
+pub mod device;
 pub mod discovery;
 pub mod fleet;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod health;
 pub mod history;
-pub mod line_device;
 pub mod model;
 pub mod mqtt;
 pub mod payload;
-pub mod poller;
 pub mod profiles;
 pub mod sim;
-pub mod state;
 pub mod systemd;
 pub mod telemetry;
 pub mod topics;
 
 /// Exit code for a runtime failure.
 pub const EXIT_FAILURE: u8 = 1;
+/// Exit code for a usage error (a wrong command line; clap exits with it too).
+pub const EXIT_USAGE: u8 = 2;
 /// Exit code for an invalid, missing or unreadable config (EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;

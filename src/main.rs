@@ -6,14 +6,17 @@ use std::process::ExitCode;
 use clap::Parser;
 use fieldbridge::cli::{Cli, Command};
 use fieldbridge::{
-    EXIT_CONFIG, EXIT_FAILURE, app, check, commission, config, demo, history, profiles, telemetry,
+    EXIT_CONFIG, EXIT_FAILURE, EXIT_USAGE, app, check, commission, config, demo, history, profiles,
+    telemetry,
 };
 
-/// Runs a commissioning command: config from `path`, the async work, its text on stdout.
+/// Runs a commissioning command: config from `path`, the async work, its text on stdout. A
+/// wrong command line (an unknown bus, a bad `--register`, `--type`, `--count`, `--value`)
+/// exits 2, a bus or device failure 1.
 fn commissioning<F, Fut>(path: &std::path::Path, f: F) -> ExitCode
 where
     F: FnOnce(std::sync::Arc<config::Config>) -> Fut,
-    Fut: std::future::Future<Output = Result<String, String>>,
+    Fut: std::future::Future<Output = Result<String, commission::Error>>,
 {
     let config = match config::Config::load(path) {
         Ok(c) => std::sync::Arc::new(c),
@@ -37,11 +40,20 @@ where
             print!("{text}");
             ExitCode::SUCCESS
         }
-        Err(e) => {
+        Err(commission::Error::Usage(e)) => {
+            eprintln!("fieldbridge: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(commission::Error::Failed(e)) => {
             eprintln!("fieldbridge: {e}");
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// `--register holding:10`, as a usage error when it is not one.
+fn register_arg(text: &str) -> Result<config::Register, commission::Error> {
+    config::parse_register(text).map_err(|e| commission::Error::Usage(format!("--register: {e}")))
 }
 
 fn main() -> ExitCode {
@@ -82,7 +94,7 @@ fn main() -> ExitCode {
                 (Ok(s), Ok(u)) => (s, u),
                 (Err(e), _) | (_, Err(e)) => {
                     eprintln!("fieldbridge history: {e}");
-                    return ExitCode::from(2);
+                    return ExitCode::from(EXIT_USAGE);
                 }
             };
             let format = match format.as_str() {
@@ -133,7 +145,7 @@ fn main() -> ExitCode {
             register,
             count,
         } => commissioning(&arg.config, |config| async move {
-            let register = config::parse_register(&register)?;
+            let register = register_arg(&register)?;
             commission::read(&config, &bus, unit, register, count).await
         }),
         Command::Write {
@@ -145,14 +157,14 @@ fn main() -> ExitCode {
             order,
             value,
         } => commissioning(&arg.config, |config| async move {
-            let register = config::parse_register(&register)?;
+            let register = register_arg(&register)?;
             let ty = match config::DataType::NAMES.iter().position(|n| *n == data_type) {
                 Some(i) => config::ALL_TYPES[i],
                 None => {
-                    return Err(format!(
-                        "unknown type \"{data_type}\"; expected {}",
+                    return Err(commission::Error::Usage(format!(
+                        "--type: unknown type \"{data_type}\"; expected {}",
                         config::one_of(config::DataType::NAMES)
-                    ));
+                    )));
                 }
             };
             let order = match order.as_str() {
@@ -161,9 +173,9 @@ fn main() -> ExitCode {
                 "BADC" => config::WordOrder::Badc,
                 "DCBA" => config::WordOrder::Dcba,
                 other => {
-                    return Err(format!(
-                        "unknown order \"{other}\"; expected ABCD, CDAB, BADC or DCBA"
-                    ));
+                    return Err(commission::Error::Usage(format!(
+                        "--order: unknown order \"{other}\"; expected ABCD, CDAB, BADC or DCBA"
+                    )));
                 }
             };
             commission::write(&config, &bus, unit, register, ty, order, &value).await
@@ -177,7 +189,7 @@ fn main() -> ExitCode {
             // The config loads only when its profiles do, so these are the same, without errors.
             let (all, _) = config::Profiles::load(&config::profiles_dir(&arg.config));
             commissioning(&arg.config, |config| async move {
-                let units = commission::parse_units(&units)?;
+                let units = commission::parse_units(&units).map_err(commission::Error::Usage)?;
                 let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
                 let profiles = identify.then_some(&all);
                 let found = commission::scan(&config, &bus, units, profiles, |u| {
@@ -219,7 +231,7 @@ fn main() -> ExitCode {
                             "fieldbridge profiles: no profile \"{n}\"; profiles: {}",
                             all.names().join(", ")
                         );
-                        ExitCode::from(2)
+                        ExitCode::from(EXIT_USAGE)
                     }
                 },
             }

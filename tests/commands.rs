@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::gateway::{GatewayProcess, InProcess};
 use common::modbus::FakeModbus;
-use common::mosquitto::{Mosquitto, Subscriber, publish};
+use common::mosquitto::{LinePublisher, Mosquitto, Subscriber, publish};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
@@ -554,4 +554,346 @@ async fn ten_thousand_malformed_commands_are_counted_cost_bounded_memory_and_val
     // The refusals are logged rate-limited, not one line each.
     let refusals = gw.log().matches("command refused").count();
     assert!(refusals <= 5, "{refusals} log lines for the flood");
+}
+
+fn small_config(port: u16, bus: &str, devices: &str) -> String {
+    format!(
+        "[gateway]\nid = \"cmd\"\nbase_topic = \"t\"\nlocation = \"lab\"\nhealth_interval = \"1s\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n[history]\npath = \"{{dir}}/history.db\"\n[homeassistant]\ndiscovery = false\n{bus}\n{devices}"
+    )
+}
+
+/// CONTRACT §4: a command for an offline device is refused at once ("device offline") with no
+/// bus time — also while the device's probe waits out a 2 s timeout on the wire — and
+/// `refresh` is the exception: it tries the device once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_for_an_offline_device_is_refused_at_once_and_refresh_tries_it_once() {
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    fake.unit(2, |u| u.silent = true);
+    fake.unit(3, |u| u.silent = true);
+    let addr = fake.serve_tcp().await;
+    // `probing` is tried every second (a probe almost always on the wire); `quiet` every minute.
+    let cfg = small_config(
+        broker.port,
+        &format!(
+            "[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{addr}\"\ntimeout = \"2s\"\nretries = 0\n"
+        ),
+        "[devices.probing]\nbus = \"plc\"\nunit = 2\npoll = \"1s\"\noffline_after = 1\noffline_retry = \"1s\"\n[devices.probing.points.v]\nregister = \"holding:0\"\nwritable = true\n\
+         [devices.quiet]\nbus = \"plc\"\nunit = 3\npoll = \"1s\"\noffline_after = 1\noffline_retry = \"60s\"\n[devices.quiet.points.v]\nregister = \"holding:0\"\nwritable = true\n",
+    );
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let gw = InProcess::start(&cfg).await;
+    for d in ["probing", "quiet"] {
+        sub.wait_for(
+            &format!("t/lab/device/{d}/availability"),
+            |p| p.contains("offline"),
+            WAIT,
+        )
+        .unwrap_or_else(|| panic!("{d} offline"));
+    }
+    let mut latencies = Vec::new();
+    for d in ["probing", "quiet"] {
+        let mut publisher = LinePublisher::start(broker.port, &format!("t/lab/device/{d}/command"));
+        let result = format!("t/lab/device/{d}/command/result");
+        for i in 0..5 {
+            let id = format!("{d}{i}");
+            let sent = publisher.send(&format!(r#"{{"id": "{id}", "v": 7}}"#));
+            let m = sub
+                .wait_for(&result, |p| p.contains(&format!("\"{id}\"")), WAIT)
+                .expect("refused");
+            latencies.push(m.at.duration_since(sent));
+            assert_eq!(
+                json_of(&m.payload),
+                json!({"id": id, "action": "set", "ok": false, "error": "device offline"})
+            );
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+    assert!(writes(&fake).is_empty(), "a command reached the bus");
+    // Sending it would cost at least one 2 s timeout. Answered within a tenth of that every
+    // time, even on a loaded machine, and the path itself within 50 ms (the best of ten,
+    // which load can't spoil).
+    latencies.sort();
+    assert!(
+        latencies.iter().all(|l| *l < Duration::from_millis(500)),
+        "{latencies:?}"
+    );
+    assert!(latencies[0] < Duration::from_millis(50), "{latencies:?}");
+    println!("offline refusals answered in {latencies:?}");
+    // Counted in health.
+    assert!(
+        sub.wait_for(
+            "t/gateway/cmd/health",
+            |p| json_of(p)["commands"]["offline"] == json!(10),
+            WAIT
+        )
+        .is_some(),
+        "offline refusals not counted"
+    );
+    // `refresh` tries the device: exactly one read on the wire, then the answer.
+    let frames = |fake: &FakeModbus| fake.log().iter().filter(|s| s.unit == 3).count();
+    let before = frames(&fake);
+    publish(
+        broker.port,
+        "t/lab/device/quiet/command",
+        r#"{"id": "r", "action": "refresh"}"#,
+        false,
+    );
+    let m = sub
+        .wait_for(
+            "t/lab/device/quiet/command/result",
+            |p| p.contains("\"r\""),
+            WAIT,
+        )
+        .expect("refresh answered");
+    assert_eq!(
+        json_of(&m.payload),
+        json!({"id": "r", "action": "refresh", "ok": false, "error": "device offline: no answer"})
+    );
+    assert_eq!(frames(&fake), before + 1, "refresh tried the device once");
+    gw.stop().await;
+}
+
+/// A command left retained on the broker would run at every (re)subscription: it is refused
+/// with a warning naming its topic, whether it was there before the gateway started or was
+/// published while it ran (that one, reaching a live subscriber unflagged under MQTT 3.1.1,
+/// may run once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_command_is_not_executed_at_a_start_or_a_reconnect() {
+    // Persistence, so the retained command and our session outlive a broker restart.
+    let mut broker = Mosquitto::start_with(
+        "allow_anonymous true\npersistence true\npersistence_location {dir}/\n",
+        None,
+    );
+    let fake = FakeModbus::new();
+    fake.unit(1, |_| {});
+    let addr = fake.serve_tcp().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(broker.port, &addr.to_string(), "")
+        .replace("{dir}", &dir.path().display().to_string());
+    // Retained before the gateway exists.
+    publish(broker.port, CMD, r#"{"id": "old", "brightness": 11}"#, true);
+    let sub = Subscriber::connect(broker.port, RESULT);
+    let gw = GatewayProcess::spawn(&cfg, &[]);
+    let r = sub
+        .wait_for(RESULT, |p| p.contains("\"old\""), WAIT)
+        .expect("refused at start");
+    let r = json_of(&r.payload);
+    assert_eq!(r["ok"], json!(false));
+    assert!(r["error"].as_str().unwrap().contains("retained"), "{r}");
+    assert!(
+        gw.wait_log(&format!("topic={CMD}"), WAIT) && gw.log().contains("command refused"),
+        "no warning naming the topic:\n{}",
+        gw.log()
+    );
+    assert!(writes(&fake).is_empty(), "the retained command was written");
+    // Published retained while the gateway runs: delivered live, not flagged, so it may run.
+    publish(
+        broker.port,
+        CMD,
+        r#"{"id": "live", "brightness": 22}"#,
+        true,
+    );
+    let r = sub
+        .wait_for(RESULT, |p| p.contains("\"live\""), WAIT)
+        .expect("live");
+    assert_eq!(json_of(&r.payload)["ok"], json!(true), "{}", r.payload);
+    assert_eq!(writes(&fake).len(), 1);
+    // The broker restarts (with the retained command on disk); the gateway reconnects and
+    // subscribes again, and the broker hands the command over flagged retained. (The history
+    // is where to look: a subscriber of ours may reconnect after the result went out.)
+    broker.restart_saving();
+    let db = dir.path().join("history.db");
+    let refused_again = async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(pool) = fieldbridge::history::open_read_only(&db).await {
+                let events = fieldbridge::history::events(&pool)
+                    .await
+                    .unwrap_or_default();
+                let n = events
+                    .iter()
+                    .filter(|e| {
+                        e.2 == "command" && e.3.contains("live") && e.3.contains("retained")
+                    })
+                    .count();
+                if n > 0 {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    };
+    assert!(
+        refused_again.await,
+        "not refused at the reconnect:\n{}",
+        gw.log()
+    );
+    assert_eq!(writes(&fake).len(), 1, "written again at the reconnect");
+    assert!(gw.log().contains("mqtt connected"));
+}
+
+/// The gateway is killed (-9) after the device took the write and before the result went
+/// out. It had not acknowledged the command, so the broker delivers it again after the
+/// restart; the id was on disk before the write, so it is not written twice, and its result
+/// is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_redelivered_after_a_kill_9_is_written_once_and_answered() {
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    fake.unit(1, |_| {});
+    let addr = fake.serve_tcp().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(broker.port, &addr.to_string(), "timeout = \"5s\"")
+        .replace("poll = \"5s\"", "poll = \"60s\"")
+        .replace("{dir}", &dir.path().display().to_string());
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let gw = GatewayProcess::spawn(&cfg, &[]);
+    sub.wait_for(
+        "t/lab/device/lamp/availability",
+        |p| p.contains("online"),
+        WAIT,
+    )
+    .expect("online");
+    // The device now takes 1.5 s to answer: the write is applied, its answer is pending.
+    fake.unit(1, |u| u.delay = Duration::from_millis(1_500));
+    publish(
+        broker.port,
+        CMD,
+        r#"{"id": "once", "brightness": 44}"#,
+        false,
+    );
+    let deadline = Instant::now() + WAIT;
+    while writes(&fake).is_empty() {
+        assert!(Instant::now() < deadline, "never written");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    gw.signal(Signal::SIGKILL);
+    drop(gw);
+    assert!(sub.on(RESULT).is_empty(), "answered before the kill");
+    // The device did take it.
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    assert_eq!(fake.unit(1, |u| u.holdings.get(&1).copied()), Some(44));
+    fake.unit(1, |u| u.delay = Duration::ZERO);
+    let gw = GatewayProcess::spawn(&cfg, &[]);
+    let r = sub
+        .wait_for(RESULT, |p| p.contains("\"once\""), WAIT)
+        .unwrap_or_else(|| panic!("no result after the restart:\n{}", gw.log()));
+    assert_eq!(
+        json_of(&r.payload),
+        json!({"id": "once", "action": "set", "ok": true, "written": {"brightness": 44}})
+    );
+    assert_eq!(
+        writes(&fake),
+        vec![(6, 1)],
+        "the device saw more than one write"
+    );
+    // Delivered once more (a reconnect, a sender's retry): the first result again, no write.
+    publish(
+        broker.port,
+        CMD,
+        r#"{"id": "once", "brightness": 44}"#,
+        false,
+    );
+    let deadline = Instant::now() + WAIT;
+    while sub.on(RESULT).len() < 2 {
+        assert!(Instant::now() < deadline, "no second result");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sub.on(RESULT)[1].payload, r.payload);
+    assert_eq!(writes(&fake).len(), 1);
+}
+
+/// Two devices with four 0.3 s reads each, polled continuously on one RTU bus: a command
+/// waits for the one read on the wire at most, never for the rest of a poll. Its latency is at
+/// most one read + its write + its read-back (0.9 s; 1.5 s allowed here for a loaded
+/// machine). Waiting for the whole poll of the other device, as before, took 1.4–2.3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_busy_rtu_bus_a_command_waits_for_one_read_at_most() {
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    for u in [1, 2] {
+        fake.unit(u, |x| x.delay = Duration::from_millis(300));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let bus = fake.serve_rtu(tmp.path());
+    let mut devices = String::new();
+    for (u, name) in [(1, "a"), (2, "b")] {
+        devices += &format!("[devices.{name}]\nbus = \"rs485\"\nunit = {u}\npoll = \"1s\"\n");
+        // Ten registers apart: four reads per poll.
+        for p in 0..4 {
+            devices += &format!(
+                "[devices.{name}.points.p{p}]\nregister = \"holding:{}\"\nwritable = true\n",
+                p * 10
+            );
+        }
+    }
+    let cfg = small_config(
+        broker.port,
+        &format!(
+            "[buses.rs485]\nkind = \"modbus-rtu\"\nport = \"{}\"\ntimeout = \"1s\"\n",
+            bus.path_str()
+        ),
+        &devices,
+    );
+    let sub = Subscriber::connect(broker.port, "t/lab/device/+/command/result");
+    let gw = InProcess::start(&cfg).await;
+    // Both devices polling: a cycle is 2.4 s of reads, back to back.
+    let deadline = Instant::now() + WAIT;
+    while fake.log().iter().filter(|s| s.unit == 2).count() < 4 {
+        assert!(Instant::now() < deadline, "not polling");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut publisher = LinePublisher::start(broker.port, "t/lab/device/a/command");
+    let mut latencies = Vec::new();
+    for i in 0..8u64 {
+        // Spread over the cycle: some land in a's poll, some in b's.
+        tokio::time::sleep(Duration::from_millis(400 + 137 * i)).await;
+        let id = format!("c{i}");
+        let sent = publisher.send(&format!(r#"{{"id": "{id}", "p1": {i}}}"#));
+        let m = sub
+            .wait_for(
+                "t/lab/device/a/command/result",
+                |p| p.contains(&format!("\"{id}\"")),
+                WAIT,
+            )
+            .expect("result");
+        assert_eq!(json_of(&m.payload)["ok"], json!(true), "{}", m.payload);
+        latencies.push(m.at.duration_since(sent));
+    }
+    latencies.sort();
+    println!("command latencies on the busy RTU bus: {latencies:?}");
+    assert!(
+        latencies.iter().all(|l| *l < Duration::from_millis(1_500)),
+        "a command waited for more than one read: {latencies:?}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_fails_part_way_names_what_was_written_what_failed_and_what_was_not() {
+    let (broker, fake, sub, gw) = setup().await;
+    // Points are written in name order: brightness, missing (refused by the device), offset.
+    let r = command(
+        broker.port,
+        &sub,
+        "p1",
+        r#"{"brightness": 5, "missing": 1, "offset": 3}"#,
+    );
+    assert_eq!(
+        r,
+        json!({"id": "p1", "action": "set", "ok": false,
+            "error": "missing: illegal data address",
+            "written": {"brightness": 5}, "failed": "missing", "not_written": ["offset"]})
+    );
+    assert_eq!(writes(&fake), vec![(6, 1), (6, 500)], "offset was written");
+    // The written point is in the state all the same.
+    let state = sub.wait_for(
+        "t/lab/device/lamp/state",
+        |p| json_of(p)["brightness"] == json!(5),
+        WAIT,
+    );
+    assert!(state.is_some());
+    gw.stop().await;
 }

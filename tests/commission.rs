@@ -227,3 +227,141 @@ async fn a_port_the_daemon_holds_is_refused_with_the_reason() {
     assert_eq!(code, 1);
     assert!(err.contains("held by another process"), "{err}");
 }
+
+/// A wrong command line is a usage error (exit 2, CONTRACT §2); a bus or device that fails is
+/// a runtime failure (exit 1).
+#[test]
+fn usage_errors_exit_2_and_bus_failures_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(
+        dir.path(),
+        // Nothing listens on port 1: reads there fail at runtime.
+        "[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"127.0.0.1:1\"\ntimeout = \"200ms\"\nretries = 0\n[buses.ard]\nkind = \"serial\"\nport = \"/dev/null\"\n",
+    );
+    fn read<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec![
+            "read",
+            "--bus",
+            "plc",
+            "--unit",
+            "1",
+            "--register",
+            "holding:0",
+        ];
+        args.extend_from_slice(extra);
+        args
+    }
+    let usage: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "read",
+                "--bus",
+                "plc",
+                "--unit",
+                "1",
+                "--register",
+                "holdng:0",
+            ],
+            "--register",
+        ),
+        (read(&["--count", "0"]), "--count 0"),
+        (read(&["--count", "126"]), "--count 126"),
+        (
+            vec![
+                "read",
+                "--bus",
+                "nope",
+                "--unit",
+                "1",
+                "--register",
+                "holding:0",
+            ],
+            "no bus \"nope\"",
+        ),
+        (
+            vec![
+                "read",
+                "--bus",
+                "ard",
+                "--unit",
+                "1",
+                "--register",
+                "holding:0",
+            ],
+            "serial line bus",
+        ),
+        (
+            vec![
+                "write",
+                "--bus",
+                "plc",
+                "--unit",
+                "1",
+                "--register",
+                "holding:0",
+                "--type",
+                "u17",
+                "--value",
+                "1",
+            ],
+            "--type",
+        ),
+        (
+            vec![
+                "write",
+                "--bus",
+                "plc",
+                "--unit",
+                "1",
+                "--register",
+                "holding:0",
+                "--order",
+                "XYZ",
+                "--value",
+                "1",
+            ],
+            "--order",
+        ),
+        (
+            vec![
+                "write",
+                "--bus",
+                "plc",
+                "--unit",
+                "1",
+                "--register",
+                "holding:0",
+                "--value",
+                "abc",
+            ],
+            "is not a u16",
+        ),
+        (
+            vec![
+                "write",
+                "--bus",
+                "plc",
+                "--unit",
+                "1",
+                "--register",
+                "input:0",
+                "--value",
+                "1",
+            ],
+            "read-only",
+        ),
+        (
+            vec!["scan", "--bus", "plc", "--units", "5-x"],
+            "invalid units",
+        ),
+        (vec!["scan", "--bus", "nope"], "no bus \"nope\""),
+    ];
+    for (args, says) in usage {
+        let (code, _, err) = run(&cfg, &args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let (code, _, err) = run(&cfg, &read(&[]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot connect"), "{err}");
+}

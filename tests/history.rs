@@ -392,7 +392,9 @@ async fn history_keeps_recording_while_the_broker_is_away() {
 async fn a_capped_history_full_again_and_again_drops_nothing_and_keeps_the_newest() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("h.db");
-    let cap = 128 * 1024;
+    // Room for a whole batch (up to BATCH = 2,000 rows, when a slow fsync lets rows pile up)
+    // beside the schema's dozen pages.
+    let cap = 192 * 1024;
     let cfg = HistoryConfig {
         max_size: Some(cap),
         ..hcfg(&db, 20)

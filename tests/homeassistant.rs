@@ -10,8 +10,8 @@
 
 use std::path::Path;
 
-use fieldbridge::command;
 use fieldbridge::config::Config;
+use fieldbridge::device::command;
 use fieldbridge::discovery::{self, Component};
 use fieldbridge::model::Value;
 use fieldbridge::payload;

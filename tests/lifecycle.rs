@@ -466,3 +466,89 @@ fn tls_verification_is_on_by_default_and_tls_insecure_is_an_explicit_logged_opt_
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tls_insecure is for TLS"), "{err}");
 }
+
+/// SIGTERM while two dead RTU units (default timeout 500 ms, 1 retry: a poll of one costs the
+/// bus a second) keep the bus busy beside a live one: the stop does not wait for their
+/// timeouts, and the history's last batch and the `offline` status each get their share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_dead_rtu_units_exits_0_in_2s_publishes_offline_and_flushes_history() {
+    let broker = Mosquitto::start();
+    let fake = common::modbus::FakeModbus::new();
+    // The live unit's value moves at every read, so every poll is a reading in the history.
+    fake.unit(1, |u| u.tick = true);
+    fake.unit(2, |u| u.silent = true);
+    fake.unit(3, |u| u.silent = true);
+    let dir = tempfile::tempdir().unwrap();
+    let bus = fake.serve_rtu(dir.path());
+    let db = dir.path().join("history.db");
+    let mut cfg = config_text(dir.path(), broker.port, "gw-dead", "");
+    // Replace the sample TCP bus and lamp with the RTU bus and its three units.
+    cfg.truncate(cfg.find("[buses.plc]").unwrap());
+    // A flush window longer than the test: every reading is in the history only if the stop
+    // flushes it.
+    cfg = cfg.replace("[history]\n", "[history]\nflush = \"60s\"\n");
+    cfg += &format!(
+        "[buses.rs485]\nkind = \"modbus-rtu\"\nport = \"{}\"\n",
+        bus.path_str()
+    );
+    for (unit, name) in [(1, "live"), (2, "dead1"), (3, "dead2")] {
+        // `offline_after` high: the dead units stay on the poll schedule, each poll a timeout.
+        cfg += &format!(
+            "[devices.{name}]\nbus = \"rs485\"\nunit = {unit}\npoll = \"200ms\"\noffline_after = 1000\n[devices.{name}.points.v]\nregister = \"holding:0\"\n"
+        );
+    }
+    let mut gw = GatewayProcess::spawn_in(tempfile::tempdir().unwrap(), &cfg, &[]);
+    let status = "test/gateway/gw-dead/status";
+    assert!(
+        wait_retained(broker.port, status, online, WAIT).is_some(),
+        "log:\n{}",
+        gw.log()
+    );
+    let sub = Subscriber::connect(broker.port, "test/#");
+    // Readings flow, and the dead units' timeouts are on the wire.
+    sub.wait_for("test/lab/sensor/live/v", |_| true, WAIT)
+        .expect("live readings");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let dead_polls = fake.log().iter().filter(|s| s.unit != 1).count();
+    assert!(dead_polls >= 2, "the dead units were not polled");
+    let before = std::time::SystemTime::now();
+    let t0 = Instant::now();
+    gw.signal(Signal::SIGTERM);
+    let exit = gw.wait_exit(Duration::from_secs(10)).expect("exited");
+    let took = t0.elapsed();
+    assert_eq!(exit.code(), Some(0), "log:\n{}", gw.log());
+    assert!(
+        took < Duration::from_secs(2),
+        "stop took {took:?}; log:\n{}",
+        gw.log()
+    );
+    assert!(
+        sub.wait_for(status, offline, WAIT).is_some(),
+        "no offline published; log:\n{}",
+        gw.log()
+    );
+    // The live unit's readings up to the stop are in the history: the last batch was written.
+    let pool = fieldbridge::history::open_read_only(&db).await.unwrap();
+    let filter = fieldbridge::history::Filter {
+        device: Some("live".into()),
+        ..Default::default()
+    };
+    let rows = fieldbridge::history::query(&pool, &filter).await.unwrap();
+    let published = sub.on("test/lab/sensor/live/v").len();
+    assert!(
+        rows.len() + 1 >= published,
+        "{} readings in the history, {published} published",
+        rows.len()
+    );
+    let newest = rows.last().expect("readings in the history").timestamp;
+    let stop = before
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    // The bus is shared with two dead units: the live one is read about every 2 s.
+    assert!(
+        newest > stop - 3.0,
+        "the newest reading is {:.1} s before the stop",
+        stop - newest
+    );
+}

@@ -324,6 +324,188 @@ async fn a_silent_device_goes_offline_after_exactly_offline_after_polls_and_back
     gw.stop().await;
 }
 
+/// A Modbus TCP-to-RTU gateway (Waveshare, USR, Moxa, our own `share`) answers exception 0x0B
+/// for a dead device behind it: that is a failed poll, like a timeout, not an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_a_gateway_answers_0x0b_for_goes_offline_is_retried_slowly_and_comes_back() {
+    use tokio_modbus::prelude::ExceptionCode;
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    fake.set_holding(5, 0, &[42]);
+    fake.unit(5, |u| {
+        u.exception = Some(ExceptionCode::GatewayTargetDevice)
+    });
+    let addr = fake.serve_tcp().await;
+    let mut cfg = head(broker.port, "gw0b").replace(
+        "location = \"lab\"\n",
+        "location = \"lab\"\nhealth_interval = \"500ms\"\n",
+    );
+    cfg += &format!(
+        "[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{addr}\"\nretries = 0\n[devices.d]\nbus = \"plc\"\nunit = 5\npoll = \"200ms\"\noffline_after = 3\noffline_retry = \"1500ms\"\n[devices.d.points.v]\nregister = \"holding:0\"\n"
+    );
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let gw = InProcess::start(&cfg).await;
+    let avail = "t/lab/device/d/availability";
+    sub.wait_for(avail, |p| p.contains("offline"), WAIT)
+        .expect("offline after the gateway's 0x0B answers");
+    let polls = |fake: &FakeModbus| {
+        fake.log()
+            .iter()
+            .filter(|s| s.unit == 5)
+            .map(|s| s.at)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        polls(&fake).len(),
+        3,
+        "offline after exactly 3 failed polls"
+    );
+    assert!(sub.on("t/lab/sensor/d/v").is_empty(), "nothing invented");
+    // Offline: tried every `offline_retry` (1.5 s), not every `poll` (200 ms).
+    tokio::time::sleep(Duration::from_millis(3_400)).await;
+    let tries = polls(&fake);
+    let retries: Vec<Duration> = tries[3..]
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]))
+        .collect();
+    assert!(
+        (1..=3).contains(&(tries.len() - 3)),
+        "retried {} times in 3.4 s: {retries:?}",
+        tries.len() - 3
+    );
+    assert!(
+        retries.iter().all(|d| *d >= Duration::from_millis(1_300)),
+        "retried faster than offline_retry: {retries:?}"
+    );
+    // Health counts them apart from the device's own exceptions.
+    let h = sub
+        .wait_for(
+            "t/gateway/gw0b/health",
+            |p| json_of(p)["buses"]["plc"]["gateway_exceptions"].as_u64() >= Some(3),
+            WAIT,
+        )
+        .expect("health");
+    assert_eq!(json_of(&h.payload)["buses"]["plc"]["exceptions"], json!(0));
+    // The device answers again: online at the next retry, and its value published.
+    fake.unit(5, |u| u.exception = None);
+    sub.wait_for(avail, |p| p.contains("\"online\""), WAIT)
+        .expect("online again");
+    let v = sub.wait_for("t/lab/sensor/d/v", |_| true, WAIT).unwrap();
+    assert_eq!(json_of(&v.payload)["value"], json!(42));
+    gw.stop().await;
+}
+
+/// A Modbus TCP device that accepts connections and resets them at once (a PLC whose server
+/// is full, a firewall): the bus backs off ever more slowly — the backoff starts again only
+/// after a good transaction, not after a connect — and says so once, not at every poll.
+#[test]
+fn a_device_that_accepts_and_resets_is_retried_with_growing_backoff_and_logged_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let broker = Mosquitto::start();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let counter = accepts.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { break };
+            counter.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = head(broker.port, "reset").replace("{dir}", &dir.path().display().to_string());
+    cfg += &format!(
+        "[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{addr}\"\nretries = 0\n[devices.d]\nbus = \"plc\"\nunit = 1\npoll = \"200ms\"\n[devices.d.points.v]\nregister = \"holding:0\"\n"
+    );
+    let gw = common::gateway::GatewayProcess::spawn(&cfg, &[]);
+    std::thread::sleep(Duration::from_secs(6));
+    let log = gw.log();
+    let n = accepts.load(Ordering::Relaxed);
+    // Polled every 200 ms for 6 s: 30 connects if every poll reconnected; with the backoff
+    // (200 ms doubling to 10 s, with jitter) about 5.
+    assert!(
+        (2..=10).contains(&n),
+        "{n} connections in 6 s; the backoff does not grow"
+    );
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("bus"))
+        .collect();
+    assert!(
+        warnings.len() <= 2,
+        "warned {} times: {warnings:#?}",
+        warnings.len()
+    );
+}
+
+/// `modbus-rtu-over-tcp` end to end, through a serial-to-TCP converter that forwards whatever
+/// the line says to the current connection. The device answers the first read late, after the
+/// bus timeout, and the retry's answer follows it: one answer too many reaches the gateway. RTU
+/// frames carry no transaction id, so that answer could pass for the next read's; it must be
+/// discarded, never published as another point's value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtu_over_tcp_polls_and_writes_end_to_end_and_discards_a_late_answer() {
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    fake.set_holding(1, 0, &[111]);
+    fake.set_holding(1, 20, &[555]);
+    fake.unit(1, |u| {
+        u.late_answers = 1;
+        u.late = Duration::from_millis(450);
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let conv = fake.serve_rtu_over_tcp(tmp.path()).await;
+    let mut cfg = head(broker.port, "rtutcp");
+    // `a` and `b` are two reads of one register each (the gap is beyond max_gap), so their
+    // answers look alike on the wire.
+    cfg += &format!(
+        "[buses.conv]\nkind = \"modbus-rtu-over-tcp\"\naddress = \"{}\"\ntimeout = \"300ms\"\nretries = 1\nturnaround = \"100ms\"\n[devices.d]\nbus = \"conv\"\nunit = 1\npoll = \"1s\"\n[devices.d.points.a]\nregister = \"holding:0\"\n[devices.d.points.b]\nregister = \"holding:20\"\nwritable = true\n",
+        conv.addr
+    );
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let gw = InProcess::start(&cfg).await;
+    let state = wait_state(&sub, "t/lab/device/d/state", |s| {
+        s["a"] == json!(111) && s["b"] == json!(555)
+    });
+    assert!(state["timestamp"].is_number());
+    // A few more polls, then a command through the same link.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    common::mosquitto::publish(
+        broker.port,
+        "t/lab/device/d/command",
+        r#"{"id": "w", "b": 556}"#,
+        false,
+    );
+    let r = sub
+        .wait_for(
+            "t/lab/device/d/command/result",
+            |p| p.contains("\"w\""),
+            WAIT,
+        )
+        .expect("result");
+    assert_eq!(
+        json_of(&r.payload),
+        json!({"id": "w", "action": "set", "ok": true, "written": {"b": 556}})
+    );
+    let values = |p: &str| -> Vec<Value> {
+        sub.on(&format!("t/lab/sensor/d/{p}"))
+            .iter()
+            .map(|m| json_of(&m.payload)["value"].clone())
+            .collect()
+    };
+    assert_eq!(values("a"), vec![json!(111)], "a: {:?}", values("a"));
+    assert_eq!(
+        values("b"),
+        vec![json!(555), json!(556)],
+        "the late answer was taken for b's"
+    );
+    let late = fake.log().iter().filter(|s| s.fc == 3).count();
+    assert!(late >= 4, "{late} reads");
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_an_rtu_bus_a_dead_unit_does_not_starve_the_others() {
     let broker = Mosquitto::start();

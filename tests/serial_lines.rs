@@ -27,6 +27,15 @@ fn head(port: u16, id: &str, tty: &str, format: &str) -> String {
     )
 }
 
+/// The next line the device receives.
+async fn next<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut tokio::io::Lines<R>) -> String {
+    tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("a line within the wait")
+        .unwrap()
+        .unwrap()
+}
+
 async fn say(dev: &mut tokio_serial::SerialStream, bytes: &[u8]) {
     dev.write_all(bytes).await.unwrap();
     dev.flush().await.unwrap();
@@ -358,5 +367,146 @@ async fn a_cr_terminated_device_is_read_and_written_with_its_own_line_ending() {
     .unwrap()
     .unwrap();
     assert_eq!(&buf, b"BEEP\r");
+    gw.stop().await;
+}
+
+/// A serial device answers `refresh` (its state published now), sends a line again while its
+/// `expect` reply does not come, up to the bus `retries`, and takes point values beside a
+/// named action: the action's line first, then each point's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serial_device_answers_refresh_honours_retries_and_takes_values_beside_an_action() {
+    let broker = Mosquitto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let pty = SocatPair::new(tmp.path());
+    let cfg = head(
+        broker.port,
+        "sr",
+        &pty.path_str(),
+        "format = \"kv\"\nretries = 2",
+    ) + "[devices.w]\nbus = \"ard\"\n[devices.w.points.t]\n[devices.w.points.fan]\nsend = \"FAN {value}\"\nmin = 0\nmax = 3\n[devices.w.actions.led]\nsend = \"LED {value}\"\nexpect = \"^OK\"\n";
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let gw = InProcess::start(&cfg).await;
+    let dev = pty.device();
+    let (rd, mut wr) = tokio::io::split(dev);
+    let mut lines = BufReader::new(rd).lines();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cmd = "t/lab/device/w/command";
+    let result = "t/lab/device/w/command/result";
+    let state = "t/lab/device/w/state";
+    wr.write_all(b"t=5\n").await.unwrap();
+    sub.wait_for(state, |p| json_of(p)["t"] == json!(5), WAIT)
+        .expect("state");
+    // refresh: answered, and the state published again.
+    let states = sub.on(state).len();
+    publish(
+        broker.port,
+        cmd,
+        r#"{"id": "r1", "action": "refresh"}"#,
+        false,
+    );
+    let r = sub
+        .wait_for(result, |p| p.contains("\"r1\""), WAIT)
+        .expect("refresh answered");
+    assert_eq!(
+        json_of(&r.payload),
+        json!({"id": "r1", "action": "refresh", "ok": true, "written": {}})
+    );
+    assert!(sub.on(state).len() > states, "refresh published no state");
+    // retries: the first LED line goes unanswered; the gateway sends it again.
+    publish(
+        broker.port,
+        cmd,
+        r#"{"id": "l1", "action": "led", "value": 1}"#,
+        false,
+    );
+    assert_eq!(next(&mut lines).await, "LED 1");
+    assert_eq!(
+        next(&mut lines).await,
+        "LED 1",
+        "not sent again after the timeout"
+    );
+    wr.write_all(b"OK\n").await.unwrap();
+    let r = sub
+        .wait_for(result, |p| p.contains("\"l1\""), WAIT)
+        .expect("result");
+    assert_eq!(json_of(&r.payload)["ok"], json!(true), "{}", r.payload);
+    // A point value beside the named action: the action's line, then the point's.
+    publish(
+        broker.port,
+        cmd,
+        r#"{"id": "l2", "action": "led", "value": 2, "fan": 3}"#,
+        false,
+    );
+    assert_eq!(next(&mut lines).await, "LED 2");
+    wr.write_all(b"OK\n").await.unwrap();
+    assert_eq!(next(&mut lines).await, "FAN 3");
+    let r = sub
+        .wait_for(result, |p| p.contains("\"l2\""), WAIT)
+        .expect("result");
+    assert_eq!(
+        json_of(&r.payload),
+        json!({"id": "l2", "action": "led", "ok": true, "written": {"fan": 3}})
+    );
+    // Validated like any point value: nothing is sent for a refused command.
+    publish(
+        broker.port,
+        cmd,
+        r#"{"id": "l3", "action": "led", "value": 2, "fan": 9}"#,
+        false,
+    );
+    let r = sub
+        .wait_for(result, |p| p.contains("\"l3\""), WAIT)
+        .expect("result");
+    assert_eq!(json_of(&r.payload)["error"], json!("fan: 9 is above max 3"));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), lines.next_line())
+            .await
+            .is_err(),
+        "a line was sent for a refused command"
+    );
+    gw.stop().await;
+}
+
+/// A point that no line carried for a whole `silence` period, while the device went on
+/// talking, is stale: it leaves the retained state. Points sent on different lines keep each
+/// other company meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_missing_from_the_lines_for_a_silence_period_leaves_the_state() {
+    let broker = Mosquitto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let pty = SocatPair::new(tmp.path());
+    let cfg = head(broker.port, "ss", &pty.path_str(), "format = \"kv\"")
+        + "[devices.w]\nbus = \"ard\"\nsilence = \"1s\"\n[devices.w.points.t]\n[devices.w.points.h]\n";
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let gw = InProcess::start(&cfg).await;
+    let mut dev = pty.device();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let state = "t/lab/device/w/state";
+    // `t` and `h` on lines of their own, as some devices send them.
+    for _ in 0..5 {
+        say(&mut dev, b"t=1\n").await;
+        say(&mut dev, b"h=40\n").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sub.wait_for(
+        state,
+        |p| json_of(p)["t"] == json!(1) && json_of(p)["h"] == json!(40),
+        WAIT,
+    )
+    .expect("both in the state");
+    // `h` stops coming; `t` goes on.
+    sub.clear();
+    for _ in 0..15 {
+        say(&mut dev, b"t=1\n").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m = sub
+        .wait_for(state, |p| json_of(p).get("h").is_none(), WAIT)
+        .expect("h left the state");
+    assert_eq!(json_of(&m.payload)["t"], json!(1));
+    assert!(
+        sub.on("t/lab/device/w/availability").is_empty(),
+        "the device went offline"
+    );
     gw.stop().await;
 }

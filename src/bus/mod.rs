@@ -3,9 +3,10 @@
 //!
 //! A bus has two bounded queues: commands (MQTT commands and commissioning requests) and polls.
 //! The bus task always takes a waiting command before the next poll (`select! { biased; }`), and
-//! executes one request at a time, so transactions on the wire are strictly serialised. A poll
-//! request carries all the reads of one device, executed back to back so the device's values
-//! are a consistent snapshot; commands go in between devices.
+//! executes one transaction at a time, so transactions on the wire are strictly serialised. A
+//! poll request carries all the reads of one device; the bus executes them read by read and
+//! takes the commands waiting between two reads, so a command waits at most for the one
+//! transaction on the wire, never for the rest of another device's poll (CONTRACT §4).
 
 pub mod codec;
 pub mod line;
@@ -79,8 +80,9 @@ pub enum Identity {
     },
 }
 
-/// Why a transaction failed. Callers branch on these: a timeout or transport error counts
-/// towards `offline_after`; an exception is the device's answer.
+/// Why a transaction failed. Callers branch on these: a timeout, a transport error or a
+/// gateway's "no answer" counts towards `offline_after`; any other exception is the device's
+/// answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BusError {
     /// No (complete) answer within the bus `timeout`, after all retries.
@@ -89,6 +91,11 @@ pub enum BusError {
     /// The device answered with a Modbus exception, reported by name ("illegal data address").
     #[error("{0}")]
     Exception(String),
+    /// A Modbus TCP-to-RTU gateway answered for a device behind it that did not (exception 0x0A
+    /// "gateway path unavailable" or 0x0B "gateway target device failed to respond"): the
+    /// device is as silent as after a timeout.
+    #[error("{0}")]
+    Gateway(String),
     /// The port or connection failed (unplugged, refused, reset, garbled).
     #[error("{0}")]
     Transport(String),
@@ -105,12 +112,24 @@ impl BusError {
     pub fn is_illegal_address(&self) -> bool {
         matches!(self, BusError::Exception(e) if e == "illegal data address")
     }
+
+    /// Whether the device gave no answer at all (as opposed to an exception, its answer).
+    pub fn is_silence(&self) -> bool {
+        matches!(
+            self,
+            BusError::Timeout(_)
+                | BusError::Gateway(_)
+                | BusError::Transport(_)
+                | BusError::Unavailable(_)
+        )
+    }
 }
 
 /// A request to the bus task. Each carries its reply channel.
 #[derive(Debug)]
 pub enum BusRequest {
-    /// All reads of one device's poll, back to back. The reply has one result per read, in order.
+    /// All reads of one device's poll, in order, with waiting commands taken between them
+    /// (when it came through the poll queue). The reply has one result per read, in order.
     Poll {
         unit: u8,
         reads: Vec<ReadSpec>,
@@ -134,6 +153,21 @@ pub enum BusRequest {
         spec: IdentifySpec,
         reply: oneshot::Sender<Result<Identity, BusError>>,
     },
+    /// A command's writes in order, stopping at the first that fails, then each written one
+    /// read back: back to back, so no poll read comes between a write and its read-back.
+    Command {
+        unit: u8,
+        writes: Vec<(WriteSpec, ReadSpec)>,
+        reply: oneshot::Sender<Vec<Written>>,
+    },
+}
+
+/// What became of one write of a [`BusRequest::Command`]: `None` where it was not tried (an
+/// earlier write failed; a write that failed is not read back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub write: Option<Result<(), BusError>>,
+    pub read_back: Option<Result<RawData, BusError>>,
 }
 
 /// Counters of one bus, shared with the health topic.
@@ -143,6 +177,8 @@ pub struct BusStats {
     pub errors: AtomicU64,
     pub timeouts: AtomicU64,
     pub exceptions: AtomicU64,
+    /// Gateway exceptions 0x0A/0x0B: the device behind a TCP-to-RTU gateway did not answer.
+    pub gateway_exceptions: AtomicU64,
     /// Polls skipped because the previous one of the same device was still waiting.
     pub overruns: AtomicU64,
     /// Sum of transaction latencies in microseconds (with `transactions`, the mean).
@@ -245,10 +281,22 @@ impl BusHandle {
     /// Polls a device: its reads back to back. The poll queue holds one request per device at
     /// most (each poller waits for its reply), so it cannot grow without bound.
     pub async fn poll(&self, unit: u8, reads: Vec<ReadSpec>) -> Vec<Result<RawData, BusError>> {
+        Self::poll_on(&self.polls, unit, reads).await
+    }
+
+    /// A device's reads ahead of polls (`refresh`): back to back, like a command.
+    pub async fn poll_now(&self, unit: u8, reads: Vec<ReadSpec>) -> Vec<Result<RawData, BusError>> {
+        Self::poll_on(&self.commands, unit, reads).await
+    }
+
+    async fn poll_on(
+        queue: &mpsc::Sender<BusRequest>,
+        unit: u8,
+        reads: Vec<ReadSpec>,
+    ) -> Vec<Result<RawData, BusError>> {
         let n = reads.len();
         let (reply, rx) = oneshot::channel();
-        if self
-            .polls
+        if queue
             .send(BusRequest::Poll { unit, reads, reply })
             .await
             .is_err()
@@ -276,6 +324,34 @@ impl BusHandle {
             .await
             .map_err(|_| BusError::Stopped)?;
         rx.await.unwrap_or(Err(BusError::Stopped))
+    }
+
+    /// A command's writes and their read-backs, back to back, ahead of polls.
+    pub async fn command(&self, unit: u8, writes: Vec<(WriteSpec, ReadSpec)>) -> Vec<Written> {
+        let n = writes.len();
+        let stopped = || {
+            vec![
+                Written {
+                    write: Some(Err(BusError::Stopped)),
+                    read_back: None,
+                };
+                n
+            ]
+        };
+        let (reply, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(BusRequest::Command {
+                unit,
+                writes,
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            return stopped();
+        }
+        rx.await.unwrap_or_else(|_| stopped())
     }
 
     /// One write, ahead of polls.

@@ -2,17 +2,23 @@
 //! tokio-modbus `Context`. Transactions are strictly serialised; commands go ahead of polls.
 //!
 //! tokio-modbus has no timeouts and no reconnect (CRATES.md §2), so here:
-//! - every transaction runs under the bus `timeout`, with `retries` more tries on timeouts and
-//!   transport errors (an exception is the device's answer and is not retried);
-//! - after a timeout or a mismatched answer on TCP (and RTU over TCP) the connection is dropped
-//!   and made again, so a late answer can never be taken for the next request (tokio-modbus#59);
-//! - on a serial port the kernel's input buffer is cleared before each request
-//!   ([`ClearOnWrite`]), so a late answer on RTU is discarded rather than returned as the next
-//!   answer (tokio-modbus#324);
+//! - every transaction runs under the bus `timeout`, with `retries` more tries on timeouts,
+//!   gateway "no answer" exceptions (0x0A, 0x0B) and transport errors (any other exception is
+//!   the device's answer and is not retried);
+//! - after a timeout or a mismatched answer on Modbus TCP the connection is dropped and made
+//!   again, so a late answer can never be taken for the next request (tokio-modbus#59);
+//! - RTU frames carry no transaction id, so on a serial port and on RTU over TCP whatever input
+//!   waits is dropped before each request ([`ClearOnWrite`]): a late answer is discarded rather
+//!   than returned as the next answer (tokio-modbus#324). A serial-to-TCP converter forwards a
+//!   late answer to whichever connection is current, so a new connection would not help there;
 //! - the silence between frames is kept: never less than 3.5 characters on RTU
 //!   (tokio-modbus#180), `turnaround` when set;
 //! - a port or connection that fails is reopened with capped backoff; while it is down,
-//!   requests are answered at once with `Unavailable`, without blocking the queue.
+//!   requests are answered at once with `Unavailable`, without blocking the queue. The backoff
+//!   starts again from its minimum after a good transaction, not after a connect, so a device
+//!   that accepts connections and then resets them is retried ever more slowly and logged once;
+//! - a poll's reads go one by one, and the commands waiting are taken between two reads;
+//! - at shutdown a read is abandoned; a write on the wire finishes its try, without retries.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -36,7 +42,7 @@ use super::plan;
 use super::port::{self, Backoff};
 use super::{
     BusError, BusHandle, BusRequest, BusStats, COMMANDS_CAP, IdentifySpec, Identity, RawData,
-    ReadSpec, WriteSpec,
+    ReadSpec, WriteSpec, Written,
 };
 use crate::config::{BusConfig, BusKind, Table};
 
@@ -63,16 +69,46 @@ pub fn exception_name(e: ExceptionCode) -> String {
     }
 }
 
-/// A serial port that drops whatever input is waiting before each new request is written, so a
-/// late answer to a timed-out request can't be read as the answer to the next one.
-pub struct ClearOnWrite {
-    inner: SerialStream,
+/// A link whose waiting input can be thrown away.
+pub trait DiscardInput {
+    fn discard_input(&mut self) -> io::Result<()>;
+}
+
+impl DiscardInput for SerialStream {
+    /// The kernel's input buffer of the port.
+    fn discard_input(&mut self) -> io::Result<()> {
+        self.clear(ClearBuffer::Input)
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+}
+
+impl DiscardInput for tokio::net::TcpStream {
+    /// Whatever the socket has received and nobody read.
+    fn discard_input(&mut self) -> io::Result<()> {
+        let mut buf = [0u8; 256];
+        loop {
+            match self.try_read(&mut buf) {
+                // The peer closed: the next read says so.
+                Ok(0) => return Ok(()),
+                Ok(n) => tracing::debug!(bytes = n, "late input dropped before a request"),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// An RTU link (serial port, or RTU over TCP) that drops whatever input is waiting before each
+/// new request is written, so a late answer to a timed-out request can't be read as the answer
+/// to the next one.
+pub struct ClearOnWrite<T> {
+    inner: T,
     /// Set by reads; the next write clears the input first.
     read_since_write: bool,
 }
 
-impl ClearOnWrite {
-    pub fn new(inner: SerialStream) -> Self {
+impl<T> ClearOnWrite<T> {
+    pub fn new(inner: T) -> Self {
         ClearOnWrite {
             inner,
             // Start clean: whatever sat in the buffer before we opened the port is stale.
@@ -81,13 +117,13 @@ impl ClearOnWrite {
     }
 }
 
-impl fmt::Debug for ClearOnWrite {
+impl<T> fmt::Debug for ClearOnWrite<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ClearOnWrite")
     }
 }
 
-impl AsyncRead for ClearOnWrite {
+impl<T: AsyncRead + Unpin> AsyncRead for ClearOnWrite<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
@@ -98,7 +134,7 @@ impl AsyncRead for ClearOnWrite {
     }
 }
 
-impl AsyncWrite for ClearOnWrite {
+impl<T: AsyncWrite + DiscardInput + Unpin> AsyncWrite for ClearOnWrite<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
@@ -106,8 +142,8 @@ impl AsyncWrite for ClearOnWrite {
     ) -> Poll<io::Result<usize>> {
         if self.read_since_write {
             self.read_since_write = false;
-            if let Err(e) = self.inner.clear(ClearBuffer::Input) {
-                return Poll::Ready(Err(io::Error::other(e.to_string())));
+            if let Err(e) = self.inner.discard_input() {
+                return Poll::Ready(Err(e));
             }
         }
         Pin::new(&mut self.inner).poll_write(cx, buf)
@@ -148,6 +184,10 @@ pub struct ModbusBus {
     /// While the link is down: when to try again, and why it is down.
     down: Option<(Instant, String)>,
     ever_up: bool,
+    /// A good transaction since the link was last lost: the next loss is news worth a warning.
+    healthy: bool,
+    /// Cancelled at shutdown: reads are abandoned and writes are not retried.
+    stopping: CancellationToken,
 }
 
 impl ModbusBus {
@@ -167,20 +207,24 @@ impl ModbusBus {
                 backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
                 down: None,
                 ever_up: false,
+                healthy: false,
+                stopping: CancellationToken::new(),
             },
             BusHandle::from_senders(name.to_string(), ctx_tx, poll_tx, stats),
         )
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
+        self.stopping = shutdown.clone();
         loop {
             // Commands first, always; a poll's reads then run back to back.
             let retry_at = self.down.as_ref().map(|(at, _)| *at);
-            let req = tokio::select! {
+            // Only a poll from the poll queue lets commands in between its reads.
+            let (req, interleave) = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some(r) = self.commands.recv() => r,
-                Some(r) = self.polls.recv() => r,
+                Some(r) = self.commands.recv() => (r, false),
+                Some(r) = self.polls.recv() => (r, true),
                 // While the link is down the bus tries it on its own backoff, so a replugged
                 // adapter is found even when every device on it is offline and polled rarely.
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
@@ -192,7 +236,9 @@ impl ModbusBus {
                 }
                 else => break,
             };
-            self.handle(req).await;
+            // A read is abandoned at shutdown (a dead device must not hold the stop up); a
+            // write on the wire finishes (CONTRACT §5), also one taken between a poll's reads.
+            self.handle(req, interleave).await;
         }
         // Whatever still waits is answered, not left hanging.
         self.commands.close();
@@ -205,33 +251,14 @@ impl ModbusBus {
         }
     }
 
-    async fn handle(&mut self, req: BusRequest) {
+    async fn handle(&mut self, req: BusRequest, interleave: bool) {
         match req {
             BusRequest::Poll { unit, reads, reply } => {
-                let mut out: Vec<Result<RawData, BusError>> = Vec::with_capacity(reads.len());
-                for r in reads {
-                    // A device that did not answer one read won't answer the next: the rest of
-                    // its poll gets the same error without costing the bus more timeouts.
-                    let dead = out.last().and_then(|l| l.as_ref().err()).filter(|e| {
-                        matches!(
-                            e,
-                            BusError::Timeout(_)
-                                | BusError::Transport(_)
-                                | BusError::Unavailable(_)
-                        )
-                    });
-                    match dead {
-                        Some(e) => {
-                            let e = e.clone();
-                            out.push(Err(e));
-                        }
-                        None => out.push(self.read(unit, r).await),
-                    }
-                }
+                let out = self.poll(unit, reads, interleave).await;
                 answer(reply, out);
             }
             BusRequest::Read { unit, read, reply } => {
-                let r = self.read(unit, read).await;
+                let r = self.read_or_stop(unit, read).await;
                 answer(reply, r);
             }
             BusRequest::Write { unit, write, reply } => {
@@ -246,6 +273,77 @@ impl ModbusBus {
                 };
                 answer(reply, r);
             }
+            BusRequest::Command {
+                unit,
+                writes,
+                reply,
+            } => {
+                let mut out: Vec<Written> = Vec::with_capacity(writes.len());
+                for (w, _) in &writes {
+                    let failed = out.iter().any(|o| !matches!(o.write, Some(Ok(()))));
+                    let write = match failed {
+                        true => None,
+                        false => Some(
+                            self.transaction(unit, &Op::Write(w.clone()))
+                                .await
+                                .map(|_| ()),
+                        ),
+                    };
+                    out.push(Written {
+                        write,
+                        read_back: None,
+                    });
+                }
+                for ((_, r), o) in writes.iter().zip(out.iter_mut()) {
+                    if matches!(o.write, Some(Ok(()))) {
+                        o.read_back = Some(self.read(unit, *r).await);
+                    }
+                }
+                answer(reply, out);
+            }
+        }
+    }
+
+    /// A device's reads one by one. With `interleave` (a poll from the poll queue), the commands
+    /// waiting are executed between two reads: they wait for one transaction at most.
+    async fn poll(
+        &mut self,
+        unit: u8,
+        reads: Vec<ReadSpec>,
+        interleave: bool,
+    ) -> Vec<Result<RawData, BusError>> {
+        let mut out: Vec<Result<RawData, BusError>> = Vec::with_capacity(reads.len());
+        for r in reads {
+            if interleave && !out.is_empty() && !self.stopping.is_cancelled() {
+                while let Ok(cmd) = self.commands.try_recv() {
+                    // A command's own reads (a refresh) run back to back.
+                    Box::pin(self.handle(cmd, false)).await;
+                }
+            }
+            // A device that did not answer one read won't answer the next: the rest of its poll
+            // gets the same error without costing the bus more timeouts.
+            let silent = out
+                .last()
+                .and_then(|l| l.as_ref().err())
+                .filter(|e| e.is_silence());
+            match silent {
+                Some(e) => {
+                    let e = e.clone();
+                    out.push(Err(e));
+                }
+                None => out.push(self.read_or_stop(unit, r).await),
+            }
+        }
+        out
+    }
+
+    /// A read, abandoned (`Stopped`) when the bus stops.
+    async fn read_or_stop(&mut self, unit: u8, spec: ReadSpec) -> Result<RawData, BusError> {
+        let stopping = self.stopping.clone();
+        tokio::select! {
+            biased;
+            _ = stopping.cancelled() => Err(BusError::Stopped),
+            r = self.read(unit, spec) => r,
         }
     }
 
@@ -259,7 +357,11 @@ impl ModbusBus {
     /// One transaction with timeout, retries and the silence before it.
     async fn transaction(&mut self, unit: u8, op: &Op) -> Result<Outcome, BusError> {
         let mut last = BusError::Timeout(self.config.timeout);
-        for _ in 0..=self.config.retries {
+        for attempt in 0..=self.config.retries {
+            // Stopping: no more tries (a try on the wire finishes).
+            if attempt > 0 && self.stopping.is_cancelled() {
+                break;
+            }
             self.connect().await?;
             let Some(ctx) = self.ctx.as_mut() else {
                 return Err(last);
@@ -278,8 +380,22 @@ impl ModbusBus {
             self.stats.latency.record(took);
             BusStats::add(&self.stats.busy_us_total, took);
             match result {
-                Ok(Ok(Ok(outcome))) => return Ok(outcome),
+                Ok(Ok(Ok(outcome))) => {
+                    self.answered();
+                    return Ok(outcome);
+                }
+                Ok(Ok(Err(
+                    e
+                    @ (ExceptionCode::GatewayPathUnavailable | ExceptionCode::GatewayTargetDevice),
+                ))) => {
+                    // The gateway answered; the device behind it did not: like a timeout,
+                    // without the stale answer to fear.
+                    self.answered();
+                    BusStats::add(&self.stats.gateway_exceptions, 1);
+                    last = BusError::Gateway(exception_name(e));
+                }
                 Ok(Ok(Err(exception))) => {
+                    self.answered();
                     BusStats::add(&self.stats.exceptions, 1);
                     return Err(BusError::Exception(exception_name(exception)));
                 }
@@ -308,12 +424,12 @@ impl ModbusBus {
                 Err(_) => {
                     BusStats::add(&self.stats.timeouts, 1);
                     last = BusError::Timeout(self.config.timeout);
-                    // RS-485: the device may still be answering; keep off the wire a while.
-                    if self.config.kind == BusKind::ModbusRtu {
+                    // RTU: the device may still be answering; keep off the wire a while, and
+                    // ClearOnWrite drops the late answer before the next request.
+                    if self.config.kind != BusKind::ModbusTcp {
                         self.last_end = Some(Instant::now() + RTU_TIMEOUT_GUARD);
                     }
-                    // TCP: the answer may still come; a new connection can't receive it.
-                    // RTU serial: ClearOnWrite drops it before the next request.
+                    // Modbus TCP: the answer may still come; a new connection can't receive it.
                     self.drop_link_if_stream();
                 }
             }
@@ -336,40 +452,59 @@ impl ModbusBus {
         match open(&config, &name).await {
             Ok(ctx) => {
                 self.ctx = Some(ctx);
-                self.backoff.reset();
                 if self.down.take().is_some() || !self.ever_up {
                     if self.ever_up {
                         BusStats::add(&self.stats.reconnects, 1);
                         // Offline devices try again now rather than at their `offline_retry`.
                         self.stats.reconnected.notify_waiters();
                     }
-                    info!(bus = %self.name, "bus connected");
+                    tracing::debug!(bus = %self.name, "bus link opened");
                 }
                 self.ever_up = true;
                 Ok(())
             }
             Err(reason) => {
                 let first = self.down.as_ref().is_none_or(|(_, r)| r != &reason);
-                if first {
+                if first && (self.healthy || !self.ever_up) {
                     warn!(bus = %self.name, error = %reason, "bus unavailable; retrying with backoff");
+                } else {
+                    tracing::debug!(bus = %self.name, error = %reason, "bus still unavailable");
                 }
+                self.healthy = false;
                 self.down = Some((Instant::now() + self.backoff.delay(), reason.clone()));
                 Err(BusError::Unavailable(reason))
             }
         }
     }
 
-    /// After a timeout or mismatch: drop stream (TCP) links so late answers can't be read.
+    /// Something answered on the link: it works. The backoff starts from its minimum again,
+    /// and the link coming up after a loss is logged once, here.
+    fn answered(&mut self) {
+        self.backoff.reset();
+        if !self.healthy {
+            self.healthy = true;
+            info!(bus = %self.name, "bus connected");
+        }
+    }
+
+    /// After a timeout or mismatch on Modbus TCP: a new connection, so the late answer can't
+    /// be read (RTU links drop it before the next request instead).
     fn drop_link_if_stream(&mut self) {
-        if self.config.kind != BusKind::ModbusRtu {
+        if self.config.kind == BusKind::ModbusTcp {
             self.ctx = None;
         }
     }
 
-    /// The port or connection failed: reopen on the next transaction (after backoff).
+    /// The port or connection failed: reopen on the next transaction (after backoff). Logged
+    /// when a link that worked is lost, not at every failed try of one that never recovered.
     fn link_lost(&mut self, reason: &str) {
         self.ctx = None;
-        warn!(bus = %self.name, error = %reason, "bus connection lost; reopening");
+        if self.healthy {
+            warn!(bus = %self.name, error = %reason, "bus connection lost; reopening");
+        } else {
+            tracing::debug!(bus = %self.name, error = %reason, "bus connection lost again");
+        }
+        self.healthy = false;
         self.down = Some((Instant::now() + self.backoff.delay(), reason.to_string()));
     }
 }
@@ -401,7 +536,7 @@ async fn open(config: &BusConfig, name: &str) -> Result<Context, String> {
             Ok(if config.kind == BusKind::ModbusTcp {
                 tokio_modbus::client::tcp::attach_slave(stream, Slave(1))
             } else {
-                tokio_modbus::client::rtu::attach_slave(stream, Slave(1))
+                tokio_modbus::client::rtu::attach_slave(ClearOnWrite::new(stream), Slave(1))
             })
         }
     }
@@ -510,5 +645,12 @@ fn refuse(r: BusRequest) {
         BusRequest::Read { reply, .. } => answer(reply, Err(BusError::Stopped)),
         BusRequest::Write { reply, .. } => answer(reply, Err(BusError::Stopped)),
         BusRequest::Identify { reply, .. } => answer(reply, Err(BusError::Stopped)),
+        BusRequest::Command { writes, reply, .. } => {
+            let stopped = Written {
+                write: Some(Err(BusError::Stopped)),
+                read_back: None,
+            };
+            answer(reply, vec![stopped; writes.len()]);
+        }
     }
 }

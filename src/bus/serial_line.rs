@@ -14,11 +14,11 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::bridge::RateLimit;
 use crate::bus::BusError;
 use crate::bus::line::{self, Frame, LineCodec};
 use crate::bus::port::{self, Backoff};
 use crate::config::{BusConfig, LineFormat, MatchConfig};
+use crate::telemetry::RateLimit;
 
 /// Parsed lines waiting for one device task. When full the line is dropped and counted: a
 /// device that talks faster than we publish loses readings, not memory.

@@ -36,6 +36,11 @@ fn exception(e: &BusError) -> ExceptionCode {
         },
         // What Modbus gateways answer when the device behind them is silent.
         BusError::Timeout(_) => ExceptionCode::GatewayTargetDevice,
+        // A gateway behind this one said so: pass its word on.
+        BusError::Gateway(name) if name == "gateway path unavailable" => {
+            ExceptionCode::GatewayPathUnavailable
+        }
+        BusError::Gateway(_) => ExceptionCode::GatewayTargetDevice,
         BusError::Transport(_) | BusError::Unavailable(_) | BusError::Stopped => {
             ExceptionCode::GatewayPathUnavailable
         }

@@ -15,6 +15,13 @@
 //! - 10 KiB default packet limit (rumqtt#924): 256 KiB each way.
 //! - Collision livelock after a lost session (rumqtt#1014): repeated `CollisionTimeout` rebuilds
 //!   the client and event loop.
+//! - rumqttc acknowledges a QoS 1 message as soon as it arrives, so a command the gateway
+//!   received but never executed (a crash, a stop) was gone from the broker. Acks are manual:
+//!   a command is acknowledged once its result is published (the device core calls
+//!   [`MqttHandle::ack`]), everything else as soon as the bridge has looked at it; acks go out
+//!   after what is queued before them. The broker delivers an unacknowledged command again
+//!   when the session resumes, flagged duplicate; the command's `id` keeps it from running
+//!   twice.
 
 pub mod queue;
 
@@ -45,7 +52,8 @@ pub const CLIENT_CAP: usize = 64;
 /// flood.
 pub const INCOMING_CAP: usize = 1024;
 /// How long a clean stop may spend sending what is queued and the `offline` status.
-pub const STOP_FLUSH: Duration = Duration::from_millis(800);
+/// (The `offline` status goes first: retained messages leave the outbox before readings.)
+pub const STOP_FLUSH: Duration = Duration::from_millis(400);
 
 /// A secret that never prints.
 #[derive(Clone, PartialEq, Eq)]
@@ -121,6 +129,10 @@ pub enum Error {
 pub struct Incoming {
     pub topic: String,
     pub payload: Vec<u8>,
+    /// Handed over flagged retained: a retained message delivered at a (re)subscription.
+    pub retained: bool,
+    /// To acknowledge (QoS 1) once handled; `None` for QoS 0.
+    pub ack: Option<crate::device::Ack>,
 }
 
 /// Counters for the health topic.
@@ -160,6 +172,9 @@ struct Shared {
     new_filters: Mutex<Vec<String>>,
     /// The newest payload of every retained topic, re-published on every ConnAck.
     retained: Mutex<HashMap<String, Vec<u8>>>,
+    /// Deliveries to acknowledge, sent after the outbox is empty (after the results published
+    /// before them).
+    acks: Mutex<Vec<crate::device::Ack>>,
     stats: MqttStats,
     connected_tx: watch::Sender<bool>,
 }
@@ -207,6 +222,12 @@ impl MqttHandle {
         self.shared.notify.notify_one();
     }
 
+    /// Acknowledges a delivered message (see the module docs: acks are manual).
+    pub fn ack(&self, ack: crate::device::Ack) {
+        lock(&self.shared.acks).push(ack);
+        self.shared.notify.notify_one();
+    }
+
     /// Subscribes (QoS 1) now if connected, and again after every reconnect.
     pub fn subscribe(&self, filter: &str) {
         let mut f = lock(&self.shared.filters);
@@ -241,7 +262,7 @@ impl MqttHandle {
     }
 }
 
-impl crate::poller::Sink for MqttHandle {
+impl crate::device::Sink for MqttHandle {
     fn publish(&self, topic: String, payload: String, qos: u8, retain: bool) {
         MqttHandle::publish(self, topic, payload, qos, retain);
     }
@@ -250,6 +271,9 @@ impl crate::poller::Sink for MqttHandle {
     }
     fn clear_retained(&self, topic: String) {
         MqttHandle::clear_retained(self, topic);
+    }
+    fn ack(&self, ack: crate::device::Ack) {
+        MqttHandle::ack(self, ack);
     }
 }
 
@@ -275,6 +299,7 @@ impl Mqtt {
             filters: Mutex::new(Vec::new()),
             new_filters: Mutex::new(Vec::new()),
             retained: Mutex::new(HashMap::new()),
+            acks: Mutex::new(Vec::new()),
             stats: MqttStats::default(),
             connected_tx,
         });
@@ -324,6 +349,10 @@ impl Mqtt {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                         backoff.reset();
                         collisions = 0;
+                        if !ack.session_present {
+                            // The old session's packet ids mean nothing in the new one.
+                            lock(&shared.acks).clear();
+                        }
                         if !ack.session_present && !snapshot.is_empty() {
                             debug!(count = snapshot.len(), "session lost; re-sending publishes that were in flight");
                             eventloop.pending.extend(snapshot.drain(..));
@@ -346,12 +375,18 @@ impl Mqtt {
                         on_connect(&client, &shared, &settings);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let msg = Incoming { topic: p.topic, payload: p.payload.to_vec() };
+                        let ack = (p.qos != QoS::AtMostOnce).then_some(crate::device::Ack(p.pkid));
+                        let msg = Incoming {
+                            topic: p.topic,
+                            payload: p.payload.to_vec(),
+                            retained: p.retain,
+                            ack,
+                        };
                         match incoming.try_send(msg) {
                             Ok(()) => {}
-                            // A flood: back-pressure, never a drop. rumqttc has acknowledged
-                            // the message, so dropping it would lose a command the broker
-                            // thinks delivered. The bridge never waits on this task, so the
+                            // A flood: back-pressure, never a drop. A dropped command would
+                            // stay unacknowledged, and the broker sends it again only when the
+                            // session resumes. The bridge never waits on this task, so the
                             // wait is short; meanwhile the broker holds the rest (its own
                             // `max_queued_messages` decides there).
                             Err(mpsc::error::TrySendError::Full(msg)) => {
@@ -429,7 +464,10 @@ impl Mqtt {
             loop {
                 if !disconnecting {
                     feed(&client, &shared);
-                    if lock(&shared.outbox).is_empty() && eventloop.state.inflight() == 0 {
+                    if lock(&shared.outbox).is_empty()
+                        && lock(&shared.acks).is_empty()
+                        && eventloop.state.inflight() == 0
+                    {
                         disconnecting = client.try_disconnect().is_ok();
                     }
                 }
@@ -534,9 +572,11 @@ fn on_connect(client: &AsyncClient, shared: &Shared, settings: &MqttSettings) {
     );
 }
 
-/// Moves messages from the outbox into the client while its channel has room.
+/// Moves messages from the outbox into the client while its channel has room, then the acks
+/// (so a command's result goes out before its acknowledgement).
 fn feed(client: &AsyncClient, shared: &Shared) {
     let mut outbox = lock(&shared.outbox);
+    let mut full = false;
     while let Some(msg) = outbox.pop() {
         let qos = if msg.qos >= 1 {
             QoS::AtLeastOnce
@@ -547,9 +587,23 @@ fn feed(client: &AsyncClient, shared: &Shared) {
             Ok(()) => {}
             Err(ClientError::TryRequest(_)) | Err(ClientError::Request(_)) => {
                 outbox.unpop(msg);
+                full = true;
                 break;
             }
         }
+    }
+    if !full {
+        let mut acks = lock(&shared.acks);
+        let mut sent = 0;
+        for a in acks.iter() {
+            let mut p = rumqttc::Publish::new("", QoS::AtLeastOnce, Vec::new());
+            p.pkid = a.0;
+            if client.try_ack(&p).is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        acks.drain(..sent);
     }
     shared
         .stats
@@ -707,6 +761,8 @@ fn options(s: &MqttSettings) -> Result<MqttOptions, Error> {
     let mut o = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
     o.set_keep_alive(s.keep_alive);
     o.set_clean_session(s.clean_session);
+    // A command is acknowledged once its result is out, not on arrival (module docs).
+    o.set_manual_acks(true);
     o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
     o.set_last_will(LastWill::new(
         s.status_topic.clone(),

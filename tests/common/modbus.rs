@@ -51,6 +51,13 @@ pub struct Unit {
     pub identity: Option<Vec<(u8, String)>>,
     /// FC 17 additional data after the server id and run indicator; `None`: illegal function.
     pub server_id: Option<Vec<u8>>,
+    /// Answers every request with this exception (0x0B: a gateway whose device is silent).
+    pub exception: Option<ExceptionCode>,
+    /// Register addresses (any table) whose reads fail with "server device failure".
+    pub failing: HashSet<u16>,
+    /// The next this-many requests are answered after `late` (past the gateway's timeout).
+    pub late_answers: u32,
+    pub late: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -136,6 +143,68 @@ impl FakeModbus {
     }
 }
 
+/// A serial-to-TCP converter in front of an RTU bus (as a USR or Moxa serial server in
+/// transparent mode): bytes from the current TCP connection go to the serial line, and what the
+/// line answers goes to whichever connection is current then — a late answer included.
+pub struct RtuOverTcp {
+    pub addr: SocketAddr,
+    pub bus: PtyBus,
+}
+
+impl FakeModbus {
+    /// Serves Modbus RTU over TCP (in this tokio runtime), through a converter as above.
+    pub async fn serve_rtu_over_tcp(&self, dir: &Path) -> RtuOverTcp {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let bus = self.serve_rtu(dir);
+        let serial = tokio_serial::SerialStream::open(&tokio_serial::new(bus.path_str(), 9600))
+            .expect("open the converter's serial side");
+        let (mut from_line, mut to_line) = tokio::io::split(serial);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let current: Arc<tokio::sync::Mutex<Option<tokio::net::tcp::OwnedWriteHalf>>> =
+            Arc::default();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+        // Line → the current connection.
+        let cur = current.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 256];
+            while let Ok(n) = from_line.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                if let Some(w) = cur.lock().await.as_mut() {
+                    let _ = w.write_all(&buf[..n]).await;
+                }
+            }
+        });
+        // Connections → the line.
+        tokio::spawn(async move {
+            while let Some(bytes) = rx.recv().await {
+                if to_line.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let _ = stream.set_nodelay(true);
+                let (mut r, w) = stream.into_split();
+                *current.lock().await = Some(w);
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 256];
+                    while let Ok(n) = r.read(&mut buf).await {
+                        if n == 0 || tx.send(buf[..n].to_vec()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        RtuOverTcp { addr, bus }
+    }
+}
+
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Option<Response>, ExceptionCode>> + Send>>;
 
 fn bits(map: &HashMap<u16, bool>, a: u16, n: u16) -> Vec<bool> {
@@ -178,8 +247,12 @@ impl Service for FakeModbus {
                     count,
                     at: Instant::now(),
                 });
-                match s.units.get(&unit_id) {
+                match s.units.get_mut(&unit_id) {
                     None => (true, Duration::ZERO),
+                    Some(u) if u.late_answers > 0 => {
+                        u.late_answers -= 1;
+                        (u.silent, u.late)
+                    }
                     Some(u) => (u.silent, u.delay),
                 }
             };
@@ -193,8 +266,14 @@ impl Service for FakeModbus {
             let Some(u) = s.units.get_mut(&unit_id) else {
                 return Ok(None);
             };
+            if let Some(e) = u.exception {
+                return Err(e);
+            }
             if (address..address.saturating_add(count)).any(|a| u.missing.contains(&a)) {
                 return Err(ExceptionCode::IllegalDataAddress);
+            }
+            if fc <= 4 && (address..address.saturating_add(count)).any(|a| u.failing.contains(&a)) {
+                return Err(ExceptionCode::ServerDeviceFailure);
             }
             let resp = match req.request {
                 Request::ReadCoils(a, n) => Response::ReadCoils(bits(&u.coils, a, n)),

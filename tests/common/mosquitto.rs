@@ -108,6 +108,17 @@ impl Mosquitto {
         }
     }
 
+    /// Stops with SIGTERM — with `persistence true` the broker saves its retained messages and
+    /// sessions — and starts again on the same port with the same config.
+    pub fn restart_saving(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = c.wait();
+        }
+        self.spawn();
+    }
+
     /// Starts again on the same port with the same config.
     pub fn restart(&mut self) {
         self.kill();
@@ -226,6 +237,46 @@ impl Subscriber {
 }
 
 impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A publisher kept connected (`mosquitto_pub -l`): each `send` is one QoS 1 message on its
+/// topic at once, without a process start, so a test can time what follows it.
+pub struct LinePublisher {
+    child: Child,
+    stdin: std::process::ChildStdin,
+}
+
+impl LinePublisher {
+    pub fn start(port: u16, topic: &str) -> Self {
+        let mut child = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+            .args(["-t", topic, "-l"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto_pub");
+        let stdin = child.stdin.take().expect("stdin");
+        // Connected before the first line is timed.
+        std::thread::sleep(Duration::from_millis(300));
+        LinePublisher { child, stdin }
+    }
+
+    /// Publishes `payload` (one line); returns when it was handed over.
+    pub fn send(&mut self, payload: &str) -> Instant {
+        use std::io::Write;
+        let at = Instant::now();
+        writeln!(self.stdin, "{payload}").expect("write to mosquitto_pub");
+        self.stdin.flush().expect("flush");
+        at
+    }
+}
+
+impl Drop for LinePublisher {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -1,6 +1,7 @@
 //! What to publish, decided from what was published before: deadband and heartbeat per point,
-//! the device state's latest values, and availability with `offline_after`. Pure: time comes in
-//! as an argument, so every rule is tested without waiting.
+//! the device state's latest values (a point that failed to read leaves them: values are never
+//! invented), and availability with `offline_after`. Pure: time comes in as an argument, so
+//! every rule is tested without waiting.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -58,9 +59,20 @@ pub struct Decision {
 }
 
 impl DeviceState {
-    /// Applies one poll's values; returns what to publish.
-    pub fn apply(&mut self, values: Vec<(String, Value, PublishRule)>, now: Instant) -> Decision {
+    /// Applies one poll's values, and the points it failed to read (`failed`), which leave the
+    /// state until they read again — Home Assistant shows them unknown — and whose next value
+    /// is published whatever the deadband. Returns what to publish.
+    pub fn apply(
+        &mut self,
+        values: Vec<(String, Value, PublishRule)>,
+        failed: &[String],
+        now: Instant,
+    ) -> Decision {
         let mut d = Decision::default();
+        for point in failed {
+            self.latest.remove(point);
+            self.published.remove(point);
+        }
         for (point, value, rule) in values {
             if should_publish(self.published.get(&point), &value, rule, now) {
                 self.published.insert(point.clone(), (value.clone(), now));
@@ -196,15 +208,42 @@ mod tests {
         let t0 = Instant::now();
         let mut s = DeviceState::default();
         let r = rule(1.0, None);
-        let d = s.apply(vec![("t".into(), Value::Float(20.0), r)], t0);
+        let d = s.apply(vec![("t".into(), Value::Float(20.0), r)], &[], t0);
         assert_eq!(d.sensors.len(), 1);
         assert!(d.state);
-        let d = s.apply(vec![("t".into(), Value::Float(20.3), r)], t0 + T);
+        let d = s.apply(vec![("t".into(), Value::Float(20.3), r)], &[], t0 + T);
         assert!(d.sensors.is_empty());
         assert!(d.state, "state must move to 20.3");
         assert_eq!(s.latest()["t"], Value::Float(20.3));
-        let d = s.apply(vec![("t".into(), Value::Float(20.3), r)], t0 + 2 * T);
+        let d = s.apply(vec![("t".into(), Value::Float(20.3), r)], &[], t0 + 2 * T);
         assert_eq!(d, Decision::default());
+    }
+
+    #[test]
+    fn a_failed_point_leaves_the_state_and_its_next_value_is_published() {
+        let t0 = Instant::now();
+        let mut s = DeviceState::default();
+        let r = rule(5.0, None);
+        let both = |a: f64, b: f64| {
+            vec![
+                ("a".to_string(), Value::Float(a), r),
+                ("b".to_string(), Value::Float(b), r),
+            ]
+        };
+        s.apply(both(1.0, 2.0), &[], t0);
+        // `b` fails, `a` reads: the state loses `b`, nothing is published for it.
+        let d = s.apply(
+            vec![("a".into(), Value::Float(1.1), r)],
+            &["b".into()],
+            t0 + T,
+        );
+        assert!(d.sensors.is_empty());
+        assert!(d.state);
+        assert!(!s.latest().contains_key("b"));
+        // Back, inside the deadband of its last published value: published all the same.
+        let d = s.apply(both(1.1, 2.1), &[], t0 + 2 * T);
+        assert_eq!(d.sensors, vec![("b".to_string(), Value::Float(2.1))]);
+        assert_eq!(s.latest()["b"], Value::Float(2.1));
     }
 
     #[test]

@@ -30,10 +30,11 @@ pub enum CommandKind {
     /// Read every point now and publish the state.
     Refresh,
     /// Write a line to a serial device (a named action's rendered `send` template), and with
-    /// `expect`, wait for a matching reply.
+    /// `expect`, wait for a matching reply; then set the point values given beside the action.
     Send {
         text: String,
         expect: Option<String>,
+        values: Vec<(String, Value)>,
     },
 }
 
@@ -113,7 +114,9 @@ pub fn parse(device: &DeviceConfig, payload: &[u8]) -> Result<Command, Refused> 
             )));
         };
         if let Some(template) = &a.send {
-            let text = render(template, &obj).map_err(|m| fail(format!("{action}: {m}")))?;
+            let text = render(template, &mut obj).map_err(|m| fail(format!("{action}: {m}")))?;
+            // The keys the template did not take are point values, as beside a `set` action.
+            let values = point_values(device, obj, Vec::new()).map_err(fail)?;
             return Ok(Command {
                 raw: String::from_utf8_lossy(payload).into_owned(),
                 id,
@@ -121,6 +124,7 @@ pub fn parse(device: &DeviceConfig, payload: &[u8]) -> Result<Command, Refused> 
                 kind: CommandKind::Send {
                     text,
                     expect: a.expect.clone(),
+                    values,
                 },
             });
         }
@@ -131,27 +135,12 @@ pub fn parse(device: &DeviceConfig, payload: &[u8]) -> Result<Command, Refused> 
         }
     }
     // The payload's own values, after the action's (the payload wins).
-    let mut given: Vec<(String, Json)> = obj.into_iter().collect();
-    given.sort_by(|a, b| a.0.cmp(&b.0));
-    for (point, v) in given {
-        let p = check_point(device, &point).map_err(fail)?;
-        let value = json_value(&point, p, &v).map_err(fail)?;
-        values.push((point, value));
-    }
+    let values = point_values(device, obj, values).map_err(fail)?;
     if values.is_empty() {
         return Err(fail(
             "nothing to set: give writable points and their values, e.g. {\"state\": \"on\"}"
                 .into(),
         ));
-    }
-    for (point, value) in &values {
-        let p = check_point(device, point).map_err(fail)?;
-        check_limits(point, p, value).map_err(fail)?;
-        // Everything the write itself could refuse (a string too long for its registers, a
-        // value the type can't hold) is refused here, before the command is queued.
-        if p.register.is_some() {
-            plan_write(point, p, value, false).map_err(fail)?;
-        }
     }
     Ok(Command {
         raw: String::from_utf8_lossy(payload).into_owned(),
@@ -161,17 +150,44 @@ pub fn parse(device: &DeviceConfig, payload: &[u8]) -> Result<Command, Refused> 
     })
 }
 
-/// Fills a `send` template's `{value}` and `{name}` placeholders from the command's keys.
-/// Strings go in as they are, numbers and booleans as JSON writes them. Line breaks in a value
-/// are refused: they would start a second command on the line.
-pub fn render(template: &str, args: &Map<String, Json>) -> Result<String, String> {
+/// `values` (an action's `set` table), then the payload's own point values after them, each
+/// validated: writable, its type, its limits, and anything its write could refuse.
+fn point_values(
+    device: &DeviceConfig,
+    given: Map<String, Json>,
+    mut values: Vec<(String, Value)>,
+) -> Result<Vec<(String, Value)>, String> {
+    let mut given: Vec<(String, Json)> = given.into_iter().collect();
+    given.sort_by(|a, b| a.0.cmp(&b.0));
+    for (point, v) in given {
+        let p = check_point(device, &point)?;
+        let value = json_value(&point, p, &v)?;
+        values.push((point, value));
+    }
+    for (point, value) in &values {
+        let p = check_point(device, point)?;
+        check_limits(point, p, value)?;
+        // Everything the write itself could refuse (a string too long for its registers, a
+        // value the type can't hold) is refused here, before the command is queued.
+        if p.register.is_some() {
+            plan_write(point, p, value, false)?;
+        }
+    }
+    Ok(values)
+}
+
+/// Fills a `send` template's `{value}` and `{name}` placeholders from the command's keys, and
+/// takes those keys out of `args` (what is left are point values). Strings go in as they are,
+/// numbers and booleans as JSON writes them. Line breaks in a value are refused: they would
+/// start a second command on the line.
+pub fn render(template: &str, args: &mut Map<String, Json>) -> Result<String, String> {
     let mut out = template.to_string();
     for key in ["value", "name"] {
         let ph = format!("{{{key}}}");
         if !out.contains(&ph) {
             continue;
         }
-        let text = match args.get(key) {
+        let text = match args.remove(key) {
             Some(Json::String(s)) => s.clone(),
             Some(Json::Number(n)) => n.to_string(),
             Some(Json::Bool(b)) => b.to_string(),
@@ -190,13 +206,6 @@ pub fn render(template: &str, args: &Map<String, Json>) -> Result<String, String
             return Err(format!("\"{key}\" must not contain line breaks"));
         }
         out = out.replace(&ph, &text);
-    }
-    for key in args.keys() {
-        if key != "value" && key != "name" {
-            return Err(format!(
-                "unknown key \"{key}\"; a serial action takes \"value\" and \"name\""
-            ));
-        }
     }
     Ok(out)
 }
@@ -350,15 +359,50 @@ pub fn plan_write(
     })
 }
 
+/// What executing a command did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcome {
+    /// Points written, with the values the device kept (read back, where it can be).
+    pub written: Vec<(String, Value)>,
+    /// Values rounded to the register's resolution, as sentences.
+    pub rounded: Vec<String>,
+    /// Why it failed, when it did.
+    pub failure: Option<Failure>,
+}
+
+/// A command that failed at the device: the message, and for a write that failed part-way,
+/// which point failed and which were not written (CONTRACT §4).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Failure {
+    pub error: String,
+    /// The point (or serial action) that failed.
+    pub failed: Option<String>,
+    /// Points of the command after it, not written.
+    pub not_written: Vec<String>,
+}
+
+impl Outcome {
+    /// A failure with nothing written.
+    pub fn error(error: impl Into<String>) -> Self {
+        Outcome {
+            failure: Some(Failure {
+                error: error.into(),
+                ..Failure::default()
+            }),
+            ..Outcome::default()
+        }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
 /// The result payload: `{"id", "action", "ok": true, "written": {...}}` (plus `"rounded"` when a
 /// value had to be rounded to the register's resolution), or `{"id", "action", "ok": false,
-/// "error"}`.
-pub fn result_payload(
-    id: Option<&Json>,
-    action: Option<&str>,
-    outcome: Result<&[(String, Value)], &str>,
-    rounded: &[String],
-) -> String {
+/// "error"}`; a write that failed part-way also names what was written, the point that failed
+/// and the points not written.
+pub fn result_payload(id: Option<&Json>, action: Option<&str>, outcome: &Outcome) -> String {
     let mut m = Map::new();
     if let Some(id) = id {
         m.insert("id".into(), id.clone());
@@ -366,27 +410,46 @@ pub fn result_payload(
     if let Some(a) = action {
         m.insert("action".into(), Json::String(a.to_string()));
     }
-    match outcome {
-        Ok(written) => {
-            m.insert("ok".into(), Json::Bool(true));
-            let w: Map<String, Json> = written
+    let written = || {
+        Json::Object(
+            outcome
+                .written
                 .iter()
                 .map(|(k, v)| (k.clone(), v.to_json()))
-                .collect();
-            m.insert("written".into(), Json::Object(w));
-            if !rounded.is_empty() {
-                m.insert(
-                    "rounded".into(),
-                    Json::Array(rounded.iter().map(|r| Json::String(r.clone())).collect()),
-                );
+                .collect(),
+        )
+    };
+    match &outcome.failure {
+        None => {
+            m.insert("ok".into(), Json::Bool(true));
+            m.insert("written".into(), written());
+            if !outcome.rounded.is_empty() {
+                m.insert("rounded".into(), json_strings(&outcome.rounded));
             }
         }
-        Err(e) => {
+        Some(f) => {
             m.insert("ok".into(), Json::Bool(false));
-            m.insert("error".into(), Json::String(e.to_string()));
+            m.insert("error".into(), Json::String(f.error.clone()));
+            let part_way = !outcome.written.is_empty() || !f.not_written.is_empty();
+            if part_way {
+                m.insert("written".into(), written());
+                if let Some(p) = &f.failed {
+                    m.insert("failed".into(), Json::String(p.clone()));
+                }
+                m.insert("not_written".into(), json_strings(&f.not_written));
+            }
         }
     }
     Json::Object(m).to_string()
+}
+
+/// `{"ok": false, "error"}` for a command refused before anything was written.
+pub fn refusal_payload(id: Option<&Json>, action: Option<&str>, error: &str) -> String {
+    result_payload(id, action, &Outcome::error(error))
+}
+
+fn json_strings(items: &[String]) -> Json {
+    Json::Array(items.iter().map(|s| Json::String(s.clone())).collect())
 }
 
 #[cfg(test)]
@@ -556,9 +619,13 @@ expect = "^OK"
             c.kind,
             CommandKind::Send {
                 text: "LED 3".into(),
-                expect: Some("^OK".into())
+                expect: Some("^OK".into()),
+                values: Vec::new(),
             }
         );
+        // Point values beside the action are validated like any: `t` is not writable.
+        let e = parse(&d, br#"{"action": "led", "value": 3, "t": 1}"#).unwrap_err();
+        assert_eq!(e.message, "t: not writable");
         let e = parse(&d, br#"{"action": "led"}"#).unwrap_err();
         assert_eq!(
             e.message,
@@ -573,24 +640,41 @@ expect = "^OK"
         let ok = result_payload(
             Some(&Json::String("abc".into())),
             Some("turn_on"),
-            Ok(&[("state".into(), Value::Text("on".into()))]),
-            &[],
+            &Outcome {
+                written: vec![("state".into(), Value::Text("on".into()))],
+                ..Outcome::default()
+            },
         );
         let v: Json = serde_json::from_str(&ok).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"id": "abc", "action": "turn_on", "ok": true, "written": {"state": "on"}})
         );
-        let bad = result_payload(
-            None,
-            Some("set"),
-            Err("brightness: 120 is above max 100"),
-            &[],
-        );
+        let bad = refusal_payload(None, Some("set"), "brightness: 120 is above max 100");
         let v: Json = serde_json::from_str(&bad).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"action": "set", "ok": false, "error": "brightness: 120 is above max 100"})
+        );
+        // Part-way: what was written, what failed, what was not written.
+        let part = result_payload(
+            None,
+            Some("turn_on"),
+            &Outcome {
+                written: vec![("state".into(), Value::Text("on".into()))],
+                rounded: Vec::new(),
+                failure: Some(Failure {
+                    error: "brightness: timeout".into(),
+                    failed: Some("brightness".into()),
+                    not_written: vec!["speed".into()],
+                }),
+            },
+        );
+        let v: Json = serde_json::from_str(&part).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"action": "turn_on", "ok": false, "error": "brightness: timeout",
+                "written": {"state": "on"}, "failed": "brightness", "not_written": ["speed"]})
         );
     }
 }

@@ -1,0 +1,489 @@
+//! Devices: what a device *is* to the rest of the gateway, whatever bus it is on. The [`Core`]
+//! here — availability, freshness, the retained state, commands and their results — is written
+//! once (CONTRACT §4); [`modbus`] and [`line`] are the two transports that feed it: a Modbus
+//! device polled on its period, a serial line device reporting on its own.
+//!
+//! - [`state`]: what to publish (deadband, heartbeat, the latest values), and availability. Pure.
+//! - [`command`]: a command payload validated whole before anything is written. Pure.
+//!
+//! What the core decides, for both kinds:
+//! - a device is `offline` after `offline_after` failed polls (a serial device: one silence
+//!   period) and `online` with its next answer;
+//! - values are never invented: a point that failed leaves the retained state until it reads
+//!   again, and nothing is published for it;
+//! - a command for an offline device is refused at once ("device offline"), except `refresh`,
+//!   which tries the device once;
+//! - a command whose `id` was executed in the last 60 s is not executed again: its first result
+//!   is published again. The id is on disk (the history file) before the command's write goes
+//!   out, so this holds across a crash too;
+//! - every delivered command is acknowledged to the broker only once its result is out, so a
+//!   command the gateway did not finish is delivered again after a restart;
+//! - refusals are logged rate-limited per device and reason.
+
+pub mod command;
+pub mod line;
+pub mod modbus;
+pub mod state;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::config::{DeviceConfig, PointConfig};
+use crate::history::{COMMAND_ID_WINDOW, CommandLog, HistoryHandle, Seen};
+use crate::model::Value;
+use crate::payload;
+use crate::telemetry::RateLimits;
+use crate::topics::Topics;
+use command::{Command, CommandKind, Outcome};
+use state::{Availability, Change, DeviceState, PublishRule};
+
+/// Commands waiting for one device. The bridge validates commands before queuing them, so only
+/// valid ones wait here; when full, the bridge answers the newest one `ok: false` ("busy").
+pub const DEVICE_COMMANDS_CAP: usize = 16;
+
+/// How often one refusal reason of one device is logged at most (the first always is).
+pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Results of recent commands kept per device for a repeated `id` (beyond [`COMMAND_ID_WINDOW`]
+/// or this many, the durable command log still has them).
+const RECENT_RESULTS_CAP: usize = 256;
+
+/// The error of a command refused because its device is offline (CONTRACT §4).
+pub const DEVICE_OFFLINE: &str = "device offline";
+
+/// The error of a command that was running when the gateway stopped (a crash, a power cut) and
+/// that the broker delivered again: it is not written a second time.
+pub const INTERRUPTED: &str =
+    "interrupted: the gateway stopped while executing this command; not executed again";
+
+/// The delivery of a QoS 1 command, to acknowledge once its result is out (the MQTT packet id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack(pub u16);
+
+/// Where device tasks send what they publish. The MQTT handle implements it; so can a test.
+pub trait Sink: Send + Sync + 'static {
+    /// A reading on a sensor topic: never blocks; when the broker is away the link queues it
+    /// with drop-oldest.
+    fn publish(&self, topic: String, payload: String, qos: u8, retain: bool);
+    /// Retained state or availability: never blocks; newest per topic wins while queued.
+    fn publish_retained(&self, topic: String, payload: String);
+    /// Deletes a retained message (empty retained payload).
+    fn clear_retained(&self, topic: String) {
+        self.publish_retained(topic, String::new());
+    }
+    /// Acknowledges a delivered command to the broker, after what was published before it.
+    fn ack(&self, _ack: Ack) {}
+}
+
+/// A validated command on its way to its device, with its delivery to acknowledge.
+#[derive(Debug)]
+pub struct Queued {
+    pub command: Command,
+    pub ack: Option<Ack>,
+}
+
+/// Counters of the command path, for the health topic.
+#[derive(Debug, Default)]
+pub struct CommandStats {
+    /// Valid commands handed to their device.
+    pub accepted: AtomicU64,
+    /// Commands refused by validation (malformed, unknown point, out of range, …).
+    pub rejected: AtomicU64,
+    /// Valid commands refused because their device already had `DEVICE_COMMANDS_CAP` waiting.
+    pub busy: AtomicU64,
+    /// Commands executed and confirmed.
+    pub ok: AtomicU64,
+    /// Commands that failed at the device (exception, timeout, port down).
+    pub failed: AtomicU64,
+    /// Commands refused because their device was offline.
+    pub offline: AtomicU64,
+    /// Commands refused because the broker handed them over as retained messages.
+    pub retained: AtomicU64,
+    /// Commands whose `id` was executed within the last 60 s: answered with the first result.
+    pub repeated: AtomicU64,
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What every device task shares with the rest of the gateway.
+#[derive(Clone)]
+pub struct Links {
+    pub sink: Arc<dyn Sink>,
+    pub topics: Arc<Topics>,
+    pub history: Option<HistoryHandle>,
+    pub commands: Arc<CommandStats>,
+    /// Executed command ids on disk; `None` without a history file (then in memory only).
+    pub command_log: Option<CommandLog>,
+}
+
+/// The next queued command, or never when the task takes none.
+pub(crate) async fn next_command(rx: &mut Option<mpsc::Receiver<Queued>>) -> Option<Queued> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A command the core let through to its transport.
+#[derive(Debug)]
+pub struct Admitted {
+    pub command: Command,
+    ack: Option<Ack>,
+    /// The `id`, as its JSON text (`"abc"` and `1` differ).
+    key: Option<String>,
+    /// The command log had it as running with no result: the gateway stopped while executing
+    /// it. The transport must not write it again, only find out what the device holds.
+    pub interrupted: bool,
+}
+
+/// The results of this device's recent commands by `id`, newest last.
+#[derive(Debug, Default)]
+struct RecentResults {
+    entries: VecDeque<(Instant, String, String)>,
+}
+
+impl RecentResults {
+    fn get(&mut self, key: &str, now: Instant) -> Option<String> {
+        while self
+            .entries
+            .front()
+            .is_some_and(|(t, _, _)| now.duration_since(*t) >= COMMAND_ID_WINDOW)
+        {
+            self.entries.pop_front();
+        }
+        self.entries
+            .iter()
+            .rev()
+            .find(|(_, k, _)| k == key)
+            .map(|(_, _, body)| body.clone())
+    }
+
+    fn insert(&mut self, key: String, body: String, now: Instant) {
+        if self.entries.len() >= RECENT_RESULTS_CAP {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((now, key, body));
+    }
+}
+
+/// The device core: one per device task, whatever its transport.
+pub struct Core {
+    name: String,
+    config: Arc<DeviceConfig>,
+    links: Links,
+    state: DeviceState,
+    availability: Availability,
+    /// Points a command wrote (or a refresh read) during the current poll: what that poll read
+    /// of them may be older, and is not published.
+    superseded: Vec<String>,
+    /// Last error logged per point, so a failing point warns once, not every poll.
+    point_errors: HashMap<String, String>,
+    recent: RecentResults,
+    refusals: RateLimits,
+    /// The next publish sends the state even if nothing changed (`refresh`).
+    forced: bool,
+}
+
+impl Core {
+    /// The core of device `name`; offline after `offline_after` failed polls in a row.
+    pub fn new(name: &str, config: &Arc<DeviceConfig>, offline_after: u32, links: Links) -> Core {
+        Core {
+            name: name.to_string(),
+            config: config.clone(),
+            links,
+            state: DeviceState::default(),
+            availability: Availability::new(offline_after),
+            superseded: Vec::new(),
+            point_errors: HashMap::new(),
+            recent: RecentResults::default(),
+            refusals: RateLimits::new(REFUSAL_LOG_EVERY),
+            forced: false,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn config(&self) -> &Arc<DeviceConfig> {
+        &self.config
+    }
+
+    pub fn is_offline(&self) -> bool {
+        self.availability.is_offline()
+    }
+
+    /// The device answered (a poll, a line, a command's read-back).
+    pub fn answered(&mut self) {
+        if let Some(change) = self.availability.success() {
+            self.announce(change, "");
+        }
+    }
+
+    /// A poll in which the device did not answer (`why`, for the log when it goes offline).
+    pub fn silent(&mut self, why: &str) {
+        if let Some(change) = self.availability.failure() {
+            self.announce(change, why);
+        }
+    }
+
+    fn announce(&mut self, change: Change, why: &str) {
+        let online = change == Change::Online;
+        if online {
+            info!(device = %self.name, "device online");
+        } else {
+            warn!(device = %self.name, reason = %why, "device offline");
+        }
+        let topic = self
+            .links
+            .topics
+            .availability(&self.name, &self.config.location);
+        self.links
+            .sink
+            .publish_retained(topic, payload::availability(&self.name, online));
+        if let Some(h) = &self.links.history {
+            h.record_availability(&self.name, online, SystemTime::now());
+        }
+    }
+
+    /// A poll starts: what commands write during it is newer than what it reads.
+    pub fn poll_started(&mut self) {
+        self.superseded.clear();
+    }
+
+    /// Everything the current poll read is older than what comes next (a refresh read it all).
+    pub fn supersede_all(&mut self) {
+        self.superseded.extend(self.config.points.keys().cloned());
+    }
+
+    /// Makes the next [`Core::values`] publish the state even if nothing changed (`refresh`).
+    pub fn force_state(&mut self) {
+        self.forced = true;
+        self.state.force_state();
+    }
+
+    /// One poll's (or line's) values, and the points it failed to read: those leave the
+    /// retained state until they read again, and nothing is published for them. What a command
+    /// wrote meanwhile is newer and wins.
+    pub fn values(&mut self, read: Vec<(String, Value)>, failed: &[String], at: SystemTime) {
+        let fresh = |n: &String| !self.superseded.contains(n);
+        let failed: Vec<String> = failed.iter().filter(|n| fresh(n)).cloned().collect();
+        let mut values = Vec::with_capacity(read.len());
+        for (name, value) in read {
+            if !fresh(&name) {
+                continue;
+            }
+            let Some(p) = self.config.points.get(&name) else {
+                continue;
+            };
+            if self.point_errors.remove(&name).is_some() {
+                info!(device = %self.name, point = %name, "point reads again");
+            }
+            values.push((name, value, rule(p)));
+        }
+        self.publish(values, &failed, at);
+    }
+
+    /// Values a command wrote and read back: published at once (no deadband), and newer than
+    /// anything the current poll read of them.
+    pub fn written(&mut self, read_back: &[(String, Value)]) {
+        self.superseded
+            .extend(read_back.iter().map(|(n, _)| n.clone()));
+        let values = read_back
+            .iter()
+            .filter_map(|(n, v)| {
+                self.config.points.get(n).map(|p| {
+                    let mut r = rule(p);
+                    r.deadband = 0.0;
+                    (n.clone(), v.clone(), r)
+                })
+            })
+            .collect();
+        self.publish(values, &[], SystemTime::now());
+    }
+
+    /// A point the device answered for but that could not be read (an exception, a value that
+    /// does not decode): warned about once per distinct error, with its register or field.
+    pub fn point_error(&mut self, point: &str, error: &str) {
+        if self.point_errors.get(point).map(String::as_str) == Some(error) {
+            return;
+        }
+        let p = self.config.points.get(point);
+        let register = p
+            .and_then(|p| p.register)
+            .map(|r| r.to_string())
+            .unwrap_or_default();
+        let field = p.and_then(|p| p.field.clone()).unwrap_or_default();
+        warn!(device = %self.name, point = %point, register = %register, field = %field, error = %error, "cannot read point");
+        self.point_errors
+            .insert(point.to_string(), error.to_string());
+    }
+
+    fn publish(
+        &mut self,
+        values: Vec<(String, Value, PublishRule)>,
+        failed: &[String],
+        at: SystemTime,
+    ) {
+        if values.is_empty() && failed.is_empty() && !std::mem::take(&mut self.forced) {
+            return;
+        }
+        self.forced = false;
+        let decision = self.state.apply(values, failed, std::time::Instant::now());
+        let loc = &self.config.location;
+        for (point, value) in &decision.sensors {
+            let Some(p) = self.config.points.get(point) else {
+                continue;
+            };
+            let topic = self.links.topics.sensor(&self.name, loc, point);
+            let body = payload::sensor(value, p.unit.as_deref(), at, &self.name, loc);
+            self.links.sink.publish(topic, body, p.qos, p.retain);
+            if let Some(h) = &self.links.history {
+                h.record_reading(&self.name, point, at, value);
+            }
+        }
+        if decision.state {
+            let topic = self.links.topics.state(&self.name, loc);
+            let body = payload::state(self.state.latest().iter().map(|(k, v)| (k.as_str(), v)), at);
+            self.links.sink.publish_retained(topic, body);
+        }
+    }
+
+    /// Decides what happens to a command before its transport sees it: a repeated `id` is
+    /// answered with its first result; an offline device refuses everything but `refresh`;
+    /// otherwise the `id` is put on disk and the command is the transport's to execute.
+    pub async fn admit(&mut self, queued: Queued) -> Option<Admitted> {
+        let Queued { command, ack } = queued;
+        let key = command.id.as_ref().map(|id| id.to_string());
+        let now = Instant::now();
+        if let Some(k) = &key {
+            if let Some(body) = self.recent.get(k, now) {
+                self.repeat(&command, ack, body);
+                return None;
+            }
+        }
+        if self.is_offline() && command.kind != CommandKind::Refresh {
+            count(&self.links.commands.offline);
+            self.refuse(&command, ack, DEVICE_OFFLINE);
+            return None;
+        }
+        let mut interrupted = false;
+        if let (Some(k), Some(log)) = (&key, &self.links.command_log) {
+            match log.begin(&self.name, k).await {
+                Ok(Seen::New) => {}
+                Ok(Seen::Done(body)) => {
+                    self.recent.insert(k.clone(), body.clone(), now);
+                    self.repeat(&command, ack, body);
+                    return None;
+                }
+                Ok(Seen::Interrupted) => interrupted = true,
+                Err(e) => {
+                    if let Some(suppressed) = self.refusals.check("command log", now) {
+                        warn!(device = %self.name, error = %e, suppressed, "cannot record the command id; a delivery of it again after a crash could execute it twice");
+                    }
+                }
+            }
+        }
+        Some(Admitted {
+            command,
+            ack,
+            key,
+            interrupted,
+        })
+    }
+
+    /// Publishes a command's result, records it (history, command log, recent ids) and
+    /// acknowledges its delivery.
+    pub async fn finish(&mut self, admitted: Admitted, outcome: Outcome) {
+        let Admitted {
+            command, ack, key, ..
+        } = admitted;
+        if outcome.is_ok() {
+            count(&self.links.commands.ok);
+            info!(device = %self.name, action = %command.action, "command executed");
+        } else {
+            count(&self.links.commands.failed);
+            let error = outcome
+                .failure
+                .as_ref()
+                .map(|f| f.error.as_str())
+                .unwrap_or_default();
+            warn!(device = %self.name, action = %command.action, error = %error, "command failed");
+        }
+        let body = command::result_payload(command.id.as_ref(), Some(&command.action), &outcome);
+        if let Some(k) = key {
+            if let Some(log) = &self.links.command_log {
+                if let Err(e) = log.finish(&self.name, &k, &body).await {
+                    debug!(device = %self.name, error = %e, "command result not recorded in the command log");
+                }
+            }
+            self.recent.insert(k, body.clone(), Instant::now());
+        }
+        self.result(&command, body, true);
+        self.ack(ack);
+    }
+
+    /// The gateway is stopping and the command was not executed: it is neither answered nor
+    /// acknowledged, so the broker delivers it again after the restart, and it runs then.
+    pub async fn abandon(&mut self, admitted: Admitted) {
+        debug!(device = %self.name, action = %admitted.command.action, "stopping; command left for the broker to deliver again");
+        if let (Some(k), Some(log)) = (&admitted.key, &self.links.command_log) {
+            if let Err(e) = log.forget(&self.name, k).await {
+                debug!(device = %self.name, error = %e, "command id not forgotten");
+            }
+        }
+    }
+
+    /// Answers a command with the result its `id` got the first time.
+    fn repeat(&mut self, command: &Command, ack: Option<Ack>, body: String) {
+        count(&self.links.commands.repeated);
+        info!(device = %self.name, id = %command.id.as_ref().map(|i| i.to_string()).unwrap_or_default(), "command id executed within the last 60 s; its first result is published again");
+        self.result(command, body, false);
+        self.ack(ack);
+    }
+
+    /// Refuses a command before anything is written: a result, a history row, a log line
+    /// (rate-limited per reason) and the acknowledgement.
+    fn refuse(&mut self, command: &Command, ack: Option<Ack>, error: &str) {
+        if let Some(suppressed) = self.refusals.check(error, Instant::now()) {
+            warn!(device = %self.name, action = %command.action, error = %error, suppressed, "command refused");
+        }
+        let body = command::refusal_payload(command.id.as_ref(), Some(&command.action), error);
+        self.result(command, body, true);
+        self.ack(ack);
+    }
+
+    fn result(&self, command: &Command, body: String, record: bool) {
+        if record {
+            if let Some(h) = &self.links.history {
+                h.record_command(&self.name, &command.raw, &body, SystemTime::now());
+            }
+        }
+        let topic = self
+            .links
+            .topics
+            .command_result(&self.name, &self.config.location);
+        self.links.sink.publish(topic, body, 1, false);
+    }
+
+    fn ack(&self, ack: Option<Ack>) {
+        if let Some(a) = ack {
+            self.links.sink.ack(a);
+        }
+    }
+}
+
+/// A point's publishing rules.
+fn rule(p: &PointConfig) -> PublishRule {
+    PublishRule {
+        deadband: p.deadband,
+        heartbeat: p.heartbeat,
+    }
+}

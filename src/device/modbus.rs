@@ -1,0 +1,492 @@
+//! The Modbus transport of the device core: one task per Modbus device polls it on its period
+//! without drift, decodes what came back and hands it to the [`Core`], and executes its
+//! commands as register writes confirmed by read-back.
+//!
+//! - A poll asks the bus for all of the device's planned reads at once; the bus runs them one by
+//!   one and lets commands in between.
+//! - A tick that comes due while the previous poll still waits is skipped and counted as an
+//!   overrun; polls never queue up.
+//! - After `offline_after` failed polls the device is `offline`; it is then probed with its first
+//!   read only, every `offline_retry`, so a dead device costs its bus one timeout per retry period.
+//! - A read refused with "illegal data address" is split (into gap-free runs, then point by
+//!   point), the split is kept, and the parts are read at once.
+//! - While its poll waits on the bus the task still takes its commands: a command for an offline
+//!   device is refused at once, and a write goes to the bus ahead of polls.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::command::{self, CommandKind, Failure, Outcome, PlannedWrite};
+use super::{Core, Links, Queued, next_command};
+use crate::bus::codec;
+use crate::bus::plan::{self, PlannedRead};
+use crate::bus::{BusError, BusHandle, BusStats, RawData, ReadSpec, Written};
+use crate::config::{DataType, DeviceConfig, PointConfig};
+use crate::model::Value;
+
+/// How one poll went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Polled {
+    Answered,
+    Silent,
+    /// The bus is stopping: nothing is concluded from this poll.
+    Stopped,
+}
+
+/// A Modbus device's task: its poll loop and its commands, one at a time in arrival order.
+/// A command that arrives while the device's poll waits in the bus queue is executed at once
+/// (commands go ahead of polls on the bus), not after that poll.
+pub struct DevicePoller {
+    core: Core,
+    commands: Option<mpsc::Receiver<Queued>>,
+    /// A command is being executed: commands arriving meanwhile wait their turn.
+    executing: bool,
+    /// Write single registers with FC16 too, for devices that refuse FC06.
+    force_multiple: bool,
+    max_gap: u16,
+    /// Point names in the order the plan's indices refer to.
+    names: Vec<String>,
+    reads: Vec<PlannedRead>,
+    bus: BusHandle,
+}
+
+impl DevicePoller {
+    pub fn new(
+        name: &str,
+        config: &Arc<DeviceConfig>,
+        max_gap: u16,
+        bus: BusHandle,
+        links: Links,
+    ) -> Self {
+        let names: Vec<String> = config.points.keys().cloned().collect();
+        let refs: Vec<&PointConfig> = config.points.values().collect();
+        let reads = plan::plan(&refs, max_gap);
+        DevicePoller {
+            core: Core::new(name, config, config.offline_after, links),
+            commands: None,
+            executing: false,
+            force_multiple: config.write_multiple,
+            max_gap,
+            names,
+            reads,
+            bus,
+        }
+    }
+
+    /// Takes commands from `rx` (ahead of polls).
+    pub fn with_commands(mut self, rx: mpsc::Receiver<Queued>) -> Self {
+        self.commands = Some(rx);
+        self
+    }
+
+    /// The reads one poll costs now (after any splits).
+    pub fn reads(&self) -> usize {
+        self.reads.len()
+    }
+
+    fn config(&self) -> &Arc<DeviceConfig> {
+        self.core.config()
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let Some(unit) = self.config().unit else {
+            return;
+        };
+        debug!(device = %self.core.name(), reads = self.reads.len(), max_gap = self.max_gap, "poller started");
+        let mut next = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(q) = next_command(&mut self.commands) => {
+                    self.command(unit, q).await;
+                    continue;
+                }
+                _ = tokio::time::sleep_until(next) => {}
+                // The bus was down and is back (an adapter replugged, a PLC rebooted): an
+                // offline device is tried now, not at its next `offline_retry`.
+                _ = self.bus.stats.reconnected.notified(), if self.core.is_offline() => {
+                    // A new grid from now; the old one pointed at the far retry.
+                    next = Instant::now();
+                }
+            }
+            // A stopping bus answers everything at once, so this ends promptly at shutdown.
+            let polled = if self.core.is_offline() {
+                match self.probe(unit).await {
+                    Polled::Answered => self.poll(unit, false).await,
+                    other => other,
+                }
+            } else {
+                self.poll(unit, false).await
+            };
+            if polled == Polled::Stopped {
+                break;
+            }
+            let period = if self.core.is_offline() {
+                self.config().offline_retry
+            } else {
+                self.config().poll
+            };
+            next = next_tick(next, period, Instant::now(), &self.bus.stats);
+        }
+    }
+
+    /// Executes a command the core admits, and hands its outcome back.
+    async fn command(&mut self, unit: u8, queued: Queued) {
+        let Some(admitted) = self.core.admit(queued).await else {
+            return;
+        };
+        self.executing = true;
+        let outcome = match &admitted.command.kind {
+            CommandKind::Refresh => self.refresh(unit).await,
+            CommandKind::Set(values) => self.write(unit, values, !admitted.interrupted).await,
+            // Validation makes Send only for serial devices.
+            CommandKind::Send { .. } => Some(Outcome::error("not a serial device")),
+        };
+        self.executing = false;
+        match outcome {
+            Some(o) => self.core.finish(admitted, o).await,
+            None => self.core.abandon(admitted).await,
+        }
+    }
+
+    /// `refresh`: every point read now, ahead of polls, and the state published.
+    async fn refresh(&mut self, unit: u8) -> Option<Outcome> {
+        let was_offline = self.core.is_offline();
+        self.core.force_state();
+        let polled = self.poll(unit, true).await;
+        // Everything is fresher than what a poll this refresh interrupted read.
+        self.core.supersede_all();
+        match polled {
+            Polled::Answered => Some(Outcome::default()),
+            Polled::Silent if was_offline => Some(Outcome::error(format!(
+                "{}: no answer",
+                super::DEVICE_OFFLINE
+            ))),
+            Polled::Silent => Some(Outcome::error(format!(
+                "{}: the device did not answer",
+                self.core.name()
+            ))),
+            Polled::Stopped => None,
+        }
+    }
+
+    /// Writes each value and reads the written points back, in one bus request (no poll read
+    /// comes between them); the read-back values are what the result and the state carry.
+    /// With `send` false (a command interrupted by a crash) nothing is written: the points
+    /// are read back, and the command is confirmed only if the device holds what it asked.
+    /// `None` when the bus stopped before anything was written.
+    async fn write(&mut self, unit: u8, values: &[(String, Value)], send: bool) -> Option<Outcome> {
+        let mut planned: Vec<(PlannedWrite, PointConfig, ReadSpec)> = Vec::new();
+        for (point, value) in values {
+            let Some(p) = self.config().points.get(point).cloned() else {
+                return Some(Outcome::error(format!("{point}: unknown point")));
+            };
+            let w = match command::plan_write(point, &p, value, self.force_multiple) {
+                Ok(w) => w,
+                Err(e) => return Some(Outcome::error(e)),
+            };
+            let Some(slot) = plan::slot(&p) else {
+                return Some(Outcome::error(format!("{point}: has no register")));
+            };
+            let read = ReadSpec {
+                table: slot.table,
+                start: slot.address,
+                count: slot.len,
+            };
+            planned.push((w, p, read));
+        }
+        let results: Vec<Written> = if send {
+            let pairs = planned
+                .iter()
+                .map(|(w, _, r)| (w.spec.clone(), *r))
+                .collect();
+            self.bus.command(unit, pairs).await
+        } else {
+            let mut out = Vec::with_capacity(planned.len());
+            for (_, _, r) in &planned {
+                out.push(Written {
+                    write: Some(Ok(())),
+                    read_back: Some(self.bus.read(unit, *r).await),
+                });
+            }
+            out
+        };
+        if matches!(
+            results.first().map(|r| &r.write),
+            Some(Some(Err(BusError::Stopped)))
+        ) {
+            return None;
+        }
+        let mut outcome = Outcome::default();
+        for (i, ((w, p, _), r)) in planned.iter().zip(results).enumerate() {
+            match r.write {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    outcome.failure = Some(Failure {
+                        error: format!("{}: {e}", w.point),
+                        failed: Some(w.point.clone()),
+                        not_written: planned[i + 1..].iter().map(|x| x.0.point.clone()).collect(),
+                    });
+                    continue;
+                }
+                None => continue,
+            }
+            if w.rounded && send {
+                outcome.rounded.push(format!(
+                    "{}: rounded to {} (the register's resolution)",
+                    w.point,
+                    w.effective.to_json()
+                ));
+            }
+            let back = match r.read_back {
+                Some(Ok(data)) => {
+                    decode_point(p, &data).map_err(|e| format!("the read-back is unusable: {e}"))
+                }
+                Some(Err(e)) => Err(format!("reading it back failed: {e}")),
+                None => Err("not read back".to_string()),
+            };
+            match back {
+                Ok(v) => outcome.written.push((w.point.clone(), v)),
+                Err(e) => {
+                    outcome.failure.get_or_insert(Failure {
+                        error: format!("{}: written, but {e}", w.point),
+                        failed: Some(w.point.clone()),
+                        not_written: Vec::new(),
+                    });
+                }
+            }
+        }
+        if !outcome.written.is_empty() {
+            self.core.answered();
+            self.core.written(&outcome.written);
+        }
+        if !send && outcome.is_ok() {
+            // Interrupted by a crash: confirmed only if the device holds what was asked.
+            let held = planned
+                .iter()
+                .zip(&outcome.written)
+                .all(|((w, _, _), (_, v))| *v == w.effective);
+            if !held {
+                outcome.failure = Some(Failure {
+                    error: super::INTERRUPTED.to_string(),
+                    ..Failure::default()
+                });
+            }
+        }
+        Some(outcome)
+    }
+
+    /// One read to see whether an offline device is back.
+    async fn probe(&mut self, unit: u8) -> Polled {
+        let Some(first) = self.reads.first() else {
+            return Polled::Silent;
+        };
+        let bus = self.bus.clone();
+        match self.wait(unit, bus.read(unit, first.spec)).await {
+            Ok(_) => Polled::Answered,
+            Err(BusError::Stopped) => Polled::Stopped,
+            Err(e) if e.is_silence() => Polled::Silent,
+            // An exception: the device answered.
+            Err(_) => Polled::Answered,
+        }
+    }
+
+    /// A full poll: all reads, decode, hand the values and failures to the core. With `now`
+    /// (refresh) the reads go ahead of polls.
+    async fn poll(&mut self, unit: u8, now: bool) -> Polled {
+        let at = SystemTime::now();
+        self.core.poll_started();
+        let mut values: Vec<(String, Value)> = Vec::new();
+        let mut failed: Vec<String> = Vec::new();
+        let mut answered = false;
+        let mut pending: Vec<usize> = (0..self.reads.len()).collect();
+        // Splits re-read their parts at once; each split makes reads smaller, so this ends.
+        for _ in 0..=self.names.len() {
+            if pending.is_empty() {
+                break;
+            }
+            let specs: Vec<ReadSpec> = pending.iter().map(|i| self.reads[*i].spec).collect();
+            let bus = self.bus.clone();
+            let results = if now {
+                self.wait(unit, bus.poll_now(unit, specs)).await
+            } else {
+                self.wait(unit, bus.poll(unit, specs)).await
+            };
+            let mut splits: Vec<(usize, Vec<PlannedRead>)> = Vec::new();
+            for (i, result) in pending.iter().copied().zip(results) {
+                match result {
+                    Ok(data) => {
+                        answered = true;
+                        self.decode_read(i, &data, &mut values, &mut failed);
+                    }
+                    Err(e) if e.is_illegal_address() => {
+                        answered = true;
+                        let refs: Vec<&PointConfig> = self.config().points.values().collect();
+                        match plan::split(&self.reads[i], &refs) {
+                            Some(parts) => splits.push((i, parts)),
+                            None => self.read_failed(i, &e, &mut failed),
+                        }
+                    }
+                    Err(BusError::Stopped) => return Polled::Stopped,
+                    Err(e) => {
+                        // An exception is the device's answer: it is alive.
+                        answered |= !e.is_silence();
+                        self.read_failed(i, &e, &mut failed);
+                    }
+                }
+            }
+            pending.clear();
+            // Replace split reads (from the back, so indices stay valid) and read the parts.
+            splits.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+            for (i, parts) in splits {
+                let spec = self.reads[i].spec;
+                info!(
+                    device = %self.core.name(),
+                    register = %format!("{}:{}", spec.table.name(), spec.start),
+                    count = spec.count,
+                    parts = parts.len(),
+                    "device refused a coalesced read (illegal data address); reading it in parts from now on"
+                );
+                let n = parts.len();
+                self.reads.splice(i..=i, parts);
+                for p in pending.iter_mut() {
+                    *p += n - 1;
+                }
+                pending.extend(i..i + n);
+            }
+        }
+        if !answered {
+            let why = format!(
+                "{} polls without an answer; tried again every {}",
+                self.config().offline_after,
+                humantime::format_duration(self.config().offline_retry)
+            );
+            self.core.silent(&why);
+            return Polled::Silent;
+        }
+        self.core.values(values, &failed, at);
+        self.core.answered();
+        Polled::Answered
+    }
+
+    /// Awaits a bus request of this device's poll. Meanwhile its commands are executed (unless
+    /// one is already): a write goes to the bus ahead of polls, and a command for an offline
+    /// device is refused at once, not after a probe's timeout.
+    async fn wait<F: Future>(&mut self, unit: u8, request: F) -> F::Output {
+        tokio::pin!(request);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut request => return out,
+                Some(q) = next_command(&mut self.commands), if !self.executing => {
+                    // Boxed: a refresh polls, and that poll could take a command (it doesn't:
+                    // `executing`), which the compiler can't know.
+                    Box::pin(self.command(unit, q)).await;
+                }
+            }
+        }
+    }
+
+    fn decode_read(
+        &mut self,
+        i: usize,
+        data: &RawData,
+        out: &mut Vec<(String, Value)>,
+        failed: &mut Vec<String>,
+    ) {
+        let read = self.reads[i].clone();
+        for pi in read.points {
+            let name = self.names[pi].clone();
+            let Some(p) = self.config().points.get(&name).cloned() else {
+                continue;
+            };
+            let Some(slot) = plan::slot(&p) else { continue };
+            let offset = usize::from(slot.address - read.spec.start);
+            let len = usize::from(slot.len);
+            let words: Option<Vec<u16>> = match data {
+                RawData::Bits(bits) => bits.get(offset).map(|b| vec![u16::from(*b)]),
+                RawData::Words(w) => w.get(offset..offset + len).map(<[u16]>::to_vec),
+            };
+            let ty = p.effective_type().unwrap_or(DataType::U16);
+            let decoded = match words {
+                Some(w) => codec::decode(&w, ty, p.order).map_err(|e| e.to_string()),
+                None => Err("the device returned fewer registers than asked".to_string()),
+            };
+            match decoded {
+                Ok(raw) => out.push((name, codec::to_value(raw, &p))),
+                Err(e) => {
+                    self.core.point_error(&name, &e);
+                    failed.push(name);
+                }
+            }
+        }
+    }
+
+    /// A read of the poll failed: its points failed. Timeouts and transport errors are the
+    /// device's (availability says it); a point is warned about only when the device answers
+    /// but that point can't be read.
+    fn read_failed(&mut self, i: usize, e: &BusError, failed: &mut Vec<String>) {
+        for pi in &self.reads[i].points {
+            let name = &self.names[*pi];
+            if !e.is_silence() {
+                self.core.point_error(name, &e.to_string());
+            }
+            failed.push(name.clone());
+        }
+    }
+}
+
+/// A point's value from what a read of exactly its registers (or bit) returned.
+fn decode_point(p: &PointConfig, data: &RawData) -> Result<Value, String> {
+    let words: Vec<u16> = match data {
+        RawData::Bits(b) => b.first().map(|x| vec![u16::from(*x)]).unwrap_or_default(),
+        RawData::Words(w) => w.clone(),
+    };
+    let ty = p.effective_type().unwrap_or(DataType::U16);
+    let raw = codec::decode(&words, ty, p.order).map_err(|e| e.to_string())?;
+    Ok(codec::to_value(raw, p))
+}
+
+/// The next poll time on the grid `previous + k × period`, skipping (and counting) ticks that
+/// passed while the last poll was still waiting. Staying on the grid means no drift.
+pub fn next_tick(previous: Instant, period: Duration, now: Instant, stats: &BusStats) -> Instant {
+    let next = previous + period;
+    if next > now {
+        return next;
+    }
+    let behind = now.duration_since(next);
+    let missed = (behind.as_nanos() / period.as_nanos().max(1)) as u32 + 1;
+    BusStats::add(&stats.overruns, u64::from(missed));
+    next + period * missed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_stay_on_the_grid_and_skipped_ones_are_counted() {
+        let stats = BusStats::default();
+        let t0 = Instant::now();
+        let p = Duration::from_secs(1);
+        // On time: the next grid point.
+        assert_eq!(
+            next_tick(t0, p, t0 + Duration::from_millis(300), &stats),
+            t0 + p
+        );
+        assert_eq!(BusStats::get(&stats.overruns), 0);
+        // The poll took 2.5 periods: ticks at 1 s and 2 s were missed, next is 3 s.
+        assert_eq!(
+            next_tick(t0, p, t0 + Duration::from_millis(2500), &stats),
+            t0 + 3 * p
+        );
+        assert_eq!(BusStats::get(&stats.overruns), 2);
+    }
+}
