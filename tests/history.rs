@@ -25,10 +25,12 @@ const WAIT: Duration = Duration::from_secs(10);
 
 fn hcfg(path: &std::path::Path, flush_ms: u64) -> HistoryConfig {
     HistoryConfig {
+        enabled: true,
         path: path.to_path_buf(),
         retention: Duration::from_secs(30 * 86_400),
         flush: Duration::from_millis(flush_ms),
         max_size: None,
+        forward: None,
     }
 }
 
@@ -96,17 +98,17 @@ async fn the_history_holds_exactly_what_was_published_with_availability_and_comm
     let events = history::events(&pool).await.unwrap();
     let kinds: Vec<(&str, &str)> = events
         .iter()
-        .map(|e| (e.2.as_str(), e.3.as_str()))
+        .map(|e| (e.kind.as_str(), e.detail.as_str()))
         .collect();
     assert_eq!(kinds.first(), Some(&("gateway", "start")));
     assert_eq!(kinds.last(), Some(&("gateway", "stop")));
     assert!(kinds.contains(&("availability", "online")));
     let cmd = events
         .iter()
-        .find(|e| e.2 == "command")
+        .find(|e| e.kind == "command")
         .expect("command recorded");
-    assert_eq!(cmd.1.as_deref(), Some("d"));
-    let detail = json_of(&cmd.3);
+    assert_eq!(cmd.device.as_deref(), Some("d"));
+    let detail = json_of(&cmd.detail);
     assert!(detail["payload"].as_str().unwrap().contains("\"h1\""));
     assert!(detail["result"].as_str().unwrap().contains("\"ok\":true"));
 }
@@ -195,14 +197,14 @@ async fn retention_removes_old_rows_and_keeps_new_ones() {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let removed = history::retain(&pool, cutoff).await.unwrap();
-    assert_eq!(removed, 2501);
+    let removed = history::retain(&pool, cutoff, None).await.unwrap();
+    assert_eq!(removed.rows, 2501);
     let rows = history::query(&pool, &Filter::default()).await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].value, Value::Float(1.5));
     let events = history::events(&pool).await.unwrap();
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0].3, "offline");
+    assert_eq!(events[0].detail, "offline");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

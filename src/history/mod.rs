@@ -19,11 +19,13 @@
 //! `store.rs` is the writer and everything that opens the file; `query.rs` the reads of
 //! `fieldbridge history`.
 
+pub mod forward;
 mod query;
 mod store;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use forward::{ForwardLink, ForwardStats, Forwarder};
 pub use query::*;
 pub use store::*;
 

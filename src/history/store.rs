@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::forward::ForwardLink;
 use super::millis;
 use crate::config::HistoryConfig;
 use crate::model::Value;
@@ -154,14 +155,30 @@ pub async fn open_read_only(path: &Path) -> Result<SqlitePool, Error> {
 /// The cheap side: record rows without ever waiting.
 #[derive(Debug, Clone)]
 pub struct HistoryHandle {
-    tx: mpsc::Sender<Record>,
+    /// None: the history is turned off (`history.enabled = false`) and nothing is recorded.
+    tx: Option<mpsc::Sender<Record>>,
     pub stats: Arc<HistoryStats>,
     warned: Arc<AtomicU64>,
 }
 
 impl HistoryHandle {
+    /// A handle that records nothing, for `history.enabled = false`.
+    pub fn disabled() -> HistoryHandle {
+        HistoryHandle {
+            tx: None,
+            stats: Arc::new(HistoryStats::default()),
+            warned: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Whether rows are recorded at all.
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
     fn send(&self, r: Record) {
-        match self.tx.try_send(r) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(r) {
             Ok(()) => {
                 self.stats.pending.fetch_add(1, Ordering::Relaxed);
             }
@@ -226,9 +243,12 @@ pub struct History {
     last_full_log: Option<Instant>,
     /// (device, inode) of the file when it was opened.
     file_id: Option<(u64, u64)>,
+    /// Set when the rows are also forwarded to a central database.
+    forward: Option<ForwardLink>,
+    last_forward_drop_log: Option<Instant>,
 }
 
-fn file_id(path: &Path) -> Option<(u64, u64)> {
+pub(super) fn file_id(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
@@ -269,13 +289,22 @@ impl History {
                 last_error_log: None,
                 last_full_log: None,
                 file_id: file_id(&config.path),
+                forward: None,
+                last_forward_drop_log: None,
             },
             HistoryHandle {
-                tx,
+                tx: Some(tx),
                 stats,
                 warned: Arc::new(AtomicU64::new(0)),
             },
         )
+    }
+
+    /// Wakes the forwarder after each batch, and counts the rows deleted (retention, a full
+    /// database) before they reached the central database.
+    pub fn forward_to(mut self, link: ForwardLink) -> History {
+        self.forward = Some(link);
+        self
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -343,6 +372,9 @@ impl History {
         match result {
             Ok(()) => {
                 self.stats.rows.fetch_add(n, Ordering::Relaxed);
+                if let Some(f) = &self.forward {
+                    f.wake.notify_one();
+                }
             }
             Err(e) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -408,15 +440,15 @@ impl History {
         self.stats.full.fetch_add(1, Ordering::Relaxed);
         let mut deleted = 0;
         for (table, n) in ["readings", "events"].into_iter().zip(batch) {
-            let at_least = (2 * n).max(100);
-            let sql = format!(
-                "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY ts LIMIT max({at_least}, (SELECT count(*) FROM {table}) / 10))"
+            let at_least = (2 * n).max(100) as i64;
+            let pick = format!(
+                "SELECT rowid AS id FROM {table} WHERE {KEEP_NEWEST} ORDER BY ts LIMIT max(?1, (SELECT count(*) FROM {table}) / 10)"
             );
-            match sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&self.pool)
-                .await
-            {
-                Ok(r) => deleted += r.rows_affected(),
+            match delete_rows(&self.pool, table, &pick, at_least, self.forward_target()).await {
+                Ok(d) => {
+                    deleted += d.rows;
+                    self.count_forward_drops(d.unforwarded);
+                }
                 Err(e) => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     warn!(error = %e, table, "history database full; cannot delete old rows");
@@ -428,6 +460,27 @@ impl History {
                 deleted,
                 max_size = ?self.config.max_size,
                 "history database full; oldest rows deleted to make room"
+            );
+        }
+    }
+
+    fn forward_target(&self) -> Option<&str> {
+        self.forward.as_ref().map(|f| f.target.as_str())
+    }
+
+    /// Rows deleted before the central database had them: counted, and a warning at most once
+    /// a minute.
+    fn count_forward_drops(&mut self, n: u64) {
+        let Some(f) = &self.forward else { return };
+        if n == 0 {
+            return;
+        }
+        let dropped = f.stats.dropped.fetch_add(n, Ordering::Relaxed) + n;
+        if due(&mut self.last_forward_drop_log) {
+            warn!(
+                rows = n,
+                dropped,
+                "history rows deleted before they reached the central database (it has been away longer than the local history holds)"
             );
         }
     }
@@ -526,9 +579,13 @@ impl History {
     /// Deletes rows older than `retention`, a batch at a time.
     pub async fn retain(&mut self) {
         let cutoff = millis(SystemTime::now()) - self.config.retention.as_millis() as i64;
-        match retain(&self.pool, cutoff).await {
-            Ok(n) if n > 0 => debug!(rows = n, "history retention"),
-            Ok(_) => {}
+        match retain(&self.pool, cutoff, self.forward_target()).await {
+            Ok(d) => {
+                if d.rows > 0 {
+                    debug!(rows = d.rows, "history retention");
+                }
+                self.count_forward_drops(d.unforwarded);
+            }
             Err(e) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 warn!(error = %e, "history retention failed");
@@ -537,21 +594,76 @@ impl History {
     }
 }
 
-/// Deletes rows older than `cutoff_ms` in small batches; returns how many.
-pub async fn retain(pool: &SqlitePool, cutoff_ms: i64) -> Result<u64, sqlx::Error> {
-    let mut total = 0;
+/// What a deletion removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Deleted {
+    pub rows: u64,
+    /// Of those, rows the central database did not have yet.
+    pub unforwarded: u64,
+}
+
+/// The condition every deletion keeps: a table's newest row stays. SQLite gives a new row the
+/// largest rowid plus one, so as long as the largest stays, no rowid is ever handed out twice
+/// and a forward cursor on rowids stays true.
+const KEEP_NEWEST: &str = "rowid < (SELECT max(rowid) FROM {table})";
+
+/// Deletes from `table` the rows `pick` selects (`SELECT rowid AS id ... ?1 ...`, `arg` bound to
+/// ?1), and counts those above `target`'s forward cursor first.
+///
+/// Two statements, no transaction: this runs when the database is full, right after SQLite
+/// rolled a batch back by itself, when sqlx's connection can't begin one (CRATES.md §12). Only
+/// the forwarder moves the cursor meanwhile, so the count can only be high by the rows it sent
+/// in between.
+async fn delete_rows(
+    pool: &SqlitePool,
+    table: &str,
+    pick: &str,
+    arg: i64,
+    target: Option<&str>,
+) -> Result<Deleted, sqlx::Error> {
+    let pick = pick.replace("{table}", table);
+    let unforwarded = match target {
+        Some(target) => {
+            let sql = format!(
+                "SELECT count(*) FROM ({pick}) WHERE id > coalesce((SELECT {table} FROM forward_cursor WHERE target = ?2), 0)"
+            );
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                .bind(arg)
+                .bind(target)
+                .fetch_one(pool)
+                .await? as u64
+        }
+        None => 0,
+    };
+    let sql = format!("DELETE FROM {table} WHERE rowid IN (SELECT id FROM ({pick}))");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(arg)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok(Deleted {
+        rows,
+        unforwarded: unforwarded.min(rows),
+    })
+}
+
+/// Deletes rows older than `cutoff_ms` in small batches (never a table's newest row); counts
+/// those `target`, the central database forwarded to, did not have yet.
+pub async fn retain(
+    pool: &SqlitePool,
+    cutoff_ms: i64,
+    target: Option<&str>,
+) -> Result<Deleted, sqlx::Error> {
+    let mut total = Deleted::default();
     for table in ["readings", "events"] {
-        let sql = format!(
-            "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE ts < ? LIMIT {RETENTION_BATCH})"
+        let pick = format!(
+            "SELECT rowid AS id FROM {table} WHERE ts < ?1 AND {KEEP_NEWEST} LIMIT {RETENTION_BATCH}"
         );
         loop {
-            let n = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(cutoff_ms)
-                .execute(pool)
-                .await?
-                .rows_affected();
-            total += n;
-            if n < RETENTION_BATCH as u64 {
+            let d = delete_rows(pool, table, &pick, cutoff_ms, target).await?;
+            total.rows += d.rows;
+            total.unforwarded += d.unforwarded;
+            if d.rows < RETENTION_BATCH as u64 {
                 break;
             }
             // Let readers and the writer in between batches.
