@@ -465,19 +465,19 @@ impl Gateway {
         //    their in-flight transaction (writes included) and answer the rest.
         health_token.cancel();
         fleet.stop_all(deadline).await;
-        // 3. History: forwarding stops (a batch in flight is rolled back by the database and
-        //    sent again at the next start); everything queued goes to disk.
-        forward_token.cancel();
+        // 3. History: everything queued goes to disk; then the forwarder sends what it can of
+        //    the last rows within its share (the rest goes at the next start).
         history.record_gateway("stop", std::time::SystemTime::now());
         history_token.cancel();
-        if let Some(task) = forward_task {
-            if tokio::time::timeout_at(deadline, task).await.is_err() {
-                warn!("shutdown: history forwarding did not stop in time");
-            }
-        }
         if let Some(task) = history_task {
             if tokio::time::timeout_at(deadline, task).await.is_err() {
                 warn!("shutdown: history did not flush in time");
+            }
+        }
+        forward_token.cancel();
+        if let Some(task) = forward_task {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                warn!("shutdown: history forwarding did not stop in time");
             }
         }
         // 4. MQTT publishes `offline` and disconnects.

@@ -48,8 +48,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often an idle forwarder looks at the file although the writer did not wake it.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// At a stop, how long the forwarder may go on sending what the writer flushed last, so that a
+/// clean stop leaves the central database complete (CONTRACT §5 gives the whole stop 2 s).
+const DRAIN: Duration = Duration::from_millis(400);
 /// Backoff between attempts while the database is away.
-const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MIN: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Counters for the health topic (`forward`).
@@ -239,12 +242,36 @@ impl Forwarder {
         let mut central: Option<PgConnection> = None;
         // The state last logged: None at start, then whether the database was reachable.
         let mut reachable: Option<bool> = None;
+        // Once `shutdown` is cancelled: until when the last rows may still be sent.
+        let mut drain_until: Option<tokio::time::Instant> = None;
+        let drain = || tokio::time::Instant::now() + DRAIN;
         loop {
-            let step = step(&mut local, &mut central, &path, &gateway, &options, &link);
-            let outcome = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                o = step => o,
+            let outcome = {
+                let step = step(&mut local, &mut central, &path, &gateway, &options, &link);
+                tokio::pin!(step);
+                match drain_until {
+                    Some(until) => tokio::time::timeout_at(until, &mut step).await.ok(),
+                    None => tokio::select! {
+                        o = &mut step => Some(o),
+                        _ = shutdown.cancelled() => {
+                            // The batch in flight is finished, not abandoned.
+                            let until = *drain_until.insert(drain());
+                            tokio::time::timeout_at(until, &mut step).await.ok()
+                        }
+                    },
+                }
             };
+            if drain_until.is_some() {
+                // Stopping: on as long as rows go out, then done.
+                match outcome {
+                    Some(Ok(Progress::Sent(n))) => {
+                        debug!(rows = n, "history forwarded while stopping");
+                        continue;
+                    }
+                    _ => break,
+                }
+            }
+            let Some(outcome) = outcome else { break };
             let wait = match outcome {
                 Ok(progress) => {
                     stats.connected.store(true, Ordering::Relaxed);
@@ -285,13 +312,13 @@ impl Forwarder {
             match wait {
                 // Idle: until the writer has new rows (or a while, in case it had some anyway).
                 None => tokio::select! {
-                    _ = shutdown.cancelled() => break,
+                    _ = shutdown.cancelled() => drain_until = Some(drain()),
                     _ = link.wake.notified() => {}
                     _ = tokio::time::sleep(IDLE_CHECK) => {}
                 },
                 // After a failure: the backoff, whatever the writer does meanwhile.
                 Some(delay) => tokio::select! {
-                    _ = shutdown.cancelled() => break,
+                    _ = shutdown.cancelled() => drain_until = Some(drain()),
                     _ = tokio::time::sleep(delay) => {}
                 },
             }

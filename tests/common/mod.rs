@@ -11,4 +11,6 @@ pub mod gateway;
 pub mod modbus;
 pub mod mosquitto;
 pub mod notify;
+pub mod postgres;
+pub mod proxy;
 pub mod pty;
