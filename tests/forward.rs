@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use common::gateway::{GatewayProcess, InProcess};
 use common::modbus::FakeModbus;
 use common::mosquitto::{Mosquitto, Subscriber};
-use common::postgres::TempDb;
+use common::postgres::{PrivatePostgres, TempDb};
 use common::proxy::Proxy;
 use fieldbridge::config::{ForwardConfig, HistoryConfig, SslMode};
 use fieldbridge::history::{self, ForwardLink, Forwarder, History};
@@ -211,8 +211,18 @@ fn forward_config(url: &str) -> ForwardConfig {
 /// What the gateway's next start does first: the forwarder sends what the file still holds.
 /// Runs it until the database has every local row.
 async fn forward_rest(db: &Path, gateway: &str, url: &str, pool: &sqlx::PgPool) {
+    forward_rest_with(db, gateway, url, None, pool).await;
+}
+
+async fn forward_rest_with(
+    db: &Path,
+    gateway: &str,
+    url: &str,
+    password: Option<&str>,
+    pool: &sqlx::PgPool,
+) {
     let f = forward_config(url);
-    let options = history::forward::connect_options(&f, gateway, None).unwrap();
+    let options = history::forward::connect_options(&f, gateway, password).unwrap();
     let forwarder = Forwarder::new(
         db.to_path_buf(),
         gateway,
@@ -577,4 +587,269 @@ async fn the_database_dropping_the_connection_mid_batch_loses_and_doubles_nothin
     let db = dir.path().join("history.db");
     forward_rest(&db, id, &pg.url(), &pool).await;
     assert_exactly_local(&db, &pool, id).await;
+}
+
+/// A pool on a private cluster, as its superuser.
+async fn private_pool(pg: &PrivatePostgres, db: &str) -> sqlx::PgPool {
+    let o: sqlx::postgres::PgConnectOptions = pg.url(db).parse().unwrap();
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(o.password(&pg.password))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_crash_mid_forwarding_loses_and_doubles_nothing() {
+    let pg = PrivatePostgres::start();
+    pg.psql("CREATE DATABASE central");
+    let broker = Mosquitto::start();
+    let (_fake, addr) = devices(10).await;
+    let id = "crash";
+    let dir = tempfile::tempdir().unwrap();
+    backlog(&dir.path().join("history.db"), 200_000).await;
+    let pw = dir.path().join("pg.pass");
+    std::fs::write(&pw, format!("{}\n", pg.password)).unwrap();
+    let cfg = config(id, broker.port, &addr, 10, "100ms", &pg.url("central")).replace(
+        "sslmode = \"disable\"\n",
+        &format!(
+            "sslmode = \"disable\"\npassword_file = \"{}\"\n",
+            pw.display()
+        ),
+    );
+    let gw = InProcess::start_in(dir, &cfg).await;
+    let db = gw.dir.path().join("history.db");
+    let mut pool = private_pool(&pg, "central").await;
+    for round in 0..3 {
+        let (_, before) = counts(&db, &pool, id).await;
+        let deadline = Instant::now() + WAIT;
+        while counts(&db, &pool, id).await.1 == before {
+            assert!(Instant::now() < deadline, "round {round}: not forwarding");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The server dies with batches in flight, and comes back after recovery.
+        pool.close().await;
+        pg.crash();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        pg.run();
+        pool = private_pool(&pg, "central").await;
+        let (l, c) = counts(&db, &pool, id).await;
+        assert!(c < l, "round {round}: nothing left to forward ({c} of {l})");
+    }
+    let (code, dir) = gw.stop_keeping_dir().await;
+    assert_eq!(code, 0);
+    let db = dir.path().join("history.db");
+    forward_rest_with(&db, id, &pg.url("central"), Some(&pg.password), &pool).await;
+    assert!(assert_exactly_local(&db, &pool, id).await > 200_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_comes_from_password_file_or_the_environment_and_is_never_logged() {
+    let pg = PrivatePostgres::start();
+    pg.psql("CREATE DATABASE central");
+    let broker = Mosquitto::start();
+    let (_fake, addr) = devices(3).await;
+    let pool = private_pool(&pg, "central").await;
+    let arrived = |id: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let n: Result<i64, _> =
+                    sqlx::query_scalar("SELECT count(*) FROM readings WHERE gateway = $1")
+                        .bind(id)
+                        .fetch_one(&pool)
+                        .await;
+                if n.is_ok_and(|n| n > 0) {
+                    return true;
+                }
+                if Instant::now() > deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let spawn = |id: &str, password_file: Option<&str>, env: &[(&str, &str)]| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(
+            id,
+            broker.port,
+            &addr.to_string(),
+            3,
+            "100ms",
+            &pg.url("central"),
+        )
+        .replace("{dir}", &dir.path().display().to_string());
+        if let Some(p) = password_file {
+            let file = dir.path().join("pg.pass");
+            std::fs::write(&file, format!("{p}\n")).unwrap();
+            cfg = cfg.replace(
+                "sslmode = \"disable\"\n",
+                &format!(
+                    "sslmode = \"disable\"\npassword_file = \"{}\"\n",
+                    file.display()
+                ),
+            );
+        }
+        let mut env = env.to_vec();
+        env.push(("RUST_LOG", "trace"));
+        GatewayProcess::spawn_in(dir, &cfg, &env)
+    };
+    let mut logs = Vec::new();
+
+    // From password_file.
+    let mut gw = spawn("from-file", Some(&pg.password), &[]);
+    assert!(arrived("from-file").await, "{}", gw.log());
+    gw.signal(Signal::SIGTERM);
+    assert_eq!(gw.wait_exit(WAIT).unwrap().code(), Some(0));
+    logs.push(gw.log());
+
+    // From the environment.
+    let mut gw = spawn(
+        "from-env",
+        None,
+        &[("FIELDBRIDGE_FORWARD_PASSWORD", &pg.password)],
+    );
+    assert!(arrived("from-env").await, "{}", gw.log());
+    gw.signal(Signal::SIGTERM);
+    assert_eq!(gw.wait_exit(WAIT).unwrap().code(), Some(0));
+    logs.push(gw.log());
+
+    // A wrong one: refused, said once, counted; the gateway runs on and its rows wait.
+    let health = Subscriber::connect(broker.port, "t/gateway/wrong/health");
+    let mut gw = spawn("wrong", Some("not-the-password"), &[]);
+    let refused = health
+        .wait_for(
+            "t/gateway/wrong/health",
+            |p| {
+                serde_json::from_str::<Json>(p).is_ok_and(|h| {
+                    h["forward"]["connected"] == false
+                        && h["forward"]["errors"].as_u64().unwrap_or(0) > 1
+                        && h["forward"]["pending"].as_u64().unwrap_or(0) > 0
+                })
+            },
+            WAIT,
+        )
+        .is_some();
+    assert!(refused, "{:?}", health_json(&health, "wrong"));
+    assert!(gw.is_running());
+    gw.signal(Signal::SIGTERM);
+    assert_eq!(gw.wait_exit(WAIT).unwrap().code(), Some(0));
+    let log = gw.log();
+    assert_eq!(
+        log.matches("central database unreachable").count(),
+        1,
+        "one line for the change of state, not one per retry:\n{log}"
+    );
+    assert!(log.contains("password authentication failed"), "{log}");
+    assert!(!arrived("wrong").await);
+    logs.push(log);
+
+    for log in &logs {
+        assert!(
+            !log.contains(&pg.password),
+            "the password was logged:\n{log}"
+        );
+        assert!(
+            !log.contains("not-the-password"),
+            "a password was logged:\n{log}"
+        );
+    }
+
+    // A password file that can't be read stops the start, naming it (exit 78).
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        "nofile",
+        broker.port,
+        &addr.to_string(),
+        3,
+        "100ms",
+        &pg.url("central"),
+    )
+    .replace("{dir}", &dir.path().display().to_string())
+    .replace(
+        "sslmode = \"disable\"\n",
+        "sslmode = \"disable\"\npassword_file = \"/nonexistent/pg.pass\"\n",
+    );
+    let mut gw = GatewayProcess::spawn_in(dir, &cfg, &[]);
+    assert_eq!(gw.wait_exit(WAIT).unwrap().code(), Some(78));
+    assert!(
+        gw.log()
+            .contains("history.forward.password_file: cannot read /nonexistent/pg.pass"),
+        "{}",
+        gw.log()
+    );
+}
+
+/// The server's own certificate, which the machine's PostgreSQL uses for TLS.
+fn server_certificate(pg: &TempDb) -> String {
+    assert_eq!(
+        pg.scalar("SHOW ssl"),
+        "on",
+        "the PostgreSQL on 127.0.0.1:5432 has TLS off (scripts/setup.sh --tests turns it on)"
+    );
+    pg.scalar("SHOW ssl_cert_file")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_follows_sslmode_and_a_certificate_for_another_name_is_refused() {
+    let pg = TempDb::create();
+    let cert = server_certificate(&pg);
+    let pool = pg.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    // (gateway, sslmode, ca_file, reaches the database, over TLS)
+    let cases = [
+        ("plain", SslMode::Disable, None, true, false),
+        ("require", SslMode::Require, None, true, true),
+        ("verify-ca", SslMode::VerifyCa, Some(&cert), true, true),
+        // The certificate is valid, but for another name than 127.0.0.1.
+        (
+            "verify-full",
+            SslMode::VerifyFull,
+            Some(&cert),
+            false,
+            false,
+        ),
+    ];
+    for (id, sslmode, ca, reaches, tls) in cases {
+        // A history file each: the cursor is per database, and each case must send its rows.
+        let db = dir.path().join(format!("{id}.db"));
+        backlog(&db, 100).await;
+        let f = ForwardConfig {
+            sslmode,
+            ca_file: ca.map(std::path::PathBuf::from),
+            ..forward_config(&pg.url())
+        };
+        let options = history::forward::connect_options(&f, id, None).unwrap();
+        let link = ForwardLink::new(&f);
+        let stats = link.stats.clone();
+        let stop = CancellationToken::new();
+        let task =
+            tokio::spawn(Forwarder::new(db.clone(), id, &f.url, options, link).run(stop.clone()));
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let errors = stats.errors.load(std::sync::atomic::Ordering::Relaxed);
+            if reaches && counts(&db, &pool, id).await.1 > 0 || !reaches && errors >= 2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{id}: {stats:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if reaches {
+            let ssl: bool = sqlx::query_scalar(
+                "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1",
+            )
+            .bind(format!("fieldbridge-{id}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            assert_eq!(ssl, tls, "{id}");
+        } else {
+            assert!(!stats.connected.load(std::sync::atomic::Ordering::Relaxed));
+            assert_eq!(counts(&db, &pool, id).await.1, 0, "{id}");
+        }
+        stop.cancel();
+        task.await.unwrap();
+    }
 }

@@ -48,12 +48,14 @@ impl Cx<'_> {
             }
             None => String::new(),
         };
-        let sslmode = self
+        let chosen = self
             .choice(s, "sslmode", "sslmode", SslMode::NAMES)
-            .map(SslMode::from_index)
-            .unwrap_or(SslMode::Prefer);
+            .map(SslMode::from_index);
+        // An sslmode given but unknown was reported; don't guess what it meant below.
+        let known = chosen.is_some() || !s.table.contains_key("sslmode");
+        let sslmode = chosen.unwrap_or(SslMode::Prefer);
         let ca_file = self.text(s, "ca_file").map(PathBuf::from);
-        if ca_file.is_some() && !sslmode.verifies() {
+        if ca_file.is_some() && known && !sslmode.verifies() {
             self.error_at(
                 &s.key("ca_file"),
                 "ca_file is used only to verify the server: set sslmode to verify-ca or verify-full",
