@@ -451,3 +451,27 @@ fn check_shows_where_the_history_goes_without_a_password() {
     assert_eq!(code, 0);
     assert!(stdout.contains("history off"), "{stdout}");
 }
+
+#[test]
+fn the_example_forward_section_is_valid_once_uncommented() {
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml"))
+            .unwrap();
+    let mut uncommented = Vec::new();
+    let mut in_forward = false;
+    for line in example.lines() {
+        if line.starts_with("# [history.forward]") {
+            in_forward = true;
+        } else if in_forward && !line.starts_with("# ") {
+            in_forward = false;
+        }
+        uncommented.push(if in_forward { &line[2..] } else { line });
+    }
+    let text = uncommented.join("\n");
+    assert!(text.contains("\n[history.forward]\nurl = "), "{text}");
+    let (code, stderr, stdout) = check(&text);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("forwarded to postgres://fieldbridge@db.lan/home (sslmode verify-full)")
+    );
+}

@@ -853,3 +853,79 @@ async fn tls_follows_sslmode_and_a_certificate_for_another_name_is_refused() {
         task.await.unwrap();
     }
 }
+
+/// The README's Grafana queries, with Grafana's macros expanded as its PostgreSQL data source
+/// does, run against what a gateway forwarded: each must run and find the rows it is about.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_grafana_queries_run_against_the_central_tables() {
+    let pg = TempDb::create();
+    let pool = pg.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("history.db");
+    {
+        let cfg = HistoryConfig {
+            enabled: true,
+            path: db.clone(),
+            retention: Duration::from_secs(30 * 86_400),
+            flush: Duration::from_millis(50),
+            max_size: None,
+            forward: None,
+        };
+        let local = history::open(&db).await.unwrap();
+        let (writer, h) = History::new(local.clone(), &cfg);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(writer.run(stop.clone()));
+        let now = SystemTime::now();
+        for i in 0..120u64 {
+            let at = now - Duration::from_secs(60 * i);
+            h.record_reading(
+                "boiler",
+                "temperature",
+                at,
+                &Value::Float(60.0 + i as f64 / 10.0),
+            );
+        }
+        h.record_availability("boiler", false, now - Duration::from_secs(600));
+        h.record_availability("boiler", true, now - Duration::from_secs(300));
+        stop.cancel();
+        task.await.unwrap();
+        local.close().await;
+    }
+    forward_rest(&db, "boiler-room", &pg.url(), &pool).await;
+
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("## Central history")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let mut ran = 0;
+    for block in section.split("```sql\n").skip(1) {
+        let block = block.split("```").next().unwrap();
+        // Setting up roles and TimescaleDB is for the database's administrator.
+        if block.contains("CREATE ROLE") || block.contains("create_hypertable") {
+            continue;
+        }
+        for statement in block.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            let sql = statement
+                .replace(
+                    "$__timeFilter(ts)",
+                    "ts BETWEEN now() - interval '6 hours' AND now()",
+                )
+                .replace(
+                    "$__timeGroupAlias(ts, 1h)",
+                    "date_trunc('hour', ts) AS \"time\"",
+                );
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            assert!(!rows.is_empty(), "no rows: {sql}");
+            ran += 1;
+        }
+    }
+    assert_eq!(ran, 3);
+}
