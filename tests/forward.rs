@@ -929,3 +929,73 @@ async fn the_readme_grafana_queries_run_against_the_central_tables() {
     }
     assert_eq!(ran, 3);
 }
+
+/// Text PostgreSQL can't store as is (a NUL from a noisy serial line, a malformed command)
+/// must not stop forwarding: the row goes with U+FFFD for the NUL, and the rows after it follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_postgresql_cannot_take_as_is_does_not_hold_up_the_rows_after_it() {
+    let pg = TempDb::create();
+    let pool = pg.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("history.db");
+    {
+        let cfg = HistoryConfig {
+            enabled: true,
+            path: db.clone(),
+            retention: Duration::from_secs(30 * 86_400),
+            flush: Duration::from_millis(50),
+            max_size: None,
+            forward: None,
+        };
+        let local = history::open(&db).await.unwrap();
+        let (writer, h) = History::new(local.clone(), &cfg);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(writer.run(stop.clone()));
+        let now = SystemTime::now();
+        h.record_reading("line", "label", now, &Value::Text("ab\0cd".into()));
+        h.record_command(
+            "line",
+            "{\"led\": \0}",
+            "{\"ok\":false,\"error\":\"malformed JSON\"}",
+            now,
+        );
+        for i in 1..=100u64 {
+            h.record_reading(
+                "line",
+                "n",
+                now + Duration::from_millis(i),
+                &Value::Int(i.into()),
+            );
+        }
+        stop.cancel();
+        task.await.unwrap();
+        local.close().await;
+    }
+    forward_rest(&db, "noisy", &pg.url(), &pool).await;
+    let label: String = sqlx::query_scalar(
+        "SELECT value_text FROM readings WHERE gateway = 'noisy' AND point = 'label'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(label, "ab\u{FFFD}cd");
+    let detail: String = sqlx::query_scalar("SELECT detail FROM events WHERE gateway = 'noisy'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    // The command's payload went into JSON, where the NUL is an escape.
+    let detail: Json = serde_json::from_str(&detail).unwrap();
+    assert_eq!(detail["payload"], "{\"led\": \0}");
+    assert!(
+        detail["result"]
+            .as_str()
+            .unwrap()
+            .contains("malformed JSON")
+    );
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM readings WHERE gateway = 'noisy' AND point = 'n'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(n, 100);
+}

@@ -176,6 +176,16 @@ fn central_value(v: Value) -> (Option<f64>, Option<String>) {
     }
 }
 
+/// PostgreSQL's text can't hold NUL, which a serial line or a malformed command can bring: such a
+/// row would fail its batch again and again and hold up everything after it. NUL becomes U+FFFD.
+fn text_for_postgres(s: String) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s
+    }
+}
+
 const INSERT_READINGS: &str = "INSERT INTO readings (gateway, origin, id, ts, device, point, value, value_text) \
      SELECT $1, $2, t.id, timestamptz 'epoch' + t.ms * interval '1 millisecond', t.device, t.point, t.value, t.value_text \
      FROM UNNEST($3::int8[], $4::int8[], $5::text[], $6::text[], $7::float8[], $8::text[]) \
@@ -242,6 +252,8 @@ impl Forwarder {
         let mut central: Option<PgConnection> = None;
         // The state last logged: None at start, then whether the database was reachable.
         let mut reachable: Option<bool> = None;
+        // Whether the local file could be read last time (its failures are logged once too).
+        let mut readable = true;
         // Once `shutdown` is cancelled: until when the last rows may still be sent.
         let mut drain_until: Option<tokio::time::Instant> = None;
         let drain = || tokio::time::Instant::now() + DRAIN;
@@ -274,6 +286,7 @@ impl Forwarder {
             let Some(outcome) = outcome else { break };
             let wait = match outcome {
                 Ok(progress) => {
+                    readable = true;
                     stats.connected.store(true, Ordering::Relaxed);
                     backoff.reset();
                     if reachable != Some(true) {
@@ -303,7 +316,11 @@ impl Forwarder {
                 }
                 Err(Failure::Local(e)) => {
                     stats.errors.fetch_add(1, Ordering::Relaxed);
-                    warn!(path = %path.display(), error = %e, "cannot read the history file to forward it");
+                    if std::mem::replace(&mut readable, false) {
+                        warn!(path = %path.display(), error = %e, "cannot read the history file to forward it");
+                    } else {
+                        debug!(error = %e, "history file still unreadable");
+                    }
                     // Opened anew next time.
                     local = None;
                     Some(backoff.delay())
@@ -478,13 +495,15 @@ async fn read_batch(local: &Local) -> Result<Batch, sqlx::Error> {
     .fetch_all(&local.pool)
     .await?;
     for r in &readings {
-        let (value, text) = central_value(value_of(r, 4, 5)?);
+        // A value that can't be read back is sent as NULL rather than holding up every row
+        // after it.
+        let (value, text) = value_of(r, 4, 5).map_or((None, None), central_value);
         b.r_id.push(r.try_get(0)?);
         b.r_ts.push(r.try_get(1)?);
         b.r_device.push(r.try_get(2)?);
         b.r_point.push(r.try_get(3)?);
         b.r_value.push(value);
-        b.r_text.push(text);
+        b.r_text.push(text.map(text_for_postgres));
     }
     let events = sqlx::query(
         "SELECT rowid, ts, device, kind, detail FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?",
@@ -498,7 +517,7 @@ async fn read_batch(local: &Local) -> Result<Batch, sqlx::Error> {
         b.e_ts.push(e.try_get(1)?);
         b.e_device.push(e.try_get(2)?);
         b.e_kind.push(e.try_get(3)?);
-        b.e_detail.push(e.try_get(4)?);
+        b.e_detail.push(text_for_postgres(e.try_get(4)?));
     }
     Ok(b)
 }
