@@ -483,14 +483,16 @@ async fn history_file(path: &std::path::Path, n: u64) {
             t0 + Duration::from_micros(i * 1000 / 8),
             &fieldbridge::model::Value::Float(i as f64 / 4.0),
         );
-        if i % 50_000 == 49_999 {
-            // Let the writer keep up with the queue.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        // Never more than the queue holds: the writer would drop rows.
+        while h.stats.pending.load(Ordering::Relaxed) > 50_000 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
     stop.cancel();
     task.await.unwrap();
     pool.close().await;
+    assert_eq!(h.stats.dropped.load(Ordering::Relaxed), 0);
+    assert_eq!(h.stats.rows.load(Ordering::Relaxed), n);
 }
 
 async fn forward() {

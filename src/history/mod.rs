@@ -13,11 +13,15 @@
 //!   written again; the database works as a ring and the newest readings are always kept.
 //! - A database deleted or replaced underneath the daemon is noticed before the next batch (its
 //!   inode changed), logged, counted, and opened anew at the same path.
+//! - Deletions (retention, a full database) never take a table's newest row, so rowids are
+//!   never handed out twice: `forward.rs` keeps its cursor on them.
+//! - `history.enabled = false`: no file, no writer; the handle records nothing.
 //! - Runtime queries only (no `query!` macros): the build needs no database, and
 //!   `tests/history.rs` runs every statement against a freshly migrated file.
 //!
 //! `store.rs` is the writer and everything that opens the file; `query.rs` the reads of
-//! `fieldbridge history`.
+//! `fieldbridge history`, streamed; `forward.rs` the store-and-forward to a central
+//! PostgreSQL (CONTRACT §7).
 
 pub mod forward;
 mod query;
