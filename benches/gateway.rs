@@ -9,9 +9,16 @@
 //! - bus efficiency: a reference device map's reads and wire time per cycle at 9600 baud,
 //!   coalesced against one read per point.
 //!
+//! - forward: a history file holding `BENCH_FORWARD_ROWS` readings (default 1,000,000) is
+//!   forwarded by the release binary to the machine's PostgreSQL (a database of its own);
+//!   rows/s from the first row arriving to the last.
+//! - history_rss: `fieldbridge history` over 10,000 and 1,000,000 readings in each format, the
+//!   peak resident set of the process (it streams: the figure must not grow with the rows).
+//!
 //! - soak (only when named): an hour at 1,000 points/s, sampled every minute into a CSV.
 //!
-//! `cargo bench -- throughput` (or `memory`, `bus`, `soak`) runs one of them.
+//! `cargo bench -- throughput` (or `memory`, `bus`, `forward`, `history_rss`, `soak`) runs one
+//! of them.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -551,6 +558,163 @@ async fn soak() {
     let _ = sub.kill();
 }
 
+/// A history file of `n` readings (50 points of 20 devices, one a millisecond, an hour ago),
+/// written through the daemon's own writer.
+async fn history_file(path: &std::path::Path, n: u64) {
+    use fieldbridge::history::{self, History};
+    let cfg = fieldbridge::config::HistoryConfig {
+        enabled: true,
+        path: path.to_path_buf(),
+        retention: Duration::from_secs(30 * 86_400),
+        flush: Duration::from_millis(200),
+        max_size: None,
+        forward: None,
+    };
+    let pool = history::open(path).await.unwrap();
+    let (writer, h) = History::with_capacity(pool.clone(), &cfg, 100_000);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(writer.run(stop.clone()));
+    let t0 = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for i in 0..n {
+        h.record_reading(
+            &format!("device{}", i % 20),
+            &format!("point{}", i % 50),
+            t0 + Duration::from_micros(i * 1000 / 8),
+            &fieldbridge::model::Value::Float(i as f64 / 4.0),
+        );
+        // Never more than the queue holds: the writer would drop rows.
+        while h.stats.pending.load(Ordering::Relaxed) > 50_000 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    stop.cancel();
+    task.await.unwrap();
+    pool.close().await;
+    assert_eq!(h.stats.dropped.load(Ordering::Relaxed), 0);
+    assert_eq!(h.stats.rows.load(Ordering::Relaxed), n);
+}
+
+async fn forward() {
+    let rows: u64 = std::env::var("BENCH_FORWARD_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let pg = common::postgres::TempDb::create();
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("history.db");
+    history_file(&db, rows).await;
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nid = \"bench\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n[history]\npath = \"{}\"\n[history.forward]\nurl = \"{}\"\nsslmode = \"disable\"\n[homeassistant]\ndiscovery = false\n",
+            broker.port,
+            db.display(),
+            pg.url()
+        ),
+    )
+    .unwrap();
+    let count = || -> u64 {
+        let n = std::process::Command::new("psql")
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                &pg.name,
+            ])
+            .args(["-c", "SELECT count(*) FROM readings"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&n.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    let mut gw = spawn_gateway(&cfg, false);
+    let pid = gw.id();
+    let started = Instant::now();
+    let mut first = None;
+    loop {
+        let n = count();
+        if n > 0 && first.is_none() {
+            first = Some((Instant::now(), n, proc_cpu_ticks(pid)));
+        }
+        if n >= rows {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "{n} of {rows} forwarded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (t0, n0, c0) = first.unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = (proc_cpu_ticks(pid) - c0) as f64 / ticks_per_second() as f64;
+    println!(
+        "forward: {:.0} rows/s to PostgreSQL on 127.0.0.1 ({} rows in {:.1} s after the first arrived; {:.1} s from start); gateway CPU {:.1} ms per 1000 rows; RSS {} KiB",
+        (rows - n0) as f64 / secs,
+        rows,
+        secs,
+        started.elapsed().as_secs_f64(),
+        cpu * 1000.0 / ((rows - n0) as f64 / 1000.0),
+        rss_kib(pid)
+    );
+    let _ = gw.kill();
+    let _ = gw.wait();
+}
+
+async fn history_rss() {
+    let dir = tempfile::tempdir().unwrap();
+    for n in [10_000u64, 1_000_000] {
+        let db = dir.path().join(format!("h{n}.db"));
+        history_file(&db, n).await;
+        let cfg = dir.path().join(format!("h{n}.toml"));
+        std::fs::write(&cfg, format!("[history]\npath = \"{}\"\n", db.display())).unwrap();
+        for format in ["json", "csv", "table"] {
+            let started = Instant::now();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_fieldbridge"))
+                .args(["history", "-c"])
+                .arg(&cfg)
+                .args(["--format", format])
+                .env("MALLOC_ARENA_MAX", "1")
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let out = child.stdout.take().unwrap();
+            let bytes = std::thread::spawn(move || {
+                std::io::copy(&mut BufReader::new(out), &mut std::io::sink()).unwrap()
+            });
+            let mut peak = 0;
+            while child.try_wait().unwrap().is_none() {
+                if let Ok(s) = std::fs::read_to_string(format!("/proc/{}/status", child.id())) {
+                    if let Some(kib) = s
+                        .lines()
+                        .find_map(|l| l.strip_prefix("VmHWM:"))
+                        .and_then(|v| v.split_whitespace().next())
+                        .and_then(|v| v.parse::<u64>().ok())
+                    {
+                        peak = peak.max(kib);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let bytes = bytes.join().unwrap();
+            println!(
+                "history_rss: {n} rows as {format}: peak RSS {peak} KiB, {:.1} MB written in {:.2} s",
+                bytes as f64 / 1e6,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
 fn main() {
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -569,6 +733,12 @@ fn main() {
     }
     if want("memory") {
         rt.block_on(memory());
+    }
+    if want("forward") {
+        rt.block_on(forward());
+    }
+    if want("history_rss") {
+        rt.block_on(history_rss());
     }
     // An hour long: only when asked for by name.
     if filter.iter().any(|f| f == "soak") {

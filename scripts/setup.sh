@@ -3,7 +3,8 @@
 # (bundled SQLite, ring), mosquitto and its clients (the tests start their own broker on a free
 # loopback port), openssl (test certificates), socat (pseudo-terminal pairs standing in for
 # RS-485 cables) and a Rust toolchain (rustup, when cargo is missing); with `--tests`, also
-# debootstrap and cargo-deb, which the package test (tests/packaging.rs) uses.
+# debootstrap and cargo-deb, which the package test (tests/packaging.rs) uses, and PostgreSQL
+# for the history forwarding tests (tests/forward.rs), started and reachable as below.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 tests=false
@@ -23,6 +24,12 @@ need curl curl
 # systemd-nspawn (tests/booted.rs).
 $tests && need debootstrap debootstrap
 $tests && need systemd-nspawn systemd-container
+# tests/forward.rs: a PostgreSQL server (and initdb, for the tests' private clusters).
+if $tests; then
+  need psql postgresql-client
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || packages+=(postgresql)
+  need make-ssl-cert ssl-cert
+fi
 # The system CA bundle: the default roots for an mqtts:// broker (and for the TLS tests).
 [ -f /etc/ssl/certs/ca-certificates.crt ] || packages+=(ca-certificates)
 
@@ -38,6 +45,45 @@ fi
 if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
   echo "setup: installing the Rust toolchain with rustup"
   curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+fi
+
+# tests/forward.rs uses the PostgreSQL on 127.0.0.1:5432 as the user postgres without a
+# password (each test makes and drops a database of its own), over TLS too. Start it where it
+# is not running (there is no systemd on CI machines), and where it asks for a password or has
+# TLS off, make it trust 127.0.0.1 and turn TLS on with the machine's snakeoil certificate.
+if $tests; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  pg() { psql -X -w -h 127.0.0.1 -p 5432 -U postgres -d postgres -Atc "$1" 2>/dev/null; }
+  ver=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+  if [ -z "$ver" ]; then
+    ver=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
+    echo "setup: creating PostgreSQL cluster $ver/main"
+    $sudo pg_createcluster "$ver" main
+  fi
+  if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    echo "setup: starting PostgreSQL $ver/main"
+    $sudo pg_ctlcluster --skip-systemctl-redirect "$ver" main start
+    for _ in $(seq 50); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.2; done
+  fi
+  if [ "$(pg 'SELECT 1')" != 1 ]; then
+    echo "setup: PostgreSQL $ver/main: trusting user postgres on 127.0.0.1 (for the tests)"
+    hba=/etc/postgresql/$ver/main/pg_hba.conf
+    $sudo sed -i '1i host all postgres 127.0.0.1/32 trust' "$hba"
+    $sudo pg_ctlcluster --skip-systemctl-redirect "$ver" main reload
+    sleep 1
+  fi
+  if [ "$(pg 'SHOW ssl')" != on ]; then
+    echo "setup: PostgreSQL $ver/main: turning TLS on with the snakeoil certificate"
+    [ -f /etc/ssl/certs/ssl-cert-snakeoil.pem ] || $sudo make-ssl-cert generate-default-snakeoil
+    $sudo usermod -a -G ssl-cert postgres
+    pg "ALTER SYSTEM SET ssl_cert_file = '/etc/ssl/certs/ssl-cert-snakeoil.pem'" >/dev/null
+    pg "ALTER SYSTEM SET ssl_key_file = '/etc/ssl/private/ssl-cert-snakeoil.key'" >/dev/null
+    pg "ALTER SYSTEM SET ssl = on" >/dev/null
+    $sudo pg_ctlcluster --skip-systemctl-redirect "$ver" main restart
+    for _ in $(seq 50); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.2; done
+  fi
+  [ "$(pg 'SHOW ssl')" = on ] || { echo "setup: PostgreSQL on 127.0.0.1:5432 is not usable for the tests" >&2; exit 1; }
 fi
 
 # tests/packaging.rs packs the .deb with cargo-deb (from crates.io).

@@ -18,10 +18,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::bridge::Bridge;
-use crate::config::{Config, ConfigErrors, PASSWORD_ENV};
+use crate::config::{Config, ConfigErrors, FORWARD_PASSWORD_ENV, PASSWORD_ENV};
 use crate::device::Sink;
 use crate::fleet::{self, Fleet};
-use crate::history::History;
+use crate::history::{ForwardLink, Forwarder, History, HistoryHandle};
 use crate::mqtt::{Incoming, Mqtt, MqttHandle, MqttSettings, Secret, TlsSettings};
 use crate::topics::Topics;
 use crate::{EXIT_CONFIG, EXIT_FAILURE, discovery, health, payload, systemd};
@@ -100,8 +100,12 @@ pub struct Gateway {
     incoming: mpsc::Receiver<Incoming>,
     topics: Topics,
     signals: Signals,
-    history: sqlx::SqlitePool,
-    command_log: crate::history::CommandLog,
+    /// None when `history.enabled = false`.
+    history: Option<sqlx::SqlitePool>,
+    /// The ids of executed commands, in the history file; None with the history off.
+    command_log: Option<crate::history::CommandLog>,
+    /// The central database's driver options, with `[history.forward]`.
+    forward: Option<sqlx::postgres::PgConnectOptions>,
 }
 
 struct Signals {
@@ -119,13 +123,41 @@ pub async fn build(config_path: &Path) -> Result<Gateway, BuildError> {
         hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
     };
     let config = Config::load(config_path)?;
-    prepare_history_dir(&config)?;
-    let history = crate::history::open_with(&config.history.path, config.history.max_size)
-        .await
-        .map_err(|e| BuildError::Other(anyhow::anyhow!(e)))?;
-    let command_log = crate::history::CommandLog::open(&config.history.path)
-        .await
-        .map_err(|e| BuildError::Other(anyhow::anyhow!(e)))?;
+    let (history, command_log) = if config.history.enabled {
+        prepare_history_dir(&config)?;
+        let pool = crate::history::open_with(&config.history.path, config.history.max_size)
+            .await
+            .map_err(|e| BuildError::Other(anyhow::anyhow!(e)))?;
+        let command_log = crate::history::CommandLog::open(&config.history.path)
+            .await
+            .map_err(|e| BuildError::Other(anyhow::anyhow!(e)))?;
+        (Some(pool), Some(command_log))
+    } else {
+        (None, None)
+    };
+    let forward = match &config.history.forward {
+        Some(f) => {
+            let password = read_password(
+                &config,
+                "history.forward.password_file",
+                f.password_file.as_deref(),
+                FORWARD_PASSWORD_ENV,
+            )?;
+            let options = crate::history::forward::connect_options(
+                f,
+                &config.gateway.id,
+                password.as_ref().map(Secret::expose),
+            )
+            .map_err(|e| {
+                BuildError::Config(format!(
+                    "{}: history.forward.url: {e}",
+                    config.path.display()
+                ))
+            })?;
+            Some(options)
+        }
+        None => None,
+    };
     let topics = Topics::new(&config);
     let settings = mqtt_settings(&config, &topics)?;
     let (mqtt, handle, incoming) = Mqtt::new(settings)
@@ -140,6 +172,7 @@ pub async fn build(config_path: &Path) -> Result<Gateway, BuildError> {
         signals,
         history,
         command_log,
+        forward,
     })
 }
 
@@ -159,36 +192,51 @@ fn prepare_history_dir(config: &Config) -> Result<(), BuildError> {
     })
 }
 
+/// A password: the first line of `file` (the config key `key` names it), else the environment
+/// variable `env`, else none. An unreadable file is a config error; a file every user can read
+/// is warned about. The password is never logged.
+fn read_password(
+    config: &Config,
+    key: &str,
+    file: Option<&Path>,
+    env: &str,
+) -> Result<Option<Secret>, BuildError> {
+    let Some(path) = file else {
+        return Ok(std::env::var(env).ok().map(Secret::new));
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        BuildError::Config(format!(
+            "{}: {key}: cannot read {}: {e}",
+            config.path.display(),
+            path.display()
+        ))
+    })?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o004 != 0 {
+                warn!(
+                    file = %path.display(),
+                    "{key} is readable by every user; chmod 600 (or 640 with group fieldbridge)"
+                );
+            }
+        }
+    }
+    Ok(Some(Secret::new(
+        text.lines().next().unwrap_or_default().to_string(),
+    )))
+}
+
 /// The MQTT link's settings: the URL, credentials and TLS files of `[mqtt]`, and the gateway
 /// status topic that carries the last will.
 pub fn mqtt_settings(config: &Config, topics: &Topics) -> Result<MqttSettings, BuildError> {
     let m = &config.mqtt;
-    let file = config.path.display();
-    let password = match &m.password_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                BuildError::Config(format!(
-                    "{file}: mqtt.password_file: cannot read {}: {e}",
-                    path.display()
-                ))
-            })?;
-            {
-                use std::os::unix::fs::PermissionsExt;
-                if let Ok(meta) = std::fs::metadata(path) {
-                    if meta.permissions().mode() & 0o004 != 0 {
-                        warn!(
-                            file = %path.display(),
-                            "mqtt.password_file is readable by every user; chmod 600 (or 640 with group fieldbridge)"
-                        );
-                    }
-                }
-            }
-            Some(Secret::new(
-                text.lines().next().unwrap_or_default().to_string(),
-            ))
-        }
-        None => std::env::var(PASSWORD_ENV).ok().map(Secret::new),
-    };
+    let password = read_password(
+        config,
+        "mqtt.password_file",
+        m.password_file.as_deref(),
+        PASSWORD_ENV,
+    )?;
     let tls = m.url.tls.then(|| TlsSettings {
         ca_file: m.ca_file.clone(),
         cert_file: m.cert_file.clone(),
@@ -244,6 +292,7 @@ impl Gateway {
             mut signals,
             history: history_pool,
             command_log,
+            forward,
         } = self;
         let tracker = TaskTracker::new();
         // Core tasks report here when they die; the supervisor then stops everything.
@@ -255,9 +304,35 @@ impl Gateway {
 
         let shared_topics = std::sync::Arc::new(topics.clone());
         let sink: std::sync::Arc<dyn Sink> = std::sync::Arc::new(handle.clone());
-        let (history_writer, history) = History::new(history_pool, &config.history);
+        // The history writer, and the forwarder reading behind it; neither when it is off.
         let history_token = CancellationToken::new();
-        let history_task = tokio::spawn(history_writer.run(history_token.clone()));
+        let forward_token = CancellationToken::new();
+        let mut forward_stats = None;
+        let (history, history_task, forward_task) = match history_pool {
+            Some(pool) => {
+                let (mut writer, handle) = History::new(pool, &config.history);
+                let mut forward_task = None;
+                if let (Some(options), Some(f)) = (forward, &config.history.forward) {
+                    let link = ForwardLink::new(f);
+                    forward_stats = Some(link.stats.clone());
+                    writer = writer.forward_to(link.clone());
+                    let forwarder = Forwarder::new(
+                        config.history.path.clone(),
+                        &config.gateway.id,
+                        &f.url,
+                        options,
+                        link,
+                    );
+                    forward_task = Some(tokio::spawn(forwarder.run(forward_token.clone())));
+                }
+                let task = tokio::spawn(writer.run(history_token.clone()));
+                (handle, Some(task), forward_task)
+            }
+            None => {
+                info!("history turned off (history.enabled = false): nothing is recorded");
+                (HistoryHandle::disabled(), None, None)
+            }
+        };
         history.record_gateway("start", std::time::SystemTime::now());
         let mut bridge = Bridge::new(shared_topics.clone(), sink.clone());
         bridge.set_history(history.clone());
@@ -266,7 +341,7 @@ impl Gateway {
             topics: shared_topics.clone(),
             history: history.clone(),
             commands: bridge.stats.clone(),
-            command_log: Some(command_log),
+            command_log,
             fatal: fatal_tx.clone(),
         };
         // Buses and devices stop first at shutdown; then history; MQTT last.
@@ -274,7 +349,8 @@ impl Gateway {
         let health_base = health::Sources {
             mqtt: Some(handle.clone()),
             commands: Some(bridge.stats.clone()),
-            history: Some(history.stats.clone()),
+            history: history.enabled().then(|| history.stats.clone()),
+            forward: forward_stats,
             ..Default::default()
         };
 
@@ -412,14 +488,21 @@ impl Gateway {
         //    what waits is answered "stopped" (and its commands left to the broker).
         health_token.cancel();
         fleet.stop_all(started + STOP_DEVICES).await;
-        // 2. History: everything queued goes to disk.
+        // 2. History: everything queued goes to disk; then the forwarder sends what it can of
+        //    the last rows within the history's share (the rest goes at the next start).
         history.record_gateway("stop", std::time::SystemTime::now());
         history_token.cancel();
-        if tokio::time::timeout_at(until(end - STOP_MQTT, STOP_HISTORY), history_task)
-            .await
-            .is_err()
-        {
-            warn!("shutdown: history did not flush in time");
+        let history_end = until(end - STOP_MQTT, STOP_HISTORY);
+        if let Some(task) = history_task {
+            if tokio::time::timeout_at(history_end, task).await.is_err() {
+                warn!("shutdown: history did not flush in time");
+            }
+        }
+        forward_token.cancel();
+        if let Some(task) = forward_task {
+            if tokio::time::timeout_at(history_end, task).await.is_err() {
+                warn!("shutdown: history forwarding did not stop in time");
+            }
         }
         // 3. MQTT publishes `offline` and disconnects.
         shutdown.cancel();

@@ -47,13 +47,30 @@ fn write_summary(out: &mut String, config: &Config) -> std::fmt::Result {
         m.clean_session,
         m.queue
     )?;
-    writeln!(
-        out,
-        "history {} (retention {}, flush {})",
-        config.history.path.display(),
-        humantime::format_duration(config.history.retention),
-        humantime::format_duration(config.history.flush)
-    )?;
+    let h = &config.history;
+    if h.enabled {
+        writeln!(
+            out,
+            "history {} (retention {}, flush {})",
+            h.path.display(),
+            humantime::format_duration(h.retention),
+            humantime::format_duration(h.flush)
+        )?;
+    } else {
+        writeln!(
+            out,
+            "history off (history.enabled = false): nothing is recorded"
+        )?;
+    }
+    if let Some(f) = &h.forward {
+        writeln!(
+            out,
+            "  forwarded to {} (sslmode {}) as gateway {}",
+            f.url,
+            f.sslmode.name(),
+            config.gateway.id
+        )?;
+    }
     if config.homeassistant.discovery {
         writeln!(
             out,

@@ -57,6 +57,13 @@ pub enum Command {
         /// To: a duration ago (`10m`) or an RFC 3339 time.
         #[arg(long)]
         until: Option<String>,
+        /// Only the newest N rows (still printed oldest first).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+        /// Availability changes, commands (with their results) and gateway starts/stops
+        /// instead of readings.
+        #[arg(long, conflicts_with = "point")]
+        events: bool,
         /// table (for people), csv or json.
         #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
         format: String,

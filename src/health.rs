@@ -22,6 +22,8 @@ pub struct Sources {
     pub serial: Vec<(String, Arc<LineStats>)>,
     pub commands: Option<Arc<CommandStats>>,
     pub history: Option<Arc<crate::history::HistoryStats>>,
+    /// With `[history.forward]`.
+    pub forward: Option<Arc<crate::history::ForwardStats>>,
 }
 
 /// Busy time per bus at the last report, for utilisation over the interval.
@@ -121,6 +123,17 @@ fn report(src: &Sources, started: Instant, prev: &mut Previous) -> String {
             "reopened": h.reopened.load(Ordering::Relaxed),
         })
     });
+    let forward = src.forward.as_ref().map(|f| {
+        json!({
+            "connected": f.connected.load(Ordering::Relaxed),
+            "rows": f.rows.load(Ordering::Relaxed),
+            "pending": f.pending.load(Ordering::Relaxed),
+            // Seconds behind: the age of the oldest row the central database does not have.
+            "lag": (f.lag().as_secs_f64() * 10.0).round() / 10.0,
+            "errors": f.errors.load(Ordering::Relaxed),
+            "dropped": f.dropped.load(Ordering::Relaxed),
+        })
+    });
     // Tasks alive in the runtime: steady in a healthy gateway, so a leak (say, across reloads)
     // shows as a number that only grows.
     let tasks = tokio::runtime::Handle::try_current()
@@ -130,6 +143,7 @@ fn report(src: &Sources, started: Instant, prev: &mut Previous) -> String {
         "uptime": started.elapsed().as_secs(),
         "tasks": tasks,
         "history": history,
+        "forward": forward,
         "version": VERSION,
         "mqtt": mqtt,
         "buses": buses,
@@ -201,16 +215,27 @@ mod tests {
         BusStats::add(&bus.timeouts, 1);
         let commands = Arc::new(CommandStats::default());
         commands.rejected.store(7, Ordering::Relaxed);
+        let forward = Arc::new(crate::history::ForwardStats::default());
+        forward.pending.store(5, Ordering::Relaxed);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        forward.oldest_ms.store(now_ms - 2_500, Ordering::Relaxed);
         let src = Sources {
             mqtt: None,
             modbus: vec![("plc".into(), bus)],
             serial: vec![],
             commands: Some(commands),
             history: None,
+            forward: Some(forward.clone()),
         };
         let mut prev = Previous::default();
         let v: Json = serde_json::from_str(&report(&src, Instant::now(), &mut prev)).unwrap();
         assert_eq!(v["buses"]["plc"]["transactions"], 4);
+        assert_eq!(v["forward"]["pending"], 5);
+        let lag = v["forward"]["lag"].as_f64().unwrap();
+        assert!((2.5..4.0).contains(&lag), "lag {lag}");
         assert_eq!(v["buses"]["plc"]["timeouts"], 1);
         assert_eq!(v["buses"]["plc"]["latency_ms"], 2.0);
         assert_eq!(v["commands"]["rejected"], 7);

@@ -79,6 +79,8 @@ fn main() -> ExitCode {
             point,
             since,
             until,
+            limit,
+            events,
             format,
         } => {
             let config = match config::Config::load(&arg.config) {
@@ -107,7 +109,15 @@ fn main() -> ExitCode {
                 point,
                 since,
                 until,
+                limit,
             };
+            if !config.history.enabled {
+                eprintln!(
+                    "fieldbridge history: the history is turned off (history.enabled = false in {}); nothing is recorded",
+                    arg.config.display()
+                );
+                return ExitCode::from(EXIT_FAILURE);
+            }
             let path = config.history.path.clone();
             if !path.exists() {
                 eprintln!("fieldbridge history: no history at {} yet", path.display());
@@ -116,20 +126,20 @@ fn main() -> ExitCode {
             let result = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(|e| e.to_string())
+                .map_err(history::QueryError::Io)
                 .and_then(|rt| {
                     rt.block_on(async {
                         let pool = history::open_read_only(&path)
                             .await
-                            .map_err(|e| e.to_string())?;
-                        history::query(&pool, &filter)
-                            .await
-                            .map_err(|e| e.to_string())
+                            .map_err(|e| history::QueryError::Io(std::io::Error::other(e)))?;
+                        let out = std::io::BufWriter::new(std::io::stdout().lock());
+                        history::print(&pool, &filter, events, format, out).await
                     })
                 });
             match result {
-                Ok(rows) => {
-                    print!("{}", history::render(&rows, format));
+                Ok(_) => ExitCode::SUCCESS,
+                // The reader went away (`| head`): it has what it wanted.
+                Err(history::QueryError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

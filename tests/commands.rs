@@ -714,7 +714,9 @@ async fn a_retained_command_is_not_executed_at_a_start_or_a_reconnect() {
                 let n = events
                     .iter()
                     .filter(|e| {
-                        e.2 == "command" && e.3.contains("live") && e.3.contains("retained")
+                        e.kind == "command"
+                            && e.detail.contains("live")
+                            && e.detail.contains("retained")
                     })
                     .count();
                 if n > 0 {

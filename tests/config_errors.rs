@@ -400,3 +400,78 @@ fn history_max_size_takes_sizes_with_units_and_refuses_nonsense() {
         "config.toml:2:12: history.max_size: too small; at least 64KiB",
     );
 }
+
+#[test]
+fn history_forward_mistakes_are_all_reported_with_their_keys() {
+    let (code, stderr, _) = check(
+        "[history]\nenabled = false\n[history.forward]\nurl = \"postgres://gw:hunter2@db.lan/home\"\nsslmode = \"verify\"\nca_file = \"/etc/ssl/ca.pem\"\ntabel = \"x\"\n",
+    );
+    assert_eq!(code, 78, "{stderr}");
+    assert_eq!(
+        errors(&stderr),
+        vec![
+            "config.toml:4:7: history.forward.url: a password in the URL would be shown by `check` and in logs; put it in password_file or FIELDBRIDGE_FORWARD_PASSWORD",
+            "config.toml:5:11: history.forward.sslmode: unknown sslmode \"verify\"; expected disable, prefer, require, verify-ca or verify-full",
+            "config.toml:7:1: history.forward.tabel: unknown key \"tabel\"; expected url, password_file, sslmode or ca_file",
+        ],
+        "{stderr}"
+    );
+    // The password itself is never echoed.
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    fails_with(
+        "[history]\nenabled = false\n[history.forward]\nurl = \"postgres://gw@db.lan/home\"\n",
+        "config.toml:3:10: history.forward: forwarding sends the local history, which history.enabled = false turns off",
+    );
+    fails_with(
+        "[history.forward]\nurl = \"postgres://gw@db.lan/home\"\nca_file = \"/etc/ssl/ca.pem\"\n",
+        "config.toml:3:11: history.forward.ca_file: ca_file is used only to verify the server: set sslmode to verify-ca or verify-full",
+    );
+    fails_with(
+        "[history.forward]\nurl = \"mysql://gw@db.lan/home\"\n",
+        "config.toml:2:7: history.forward.url: unsupported URL \"mysql://gw@db.lan/home\"; expected postgres://user@host[:port]/database",
+    );
+    fails_with(
+        "[history.forward]\nsslmode = \"require\"\n",
+        "config.toml:1:10: history.forward.url: missing url (postgres://user@host/database)",
+    );
+}
+
+#[test]
+fn check_shows_where_the_history_goes_without_a_password() {
+    let (code, stderr, stdout) = check(
+        "[history.forward]\nurl = \"postgres://gw@db.lan/home\"\nsslmode = \"verify-full\"\npassword_file = \"/nonexistent/pg.pass\"\n",
+    );
+    // The password file need not exist for `check` (CONTRACT §3).
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("forwarded to postgres://gw@db.lan/home (sslmode verify-full)"),
+        "{stdout}"
+    );
+    let (code, _, stdout) = check("[history]\nenabled = false\n");
+    assert_eq!(code, 0);
+    assert!(stdout.contains("history off"), "{stdout}");
+}
+
+#[test]
+fn the_example_forward_section_is_valid_once_uncommented() {
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml"))
+            .unwrap();
+    let mut uncommented = Vec::new();
+    let mut in_forward = false;
+    for line in example.lines() {
+        if line.starts_with("# [history.forward]") {
+            in_forward = true;
+        } else if in_forward && !line.starts_with("# ") {
+            in_forward = false;
+        }
+        uncommented.push(if in_forward { &line[2..] } else { line });
+    }
+    let text = uncommented.join("\n");
+    assert!(text.contains("\n[history.forward]\nurl = "), "{text}");
+    let (code, stderr, stdout) = check(&text);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("forwarded to postgres://fieldbridge@db.lan/home (sslmode verify-full)")
+    );
+}

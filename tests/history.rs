@@ -25,10 +25,12 @@ const WAIT: Duration = Duration::from_secs(10);
 
 fn hcfg(path: &std::path::Path, flush_ms: u64) -> HistoryConfig {
     HistoryConfig {
+        enabled: true,
         path: path.to_path_buf(),
         retention: Duration::from_secs(30 * 86_400),
         flush: Duration::from_millis(flush_ms),
         max_size: None,
+        forward: None,
     }
 }
 
@@ -96,17 +98,17 @@ async fn the_history_holds_exactly_what_was_published_with_availability_and_comm
     let events = history::events(&pool).await.unwrap();
     let kinds: Vec<(&str, &str)> = events
         .iter()
-        .map(|e| (e.2.as_str(), e.3.as_str()))
+        .map(|e| (e.kind.as_str(), e.detail.as_str()))
         .collect();
     assert_eq!(kinds.first(), Some(&("gateway", "start")));
     assert_eq!(kinds.last(), Some(&("gateway", "stop")));
     assert!(kinds.contains(&("availability", "online")));
     let cmd = events
         .iter()
-        .find(|e| e.2 == "command")
+        .find(|e| e.kind == "command")
         .expect("command recorded");
-    assert_eq!(cmd.1.as_deref(), Some("d"));
-    let detail = json_of(&cmd.3);
+    assert_eq!(cmd.device.as_deref(), Some("d"));
+    let detail = json_of(&cmd.detail);
     assert!(detail["payload"].as_str().unwrap().contains("\"h1\""));
     assert!(detail["result"].as_str().unwrap().contains("\"ok\":true"));
 }
@@ -195,14 +197,14 @@ async fn retention_removes_old_rows_and_keeps_new_ones() {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let removed = history::retain(&pool, cutoff).await.unwrap();
-    assert_eq!(removed, 2501);
+    let removed = history::retain(&pool, cutoff, None).await.unwrap();
+    assert_eq!(removed.rows, 2501);
     let rows = history::query(&pool, &Filter::default()).await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].value, Value::Float(1.5));
     let events = history::events(&pool).await.unwrap();
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0].3, "offline");
+    assert_eq!(events[0].detail, "offline");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,4 +433,370 @@ async fn a_capped_history_full_again_and_again_drops_nothing_and_keeps_the_newes
         rows.iter().any(|r| r.value == Value::Int(i128::from(last))),
         "the newest reading was not kept"
     );
+}
+
+/// Runs `fieldbridge history -c config args…`; returns (exit code, stdout, stderr).
+fn history_cli(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fieldbridge"))
+        .arg("history")
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_events_show_availability_changes_and_commands_with_their_results_and_limit_holds()
+{
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    fake.set_holding(1, 0, &[10]);
+    let addr = fake.serve_tcp().await;
+    let cfg = format!(
+        "[gateway]\nid = \"ev\"\nbase_topic = \"t\"\nlocation = \"lab\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n[history]\npath = \"{{dir}}/history.db\"\nflush = \"100ms\"\n[homeassistant]\ndiscovery = false\n[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{addr}\"\ntimeout = \"100ms\"\nretries = 0\n[devices.d]\nbus = \"plc\"\nunit = 1\npoll = \"100ms\"\noffline_after = 2\noffline_retry = \"200ms\"\n[devices.d.points.a]\nregister = \"holding:0\"\nwritable = true\nmax = 100\nheartbeat = \"100ms\"\n",
+        broker.port
+    );
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let gw = InProcess::start(&cfg).await;
+    sub.wait_for(
+        "t/lab/device/d/availability",
+        |p| p.contains("online"),
+        WAIT,
+    )
+    .unwrap();
+    publish(
+        broker.port,
+        "t/lab/device/d/command",
+        r#"{"id": "c1", "a": 7}"#,
+        false,
+    );
+    sub.wait_for("t/lab/device/d/command/result", |p| p.contains("c1"), WAIT)
+        .unwrap();
+    publish(
+        broker.port,
+        "t/lab/device/d/command",
+        r#"{"id": "c2", "a": 500}"#,
+        false,
+    );
+    sub.wait_for("t/lab/device/d/command/result", |p| p.contains("c2"), WAIT)
+        .unwrap();
+    fake.unit(1, |u| u.silent = true);
+    sub.wait_for(
+        "t/lab/device/d/availability",
+        |p| p.contains("offline"),
+        WAIT,
+    )
+    .unwrap();
+    sub.clear();
+    fake.unit(1, |u| u.silent = false);
+    sub.wait_for(
+        "t/lab/device/d/availability",
+        |p| p.contains("online"),
+        WAIT,
+    )
+    .unwrap();
+    // A second of heartbeats: readings enough for --limit to cut.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (code, dir) = gw.stop_keeping_dir().await;
+    assert_eq!(code, 0);
+    let config = dir.path().join("config.toml");
+
+    let (code, out, err) = history_cli(&config, &["--events", "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<Json> = serde_json::from_str(&out).unwrap();
+    let kinds: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap().to_string(),
+                e["detail"].as_str().unwrap_or("<object>").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds.first().unwrap(),
+        &("gateway".into(), "start".into()),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.last().unwrap(),
+        &("gateway".into(), "stop".into()),
+        "{kinds:?}"
+    );
+    let availability: Vec<&str> = kinds
+        .iter()
+        .filter(|k| k.0 == "availability")
+        .map(|k| k.1.as_str())
+        .collect();
+    assert_eq!(availability, ["online", "offline", "online"]);
+    // Each command with the result it got.
+    let command = |id: &str| {
+        events
+            .iter()
+            .find(|e| e["event"] == "command" && e["detail"]["command"]["id"] == id)
+            .unwrap_or_else(|| panic!("command {id} in {out}"))
+            .clone()
+    };
+    let c1 = command("c1");
+    assert_eq!(c1["device"], "d");
+    assert_eq!(c1["detail"]["command"]["a"], 7);
+    assert_eq!(c1["detail"]["result"]["ok"], true);
+    assert_eq!(c1["detail"]["result"]["written"]["a"], 7);
+    let c2 = command("c2");
+    assert_eq!(c2["detail"]["result"]["ok"], false);
+    assert!(
+        c2["detail"]["result"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("max"),
+        "{c2}"
+    );
+    // Newest first in time order, as with readings.
+    let times: Vec<f64> = events
+        .iter()
+        .map(|e| e["timestamp"].as_f64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]));
+
+    // --limit: the newest N, still oldest first.
+    let (_, out, _) = history_cli(&config, &["--events", "--limit", "2", "--format", "json"]);
+    let last2: Vec<Json> = serde_json::from_str(&out).unwrap();
+    assert_eq!(last2, events[events.len() - 2..]);
+    let (_, all, _) = history_cli(&config, &["--format", "json"]);
+    let all: Vec<Json> = serde_json::from_str(&all).unwrap();
+    assert!(all.len() > 5, "{all:?}");
+    let (_, out, _) = history_cli(&config, &["--limit", "3", "--format", "json"]);
+    let last3: Vec<Json> = serde_json::from_str(&out).unwrap();
+    assert_eq!(last3, all[all.len() - 3..]);
+    let (_, out, _) = history_cli(&config, &["--limit", "3", "--format", "csv"]);
+    assert_eq!(out.lines().count(), 4, "{out}");
+
+    // Per device: the gateway's own events are left out.
+    let (_, out, _) = history_cli(&config, &["--events", "--device", "d", "--format", "json"]);
+    let dev: Vec<Json> = serde_json::from_str(&out).unwrap();
+    assert_eq!(dev.len(), events.len() - 2);
+    // csv and table.
+    let (_, csv, _) = history_cli(&config, &["--events", "--format", "csv"]);
+    assert_eq!(csv.lines().next(), Some("timestamp,device,event,detail"));
+    assert!(
+        csv.lines().any(|l| l.ends_with(",d,availability,offline")),
+        "{csv}"
+    );
+    let (_, table, _) = history_cli(&config, &["--events"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("time (UTC)") && lines[0].contains("event"));
+    assert_eq!(lines.len(), events.len() + 1, "{table}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("command") && l.contains("\"c2\"") && l.contains("\"ok\":false")),
+        "{table}"
+    );
+    // Points are for readings.
+    let (code, _, err) = history_cli(&config, &["--events", "--point", "a"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, _) = history_cli(&config, &["--limit", "0"]);
+    assert_eq!(code, 2);
+}
+
+/// The highest resident set `pid` reached, sampled until it exits.
+fn peak_rss_kib(child: &mut std::process::Child) -> u64 {
+    let mut peak = 0;
+    loop {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", child.id())) {
+            if let Some(kib) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                peak = peak.max(kib);
+            }
+        }
+        if child.try_wait().unwrap().is_some() {
+            return peak;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_output_streams_so_memory_does_not_grow_with_the_result() {
+    let dir = tempfile::tempdir().unwrap();
+    // The same command on a small and a large history.
+    let mut peaks = Vec::new();
+    for (name, n) in [("small", 2_000u64), ("large", 300_000)] {
+        let db = dir.path().join(format!("{name}.db"));
+        let pool = history::open(&db).await.unwrap();
+        let (writer, h) = History::with_capacity(pool.clone(), &hcfg(&db, 100), n as usize);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(writer.run(stop.clone()));
+        let t0 = SystemTime::now() - Duration::from_secs(3600);
+        for i in 0..n {
+            h.record_reading(
+                &format!("device{}", i % 7),
+                &format!("point{}", i % 13),
+                t0 + Duration::from_millis(i),
+                &Value::Float(i as f64 / 8.0),
+            );
+        }
+        stop.cancel();
+        task.await.unwrap();
+        pool.close().await;
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&config, format!("[history]\npath = \"{}\"\n", db.display())).unwrap();
+        for format in ["json", "csv", "table"] {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_fieldbridge"))
+                .args(["history", "-c"])
+                .arg(&config)
+                .args(["--format", format])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let out = child.stdout.take().unwrap();
+            let lines = std::thread::spawn(move || {
+                use std::io::BufRead;
+                std::io::BufReader::new(out).split(b'\n').count()
+            });
+            let peak = peak_rss_kib(&mut child);
+            let lines = lines.join().unwrap() as u64;
+            match format {
+                "json" => assert_eq!(lines, 1),
+                _ => assert_eq!(lines, n + 1, "{format}: header and one line a row"),
+            }
+            peaks.push((name, format, peak));
+        }
+    }
+    eprintln!("peak resident set (KiB): {peaks:?}");
+    for format in ["json", "csv", "table"] {
+        let peak = |name| {
+            peaks
+                .iter()
+                .find(|p| p.0 == name && p.1 == format)
+                .unwrap()
+                .2
+        };
+        // 150 times the rows; collected in memory they would take tens of MiB more.
+        assert!(
+            peak("large") < peak("small") + 2 * 1024,
+            "{format}: {} KiB for 300,000 rows, {} KiB for 2,000",
+            peak("large"),
+            peak("small")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_ids_are_never_handed_out_twice_so_a_forward_cursor_stays_true() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let pool = history::open(&db).await.unwrap();
+    let write = |pool: sqlx::SqlitePool, at: SystemTime, n: u64| {
+        let db = db.clone();
+        async move {
+            let (writer, h) = History::new(pool, &hcfg(&db, 50));
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(writer.run(stop.clone()));
+            for i in 0..n {
+                h.record_reading(
+                    "d",
+                    "p",
+                    at + Duration::from_millis(i),
+                    &Value::Int(i.into()),
+                );
+                h.record_gateway("start", at + Duration::from_millis(i));
+            }
+            stop.cancel();
+            task.await.unwrap();
+        }
+    };
+    let ids = |pool: sqlx::SqlitePool| async move {
+        let r: Vec<i64> = sqlx::query_scalar("SELECT rowid FROM readings ORDER BY rowid")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let e: Vec<i64> = sqlx::query_scalar("SELECT rowid FROM events ORDER BY rowid")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        (r, e)
+    };
+    let old = SystemTime::now() - Duration::from_secs(40 * 86_400);
+    write(pool.clone(), old, 10).await;
+    // Retention takes every old row but the newest of each table: SQLite numbers a new row
+    // after the largest rowid left, so the numbers go on instead of starting again at 1.
+    let cutoff = (SystemTime::now() - Duration::from_secs(30 * 86_400))
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let d = history::retain(&pool, cutoff, Some("db:5432/x"))
+        .await
+        .unwrap();
+    assert_eq!(d.rows, 18);
+    // Nothing was forwarded to that database: all of them were still waiting for it.
+    assert_eq!(d.unforwarded, 18);
+    assert_eq!(ids(pool.clone()).await, (vec![10], vec![10]));
+    write(pool.clone(), SystemTime::now(), 3).await;
+    let (r, e) = ids(pool.clone()).await;
+    assert_eq!(r, [10, 11, 12, 13]);
+    assert_eq!(e, [10, 11, 12, 13]);
+    // VACUUM keeps the rowids of tables with an index (ours): a user compacting the file does
+    // not renumber rows the cursor points into.
+    sqlx::query("VACUUM").execute(&pool).await.unwrap();
+    assert_eq!(ids(pool.clone()).await, (r, e));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_history_off_no_file_is_made_and_the_gateway_runs() {
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    fake.set_holding(1, 0, &[5]);
+    fake.unit(1, |u| u.tick = true);
+    let addr = fake.serve_tcp().await;
+    let cfg = format!(
+        "[gateway]\nid = \"off\"\nbase_topic = \"t\"\nlocation = \"lab\"\nhealth_interval = \"1s\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n[history]\nenabled = false\npath = \"{{dir}}/state/history.db\"\n[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{addr}\"\n[devices.d]\nbus = \"plc\"\nunit = 1\npoll = \"100ms\"\n[devices.d.points.a]\nregister = \"holding:0\"\nwritable = true\n",
+        broker.port
+    );
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let gw = InProcess::start(&cfg).await;
+    // Polling, publishing, commands and health work as ever.
+    sub.wait_for("t/lab/sensor/d/a", |_| true, WAIT).unwrap();
+    publish(
+        broker.port,
+        "t/lab/device/d/command",
+        r#"{"id": "x", "a": 9}"#,
+        false,
+    );
+    let result = sub
+        .wait_for(
+            "t/lab/device/d/command/result",
+            |p| p.contains("\"x\""),
+            WAIT,
+        )
+        .unwrap();
+    assert!(result.payload.contains("\"ok\":true"), "{}", result.payload);
+    let health = sub
+        .wait_for("t/gateway/off/health", |_| true, WAIT)
+        .unwrap();
+    let health = json_of(&health.payload);
+    assert_eq!(health["history"], Json::Null, "{health}");
+    let (code, dir) = gw.stop_keeping_dir().await;
+    assert_eq!(code, 0);
+    // No file, no folder for it, nothing at all besides the config.
+    let files: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files, ["config.toml"]);
+    // `history` says why there is nothing.
+    let (code, out, err) = history_cli(&dir.path().join("config.toml"), &[]);
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert!(err.contains("history.enabled = false"), "{err}");
 }

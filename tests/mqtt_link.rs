@@ -8,13 +8,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::mosquitto::{Mosquitto, Subscriber};
+use common::proxy::Proxy;
 use fieldbridge::mqtt::{Mqtt, MqttHandle, MqttSettings};
 use tokio_util::sync::CancellationToken;
 
@@ -119,76 +117,6 @@ async fn while_the_broker_is_away_the_outbox_keeps_the_newest_state_and_the_newe
     task.await.unwrap();
 }
 
-/// A TCP proxy that can stop forwarding client→broker bytes (publishes vanish in flight) and
-/// cut every connection.
-struct Proxy {
-    port: u16,
-    freeze: Arc<AtomicBool>,
-    /// New connections are closed at once, as if the broker were down.
-    refuse: Arc<AtomicBool>,
-    conns: Arc<std::sync::Mutex<Vec<TcpStream>>>,
-}
-
-impl Proxy {
-    fn start(target: u16) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let freeze = Arc::new(AtomicBool::new(false));
-        let refuse = Arc::new(AtomicBool::new(false));
-        let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (f, c, r) = (freeze.clone(), conns.clone(), refuse.clone());
-        std::thread::spawn(move || {
-            for client in listener.incoming().map_while(Result::ok) {
-                if r.load(Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
-                    continue;
-                };
-                c.lock().unwrap().push(client.try_clone().unwrap());
-                c.lock().unwrap().push(server.try_clone().unwrap());
-                pipe(
-                    client.try_clone().unwrap(),
-                    server.try_clone().unwrap(),
-                    Some(f.clone()),
-                );
-                pipe(server, client, None);
-            }
-        });
-        Proxy {
-            port,
-            freeze,
-            refuse,
-            conns,
-        }
-    }
-
-    fn cut(&self) {
-        for s in self.conns.lock().unwrap().drain(..) {
-            let _ = s.shutdown(std::net::Shutdown::Both);
-        }
-    }
-}
-
-fn pipe(mut from: TcpStream, mut to: TcpStream, freeze: Option<Arc<AtomicBool>>) {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            if freeze.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
-                continue; // swallowed: the bytes are "in flight" forever
-            }
-            if to.write_all(&buf[..n]).is_err() {
-                break;
-            }
-        }
-        let _ = to.shutdown(std::net::Shutdown::Both);
-    });
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_in_flight_when_the_session_is_lost_are_sent_again() {
     let mut broker = Mosquitto::start();
@@ -256,46 +184,6 @@ async fn messages_above_rumqttc_s_10_kib_default_pass_both_ways() {
     task.await.unwrap();
 }
 
-/// A broker behind a slow link: its first bytes to each client (the CONNACK) arrive after
-/// `delay`. Counts the connections made through it.
-fn slow_link(target: u16, delay: Duration) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let c = count.clone();
-    std::thread::spawn(move || {
-        for client in listener.incoming().map_while(Result::ok) {
-            c.fetch_add(1, Ordering::SeqCst);
-            let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
-                continue;
-            };
-            pipe(
-                client.try_clone().unwrap(),
-                server.try_clone().unwrap(),
-                None,
-            );
-            let (mut from, mut to) = (server, client);
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                let mut first = true;
-                while let Ok(n) = from.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    if std::mem::take(&mut first) {
-                        std::thread::sleep(delay);
-                    }
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                let _ = to.shutdown(std::net::Shutdown::Both);
-            });
-        }
-    });
-    (port, count)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_connack_is_waited_for_on_one_connection_and_no_last_will_is_triggered() {
     let broker = Mosquitto::start();
@@ -303,18 +191,15 @@ async fn a_slow_connack_is_waited_for_on_one_connection_and_no_last_will_is_trig
     // Longer than the link task's 1 s heartbeat tick, which used to abandon the connect
     // half-way: each new attempt took over the last one's session, and the broker published
     // the last will ("offline") for a gateway that was up.
-    let (port, connections) = slow_link(broker.port, Duration::from_millis(1500));
-    let (h, token, task) = start(settings(port, "slow", 100));
+    let proxy = Proxy::start(broker.port);
+    proxy.delay_first_reply(Duration::from_millis(1500));
+    let (h, token, task) = start(settings(proxy.port, "slow", 100));
     wait_connected(&h, true).await;
     status
         .wait_for("t/slow/status", |p| p == "online", WAIT)
         .expect("online");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        connections.load(Ordering::SeqCst),
-        1,
-        "connected more than once"
-    );
+    assert_eq!(proxy.connections(), 1, "connected more than once");
     assert!(
         status
             .on("t/slow/status")

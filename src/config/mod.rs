@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use history::check_postgres_url;
 pub use load::{is_valid_name, load, one_of, parse, parse_with};
 pub use mqtt::parse_mqtt_url;
 pub use points::{ALL_TYPES, parse_register};
@@ -46,6 +47,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/fieldbridge/config.toml";
 pub const DEFAULT_HISTORY_PATH: &str = "/var/lib/fieldbridge/history.db";
 /// Environment variable that supplies the MQTT password instead of `mqtt.password_file`.
 pub const PASSWORD_ENV: &str = "FIELDBRIDGE_MQTT_PASSWORD";
+/// Environment variable that supplies the PostgreSQL password instead of
+/// `history.forward.password_file`.
+pub const FORWARD_PASSWORD_ENV: &str = "FIELDBRIDGE_FORWARD_PASSWORD";
 
 /// The whole, validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,6 +159,8 @@ impl std::fmt::Display for MqttUrl {
 /// `[history]`
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistoryConfig {
+    /// Default true. False: no history file, no writer, nothing recorded locally (nor forwarded).
+    pub enabled: bool,
     /// Default `/var/lib/fieldbridge/history.db`.
     pub path: PathBuf,
     /// Rows older than this are deleted. Default 30 d.
@@ -164,6 +170,61 @@ pub struct HistoryConfig {
     /// Cap on the database file in bytes; when reached, the oldest rows make room. Default none
     /// (the disk is the limit, and a full disk is treated the same way).
     pub max_size: Option<u64>,
+    /// `[history.forward]`: also send every row to a central PostgreSQL. Default none.
+    pub forward: Option<ForwardConfig>,
+}
+
+/// `[history.forward]` (CONTRACT §7): the central PostgreSQL every local row is also sent to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardConfig {
+    /// `postgres://user@host[:port]/database[?param=value…]`; never with a password in it.
+    pub url: String,
+    /// A file whose first line is the password; else `FIELDBRIDGE_FORWARD_PASSWORD`, else none.
+    pub password_file: Option<PathBuf>,
+    /// TLS to the database, as libpq's `sslmode`. Default `prefer`.
+    pub sslmode: SslMode,
+    /// The CA certificate(s) the server's certificate must chain to (PEM) with `verify-ca` or
+    /// `verify-full`. Default: the system's root certificates.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// libpq's `sslmode`, as PostgreSQL users know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS when the server offers it, unverified; else plain.
+    Prefer,
+    /// TLS, unverified.
+    Require,
+    /// TLS, the certificate chain verified.
+    VerifyCa,
+    /// TLS, the chain and the host name verified.
+    VerifyFull,
+}
+
+impl SslMode {
+    pub const NAMES: &'static [&'static str] =
+        &["disable", "prefer", "require", "verify-ca", "verify-full"];
+
+    fn from_index(i: usize) -> SslMode {
+        match i {
+            0 => SslMode::Disable,
+            2 => SslMode::Require,
+            3 => SslMode::VerifyCa,
+            4 => SslMode::VerifyFull,
+            _ => SslMode::Prefer,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    /// Whether the server's certificate is checked.
+    pub fn verifies(self) -> bool {
+        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
+    }
 }
 
 /// `[homeassistant]`

@@ -116,6 +116,12 @@ pub(super) fn validate(config: &Config, cx: &mut Cx) {
     if h.flush > h.retention {
         cx.error_at("history.flush", "flush is longer than retention");
     }
+    if !h.enabled && h.forward.is_some() {
+        cx.error_at(
+            "history.forward",
+            "forwarding sends the local history, which history.enabled = false turns off",
+        );
+    }
 }
 
 /// A topic template keeps `{device}` (and the sensor one `{point}`), uses only known

@@ -158,7 +158,11 @@ pub struct InProcess {
 
 impl InProcess {
     pub async fn start(config: &str) -> InProcess {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(tempfile::tempdir().expect("tempdir"), config).await
+    }
+
+    /// As `start`, in `dir` (which may already hold a history file).
+    pub async fn start_in(dir: tempfile::TempDir, config: &str) -> InProcess {
         let path = dir.path().join("config.toml");
         std::fs::write(
             &path,

@@ -14,6 +14,8 @@ pub mod modbus;
 pub mod mosquitto;
 pub mod notify;
 pub mod nspawn;
+pub mod postgres;
+pub mod proxy;
 pub mod pty;
 
 /// The overall exposure level in `systemd-analyze security` output for fieldbridge.service.

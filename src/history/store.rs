@@ -1,23 +1,4 @@
-//! The history of record in SQLite (CONTRACT §2-§3): every published value, availability
-//! change, command and gateway start/stop, written by one task in batches.
-//!
-//! - The poll and command paths never wait for the disk: they `try_send` into a bounded queue
-//!   (`HISTORY_CAP`); when it is full the row is dropped, counted, and a warning logged at most
-//!   once a minute.
-//! - One transaction per `flush` window (or per `BATCH` rows), opened with `BEGIN IMMEDIATE` so
-//!   a read→write upgrade can't fail with SQLITE_BUSY; WAL and `synchronous = FULL`: each batch
-//!   is on disk when its commit returns (one fsync of the WAL per window; `NORMAL` syncs only at
-//!   checkpoints, so a power cut could lose several windows), and the file is never corrupted.
-//! - [`CommandLog`]: the ids of executed commands, synced before each command's write goes
-//!   out, so a command the broker delivers again after a crash is not written twice.
-//! - Retention deletes old rows in small batches, so the `history` command can read meanwhile.
-//! - `max_size` caps the file (SQLite's `max_page_count`): when it, or the disk, is full, the
-//!   oldest tenth of the rows (at least twice the batch) is deleted to make room and the batch
-//!   written again; the database works as a ring and the newest readings are always kept.
-//! - A database deleted or replaced underneath the daemon is noticed before the next batch (its
-//!   inode changed), logged, counted, and opened anew at the same path.
-//! - Runtime queries only (no `query!` macros): the build needs no database, and
-//!   `tests/history.rs` runs every statement against a freshly migrated file.
+//! The writer: one task takes rows from a bounded queue and writes them to SQLite in batches.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -25,7 +6,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row as _, Sqlite, SqlitePool};
@@ -33,6 +14,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::forward::ForwardLink;
+use super::millis;
 use crate::config::HistoryConfig;
 use crate::model::Value;
 
@@ -93,12 +76,6 @@ enum Record {
         kind: &'static str,
         detail: String,
     },
-}
-
-fn millis(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Opens (creating if needed) the database and brings its schema up to date.
@@ -169,7 +146,10 @@ pub async fn open_read_only(path: &Path) -> Result<SqlitePool, Error> {
             source,
         })?
         .read_only(true)
-        .busy_timeout(Duration::from_secs(5));
+        .busy_timeout(Duration::from_secs(5))
+        // Rows are read once, in order: a small page cache does, and keeps the resident set of
+        // `fieldbridge history` the same for ten rows or a million (BENCHMARKS.md).
+        .pragma("cache_size", "-256");
     SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(opts)
@@ -183,14 +163,30 @@ pub async fn open_read_only(path: &Path) -> Result<SqlitePool, Error> {
 /// The cheap side: record rows without ever waiting.
 #[derive(Debug, Clone)]
 pub struct HistoryHandle {
-    tx: mpsc::Sender<Record>,
+    /// None: the history is turned off (`history.enabled = false`) and nothing is recorded.
+    tx: Option<mpsc::Sender<Record>>,
     pub stats: Arc<HistoryStats>,
     warned: Arc<AtomicU64>,
 }
 
 impl HistoryHandle {
+    /// A handle that records nothing, for `history.enabled = false`.
+    pub fn disabled() -> HistoryHandle {
+        HistoryHandle {
+            tx: None,
+            stats: Arc::new(HistoryStats::default()),
+            warned: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Whether rows are recorded at all.
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
     fn send(&self, r: Record) {
-        match self.tx.try_send(r) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(r) {
             Ok(()) => {
                 self.stats.pending.fetch_add(1, Ordering::Relaxed);
             }
@@ -255,9 +251,12 @@ pub struct History {
     last_full_log: Option<Instant>,
     /// (device, inode) of the file when it was opened.
     file_id: Option<(u64, u64)>,
+    /// Set when the rows are also forwarded to a central database.
+    forward: Option<ForwardLink>,
+    last_forward_drop_log: Option<Instant>,
 }
 
-fn file_id(path: &Path) -> Option<(u64, u64)> {
+pub(super) fn file_id(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
@@ -298,13 +297,22 @@ impl History {
                 last_error_log: None,
                 last_full_log: None,
                 file_id: file_id(&config.path),
+                forward: None,
+                last_forward_drop_log: None,
             },
             HistoryHandle {
-                tx,
+                tx: Some(tx),
                 stats,
                 warned: Arc::new(AtomicU64::new(0)),
             },
         )
+    }
+
+    /// Wakes the forwarder after each batch, and counts the rows deleted (retention, a full
+    /// database) before they reached the central database.
+    pub fn forward_to(mut self, link: ForwardLink) -> History {
+        self.forward = Some(link);
+        self
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -372,6 +380,9 @@ impl History {
         match result {
             Ok(()) => {
                 self.stats.rows.fetch_add(n, Ordering::Relaxed);
+                if let Some(f) = &self.forward {
+                    f.wake.notify_one();
+                }
             }
             Err(e) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -437,15 +448,15 @@ impl History {
         self.stats.full.fetch_add(1, Ordering::Relaxed);
         let mut deleted = 0;
         for (table, n) in ["readings", "events"].into_iter().zip(batch) {
-            let at_least = (2 * n).max(100);
-            let sql = format!(
-                "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY ts LIMIT max({at_least}, (SELECT count(*) FROM {table}) / 10))"
+            let at_least = (2 * n).max(100) as i64;
+            let pick = format!(
+                "SELECT rowid AS id FROM {table} WHERE {KEEP_NEWEST} ORDER BY ts LIMIT max(?1, (SELECT count(*) FROM {table}) / 10)"
             );
-            match sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&self.pool)
-                .await
-            {
-                Ok(r) => deleted += r.rows_affected(),
+            match delete_rows(&self.pool, table, &pick, at_least, self.forward_target()).await {
+                Ok(d) => {
+                    deleted += d.rows;
+                    self.count_forward_drops(d.unforwarded);
+                }
                 Err(e) => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     warn!(error = %e, table, "history database full; cannot delete old rows");
@@ -457,6 +468,27 @@ impl History {
                 deleted,
                 max_size = ?self.config.max_size,
                 "history database full; oldest rows deleted to make room"
+            );
+        }
+    }
+
+    fn forward_target(&self) -> Option<&str> {
+        self.forward.as_ref().map(|f| f.target.as_str())
+    }
+
+    /// Rows deleted before the central database had them: counted, and a warning at most once
+    /// a minute.
+    fn count_forward_drops(&mut self, n: u64) {
+        let Some(f) = &self.forward else { return };
+        if n == 0 {
+            return;
+        }
+        let dropped = f.stats.dropped.fetch_add(n, Ordering::Relaxed) + n;
+        if due(&mut self.last_forward_drop_log) {
+            warn!(
+                rows = n,
+                dropped,
+                "history rows deleted before they reached the central database (it has been away longer than the local history holds)"
             );
         }
     }
@@ -555,9 +587,13 @@ impl History {
     /// Deletes rows older than `retention`, a batch at a time.
     pub async fn retain(&mut self) {
         let cutoff = millis(SystemTime::now()) - self.config.retention.as_millis() as i64;
-        match retain(&self.pool, cutoff).await {
-            Ok(n) if n > 0 => debug!(rows = n, "history retention"),
-            Ok(_) => {}
+        match retain(&self.pool, cutoff, self.forward_target()).await {
+            Ok(d) => {
+                if d.rows > 0 {
+                    debug!(rows = d.rows, "history retention");
+                }
+                self.count_forward_drops(d.unforwarded);
+            }
             Err(e) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 warn!(error = %e, "history retention failed");
@@ -566,21 +602,76 @@ impl History {
     }
 }
 
-/// Deletes rows older than `cutoff_ms` in small batches; returns how many.
-pub async fn retain(pool: &SqlitePool, cutoff_ms: i64) -> Result<u64, sqlx::Error> {
-    let mut total = 0;
+/// What a deletion removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Deleted {
+    pub rows: u64,
+    /// Of those, rows the central database did not have yet.
+    pub unforwarded: u64,
+}
+
+/// The condition every deletion keeps: a table's newest row stays. SQLite gives a new row the
+/// largest rowid plus one, so as long as the largest stays, no rowid is ever handed out twice
+/// and a forward cursor on rowids stays true.
+const KEEP_NEWEST: &str = "rowid < (SELECT max(rowid) FROM {table})";
+
+/// Deletes from `table` the rows `pick` selects (`SELECT rowid AS id ... ?1 ...`, `arg` bound to
+/// ?1), and counts those above `target`'s forward cursor first.
+///
+/// Two statements, no transaction: this runs when the database is full, right after SQLite
+/// rolled a batch back by itself, when sqlx's connection can't begin one (CRATES.md §12). Only
+/// the forwarder moves the cursor meanwhile, so the count can only be high by the rows it sent
+/// in between.
+async fn delete_rows(
+    pool: &SqlitePool,
+    table: &str,
+    pick: &str,
+    arg: i64,
+    target: Option<&str>,
+) -> Result<Deleted, sqlx::Error> {
+    let pick = pick.replace("{table}", table);
+    let unforwarded = match target {
+        Some(target) => {
+            let sql = format!(
+                "SELECT count(*) FROM ({pick}) WHERE id > coalesce((SELECT {table} FROM forward_cursor WHERE target = ?2), 0)"
+            );
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                .bind(arg)
+                .bind(target)
+                .fetch_one(pool)
+                .await? as u64
+        }
+        None => 0,
+    };
+    let sql = format!("DELETE FROM {table} WHERE rowid IN (SELECT id FROM ({pick}))");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(arg)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok(Deleted {
+        rows,
+        unforwarded: unforwarded.min(rows),
+    })
+}
+
+/// Deletes rows older than `cutoff_ms` in small batches (never a table's newest row); counts
+/// those `target`, the central database forwarded to, did not have yet.
+pub async fn retain(
+    pool: &SqlitePool,
+    cutoff_ms: i64,
+    target: Option<&str>,
+) -> Result<Deleted, sqlx::Error> {
+    let mut total = Deleted::default();
     for table in ["readings", "events"] {
-        let sql = format!(
-            "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE ts < ? LIMIT {RETENTION_BATCH})"
+        let pick = format!(
+            "SELECT rowid AS id FROM {table} WHERE ts < ?1 AND {KEEP_NEWEST} LIMIT {RETENTION_BATCH}"
         );
         loop {
-            let n = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(cutoff_ms)
-                .execute(pool)
-                .await?
-                .rows_affected();
-            total += n;
-            if n < RETENTION_BATCH as u64 {
+            let d = delete_rows(pool, table, &pick, cutoff_ms, target).await?;
+            total.rows += d.rows;
+            total.unforwarded += d.unforwarded;
+            if d.rows < RETENTION_BATCH as u64 {
                 break;
             }
             // Let readers and the writer in between batches.
@@ -683,180 +774,5 @@ impl CommandLog {
             .execute(&self.pool)
             .await
             .map(|_| ())
-    }
-}
-
-/// Which rows `fieldbridge history` shows.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    pub device: Option<String>,
-    pub point: Option<String>,
-    pub since: Option<SystemTime>,
-    pub until: Option<SystemTime>,
-}
-
-/// One reading.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    /// UNIX seconds with millisecond precision.
-    pub timestamp: f64,
-    pub device: String,
-    pub point: String,
-    pub value: Value,
-}
-
-/// The readings matching `filter`, oldest first.
-pub async fn query(pool: &SqlitePool, filter: &Filter) -> Result<Vec<Row>, sqlx::Error> {
-    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "SELECT r.ts, s.device, s.point, r.kind, r.value FROM readings r JOIN series s ON s.id = r.series WHERE 1 = 1",
-    );
-    if let Some(d) = &filter.device {
-        q.push(" AND s.device = ").push_bind(d.clone());
-    }
-    if let Some(p) = &filter.point {
-        q.push(" AND s.point = ").push_bind(p.clone());
-    }
-    if let Some(t) = filter.since {
-        q.push(" AND r.ts >= ").push_bind(millis(t));
-    }
-    if let Some(t) = filter.until {
-        q.push(" AND r.ts <= ").push_bind(millis(t));
-    }
-    q.push(" ORDER BY r.ts, r.rowid");
-    let rows = q.build().fetch_all(pool).await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let ts: i64 = r.try_get(0)?;
-        let kind: i64 = r.try_get(3)?;
-        let value = match kind {
-            0 => Value::Int(i128::from(r.try_get_unchecked::<i64, _>(4)?)),
-            4 => {
-                // Beyond i64: kept as decimal text so nothing is rounded.
-                let s: String = r.try_get_unchecked(4)?;
-                Value::Int(s.parse().unwrap_or_default())
-            }
-            1 => Value::Float(r.try_get_unchecked(4)?),
-            3 => Value::Bool(r.try_get_unchecked::<i64, _>(4)? != 0),
-            _ => Value::Text(r.try_get_unchecked(4)?),
-        };
-        out.push(Row {
-            timestamp: ts as f64 / 1000.0,
-            device: r.try_get(1)?,
-            point: r.try_get(2)?,
-            value,
-        });
-    }
-    Ok(out)
-}
-
-/// One event: (UNIX seconds, device, kind, detail), oldest first.
-pub type Event = (f64, Option<String>, String, String);
-
-/// Every event (availability changes, commands, gateway start/stop), oldest first.
-pub async fn events(pool: &SqlitePool) -> Result<Vec<Event>, sqlx::Error> {
-    let rows = sqlx::query("SELECT ts, device, kind, detail FROM events ORDER BY ts, rowid")
-        .fetch_all(pool)
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                r.try_get::<i64, _>(0)? as f64 / 1000.0,
-                r.try_get(1)?,
-                r.try_get(2)?,
-                r.try_get(3)?,
-            ))
-        })
-        .collect()
-}
-
-/// `--since`/`--until`: a duration ago (`1h`, `30m`) or an RFC 3339 time.
-pub fn parse_time(s: &str, now: SystemTime) -> Result<SystemTime, String> {
-    if let Ok(d) = humantime::parse_duration(s) {
-        return now
-            .checked_sub(d)
-            .ok_or_else(|| format!("{s} ago is before 1970"));
-    }
-    humantime::parse_rfc3339_weak(s).map_err(|_| {
-        format!("invalid time \"{s}\"; expected a duration ago (1h, 30m) or an RFC 3339 time (2026-11-24T10:00:00Z)")
-    })
-}
-
-/// Output formats of `fieldbridge history`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Table,
-    Csv,
-    Json,
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
-/// Renders rows: `json` is one array of `{"timestamp", "device", "point", "value"}`; `csv` has
-/// the header `timestamp,device,point,value`; `table` is for people.
-pub fn render(rows: &[Row], format: Format) -> String {
-    match format {
-        Format::Json => {
-            let arr: Vec<serde_json::Value> = rows
-                .iter()
-                .map(|r| {
-                    serde_json::json!({
-                        "timestamp": r.timestamp,
-                        "device": r.device,
-                        "point": r.point,
-                        "value": r.value.to_json(),
-                    })
-                })
-                .collect();
-            serde_json::Value::Array(arr).to_string() + "\n"
-        }
-        Format::Csv => {
-            let mut out = String::from("timestamp,device,point,value\n");
-            for r in rows {
-                let v = match &r.value {
-                    Value::Text(t) => csv_field(t),
-                    other => other.to_json().to_string(),
-                };
-                out += &format!(
-                    "{:.3},{},{},{}\n",
-                    r.timestamp,
-                    csv_field(&r.device),
-                    csv_field(&r.point),
-                    v
-                );
-            }
-            out
-        }
-        Format::Table => {
-            let w_dev = rows
-                .iter()
-                .map(|r| r.device.len())
-                .max()
-                .unwrap_or(6)
-                .max(6);
-            let w_pt = rows.iter().map(|r| r.point.len()).max().unwrap_or(5).max(5);
-            let mut out = format!(
-                "{:<24}  {:<w_dev$}  {:<w_pt$}  value\n",
-                "time (UTC)", "device", "point"
-            );
-            for r in rows {
-                let t = UNIX_EPOCH + Duration::from_millis((r.timestamp * 1000.0).round() as u64);
-                let when = humantime::format_rfc3339_millis(t).to_string();
-                let v = match &r.value {
-                    Value::Text(t) => t.clone(),
-                    other => other.to_json().to_string(),
-                };
-                out += &format!(
-                    "{when:<24}  {:<w_dev$}  {:<w_pt$}  {v}\n",
-                    r.device, r.point
-                );
-            }
-            out
-        }
     }
 }

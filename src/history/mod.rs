@@ -1,0 +1,45 @@
+//! The history of record in SQLite (CONTRACT §2-§3): every published value, availability
+//! change, command and gateway start/stop, written by one task in batches.
+//!
+//! - The poll and command paths never wait for the disk: they `try_send` into a bounded queue
+//!   (`HISTORY_CAP`); when it is full the row is dropped, counted, and a warning logged at most
+//!   once a minute.
+//! - One transaction per `flush` window (or per `BATCH` rows), opened with `BEGIN IMMEDIATE` so
+//!   a read→write upgrade can't fail with SQLITE_BUSY; WAL and `synchronous = FULL`: each batch
+//!   is on disk when its commit returns (one fsync of the WAL per window; `NORMAL` syncs only at
+//!   checkpoints, so a power cut could lose several windows), and the file is never corrupted.
+//! - [`CommandLog`]: the ids of executed commands, synced before each command's write goes
+//!   out, so a command the broker delivers again after a crash is not written twice. With the
+//!   history off there is no file: ids are remembered in memory only, for the process's life.
+//! - Retention deletes old rows in small batches, so the `history` command can read meanwhile.
+//! - `max_size` caps the file (SQLite's `max_page_count`): when it, or the disk, is full, the
+//!   oldest tenth of the rows (at least twice the batch) is deleted to make room and the batch
+//!   written again; the database works as a ring and the newest readings are always kept.
+//! - A database deleted or replaced underneath the daemon is noticed before the next batch (its
+//!   inode changed), logged, counted, and opened anew at the same path.
+//! - Deletions (retention, a full database) never take a table's newest row, so rowids are
+//!   never handed out twice: `forward.rs` keeps its cursor on them.
+//! - `history.enabled = false`: no file, no writer; the handle records nothing.
+//! - Runtime queries only (no `query!` macros): the build needs no database, and
+//!   `tests/history.rs` runs every statement against a freshly migrated file.
+//!
+//! `store.rs` is the writer and everything that opens the file; `query.rs` the reads of
+//! `fieldbridge history`, streamed; `forward.rs` the store-and-forward to a central
+//! PostgreSQL (CONTRACT §7).
+
+pub mod forward;
+mod query;
+mod store;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use forward::{ForwardLink, ForwardStats, Forwarder};
+pub use query::*;
+pub use store::*;
+
+/// UNIX milliseconds, as the history stores times.
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,470 @@
+//! The `history` command's reads: filters, rows and their rendering as table, csv or json.
+//!
+//! Rows stream from SQLite to the output one at a time (sqlx hands them over through a bounded
+//! channel), so memory does not grow with the result: a million rows print in the same few
+//! MiB as ten (BENCHMARKS.md). The table's column widths come from a query of their own
+//! beforehand, since they can't wait for the last row.
+
+use std::io::{self, Write};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::TryStreamExt as _;
+use serde_json::{Value as Json, json};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row as _, SqlitePool};
+
+use super::millis;
+use crate::model::Value;
+
+/// Which rows `fieldbridge history` shows.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub device: Option<String>,
+    /// Readings only: events have no point.
+    pub point: Option<String>,
+    pub since: Option<SystemTime>,
+    pub until: Option<SystemTime>,
+    /// Only the newest this many rows (still printed oldest first).
+    pub limit: Option<u64>,
+}
+
+/// One reading.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// UNIX seconds with millisecond precision.
+    pub timestamp: f64,
+    pub device: String,
+    pub point: String,
+    pub value: Value,
+}
+
+/// One event: an availability change, a command, a gateway start or stop.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// UNIX seconds with millisecond precision.
+    pub timestamp: f64,
+    /// None for the gateway's own events.
+    pub device: Option<String>,
+    /// `availability`, `command` or `gateway`.
+    pub kind: String,
+    /// `online`/`offline`, `start`/`stop`, or for a command JSON `{"payload", "result"}`.
+    pub detail: String,
+}
+
+/// Why rows could not be shown.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// A bound value of a filter.
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+/// The WHERE clause (after `WHERE 1 = 1`) and its arguments for `filter`, with the column
+/// names of the table read (`device`, `point` and `ts` may be qualified).
+fn conditions(filter: &Filter, device: &str, point: Option<&str>, ts: &str) -> (String, Vec<Arg>) {
+    let mut sql = String::new();
+    let mut args = Vec::new();
+    if let Some(d) = &filter.device {
+        sql += &format!(" AND {device} = ?");
+        args.push(Arg::Text(d.clone()));
+    }
+    if let (Some(p), Some(col)) = (&filter.point, point) {
+        sql += &format!(" AND {col} = ?");
+        args.push(Arg::Text(p.clone()));
+    }
+    if let Some(t) = filter.since {
+        sql += &format!(" AND {ts} >= ?");
+        args.push(Arg::Int(millis(t)));
+    }
+    if let Some(t) = filter.until {
+        sql += &format!(" AND {ts} <= ?");
+        args.push(Arg::Int(millis(t)));
+    }
+    (sql, args)
+}
+
+/// `select` (whose last two columns are `ts` and `id`) ordered oldest first; with a limit,
+/// the newest `limit` rows, read backwards on the index and put back in order.
+fn ordered(select: String, limit: Option<u64>) -> String {
+    match limit {
+        None => format!("{select} ORDER BY ts, id"),
+        Some(n) => {
+            format!("SELECT * FROM ({select} ORDER BY ts DESC, id DESC LIMIT {n}) ORDER BY ts, id")
+        }
+    }
+}
+
+/// Runs `sql` with `args` and hands each row to `each`, as SQLite steps to it.
+async fn stream(
+    pool: &SqlitePool,
+    sql: String,
+    args: Vec<Arg>,
+    mut each: impl FnMut(&SqliteRow) -> Result<(), QueryError>,
+) -> Result<u64, QueryError> {
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for a in args {
+        q = match a {
+            Arg::Text(s) => q.bind(s),
+            Arg::Int(i) => q.bind(i),
+        };
+    }
+    let mut rows = q.fetch(pool);
+    let mut n = 0;
+    while let Some(row) = rows.try_next().await? {
+        each(&row)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// A reading's value from its `kind` and `value` columns (see migrations/0001_history.sql).
+pub(super) fn value_of(r: &SqliteRow, kind: usize, value: usize) -> Result<Value, sqlx::Error> {
+    Ok(match r.try_get::<i64, _>(kind)? {
+        0 => Value::Int(i128::from(r.try_get_unchecked::<i64, _>(value)?)),
+        4 => {
+            // Beyond i64: kept as decimal text so nothing is rounded.
+            let s: String = r.try_get_unchecked(value)?;
+            Value::Int(s.parse().unwrap_or_default())
+        }
+        1 => Value::Float(r.try_get_unchecked(value)?),
+        3 => Value::Bool(r.try_get_unchecked::<i64, _>(value)? != 0),
+        _ => Value::Text(r.try_get_unchecked(value)?),
+    })
+}
+
+fn seconds(ts_ms: i64) -> f64 {
+    ts_ms as f64 / 1000.0
+}
+
+/// Every reading matching `filter`, oldest first, handed to `each` one at a time.
+pub async fn each_reading(
+    pool: &SqlitePool,
+    filter: &Filter,
+    mut each: impl FnMut(Row) -> Result<(), QueryError>,
+) -> Result<u64, QueryError> {
+    let (cond, args) = conditions(filter, "s.device", Some("s.point"), "r.ts");
+    let sql = ordered(
+        format!(
+            "SELECT s.device, s.point, r.kind, r.value, r.ts AS ts, r.rowid AS id FROM readings r JOIN series s ON s.id = r.series WHERE 1 = 1{cond}"
+        ),
+        filter.limit,
+    );
+    stream(pool, sql, args, |r| {
+        each(Row {
+            timestamp: seconds(r.try_get(4)?),
+            device: r.try_get(0)?,
+            point: r.try_get(1)?,
+            value: value_of(r, 2, 3)?,
+        })
+    })
+    .await
+}
+
+/// Every event matching `filter` (its `point` does not apply), oldest first, handed to `each`.
+pub async fn each_event(
+    pool: &SqlitePool,
+    filter: &Filter,
+    mut each: impl FnMut(Event) -> Result<(), QueryError>,
+) -> Result<u64, QueryError> {
+    let (cond, args) = conditions(filter, "device", None, "ts");
+    let sql = ordered(
+        format!("SELECT device, kind, detail, ts, rowid AS id FROM events WHERE 1 = 1{cond}"),
+        filter.limit,
+    );
+    stream(pool, sql, args, |r| {
+        each(Event {
+            timestamp: seconds(r.try_get(3)?),
+            device: r.try_get(0)?,
+            kind: r.try_get(1)?,
+            detail: r.try_get(2)?,
+        })
+    })
+    .await
+}
+
+fn sql_only(e: QueryError) -> sqlx::Error {
+    match e {
+        QueryError::Sql(e) => e,
+        QueryError::Io(e) => sqlx::Error::Io(e),
+    }
+}
+
+/// The readings matching `filter`, oldest first, all in memory (for tests and small reads).
+pub async fn query(pool: &SqlitePool, filter: &Filter) -> Result<Vec<Row>, sqlx::Error> {
+    let mut out = Vec::new();
+    each_reading(pool, filter, |r| {
+        out.push(r);
+        Ok(())
+    })
+    .await
+    .map_err(sql_only)?;
+    Ok(out)
+}
+
+/// Every event (availability changes, commands, gateway start/stop), oldest first, in memory.
+pub async fn events(pool: &SqlitePool) -> Result<Vec<Event>, sqlx::Error> {
+    let mut out = Vec::new();
+    each_event(pool, &Filter::default(), |e| {
+        out.push(e);
+        Ok(())
+    })
+    .await
+    .map_err(sql_only)?;
+    Ok(out)
+}
+
+/// `--since`/`--until`: a duration ago (`1h`, `30m`) or an RFC 3339 time.
+pub fn parse_time(s: &str, now: SystemTime) -> Result<SystemTime, String> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        return now
+            .checked_sub(d)
+            .ok_or_else(|| format!("{s} ago is before 1970"));
+    }
+    humantime::parse_rfc3339_weak(s).map_err(|_| {
+        format!("invalid time \"{s}\"; expected a duration ago (1h, 30m) or an RFC 3339 time (2026-11-24T10:00:00Z)")
+    })
+}
+
+/// Output formats of `fieldbridge history`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn utc(timestamp: f64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis((timestamp * 1000.0).round() as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// A value as people read it: text bare, everything else as JSON.
+fn plain(v: &Value) -> String {
+    match v {
+        Value::Text(t) => t.clone(),
+        other => other.to_json().to_string(),
+    }
+}
+
+/// An event's detail as JSON: a command's `{"command": <its payload, as JSON when it was>,
+/// "result": <the result payload>}`, else the text (`online`, `stop`).
+fn detail_json(e: &Event) -> Json {
+    if e.kind != "command" {
+        return Json::String(e.detail.clone());
+    }
+    let stored: Json = serde_json::from_str(&e.detail).unwrap_or(Json::Null);
+    let parse = |key: &str| {
+        let text = stored[key].as_str().unwrap_or_default();
+        serde_json::from_str(text).unwrap_or_else(|_| Json::String(text.to_string()))
+    };
+    json!({"command": parse("payload"), "result": parse("result")})
+}
+
+/// An event's detail on one line: the text, or a command's payload and result.
+fn detail_line(e: &Event) -> String {
+    match detail_json(e) {
+        Json::String(s) => s,
+        j => format!("{} -> {}", j["command"], j["result"]),
+    }
+}
+
+/// Writes rows as they come: `json` is one array of `{"timestamp", "device", "point",
+/// "value"}` (events: `{"timestamp", "device", "event", "detail"}`); `csv` has the header
+/// `timestamp,device,point,value` (events: `timestamp,device,event,detail`); `table` is for
+/// people, with columns `widths` wide (device, point or event).
+pub struct Printer<W: Write> {
+    out: W,
+    format: Format,
+    events: bool,
+    widths: (usize, usize),
+    rows: u64,
+}
+
+impl<W: Write> Printer<W> {
+    pub fn new(out: W, format: Format, events: bool, widths: (usize, usize)) -> Self {
+        Printer {
+            out,
+            format,
+            events,
+            widths,
+            rows: 0,
+        }
+    }
+
+    fn begin(&mut self) -> io::Result<()> {
+        let (w_dev, w_2) = self.widths;
+        let second = if self.events { "event" } else { "point" };
+        let last = if self.events { "detail" } else { "value" };
+        match self.format {
+            Format::Json => write!(self.out, "["),
+            Format::Csv => writeln!(self.out, "timestamp,device,{second},{last}"),
+            Format::Table => writeln!(
+                self.out,
+                "{:<24}  {:<w_dev$}  {:<w_2$}  {last}",
+                "time (UTC)", "device", second
+            ),
+        }
+    }
+
+    /// One line: the time, the device, the second column and the last, each already in the
+    /// format's own form where it differs (`json` gets the whole object).
+    fn line(
+        &mut self,
+        timestamp: f64,
+        device: &str,
+        second: &str,
+        last: &str,
+        object: Json,
+    ) -> io::Result<()> {
+        if self.rows == 0 {
+            self.begin()?;
+        }
+        self.rows += 1;
+        let (w_dev, w_2) = self.widths;
+        match self.format {
+            Format::Json => {
+                if self.rows > 1 {
+                    write!(self.out, ",")?;
+                }
+                serde_json::to_writer(&mut self.out, &object).map_err(io::Error::other)
+            }
+            Format::Csv => writeln!(
+                self.out,
+                "{timestamp:.3},{},{},{last}",
+                csv_field(device),
+                csv_field(second)
+            ),
+            Format::Table => writeln!(
+                self.out,
+                "{:<24}  {device:<w_dev$}  {second:<w_2$}  {last}",
+                utc(timestamp)
+            ),
+        }
+    }
+
+    pub fn reading(&mut self, r: &Row) -> io::Result<()> {
+        let last = match (&r.value, self.format) {
+            (Value::Text(t), Format::Csv) => csv_field(t),
+            (v, _) => plain(v),
+        };
+        let object = json!({
+            "timestamp": r.timestamp,
+            "device": r.device,
+            "point": r.point,
+            "value": r.value.to_json(),
+        });
+        self.line(r.timestamp, &r.device, &r.point, &last, object)
+    }
+
+    pub fn event(&mut self, e: &Event) -> io::Result<()> {
+        let device = e.device.as_deref().unwrap_or("-");
+        let detail = match self.format {
+            // The command's JSON whole, quoted as CSV quotes.
+            Format::Csv => csv_field(&match detail_json(e) {
+                Json::String(s) => s,
+                j => j.to_string(),
+            }),
+            _ => detail_line(e),
+        };
+        let object = json!({
+            "timestamp": e.timestamp,
+            "device": e.device,
+            "event": e.kind,
+            "detail": detail_json(e),
+        });
+        self.line(e.timestamp, device, &e.kind, &detail, object)
+    }
+
+    /// Closes the output (the header alone when there were no rows); returns the row count.
+    pub fn finish(mut self) -> io::Result<u64> {
+        if self.rows == 0 {
+            self.begin()?;
+        }
+        if self.format == Format::Json {
+            writeln!(self.out, "]")?;
+        }
+        self.out.flush()?;
+        Ok(self.rows)
+    }
+}
+
+/// Column widths for the table: the longest device name and point (or event kind) among the
+/// rows `filter` may show, at least as wide as the headers.
+async fn widths(
+    pool: &SqlitePool,
+    filter: &Filter,
+    events: bool,
+) -> Result<(usize, usize), sqlx::Error> {
+    let (sql, args) = if events {
+        let (cond, args) = conditions(filter, "device", None, "ts");
+        (
+            format!("SELECT max(length(device)), max(length(kind)) FROM events WHERE 1 = 1{cond}"),
+            args,
+        )
+    } else {
+        // From the series: a handful of rows, where the readings may be millions.
+        let f = Filter {
+            since: None,
+            until: None,
+            ..filter.clone()
+        };
+        let (cond, args) = conditions(&f, "device", Some("point"), "ts");
+        (
+            format!("SELECT max(length(device)), max(length(point)) FROM series WHERE 1 = 1{cond}"),
+            args,
+        )
+    };
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for a in args {
+        q = match a {
+            Arg::Text(s) => q.bind(s),
+            Arg::Int(i) => q.bind(i),
+        };
+    }
+    let row = q.fetch_one(pool).await?;
+    let w = |i: usize, min: usize| {
+        row.try_get::<Option<i64>, _>(i)
+            .ok()
+            .flatten()
+            .map_or(min, |n| (n as usize).max(min))
+    };
+    // The headers: "device", and "point" or "event".
+    Ok((w(0, 6), w(1, 5)))
+}
+
+/// `fieldbridge history`: the readings (or with `events`, the events) matching `filter`,
+/// written to `out` as they are read. Returns how many.
+pub async fn print(
+    pool: &SqlitePool,
+    filter: &Filter,
+    events: bool,
+    format: Format,
+    out: impl Write,
+) -> Result<u64, QueryError> {
+    let widths = match format {
+        Format::Table => widths(pool, filter, events).await?,
+        _ => (0, 0),
+    };
+    let mut printer = Printer::new(out, format, events, widths);
+    if events {
+        each_event(pool, filter, |e| Ok(printer.event(&e)?)).await?;
+    } else {
+        each_reading(pool, filter, |r| Ok(printer.reading(&r)?)).await?;
+    }
+    Ok(printer.finish()?)
+}
