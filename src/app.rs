@@ -22,8 +22,9 @@ use crate::fleet::{self, Fleet};
 use crate::history::History;
 use crate::mqtt::{Incoming, Mqtt, MqttHandle, MqttSettings, Secret, TlsSettings};
 use crate::poller::Sink;
+use crate::topics::Topic;
 use crate::topics::Topics;
-use crate::{EXIT_CONFIG, EXIT_FAILURE, discovery, health, payload, systemd};
+use crate::{EXIT_CONFIG, EXIT_FAILURE, ha, health, payload, systemd};
 
 /// How long shutdown may take before the remaining tasks are abandoned. CONTRACT §5 asks for
 /// an exit within 2 s of SIGTERM; this leaves room for the runtime to wind down.
@@ -91,6 +92,7 @@ pub struct Gateway {
     topics: Topics,
     signals: Signals,
     history: sqlx::SqlitePool,
+    ephemeral: bool,
 }
 
 struct Signals {
@@ -125,6 +127,7 @@ pub async fn build(config_path: &Path) -> Result<Gateway, BuildError> {
         topics,
         signals,
         history,
+        ephemeral: false,
     })
 }
 
@@ -211,6 +214,14 @@ impl Gateway {
         self.handle.clone()
     }
 
+    /// Leaves nothing behind on the broker at a clean stop: the Home Assistant discovery
+    /// configs and the devices' retained state and availability are removed (`fieldbridge demo`
+    /// pointed at someone's broker).
+    pub fn ephemeral(mut self) -> Self {
+        self.ephemeral = true;
+        self
+    }
+
     /// Runs until SIGTERM/SIGINT (exit 0) or a core task fails (exit 1).
     pub async fn run(self) -> u8 {
         let shutdown = CancellationToken::new();
@@ -228,7 +239,9 @@ impl Gateway {
             topics,
             mut signals,
             history: history_pool,
+            ephemeral,
         } = self;
+        log_warnings(&config);
         let tracker = TaskTracker::new();
         // Core tasks report here when they die; the supervisor then stops everything.
         let (fatal_tx, mut fatal_rx) = mpsc::channel::<String>(4);
@@ -261,6 +274,9 @@ impl Gateway {
             ..Default::default()
         };
 
+        // Before the link runs, so that no change is missed.
+        let mut link_up = handle.connected();
+        let mut link_open = true;
         let mqtt_heartbeat = mqtt.heartbeat();
         let mqtt_token = shutdown.child_token();
         {
@@ -291,17 +307,8 @@ impl Gateway {
             });
         }
 
-        if config.homeassistant.discovery {
-            let configs = discovery::all(&config, &topics)
-                .into_iter()
-                .map(|(t, p)| (t, p.to_string()))
-                .collect();
-            bridge.set_discovery(configs);
-            handle.subscribe(&topics.homeassistant_status());
-            // The broker hands back the configs it retains; those of points that left the
-            // config are deleted.
-            handle.subscribe(&topics.discovery_filter());
-        }
+        // Discovery scans the broker at the first connection, then publishes.
+        let mut discovery = ha::Publisher::new(&config, &topics, handle.clone());
         let mut health_token = CancellationToken::new();
         tracker.spawn(health::run(
             fleet.health_sources(&health_base),
@@ -335,6 +342,7 @@ impl Gateway {
                 _ = signals.int.recv() => { info!("SIGINT: stopping"); break 0 }
                 _ = signals.hup.recv() => {
                     if let Some(mut new) = reload(&config_path, &config) {
+                        log_warnings(&new);
                         // Sections that need a restart keep their running values until then,
                         // so topics and the session stay consistent.
                         new.mqtt = config.mqtt.clone();
@@ -348,20 +356,9 @@ impl Gateway {
                         }
                         ctx.topics = std::sync::Arc::new(new_topics.clone());
                         bridge.set_topics(ctx.topics.clone());
+                        // Discovery first: an entity leaves Home Assistant before its state does.
+                        discovery.reload(&new, &new_topics);
                         fleet.apply(&config, &new, &ctx, &mut bridge).await;
-                        if new.homeassistant.discovery {
-                            let configs: Vec<(String, String)> = discovery::all(&new, &new_topics)
-                                .into_iter()
-                                .map(|(t, p)| (t, p.to_string()))
-                                .collect();
-                            // Points and devices that left: their configs are deleted.
-                            for (t, _) in bridge.discovery() {
-                                if !configs.iter().any(|(n, _)| n == t) {
-                                    handle.clear_retained(t.clone());
-                                }
-                            }
-                            bridge.set_discovery(configs);
-                        }
                         health_token.cancel();
                         health_token = CancellationToken::new();
                         tracker.spawn(health::run(
@@ -378,17 +375,35 @@ impl Gateway {
                     error!(error = %reason, "a core task failed; stopping");
                     break EXIT_FAILURE;
                 }
-                Some(msg) = incoming.recv() => bridge.handle(&msg.topic, &msg.payload),
+                Some(msg) = incoming.recv() => match ctx.topics.parse(&msg.topic) {
+                    Some(Topic::Command { .. }) => bridge.handle(&msg.topic, &msg.payload),
+                    Some(t) => discovery.handle(&t, &msg.topic, &msg.payload),
+                    None => tracing::debug!(topic = %msg.topic, "message on an unhandled topic"),
+                },
+                changed = link_up.changed(), if link_open => match changed {
+                    Ok(()) => discovery.on_link(*link_up.borrow_and_update()),
+                    Err(_) => link_open = false,
+                },
+                _ = sleep_until(discovery.deadline()) => discovery.on_deadline(),
                 _ = beat.tick() => main_heartbeat.beat(),
             }
         };
 
         systemd::stopping();
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+
         // 1. Stop polling (a poll already on the wire finishes), then the buses, which finish
         //    their in-flight transaction (writes included) and answer the rest.
         health_token.cancel();
         fleet.stop_all(deadline).await;
+        // 2. With nothing left to publish state: remove what an ephemeral gateway leaves.
+        if ephemeral {
+            discovery.remove_all();
+            for (name, dev) in &config.devices {
+                handle.clear_retained(ctx.topics.state(name, &dev.location));
+                handle.clear_retained(ctx.topics.availability(name, &dev.location));
+            }
+        }
         // 3. History: everything queued goes to disk.
         history.record_gateway("stop", std::time::SystemTime::now());
         history_token.cancel();
@@ -409,6 +424,21 @@ impl Gateway {
         }
         info!("fieldbridge stopped");
         code
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Logs what the config asks for that will not work as written (once per start or reload).
+fn log_warnings(config: &Config) {
+    for w in &config.warnings {
+        warn!("{w}");
     }
 }
 

@@ -73,8 +73,6 @@ pub struct Bridge {
     sink: Arc<dyn Sink>,
     pub stats: Arc<CommandStats>,
     warn_limit: RateLimit,
-    /// Home Assistant discovery configs, re-published when Home Assistant says it is online.
-    discovery: Vec<(String, String)>,
     history: Option<crate::history::HistoryHandle>,
 }
 
@@ -86,7 +84,6 @@ impl Bridge {
             sink,
             stats: Arc::new(CommandStats::default()),
             warn_limit: RateLimit::new(Duration::from_secs(10)),
-            discovery: Vec::new(),
             history: None,
         }
     }
@@ -96,19 +93,6 @@ impl Bridge {
         self.history = Some(h);
     }
 
-    /// Publishes the discovery configs now and whenever `{prefix}/status` says `online`.
-    pub fn set_discovery(&mut self, configs: Vec<(String, String)>) {
-        self.discovery = configs;
-        self.publish_discovery();
-    }
-
-    fn publish_discovery(&self) {
-        for (topic, payload) in &self.discovery {
-            self.sink.publish_retained(topic.clone(), payload.clone());
-        }
-    }
-
-    /// Registers a device's command queue.
     /// Forgets a device (it left the config, or its task restarts).
     pub fn remove_device(&mut self, name: &str) {
         self.devices.remove(name);
@@ -119,11 +103,7 @@ impl Bridge {
         self.topics = topics;
     }
 
-    /// The discovery configs published now.
-    pub fn discovery(&self) -> &[(String, String)] {
-        &self.discovery
-    }
-
+    /// Registers a device's command queue.
     pub fn add_device(
         &mut self,
         name: &str,
@@ -139,26 +119,11 @@ impl Bridge {
         );
     }
 
-    /// Handles one incoming message. Never blocks.
+    /// Handles a message on a command topic. Never blocks.
     pub fn handle(&mut self, topic: &str, payload: &[u8]) {
         let device = match self.topics.parse(topic) {
             Some(Topic::Command { device }) => device,
-            Some(Topic::HomeAssistantStatus) => {
-                if payload.eq_ignore_ascii_case(b"online") {
-                    debug!("Home Assistant is online; publishing discovery again");
-                    self.publish_discovery();
-                }
-                return;
-            }
-            Some(Topic::Discovery) => {
-                // Ours, retained from an earlier config: delete it if the point is gone.
-                if !payload.is_empty() && !self.discovery.iter().any(|(t, _)| t == topic) {
-                    tracing::info!(topic = %topic, "removing discovery of a point no longer configured");
-                    self.sink.clear_retained(topic.to_string());
-                }
-                return;
-            }
-            None => {
+            _ => {
                 debug!(topic = %topic, "message on an unhandled topic");
                 return;
             }

@@ -1,5 +1,6 @@
 //! Shared test harness: a real mosquitto per test on a free loopback port, a subscriber with
-//! bounded waits, the gateway as a subprocess, an sd_notify listener, certificates.
+//! bounded waits, the gateway as a subprocess, an sd_notify listener, certificates, Home
+//! Assistant.
 #![allow(
     dead_code,
     clippy::unwrap_used,
@@ -8,6 +9,7 @@
 )]
 
 pub mod gateway;
+pub mod home_assistant;
 pub mod modbus;
 pub mod mosquitto;
 pub mod notify;
