@@ -239,6 +239,13 @@ fn messages(
     }
 }
 
+fn modbus(config: &Config, dev: &DeviceConfig) -> bool {
+    config
+        .buses
+        .get(&dev.bus)
+        .is_some_and(|b| b.kind.is_modbus())
+}
+
 /// Every discovery config of `config`: the gateway's, then each device's.
 pub fn all(config: &Config, topics: &Topics) -> Vec<Message> {
     let gw = config.gateway.id.as_str();
@@ -258,7 +265,7 @@ pub fn all(config: &Config, topics: &Topics) -> Vec<Message> {
             &node(gw, name),
             device_block(gw, name, dev),
             device_availability(topics, name, dev),
-            entity::device(gw, topics, name, dev),
+            entity::device(gw, topics, name, dev, modbus(config, dev)),
         ));
     }
     out

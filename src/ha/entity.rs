@@ -365,8 +365,15 @@ pub fn refresh(gateway: &str, topics: &Topics, device: &str, dev: &DeviceConfig)
     }
 }
 
-/// Every entity of a device: its points, its actions, and `refresh`.
-pub fn device(gateway: &str, topics: &Topics, device: &str, dev: &DeviceConfig) -> Vec<Entity> {
+/// Every entity of a device: its points, its actions, and `refresh` where it reads something
+/// (Modbus devices; a serial device reports on its own and refuses `refresh`).
+pub fn device(
+    gateway: &str,
+    topics: &Topics,
+    device: &str,
+    dev: &DeviceConfig,
+    modbus: bool,
+) -> Vec<Entity> {
     let mut out: Vec<Entity> = dev
         .points
         .iter()
@@ -377,7 +384,9 @@ pub fn device(gateway: &str, topics: &Topics, device: &str, dev: &DeviceConfig) 
             .iter()
             .filter_map(|(n, a)| action(gateway, topics, device, dev, n, a)),
     );
-    out.push(refresh(gateway, topics, device, dev));
+    if modbus {
+        out.push(refresh(gateway, topics, device, dev));
+    }
     out
 }
 
