@@ -228,8 +228,10 @@ impl Gateway {
         self.run_until(shutdown).await
     }
 
-    /// Runs until `shutdown` is cancelled, a signal arrives, or a core task fails.
-    pub async fn run_until(self, shutdown: CancellationToken) -> u8 {
+    /// Runs until `stop` is cancelled, a signal arrives, or a core task fails; then stops in
+    /// order, as for SIGTERM (`stop` is not the tasks' own token: MQTT must outlive the rest).
+    pub async fn run_until(self, stop: CancellationToken) -> u8 {
+        let shutdown = CancellationToken::new();
         let Gateway {
             mut config,
             config_path,
@@ -337,7 +339,7 @@ impl Gateway {
         let mut beat = tokio::time::interval(Duration::from_secs(1));
         let code = loop {
             tokio::select! {
-                _ = shutdown.cancelled() => break 0,
+                _ = stop.cancelled() => break 0,
                 _ = signals.term.recv() => { info!("SIGTERM: stopping"); break 0 }
                 _ = signals.int.recv() => { info!("SIGINT: stopping"); break 0 }
                 _ = signals.hup.recv() => {

@@ -400,3 +400,21 @@ fn history_max_size_takes_sizes_with_units_and_refuses_nonsense() {
         "config.toml:2:12: history.max_size: too small; at least 64KiB",
     );
 }
+
+#[test]
+fn home_assistant_keys_are_checked() {
+    let text = format!(
+        "{BUS}[homeassistant]\nmode = \"devices\"\n[devices.d]\nbus = \"plc\"\nunit = 1\n[devices.d.points.t]\nregister = \"input:0\"\nentity_category = \"config\"\nicon = \"thermometer\"\n"
+    );
+    let (code, stderr, _) = check(&text);
+    assert_eq!(code, 78, "{stderr}");
+    assert_eq!(
+        errors(&stderr),
+        vec![
+            "config.toml:5:8: homeassistant.mode: unknown mode \"devices\"; expected device or entity",
+            "config.toml:11:19: devices.d.points.t.entity_category: Home Assistant refuses entity_category \"config\" on a read-only point (a sensor); use \"diagnostic\", or make the point writable",
+            "config.toml:12:8: devices.d.points.t.icon: icon \"thermometer\" needs a prefix, as in \"mdi:thermometer\"",
+        ],
+        "{stderr}"
+    );
+}
