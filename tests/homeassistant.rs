@@ -663,15 +663,16 @@ async fn the_start_up_scan_leaves_nothing_queued_in_the_persistent_session() {
 /// or availability at its old topics; a new prefix gets its `status` subscribed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_remove_configs_and_old_topics_and_follow_a_new_prefix() {
-    let broker = Mosquitto::start();
+    let mut broker = Mosquitto::start();
     let fake = common::modbus::FakeModbus::new();
     fake.set_holding(1, 0, &[5]);
     let plc = fake.serve_tcp().await;
     let dir = tempfile::tempdir().unwrap();
+    let port = broker.port;
     let text = |ha: &str, location: &str| {
         format!(
             "[gateway]\nid = \"rl\"\nbase_topic = \"t\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n[history]\npath = \"{}/h.db\"\n[homeassistant]\n{ha}\n[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{plc}\"\n[devices.d]\nbus = \"plc\"\nunit = 1\npoll = \"200ms\"\nlocation = \"{location}\"\n[devices.d.points.v]\nregister = \"holding:0\"\n",
-            broker.port,
+            port,
             dir.path().display()
         )
     };
@@ -726,6 +727,37 @@ async fn reloads_remove_configs_and_old_topics_and_follow_a_new_prefix() {
         )
         .is_some()
     );
+
+    // Nor does the link's re-publish cache keep them: a broker restarted without its retained
+    // messages gets the new topics back, not the old.
+    broker.restart();
+    assert!(
+        wait_retained(
+            broker.port,
+            "t/garage/device/d/availability",
+            |p| p.contains("online"),
+            WAIT
+        )
+        .is_some(),
+        "{}",
+        gw.log()
+    );
+    assert!(
+        wait_retained(
+            broker.port,
+            "homeassistant/device/rl_d/config",
+            |_| true,
+            WAIT
+        )
+        .is_some()
+    );
+    for old in ["t/lab/device/d/state", "t/lab/device/d/availability"] {
+        assert_eq!(
+            retained(broker.port, old),
+            None,
+            "{old} re-published from the cache"
+        );
+    }
 
     // A new prefix: configs move there, and its status re-publishes them.
     std::fs::write(&gw.config_path, text("prefix = \"ha2\"", "garage")).unwrap();
