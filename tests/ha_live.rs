@@ -28,7 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::gateway::{GatewayProcess, InProcess};
-use common::home_assistant::{self, HomeAssistant};
+use common::home_assistant::{
+    self, EVERY_COMPONENT, HomeAssistant, discovery_topics, ours_on_broker,
+};
 use common::modbus::FakeModbus;
 use common::mosquitto::{Mosquitto, Subscriber};
 use common::pty::SocatPair;
@@ -164,104 +166,6 @@ fn entity_ids(config_text: &str) -> BTreeMap<String, String> {
     out
 }
 
-const METER: &str = r#"
-[devices.meter]
-bus = "plc"
-unit = 1
-poll = "500ms"
-name = "Meter"
-manufacturer = "Acme"
-model = "M-3"
-[devices.meter.points.3phase]
-register = "input:0"
-[devices.meter.points.l1-power]
-register = "input:1"
-type = "i16"
-scale = 0.1
-unit = "W"
-device_class = "power"
-[devices.meter.points.values]
-register = "input:2"
-[devices.meter.points.items]
-register = "input:3"
-[devices.meter.points.keys]
-register = "input:4"
-[devices.meter.points.get]
-register = "input:5"
-[devices.meter.points.energy]
-register = "input:6"
-type = "u32"
-scale = 0.01
-unit = "kWh"
-device_class = "energy"
-[devices.meter.points.phase]
-register = "input:8"
-map = { 0 = "idle", 1 = "run" }
-[devices.meter.points.serial]
-register = "holding:30"
-type = "string"
-length = 2
-[devices.meter.points.alarm]
-register = "discrete:0"
-device_class = "problem"
-[devices.meter.points.update]
-register = "discrete:1"
-[devices.meter.points.broken]
-register = "coil:40"
-[devices.meter.points.setpoint]
-register = "holding:10"
-scale = 0.5
-writable = true
-min = 5
-max = 80
-unit = "°C"
-device_class = "temperature"
-[devices.meter.points.level]
-register = "holding:11"
-writable = true
-[devices.meter.points.pop]
-register = "holding:12"
-type = "i16"
-writable = true
-entity_category = "config"
-[devices.meter.points.copy]
-register = "coil:0"
-writable = true
-icon = "mdi:content-copy"
-[devices.meter.points.state]
-register = "coil:1"
-writable = true
-map = { 0 = "off", 1 = "on" }
-[devices.meter.points.program]
-register = "holding:13"
-writable = true
-map = { 0 = "eco", 1 = 'say "hi"', 2 = "it's" }
-[devices.meter.actions.boost]
-set = { program = "eco" }
-[devices.dead]
-bus = "plc"
-unit = 2
-poll = "500ms"
-offline_after = 2
-[devices.dead.points.temp]
-register = "input:0"
-[devices.weather]
-bus = "usb"
-[devices.weather.points.temperature]
-field = "temp"
-unit = "°C"
-device_class = "temperature"
-[devices.weather.points.humidity]
-field = "hum"
-unit = "%"
-device_class = "humidity"
-[devices.weather.actions.led]
-send = "LED {value}"
-expect = "^OK"
-[devices.weather.actions.beep]
-send = "BEEP"
-"#;
-
 fn gateway_config(mqtt: u16, id: &str, ha: &str, buses: &str, devices: &str) -> String {
     format!(
         "[gateway]\nid = \"{id}\"\nbase_topic = \"t\"\nhealth_interval = \"2s\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt}\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n[history]\npath = \"{{dir}}/h.db\"\n[homeassistant]\n{ha}\n{buses}\n{devices}"
@@ -324,7 +228,7 @@ fn every_component_shows_its_value_and_takes_commands(
         "[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{plc}\"\ntimeout = \"300ms\"\nretries = 0\n[buses.usb]\nkind = \"serial\"\nport = \"{}\"\nformat = \"json\"\n",
         cable.path_str()
     );
-    let text = gateway_config(broker.port, "hagw", "", &buses, METER);
+    let text = gateway_config(broker.port, "hagw", "", &buses, EVERY_COMPONENT);
     let results = Subscriber::connect(broker.port, "t/+/device/+/command/result");
     let gw = rt.block_on(InProcess::start(&text));
 
@@ -545,23 +449,6 @@ fn two_gateways_keep_their_entities_through_restarts(
     rt.block_on(g2.stop());
 }
 
-/// Configs on the broker that name gateway `id`.
-fn ours_on_broker(port: u16, id: &str) -> Vec<String> {
-    let out = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-t", "homeassistant/#", "-v", "-W", "2", "--retained-only"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (topic, payload) = l.split_once(' ')?;
-            let json: Json = serde_json::from_str(payload).ok()?;
-            (fieldbridge::ha::owner::owner(&json) == Some(id)).then(|| topic.to_string())
-        })
-        .collect()
-}
-
 fn switching_modes_keeps_entity_ids_and_leaves_no_orphans(ha: &HomeAssistant, broker: &Mosquitto) {
     let text = |mode: &str| {
         gateway_config(
@@ -574,20 +461,10 @@ fn switching_modes_keeps_entity_ids_and_leaves_no_orphans(ha: &HomeAssistant, br
     };
     let ids = entity_ids(&text("entity"));
     let settle = |mode: &str, gw: &GatewayProcess| -> BTreeMap<String, String> {
-        let config = fieldbridge::config::parse(
-            &text(mode).replace("{dir}", "/tmp"),
-            std::path::Path::new("c.toml"),
-        )
-        .unwrap();
-        let mut want: Vec<String> = discovery::all(&config, &Topics::new(&config))
-            .into_iter()
-            .map(|m| m.topic)
-            .collect();
-        want.sort();
+        let want = discovery_topics(&text(mode));
         let deadline = Instant::now() + WAIT;
         loop {
-            let mut on_broker = ours_on_broker(broker.port, "modes");
-            on_broker.sort();
+            let on_broker: Vec<String> = ours_on_broker(broker.port, "modes").into_keys().collect();
             if on_broker == want {
                 break;
             }

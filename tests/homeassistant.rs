@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::gateway::{GatewayProcess, InProcess};
-use common::home_assistant::{self, Render};
+use common::home_assistant::{self, EVERY_COMPONENT, Render, discovery_topics, ours_on_broker};
 use common::mosquitto::{Mosquitto, Subscriber, publish, retained, wait_retained};
 use fieldbridge::command::{self, CommandKind};
 use fieldbridge::config::Config;
@@ -31,9 +31,8 @@ use serde_json::{Value as Json, json};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// Every component, and point names that are Jinja syntax (`3phase`, `l1-power`) or dict
-/// methods (`values`, `items`, `keys`, `get`, `update`, `pop`, `copy`, `clear`).
-const EDGE: &str = r#"
+/// The gateway around `EVERY_COMPONENT`, in `mode`.
+const GATEWAY: &str = r#"
 [gateway]
 id = "gw"
 base_topic = "home"
@@ -45,86 +44,11 @@ address = "127.0.0.1:502"
 [buses.usb]
 kind = "serial"
 port = "/dev/ttyACM0"
-[devices.meter]
-bus = "plc"
-unit = 1
-location = "basement"
-name = "Meter"
-[devices.meter.points.3phase]
-register = "input:0"
-[devices.meter.points.l1-power]
-register = "input:1"
-type = "i16"
-scale = 0.1
-unit = "W"
-device_class = "power"
-[devices.meter.points.values]
-register = "input:2"
-[devices.meter.points.items]
-register = "input:3"
-[devices.meter.points.keys]
-register = "input:4"
-[devices.meter.points.get]
-register = "input:5"
-[devices.meter.points.energy]
-register = "input:6"
-type = "u32"
-scale = 0.01
-unit = "kWh"
-device_class = "energy"
-[devices.meter.points.phase]
-register = "input:8"
-map = { 0 = "idle", 1 = "run" }
-[devices.meter.points.serial]
-register = "holding:30"
-type = "string"
-length = 2
-[devices.meter.points.alarm]
-register = "discrete:0"
-[devices.meter.points.update]
-register = "discrete:1"
-[devices.meter.points.setpoint]
-register = "holding:10"
-scale = 0.5
-writable = true
-min = 5
-max = 80
-[devices.meter.points.level]
-register = "holding:11"
-writable = true
-[devices.meter.points.pop]
-register = "holding:12"
-type = "i16"
-writable = true
-[devices.meter.points.copy]
-register = "coil:0"
-writable = true
-[devices.meter.points.state]
-register = "coil:1"
-writable = true
-map = { 0 = "off", 1 = "on" }
-[devices.meter.points.program]
-register = "holding:13"
-writable = true
-map = { 0 = "eco", 1 = 'say "hi"', 2 = "it's" }
-[devices.meter.actions.boost]
-set = { program = "eco" }
-[devices.weather]
-bus = "usb"
-[devices.weather.points.temperature]
-field = "temp"
-unit = "°C"
-device_class = "temperature"
-[devices.weather.points.clear]
-field = "clear"
-[devices.weather.actions.led]
-send = "LED {value}"
-[devices.weather.actions.beep]
-send = "BEEP"
 "#;
 
 fn edge(mode: &str) -> Config {
-    fieldbridge::config::parse(&EDGE.replace("MODE", mode), Path::new("edge.toml")).unwrap()
+    let text = GATEWAY.replace("MODE", mode) + EVERY_COMPONENT;
+    fieldbridge::config::parse(&text, Path::new("edge.toml")).unwrap()
 }
 
 /// The device states we publish, by device, with what Home Assistant must show for each point
@@ -151,13 +75,15 @@ fn states() -> BTreeMap<&'static str, Vec<(&'static str, Value, &'static str)>> 
                 ("copy", Value::Bool(false), "OFF"),
                 ("state", Value::Text("on".into()), "on"),
                 ("program", Value::Text("say \"hi\"".into()), "say \"hi\""),
+                ("broken", Value::Bool(true), "ON"),
             ],
         ),
+        ("dead", vec![("temp", Value::Int(20), "20")]),
         (
             "weather",
             vec![
                 ("temperature", Value::Float(21.5), "21.5"),
-                ("clear", Value::Text("yes".into()), "yes"),
+                ("humidity", Value::Int(40), "40"),
             ],
         ),
     ])
@@ -477,24 +403,6 @@ async fn the_gateways_health_entities_render_against_the_health_it_publishes() {
         h["buses"]["plc"]["timeouts"].as_u64().unwrap() > 0,
         "{health}"
     );
-}
-
-/// Ours on the broker now: every retained config under `homeassistant/` whose payload names
-/// gateway `id`.
-fn ours_on_broker(port: u16, id: &str) -> BTreeMap<String, Json> {
-    let out = std::process::Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-t", "homeassistant/#", "-v", "-W", "2", "--retained-only"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (topic, payload) = l.split_once(' ')?;
-            let json: Json = serde_json::from_str(payload).ok()?;
-            (fieldbridge::ha::owner::owner(&json) == Some(id)).then(|| (topic.to_string(), json))
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -825,14 +733,7 @@ async fn switching_modes_migrates_in_order_and_leaves_no_orphan_configs() {
     {
         sub.clear();
         let gw = InProcess::start(text).await;
-        let config =
-            fieldbridge::config::parse(&text.replace("{dir}", "/tmp"), Path::new("c.toml"))
-                .unwrap();
-        let mut want: Vec<String> = discovery::all(&config, &Topics::new(&config))
-            .into_iter()
-            .map(|m| m.topic)
-            .collect();
-        want.sort();
+        let want = discovery_topics(text);
         let deadline = Instant::now() + WAIT;
         loop {
             let topics: Vec<String> = ours_on_broker(broker.port, "mg").into_keys().collect();

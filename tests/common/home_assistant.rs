@@ -48,6 +48,139 @@ pub fn venv(test: &str) -> Option<PathBuf> {
     Some(venv)
 }
 
+/// Devices with every component and the point names that trip Jinja: syntax (`3phase`,
+/// `l1-power`) and dict methods (`values`, `items`, `keys`, `get`, `update`, `pop`, `copy`); a
+/// point whose read the simulator refuses (`broken`), a device nobody answers for (`dead`), a
+/// serial device with `send` actions. Buses `plc` (Modbus TCP) and `usb` (serial).
+pub const EVERY_COMPONENT: &str = r#"
+[devices.meter]
+bus = "plc"
+unit = 1
+poll = "500ms"
+name = "Meter"
+manufacturer = "Acme"
+model = "M-3"
+[devices.meter.points.3phase]
+register = "input:0"
+[devices.meter.points.l1-power]
+register = "input:1"
+type = "i16"
+scale = 0.1
+unit = "W"
+device_class = "power"
+[devices.meter.points.values]
+register = "input:2"
+[devices.meter.points.items]
+register = "input:3"
+[devices.meter.points.keys]
+register = "input:4"
+[devices.meter.points.get]
+register = "input:5"
+[devices.meter.points.energy]
+register = "input:6"
+type = "u32"
+scale = 0.01
+unit = "kWh"
+device_class = "energy"
+[devices.meter.points.phase]
+register = "input:8"
+map = { 0 = "idle", 1 = "run" }
+[devices.meter.points.serial]
+register = "holding:30"
+type = "string"
+length = 2
+[devices.meter.points.alarm]
+register = "discrete:0"
+device_class = "problem"
+[devices.meter.points.update]
+register = "discrete:1"
+[devices.meter.points.broken]
+register = "coil:40"
+[devices.meter.points.setpoint]
+register = "holding:10"
+scale = 0.5
+writable = true
+min = 5
+max = 80
+unit = "°C"
+device_class = "temperature"
+[devices.meter.points.level]
+register = "holding:11"
+writable = true
+[devices.meter.points.pop]
+register = "holding:12"
+type = "i16"
+writable = true
+entity_category = "config"
+[devices.meter.points.copy]
+register = "coil:0"
+writable = true
+icon = "mdi:content-copy"
+[devices.meter.points.state]
+register = "coil:1"
+writable = true
+map = { 0 = "off", 1 = "on" }
+[devices.meter.points.program]
+register = "holding:13"
+writable = true
+map = { 0 = "eco", 1 = 'say "hi"', 2 = "it's" }
+[devices.meter.actions.boost]
+set = { program = "eco" }
+[devices.dead]
+bus = "plc"
+unit = 2
+poll = "500ms"
+offline_after = 2
+[devices.dead.points.temp]
+register = "input:0"
+[devices.weather]
+bus = "usb"
+[devices.weather.points.temperature]
+field = "temp"
+unit = "°C"
+device_class = "temperature"
+[devices.weather.points.humidity]
+field = "hum"
+unit = "%"
+device_class = "humidity"
+[devices.weather.actions.led]
+send = "LED {value}"
+expect = "^OK"
+[devices.weather.actions.beep]
+send = "BEEP"
+"#;
+
+/// Every retained discovery config under `homeassistant/` whose payload names gateway `id`
+/// (ownership as the gateway itself reads it), by topic.
+pub fn ours_on_broker(port: u16, id: &str) -> std::collections::BTreeMap<String, Json> {
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-t", "homeassistant/#", "-v", "-W", "2", "--retained-only"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (topic, payload) = l.split_once(' ')?;
+            let json: Json = serde_json::from_str(payload).ok()?;
+            (fieldbridge::ha::owner::owner(&json) == Some(id)).then(|| (topic.to_string(), json))
+        })
+        .collect()
+}
+
+/// The discovery topics of a config text (a `{dir}` placeholder allowed), sorted.
+pub fn discovery_topics(config_text: &str) -> Vec<String> {
+    let text = config_text.replace("{dir}", "/tmp");
+    let config = fieldbridge::config::parse(&text, Path::new("c.toml")).unwrap();
+    let topics = fieldbridge::topics::Topics::new(&config);
+    let mut out: Vec<String> = fieldbridge::ha::discovery::all(&config, &topics)
+        .into_iter()
+        .map(|m| m.topic)
+        .collect();
+    out.sort();
+    out
+}
+
 /// What Home Assistant's template engine made of one template.
 #[derive(Debug, Clone)]
 pub struct Rendered {
