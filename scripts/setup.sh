@@ -3,8 +3,10 @@
 # (bundled SQLite, ring), mosquitto and its clients (the tests start their own broker on a free
 # loopback port), openssl (test certificates), socat (pseudo-terminal pairs standing in for
 # RS-485 cables) and a Rust toolchain (rustup, when cargo is missing); with `--tests`, also
-# debootstrap and cargo-deb, which the package test (tests/packaging.rs) uses, and PostgreSQL
-# for the history forwarding tests (tests/forward.rs), started and reachable as below.
+# debootstrap and cargo-deb, which the package test (tests/packaging.rs) uses, PostgreSQL for
+# the history forwarding tests (tests/forward.rs), started and reachable as below, and Home
+# Assistant in a venv of its own for the Home Assistant tests (tests/homeassistant.rs,
+# tests/ha_live.rs).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 tests=false
@@ -30,6 +32,9 @@ if $tests; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || packages+=(postgresql)
   need make-ssl-cert ssl-cert
 fi
+# tests/ha_live.rs runs Home Assistant in a private network namespace.
+$tests && need unshare util-linux
+$tests && need ip iproute2
 # The system CA bundle: the default roots for an mqtts:// broker (and for the TLS tests).
 [ -f /etc/ssl/certs/ca-certificates.crt ] || packages+=(ca-certificates)
 
@@ -91,4 +96,30 @@ export PATH="$HOME/.cargo/bin:$PATH"
 if $tests && ! cargo deb --version >/dev/null 2>&1; then
   echo "setup: installing cargo-deb"
   cargo install cargo-deb --locked --quiet
+fi
+
+# Home Assistant for the tests, from PyPI, pinned (tests/ha/constraints.txt): a venv outside the
+# repository (~850 MB, about 5 minutes to make), made again only when the pins change.
+# FIELDBRIDGE_HA_VENV puts it elsewhere. Home Assistant 2025.4 needs Python 3.13.
+if $tests; then
+  ha_version=2025.4.4
+  constraints="$(cd "$(dirname "$0")/.." && pwd)/tests/ha/constraints.txt"
+  ha_venv="${FIELDBRIDGE_HA_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/fieldbridge/ha-$ha_version}"
+  if ! cmp -s "$constraints" "$ha_venv/.fieldbridge-constraints"; then
+    python=""
+    for p in "$(pyenv root 2>/dev/null)/versions/3.13.0/bin/python" \
+             "$HOME/.pyenv/versions/3.13.0/bin/python" "$(command -v python3.13 || true)"; do
+      if [ -x "$p" ]; then python="$p"; break; fi
+    done
+    if [ -z "$python" ]; then
+      echo "setup: Home Assistant $ha_version needs Python 3.13 (pyenv install 3.13.0)" >&2
+      exit 1
+    fi
+    echo "setup: installing Home Assistant $ha_version in $ha_venv"
+    rm -rf "$ha_venv"
+    "$python" -m venv "$ha_venv"
+    "$ha_venv/bin/pip" install --quiet --disable-pip-version-check -c "$constraints" \
+      "homeassistant==$ha_version" home-assistant-frontend paho-mqtt
+    cp "$constraints" "$ha_venv/.fieldbridge-constraints"
+  fi
 fi

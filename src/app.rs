@@ -23,8 +23,9 @@ use crate::device::Sink;
 use crate::fleet::{self, Fleet};
 use crate::history::{ForwardLink, Forwarder, History, HistoryHandle};
 use crate::mqtt::{Incoming, Mqtt, MqttHandle, MqttSettings, Secret, TlsSettings};
+use crate::topics::Topic;
 use crate::topics::Topics;
-use crate::{EXIT_CONFIG, EXIT_FAILURE, discovery, health, payload, systemd};
+use crate::{EXIT_CONFIG, EXIT_FAILURE, ha, health, payload, systemd};
 
 /// How long the stop may take in all. With the runtime's 200 ms to wind down, the process is
 /// gone within 2 s of SIGTERM (CONTRACT §5), however many devices are dead.
@@ -106,6 +107,8 @@ pub struct Gateway {
     command_log: Option<crate::history::CommandLog>,
     /// The central database's driver options, with `[history.forward]`.
     forward: Option<sqlx::postgres::PgConnectOptions>,
+    /// `demo`: remove discovery, state and availability when it stops.
+    ephemeral: bool,
 }
 
 struct Signals {
@@ -173,6 +176,7 @@ pub async fn build(config_path: &Path) -> Result<Gateway, BuildError> {
         history,
         command_log,
         forward,
+        ephemeral: false,
     })
 }
 
@@ -274,14 +278,24 @@ impl Gateway {
         self.handle.clone()
     }
 
+    /// Leaves nothing behind on the broker at a clean stop: the Home Assistant discovery
+    /// configs and the devices' retained state and availability are removed (`fieldbridge demo`
+    /// pointed at someone's broker).
+    pub fn ephemeral(mut self) -> Self {
+        self.ephemeral = true;
+        self
+    }
+
     /// Runs until SIGTERM/SIGINT (exit 0) or a core task fails (exit 1).
     pub async fn run(self) -> u8 {
         let shutdown = CancellationToken::new();
         self.run_until(shutdown).await
     }
 
-    /// Runs until `shutdown` is cancelled, a signal arrives, or a core task fails.
-    pub async fn run_until(self, shutdown: CancellationToken) -> u8 {
+    /// Runs until `stop` is cancelled, a signal arrives, or a core task fails; then stops in
+    /// order, as for SIGTERM (`stop` is not the tasks' own token: MQTT must outlive the rest).
+    pub async fn run_until(self, stop: CancellationToken) -> u8 {
+        let shutdown = CancellationToken::new();
         let Gateway {
             mut config,
             config_path,
@@ -293,7 +307,9 @@ impl Gateway {
             history: history_pool,
             command_log,
             forward,
+            ephemeral,
         } = self;
+        log_warnings(&config);
         let tracker = TaskTracker::new();
         // Core tasks report here when they die; the supervisor then stops everything.
         let (fatal_tx, mut fatal_rx) = mpsc::channel::<String>(4);
@@ -354,6 +370,9 @@ impl Gateway {
             ..Default::default()
         };
 
+        // Before the link runs, so that no change is missed.
+        let mut link_up = handle.connected();
+        let mut link_open = true;
         let mqtt_heartbeat = mqtt.heartbeat();
         let mqtt_token = shutdown.child_token();
         {
@@ -384,17 +403,8 @@ impl Gateway {
             });
         }
 
-        if config.homeassistant.discovery {
-            let configs = discovery::all(&config, &topics)
-                .into_iter()
-                .map(|(t, p)| (t, p.to_string()))
-                .collect();
-            bridge.set_discovery(configs);
-            handle.subscribe(&topics.homeassistant_status());
-            // The broker hands back the configs it retains; those of points that left the
-            // config are deleted.
-            handle.subscribe(&topics.discovery_filter());
-        }
+        // Discovery scans the broker at the first connection, then publishes.
+        let mut discovery = ha::Publisher::new(&config, &topics, handle.clone());
         let mut health_token = CancellationToken::new();
         tracker.spawn(health::run(
             fleet.health_sources(&health_base),
@@ -424,11 +434,12 @@ impl Gateway {
         let mut beat = tokio::time::interval(Duration::from_secs(1));
         let code = loop {
             tokio::select! {
-                _ = shutdown.cancelled() => break 0,
+                _ = stop.cancelled() => break 0,
                 _ = signals.term.recv() => { info!("SIGTERM: stopping"); break 0 }
                 _ = signals.int.recv() => { info!("SIGINT: stopping"); break 0 }
                 _ = signals.hup.recv() => {
                     if let Some(mut new) = reload(&config_path, &config) {
+                        log_warnings(&new);
                         // Sections that need a restart keep their running values until then,
                         // so topics and the session stay consistent.
                         new.mqtt = config.mqtt.clone();
@@ -442,20 +453,9 @@ impl Gateway {
                         }
                         ctx.topics = std::sync::Arc::new(new_topics.clone());
                         bridge.set_topics(ctx.topics.clone());
+                        // Discovery first: an entity leaves Home Assistant before its state does.
+                        discovery.reload(&new, &new_topics);
                         fleet.apply(&config, &new, &ctx, &mut bridge).await;
-                        if new.homeassistant.discovery {
-                            let configs: Vec<(String, String)> = discovery::all(&new, &new_topics)
-                                .into_iter()
-                                .map(|(t, p)| (t, p.to_string()))
-                                .collect();
-                            // Points and devices that left: their configs are deleted.
-                            for (t, _) in bridge.discovery() {
-                                if !configs.iter().any(|(n, _)| n == t) {
-                                    handle.clear_retained(t.clone());
-                                }
-                            }
-                            bridge.set_discovery(configs);
-                        }
                         health_token.cancel();
                         health_token = CancellationToken::new();
                         tracker.spawn(health::run(
@@ -472,7 +472,20 @@ impl Gateway {
                     error!(error = %reason, "a core task failed; stopping");
                     break EXIT_FAILURE;
                 }
-                Some(msg) = incoming.recv() => bridge.handle(&msg),
+                Some(msg) = incoming.recv() => match ctx.topics.parse(&msg.topic) {
+                    Some(Topic::Command { .. }) | None => bridge.handle(&msg),
+                    Some(t) => {
+                        discovery.handle(&t, &msg.topic, &msg.payload);
+                        if let Some(a) = msg.ack {
+                            handle.ack(a);
+                        }
+                    }
+                },
+                changed = link_up.changed(), if link_open => match changed {
+                    Ok(()) => discovery.on_link(*link_up.borrow_and_update()),
+                    Err(_) => link_open = false,
+                },
+                _ = sleep_until(discovery.deadline()) => discovery.on_deadline(),
                 _ = beat.tick() => main_heartbeat.beat(),
             }
         };
@@ -488,7 +501,15 @@ impl Gateway {
         //    what waits is answered "stopped" (and its commands left to the broker).
         health_token.cancel();
         fleet.stop_all(started + STOP_DEVICES).await;
-        // 2. History: everything queued goes to disk; then the forwarder sends what it can of
+        // 2. With nothing left to publish state: remove what an ephemeral gateway leaves.
+        if ephemeral {
+            discovery.remove_all();
+            for (name, dev) in &config.devices {
+                handle.clear_retained(ctx.topics.state(name, &dev.location));
+                handle.clear_retained(ctx.topics.availability(name, &dev.location));
+            }
+        }
+        // 3. History: everything queued goes to disk; then the forwarder sends what it can of
         //    the last rows within the history's share (the rest goes at the next start).
         history.record_gateway("stop", std::time::SystemTime::now());
         history_token.cancel();
@@ -504,7 +525,7 @@ impl Gateway {
                 warn!("shutdown: history forwarding did not stop in time");
             }
         }
-        // 3. MQTT publishes `offline` and disconnects.
+        // 4. MQTT publishes `offline` and disconnects.
         shutdown.cancel();
         tracker.close();
         if tokio::time::timeout_at(until(end, STOP_MQTT), tracker.wait())
@@ -515,6 +536,21 @@ impl Gateway {
         }
         info!("fieldbridge stopped");
         code
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Logs what the config asks for that will not work as written (once per start or reload).
+fn log_warnings(config: &Config) {
+    for w in &config.warnings {
+        warn!("{w}");
     }
 }
 

@@ -32,8 +32,6 @@ pub struct Bridge {
     pub stats: Arc<CommandStats>,
     /// Refusal log lines, rate-limited per device and reason.
     refusals: RateLimits,
-    /// Home Assistant discovery configs, re-published when Home Assistant says it is online.
-    discovery: Vec<(String, String)>,
     history: Option<crate::history::HistoryHandle>,
 }
 
@@ -45,7 +43,6 @@ impl Bridge {
             sink,
             stats: Arc::new(CommandStats::default()),
             refusals: RateLimits::new(REFUSAL_LOG_EVERY),
-            discovery: Vec::new(),
             history: None,
         }
     }
@@ -55,19 +52,6 @@ impl Bridge {
         self.history = Some(h);
     }
 
-    /// Publishes the discovery configs now and whenever `{prefix}/status` says `online`.
-    pub fn set_discovery(&mut self, configs: Vec<(String, String)>) {
-        self.discovery = configs;
-        self.publish_discovery();
-    }
-
-    fn publish_discovery(&self) {
-        for (topic, payload) in &self.discovery {
-            self.sink.publish_retained(topic.clone(), payload.clone());
-        }
-    }
-
-    /// Registers a device's command queue.
     /// Forgets a device (it left the config, or its task restarts).
     pub fn remove_device(&mut self, name: &str) {
         self.devices.remove(name);
@@ -78,11 +62,7 @@ impl Bridge {
         self.topics = topics;
     }
 
-    /// The discovery configs published now.
-    pub fn discovery(&self) -> &[(String, String)] {
-        &self.discovery
-    }
-
+    /// Registers a device's command queue.
     pub fn add_device(
         &mut self,
         name: &str,
@@ -225,25 +205,9 @@ impl Bridge {
         }
     }
 
-    /// Messages on the other topics we subscribe to.
-    fn handle_other(&mut self, parsed: Option<Topic>, topic: &str, payload: &[u8]) {
-        match parsed {
-            Some(Topic::HomeAssistantStatus) => {
-                if payload.eq_ignore_ascii_case(b"online") {
-                    debug!("Home Assistant is online; publishing discovery again");
-                    self.publish_discovery();
-                }
-            }
-            Some(Topic::Discovery) => {
-                // Ours, retained from an earlier config: delete it if the point is gone.
-                if !payload.is_empty() && !self.discovery.iter().any(|(t, _)| t == topic) {
-                    tracing::info!(topic = %topic, "removing discovery of a point no longer configured");
-                    self.sink.clear_retained(topic.to_string());
-                }
-            }
-            Some(Topic::Command { .. }) | None => {
-                debug!(topic = %topic, "message on an unhandled topic");
-            }
-        }
+    /// Messages on the other topics we subscribe to are Home Assistant's (`ha::Publisher`);
+    /// one that reaches the bridge is acknowledged and ignored.
+    fn handle_other(&mut self, _parsed: Option<Topic>, topic: &str, _payload: &[u8]) {
+        debug!(topic = %topic, "message on an unhandled topic");
     }
 }

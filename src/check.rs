@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::bus::{ReadSpec, plan};
-use crate::config::{BusConfig, BusKind, Config, DeviceConfig, Parity, Table};
+use crate::config::{BusConfig, BusKind, Config, DeviceConfig, DiscoveryMode, Parity, Table};
 use crate::topics::Topics;
 
 /// The summary `check` prints for a valid config: buses, devices, points and the topics they use.
@@ -71,10 +71,17 @@ fn write_summary(out: &mut String, config: &Config) -> std::fmt::Result {
             config.gateway.id
         )?;
     }
+    for w in &config.warnings {
+        writeln!(out, "warning: {w}")?;
+    }
     if config.homeassistant.discovery {
+        let mode = match config.homeassistant.mode {
+            DiscoveryMode::Device => "one config per device",
+            DiscoveryMode::Entity => "one config per entity",
+        };
         writeln!(
             out,
-            "home assistant discovery under {}/",
+            "home assistant discovery under {}/ ({mode})",
             config.homeassistant.prefix
         )?;
     }

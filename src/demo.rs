@@ -28,7 +28,7 @@ reconnect_max = "2s"
 path = "{dir}/history.db"
 
 [homeassistant]
-discovery = false
+discovery = true
 
 [buses.lan]
 kind = "modbus-tcp"
@@ -175,8 +175,10 @@ pub async fn run(mqtt: Option<String>, duration: Option<Duration>) -> u8 {
         }
     });
 
+    // Its discovery configs, state and availability go when the demo ends: it must not leave
+    // entities behind in the Home Assistant of a broker given with --mqtt.
     let gateway = match app::build(&path).await {
-        Ok(g) => g,
+        Ok(g) => g.ephemeral(),
         Err(e) => {
             eprintln!("fieldbridge demo: {e}");
             return EXIT_FAILURE;
@@ -241,14 +243,28 @@ dynamic_filters = true
             }
         })
         .map_err(|e| format!("cannot start the in-process broker: {e}"))?;
-    // Wait until it listens.
+    // Wait until it listens. Not by connecting: rumqttd logs an ERROR for a connection that
+    // goes away, even after a clean MQTT DISCONNECT.
     for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if listening(port) {
             return Ok(format!("mqtt://127.0.0.1:{port}"));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     Err("the in-process broker did not start".into())
+}
+
+/// Whether a socket listens on 127.0.0.1:`port` (Linux's /proc/net/tcp: local address in hex,
+/// state 0A = LISTEN).
+#[cfg(feature = "demo")]
+fn listening(port: u16) -> bool {
+    let local = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp").is_ok_and(|t| {
+        t.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A")
+        })
+    })
 }
 
 #[cfg(not(feature = "demo"))]

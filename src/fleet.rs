@@ -306,12 +306,25 @@ impl Fleet {
             .filter(|d| !new.devices.contains_key(*d))
             .cloned()
             .collect();
-        for dev in &applied.devices_removed {
-            if let Some(d) = old.devices.get(dev) {
-                ctx.sink.publish_retained(
-                    ctx.topics.availability(dev, &d.location),
-                    crate::payload::availability(dev, false),
-                );
+        // A removed device, or one whose topics moved (a new location), leaves no retained
+        // message at its old topics: state, availability and retained readings are removed from
+        // the broker and from the link's re-publish cache. Its tasks have stopped by now.
+        for (dev, d) in &old.devices {
+            let removed = !new.devices.contains_key(dev);
+            let moved = new.devices.get(dev).is_some_and(|n| {
+                ctx.topics.state(dev, &n.location) != ctx.topics.state(dev, &d.location)
+            });
+            if !(removed || moved) {
+                continue;
+            }
+            ctx.sink.clear_retained(ctx.topics.state(dev, &d.location));
+            ctx.sink
+                .clear_retained(ctx.topics.availability(dev, &d.location));
+            for (point, _) in d.points.iter().filter(|(_, p)| p.retain) {
+                ctx.sink
+                    .clear_retained(ctx.topics.sensor(dev, &d.location, point));
+            }
+            if removed {
                 ctx.history
                     .record_availability(dev, false, std::time::SystemTime::now());
             }

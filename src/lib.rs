@@ -13,7 +13,8 @@
 //!   commands and results) is written once; `device::modbus` and `device::line` feed it.
 //! - [`bridge`]: incoming MQTT commands, validated, to device tasks.
 //! - [`mqtt`]: the broker link and its bounded outbox; [`topics`] and [`payload`] are the only
-//!   places that shape topics and payloads; [`discovery`] is Home Assistant's.
+//!   places that shape topics and payloads.
+//! - [`ha`]: Home Assistant: discovery in device or entity mode, the configs this gateway owns.
 //! - [`telemetry`], [`systemd`]: logs and sd_notify.
 
 pub mod app;
@@ -25,10 +26,10 @@ pub mod commission;
 pub mod config;
 pub mod demo;
 pub mod device;
-pub mod discovery;
 pub mod fleet;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod ha;
 pub mod health;
 pub mod history;
 pub mod model;

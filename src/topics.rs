@@ -13,9 +13,11 @@ pub enum Topic {
     Command { device: String },
     /// `{prefix}/status`: Home Assistant's birth and will.
     HomeAssistantStatus,
-    /// A discovery config of this gateway (`{prefix}/{component}/{gateway}_{device}/{point}/config`),
-    /// as retained on the broker — possibly from an older config.
+    /// A discovery config under `{prefix}` (`{prefix}/{component}/[{node}/]{object}/config`),
+    /// anyone's: whose it is, its payload says (see `ha::owner`).
     Discovery,
+    /// Our own probe, which ends the scan of the retained discovery configs.
+    DiscoveryProbe,
 }
 
 /// Renders and parses the topics of one config.
@@ -94,9 +96,19 @@ impl Topics {
         format!("{}/status", self.ha_prefix)
     }
 
-    /// The filter that brings back the discovery configs retained on the broker.
-    pub fn discovery_filter(&self) -> String {
-        format!("{}/+/+/+/config", self.ha_prefix)
+    /// The filters that bring back the discovery configs retained on the broker, in both modes:
+    /// `{prefix}/{component}/{node}/{object}/config` and `{prefix}/device/{node}/config`.
+    pub fn discovery_scan(&self) -> [String; 2] {
+        [
+            format!("{}/+/+/+/config", self.ha_prefix),
+            format!("{}/device/+/config", self.ha_prefix),
+        ]
+    }
+
+    /// `{base}/gateway/{gateway}/discovery-scan`: published after subscribing to
+    /// `discovery_scan`; when it comes back, the broker has handed over every retained config.
+    pub fn discovery_probe(&self) -> String {
+        format!("{}/gateway/{}/discovery-scan", self.base, self.gateway)
     }
 
     /// Every command topic with its device.
@@ -114,18 +126,12 @@ impl Topics {
         if topic == self.homeassistant_status() {
             return Some(Topic::HomeAssistantStatus);
         }
-        let levels: Vec<&str> = topic.split('/').collect();
-        let prefix_levels = self.ha_prefix.split('/').count();
-        if levels.len() == prefix_levels + 4
-            && topic.starts_with(&format!("{}/", self.ha_prefix))
-            && levels[levels.len() - 1] == "config"
-        {
-            let node = levels[prefix_levels + 1];
-            if node == self.gateway || node.starts_with(&format!("{}_", self.gateway)) {
-                return Some(Topic::Discovery);
-            }
+        if topic == self.discovery_probe() {
+            return Some(Topic::DiscoveryProbe);
         }
-        None
+        let rest = topic.strip_prefix(&self.ha_prefix)?.strip_prefix('/')?;
+        let levels = rest.split('/').count();
+        (rest.ends_with("/config") && (levels == 3 || levels == 4)).then_some(Topic::Discovery)
     }
 }
 
@@ -201,6 +207,17 @@ register = "input:0"
         assert_eq!(
             t.parse("homeassistant/status"),
             Some(Topic::HomeAssistantStatus)
+        );
+        for other in [
+            "homeassistant/sensor/x/config",
+            "homeassistant/device/gw_d/config",
+        ] {
+            assert_eq!(t.parse(other), Some(Topic::Discovery), "{other}");
+        }
+        assert_eq!(t.parse("homeassistant/sensor/a/b/c/config"), None);
+        assert_eq!(
+            t.parse("home/gateway/gw/discovery-scan"),
+            Some(Topic::DiscoveryProbe)
         );
     }
 

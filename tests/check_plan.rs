@@ -70,3 +70,32 @@ fn check_warns_when_a_9600_baud_bus_cannot_keep_up() {
     let (_, fast) = check(&meter(115200, "5s", 20));
     assert!(!fast.contains("warning"), "{fast}");
 }
+
+/// What Home Assistant would refuse is a warning with its line, and `check` still passes: the
+/// gateway runs, and discovery leaves the refused hint out.
+#[test]
+fn check_warns_about_hints_home_assistant_rejects_naming_the_line() {
+    let text = "[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"127.0.0.1:502\"\n[devices.m]\nbus = \"plc\"\nunit = 1\n[devices.m.points.energy]\nregister = \"input:0\"\ntype = \"u32\"\nunit = \"kWh\"\ndevice_class = \"energy\"\nstate_class = \"measurement\"\n[devices.m.points.temp]\nregister = \"input:2\"\nunit = \"C\"\ndevice_class = \"temperature\"\n[devices.m.points.door]\nregister = \"discrete:0\"\ndevice_class = \"temperature\"\n";
+    let (code, out) = check(text);
+    assert_eq!(code, 0, "{out}");
+    let warnings: Vec<&str> = out.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(warnings.len(), 3, "{out}");
+    assert!(
+        warnings[0].contains("config.toml:12:15: devices.m.points.energy.state_class:")
+            && warnings[0].contains("\"measurement\" with device_class \"energy\""),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        warnings[1].contains(":15:8: devices.m.points.temp.unit:")
+            && warnings[1].contains("\"°C\""),
+        "{}",
+        warnings[1]
+    );
+    assert!(
+        warnings[2].contains(":19:16: devices.m.points.door.device_class:")
+            && warnings[2].contains("binary_sensor has no device_class \"temperature\""),
+        "{}",
+        warnings[2]
+    );
+}

@@ -475,3 +475,21 @@ fn the_example_forward_section_is_valid_once_uncommented() {
         stdout.contains("forwarded to postgres://fieldbridge@db.lan/home (sslmode verify-full)")
     );
 }
+
+#[test]
+fn home_assistant_keys_are_checked() {
+    let text = format!(
+        "{BUS}[homeassistant]\nmode = \"devices\"\n[devices.d]\nbus = \"plc\"\nunit = 1\n[devices.d.points.t]\nregister = \"input:0\"\nentity_category = \"config\"\nicon = \"thermometer\"\n"
+    );
+    let (code, stderr, _) = check(&text);
+    assert_eq!(code, 78, "{stderr}");
+    assert_eq!(
+        errors(&stderr),
+        vec![
+            "config.toml:5:8: homeassistant.mode: unknown mode \"devices\"; expected device or entity",
+            "config.toml:11:19: devices.d.points.t.entity_category: Home Assistant refuses entity_category \"config\" on a read-only point (a sensor); use \"diagnostic\", or make the point writable",
+            "config.toml:12:8: devices.d.points.t.icon: icon \"thermometer\" needs a prefix, as in \"mdi:thermometer\"",
+        ],
+        "{stderr}"
+    );
+}

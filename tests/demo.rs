@@ -14,29 +14,42 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::mosquitto::{Mosquitto, Subscriber, publish};
+use common::mosquitto::{Mosquitto, Subscriber, publish, retained};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fieldbridge");
 const WAIT: Duration = Duration::from_secs(15);
 
+type Lines = Arc<Mutex<Vec<String>>>;
+
+fn collect(from: impl std::io::Read + Send + 'static) -> Lines {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for l in BufReader::new(from).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(l);
+        }
+    });
+    lines
+}
+
 /// Starts the demo; returns the child and its stdout lines as they come.
-fn demo(args: &[&str]) -> (Child, Arc<Mutex<Vec<String>>>) {
+fn demo(args: &[&str]) -> (Child, Lines) {
+    let (child, out, _) = demo_logged(args);
+    (child, out)
+}
+
+/// Starts the demo; returns the child, its stdout and its stderr (the log) as they come.
+fn demo_logged(args: &[&str]) -> (Child, Lines, Lines) {
     let mut child = Command::new(BIN)
         .arg("demo")
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let out = child.stdout.take().unwrap();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(l);
-        }
-    });
-    (child, lines)
+    let out = collect(child.stdout.take().unwrap());
+    let err = collect(child.stderr.take().unwrap());
+    (child, out, err)
 }
 
 fn wait_line(lines: &Arc<Mutex<Vec<String>>>, pred: impl Fn(&str) -> bool) -> Option<String> {
@@ -108,15 +121,50 @@ fn exercise(port: u16, child: &mut Child, lines: &Arc<Mutex<Vec<String>>>) {
 #[test]
 fn the_demo_runs_against_mosquitto_with_mqtt() {
     let broker = Mosquitto::start();
+    let discovery = Subscriber::connect(broker.port, "homeassistant/#");
     let (mut child, lines) = demo(&["--mqtt", &broker.url(), "--duration", "8s"]);
+    // Pointed at someone's broker, the demo shows up in their Home Assistant, under a gateway
+    // of its own...
+    let configs = [
+        "homeassistant/device/demo/config",
+        "homeassistant/device/demo_thermostat/config",
+        "homeassistant/device/demo_meter/config",
+        "homeassistant/device/demo_weather/config",
+    ];
+    for topic in configs {
+        assert!(
+            discovery
+                .wait_for(topic, |p| p.contains("\"fieldbridge:demo"), WAIT)
+                .is_some(),
+            "no {topic}"
+        );
+    }
     exercise(broker.port, &mut child, &lines);
+    // ...and leaves nothing behind when it ends.
+    for topic in configs.iter().chain(&[
+        "demo/home/device/thermostat/state",
+        "demo/home/device/meter/availability",
+    ]) {
+        assert_eq!(retained(broker.port, topic), None, "{topic} left behind");
+    }
 }
 
 #[cfg(feature = "demo")]
 #[test]
 fn the_demo_runs_with_its_in_process_broker() {
-    let (mut child, lines) = demo(&["--duration", "8s"]);
+    let (mut child, lines, log) = demo_logged(&["--duration", "8s"]);
     let first = wait_line(&lines, |l| l.starts_with("fieldbridge demo: broker ")).expect("banner");
+    // It starts without an ERROR line (the in-process broker logs one for any connection that
+    // is not MQTT, such as a bare TCP probe).
+    assert!(wait_line(&lines, |l| l.starts_with("demo/home/sensor/")).is_some());
+    let errors: Vec<String> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("ERROR"))
+        .cloned()
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
     let port: u16 = first
         .split("mqtt://127.0.0.1:")
         .nth(1)

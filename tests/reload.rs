@@ -4,7 +4,8 @@
     clippy::let_underscore_must_use
 )]
 //! SIGHUP with a changed config: exactly the changed buses and devices restart, the others keep
-//! polling, the MQTT session stays, removed devices go offline and lose their discovery.
+//! polling, the MQTT session stays, removed devices lose their discovery and leave no retained
+//! state or availability.
 
 mod common;
 
@@ -53,7 +54,7 @@ async fn sighup_restarts_exactly_what_changed_and_keeps_the_mqtt_session() {
     let d = dir.path().display().to_string();
     let sub = Subscriber::connect(broker.port, "t/#");
     let mut gw = GatewayProcess::spawn_in(dir, &config(broker.port, &plc, &plc2, &d, false), &[]);
-    let gone_discovery = "homeassistant/sensor/rl_gone/v/config";
+    let gone_discovery = "homeassistant/device/rl_gone/config";
     assert!(
         sub.wait_for(
             "t/lab/device/gone/availability",
@@ -86,7 +87,7 @@ async fn sighup_restarts_exactly_what_changed_and_keeps_the_mqtt_session() {
         "{applied}"
     );
 
-    // The added device comes online; the removed one goes offline and loses its discovery.
+    // The added device comes online; the removed one's retained topics are cleared.
     assert!(
         sub.wait_for(
             "t/lab/device/fresh/availability",
@@ -95,14 +96,16 @@ async fn sighup_restarts_exactly_what_changed_and_keeps_the_mqtt_session() {
         )
         .is_some()
     );
-    assert!(
-        sub.wait_for(
-            "t/lab/device/gone/availability",
-            |p| p.contains("offline"),
-            WAIT
-        )
-        .is_some()
-    );
+    for topic in ["t/lab/device/gone/availability", "t/lab/device/gone/state"] {
+        assert!(
+            sub.wait_for(topic, str::is_empty, WAIT).is_some(),
+            "{topic} not cleared"
+        );
+        assert!(
+            retained(broker.port, topic).is_none(),
+            "{topic} still retained"
+        );
+    }
     // The added device takes commands at once: its command topic was subscribed on the
     // running session, not at some later reconnect.
     common::mosquitto::publish(

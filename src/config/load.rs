@@ -53,9 +53,21 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
 /// Parses and validates config text; devices may name any of `profiles`.
 pub fn parse_with(text: &str, path: &Path, profiles: &Profiles) -> Result<Config, ConfigErrors> {
     parse_document(text, path, |cx, root| {
-        let config = cx.config(root, path, profiles);
+        let mut config = cx.config(root, path, profiles);
         if cx.errors.is_empty() {
             super::validate::validate(&config, cx);
+        }
+        if cx.errors.is_empty() {
+            // What Home Assistant would refuse: not an error (the gateway works without it),
+            // but said with the line, and left out of the discovery config.
+            config.warnings = crate::ha::lint::config(&config)
+                .into_iter()
+                .map(|(key, message)| {
+                    let span = cx.span_of(&key);
+                    cx.located(span, &key, message)
+                })
+                .collect();
+            config.warnings.sort_by_key(|w| (w.line, w.column));
         }
         config
     })
@@ -163,17 +175,20 @@ impl<'s> Cx<'s> {
 
     /// Records an error at a byte span.
     pub(super) fn error(&mut self, span: Range<usize>, key: &str, message: impl fmt::Display) {
+        let e = self.located(span.clone(), key, message);
+        self.errors.push((span.start, e));
+    }
+
+    /// A problem at a byte span, with its line and column.
+    fn located(&self, span: Range<usize>, key: &str, message: impl fmt::Display) -> ConfigError {
         let (line, column) = line_col(self.src, span.start);
-        self.errors.push((
-            span.start,
-            ConfigError {
-                file: self.file.clone(),
-                line,
-                column,
-                key: key.to_string(),
-                message: message.to_string(),
-            },
-        ));
+        ConfigError {
+            file: self.file.clone(),
+            line,
+            column,
+            key: key.to_string(),
+            message: message.to_string(),
+        }
     }
 
     /// Records an error at the value of a key path seen during extraction (or the closest
@@ -523,6 +538,7 @@ impl<'s> Cx<'s> {
             topics,
             buses,
             devices,
+            warnings: Vec::new(),
         }
     }
 

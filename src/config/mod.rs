@@ -65,6 +65,9 @@ pub struct Config {
     pub buses: BTreeMap<String, BusConfig>,
     /// Devices by name, shared with the tasks that run them.
     pub devices: BTreeMap<String, Arc<DeviceConfig>>,
+    /// Things that are valid but will not work as written (Home Assistant rejects a device
+    /// class, say), with their positions; `check` prints them and `run` logs them.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// `[gateway]`
@@ -234,6 +237,44 @@ pub struct HomeAssistantConfig {
     pub discovery: bool,
     /// Default `homeassistant`.
     pub prefix: String,
+    /// Default `device`: one config per device (Home Assistant 2024.11 and later).
+    pub mode: DiscoveryMode,
+}
+
+/// `homeassistant.mode`: how discovery configs are grouped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscoveryMode {
+    /// One config per device at `{prefix}/device/{gateway}_{device}/config`, one entry per
+    /// entity in `cmps` (Home Assistant 2024.11 and later).
+    Device,
+    /// One config per entity at `{prefix}/{component}/{gateway}_{device}/{object}/config`.
+    Entity,
+}
+
+impl DiscoveryMode {
+    pub const NAMES: &'static [&'static str] = &["device", "entity"];
+}
+
+/// A point's `entity_category` in Home Assistant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntityCategory {
+    /// Settings (writable points only: Home Assistant refuses it on sensors).
+    Config,
+    /// Diagnostic readings.
+    Diagnostic,
+}
+
+impl EntityCategory {
+    pub const NAMES: &'static [&'static str] = &["config", "diagnostic"];
+    /// In the order of `NAMES`.
+    pub const ALL: [EntityCategory; 2] = [EntityCategory::Config, EntityCategory::Diagnostic];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EntityCategory::Config => "config",
+            EntityCategory::Diagnostic => "diagnostic",
+        }
+    }
 }
 
 /// `[topics]`: the four device topic templates.
@@ -555,8 +596,17 @@ pub struct PointConfig {
     pub deadband: f64,
     /// Re-publish an unchanged value this often. Default off.
     pub heartbeat: Option<Duration>,
+    /// Home Assistant device class; checked against what its platform accepts.
     pub device_class: Option<String>,
+    /// Home Assistant state class; default from `device_class` (energy, gas, water:
+    /// `total_increasing`; none for enums) or `measurement` for numbers.
     pub state_class: Option<String>,
+    /// Home Assistant entity category.
+    pub entity_category: Option<EntityCategory>,
+    /// Home Assistant icon, `prefix:name` (`mdi:thermometer`).
+    pub icon: Option<String>,
+    /// Whether Home Assistant enables the entity when it first sees it. Default true.
+    pub enabled_by_default: bool,
     /// Default false.
     pub writable: bool,
     pub min: Option<f64>,
@@ -591,6 +641,9 @@ impl PointConfig {
             heartbeat: None,
             device_class: None,
             state_class: None,
+            entity_category: None,
+            icon: None,
+            enabled_by_default: true,
             writable: false,
             min: None,
             max: None,

@@ -99,6 +99,9 @@ impl Cx<'_> {
                 "heartbeat",
                 "device_class",
                 "state_class",
+                "entity_category",
+                "icon",
+                "enabled_by_default",
                 "writable",
                 "min",
                 "max",
@@ -170,6 +173,7 @@ impl Cx<'_> {
             Some(d) => d,
             None => base.map_or(0.0, |b| b.deadband),
         };
+        let ha = self.point_ha(s);
         let point = PointConfig {
             register,
             field,
@@ -199,6 +203,13 @@ impl Cx<'_> {
             state_class: self
                 .text(s, "state_class")
                 .or_else(|| base.and_then(|b| b.state_class.clone())),
+            entity_category: ha
+                .entity_category
+                .or_else(|| base.and_then(|b| b.entity_category)),
+            icon: ha.icon.or_else(|| base.and_then(|b| b.icon.clone())),
+            enabled_by_default: ha
+                .enabled_by_default
+                .unwrap_or_else(|| base.is_none_or(|b| b.enabled_by_default)),
             writable: self
                 .boolean(s, "writable")
                 .unwrap_or_else(|| base.is_some_and(|b| b.writable)),
@@ -271,6 +282,7 @@ impl Cx<'_> {
     }
 
     fn check_point(&mut self, s: &Sec, p: &PointConfig, kind: Option<BusKind>) {
+        self.check_point_ha(s, p);
         let ty = p.effective_type();
         if let (Some(reg), Some(ty)) = (p.register, ty) {
             if reg.table.is_bits() && ty != DataType::Bool {

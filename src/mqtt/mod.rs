@@ -165,11 +165,15 @@ pub struct MqttCounters {
 struct Shared {
     outbox: Mutex<Outbox>,
     notify: Notify,
-    /// Filters to subscribe to on every ConnAck.
-    filters: Mutex<Vec<String>>,
+    /// Filters to subscribe to on every ConnAck, with their QoS.
+    filters: Mutex<Vec<(String, QoS)>>,
     /// Filters added since the last ConnAck, subscribed as soon as the link can take them: the
     /// app adds some after the link is up (Home Assistant's status), a reload adds devices.
-    new_filters: Mutex<Vec<String>>,
+    /// Nothing is published while some wait, so a publish made after `subscribe` goes out after
+    /// the SUBSCRIBE (the discovery scan's probe relies on it).
+    new_filters: Mutex<Vec<(String, QoS)>>,
+    /// Filters dropped while subscribed, unsubscribed as soon as the link can take them.
+    gone_filters: Mutex<Vec<String>>,
     /// The newest payload of every retained topic, re-published on every ConnAck.
     retained: Mutex<HashMap<String, Vec<u8>>>,
     /// Deliveries to acknowledge, sent after the outbox is empty (after the results published
@@ -228,12 +232,55 @@ impl MqttHandle {
         self.shared.notify.notify_one();
     }
 
+    /// Publishes retained messages (QoS 1) that must reach subscribers in this order, each one:
+    /// never coalesced with one another or with a queued message for the same topic, and ahead
+    /// of what else waits. The re-publish cache keeps the last payload of each topic (an empty
+    /// one removes the topic from it).
+    pub fn publish_sequence(&self, msgs: Vec<(String, String)>) {
+        {
+            let mut retained = lock(&self.shared.retained);
+            for (topic, payload) in &msgs {
+                if payload.is_empty() {
+                    retained.remove(topic);
+                } else {
+                    retained.insert(topic.clone(), payload.clone().into_bytes());
+                }
+            }
+        }
+        lock(&self.shared.outbox).push_sequence(msgs.into_iter().map(|(t, p)| (t, p.into_bytes())));
+        self.shared.notify.notify_one();
+    }
+
     /// Subscribes (QoS 1) now if connected, and again after every reconnect.
     pub fn subscribe(&self, filter: &str) {
+        self.subscribe_qos(filter, QoS::AtLeastOnce);
+    }
+
+    /// Subscribes at QoS 0: the broker queues nothing on this filter for our persistent
+    /// session while we are away (mosquitto's default), so a wide filter cannot fill the
+    /// session's queue that holds our commands.
+    pub fn subscribe_qos0(&self, filter: &str) {
+        self.subscribe_qos(filter, QoS::AtMostOnce);
+    }
+
+    fn subscribe_qos(&self, filter: &str, qos: QoS) {
         let mut f = lock(&self.shared.filters);
-        if !f.iter().any(|x| x == filter) {
-            f.push(filter.to_string());
-            lock(&self.shared.new_filters).push(filter.to_string());
+        if !f.iter().any(|(x, _)| x == filter) {
+            f.push((filter.to_string(), qos));
+            lock(&self.shared.new_filters).push((filter.to_string(), qos));
+            lock(&self.shared.gone_filters).retain(|x| x != filter);
+        }
+        drop(f);
+        self.shared.notify.notify_one();
+    }
+
+    /// Unsubscribes now if connected; the filter is not subscribed again at reconnects.
+    pub fn unsubscribe(&self, filter: &str) {
+        let mut f = lock(&self.shared.filters);
+        if f.iter().any(|(x, _)| x == filter) {
+            f.retain(|(x, _)| x != filter);
+            lock(&self.shared.new_filters).retain(|(x, _)| x != filter);
+            lock(&self.shared.gone_filters).push(filter.to_string());
         }
         drop(f);
         self.shared.notify.notify_one();
@@ -298,6 +345,7 @@ impl Mqtt {
             notify: Notify::new(),
             filters: Mutex::new(Vec::new()),
             new_filters: Mutex::new(Vec::new()),
+            gone_filters: Mutex::new(Vec::new()),
             retained: Mutex::new(HashMap::new()),
             acks: Mutex::new(Vec::new()),
             stats: MqttStats::default(),
@@ -445,8 +493,7 @@ impl Mqtt {
                 // drop the connect half-way (see `poll_beating`).
                 _ = tick.tick(), if connected => heartbeat.beat(),
             }
-            if connected {
-                subscribe_new(&client, &shared);
+            if connected && subscribe_new(&client, &shared) {
                 feed(&client, &shared);
             }
         }
@@ -529,34 +576,43 @@ fn new_client(options: &MqttOptions) -> (AsyncClient, rumqttc::EventLoop) {
     (client, eventloop)
 }
 
-/// QoS 1 subscriptions to `filters`.
-fn subscription(filters: &[String]) -> Vec<rumqttc::SubscribeFilter> {
+fn subscription(filters: &[(String, QoS)]) -> Vec<rumqttc::SubscribeFilter> {
     filters
         .iter()
-        .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce))
+        .map(|(f, qos)| rumqttc::SubscribeFilter::new(f.clone(), *qos))
         .collect()
 }
 
-/// Subscribes to the filters added while connected (see `Shared::new_filters`). When the client's
-/// channel is full they wait for the next turn.
-fn subscribe_new(client: &AsyncClient, shared: &Shared) {
+/// Unsubscribes the filters dropped and subscribes those added (see `Shared::new_filters`).
+/// When the client's channel is full they wait for the next turn; returns whether none waits
+/// (only then may publishing go on).
+fn subscribe_new(client: &AsyncClient, shared: &Shared) -> bool {
+    let mut gone = lock(&shared.gone_filters);
+    while let Some(f) = gone.first() {
+        if client.try_unsubscribe(f.clone()).is_err() {
+            return false;
+        }
+        gone.remove(0);
+    }
+    drop(gone);
     let mut new = lock(&shared.new_filters);
-    if !new.is_empty() && client.try_subscribe_many(subscription(&new)).is_ok() {
+    if !new.is_empty() {
+        if client.try_subscribe_many(subscription(&new)).is_err() {
+            return false;
+        }
         new.clear();
     }
+    true
 }
 
-/// After every ConnAck: subscribe to every filter, re-publish every retained message we hold,
-/// then the `online` status.
+/// After every ConnAck: subscribe to every filter (ahead of any publish), re-publish every
+/// retained message we hold, then the `online` status.
 fn on_connect(client: &AsyncClient, shared: &Shared, settings: &MqttSettings) {
-    // Every filter is in this subscription; none is left for `subscribe_new`.
-    lock(&shared.new_filters).clear();
-    let filters = subscription(&lock(&shared.filters));
-    if !filters.is_empty() {
-        if let Err(e) = client.try_subscribe_many(filters) {
-            warn!(error = %e, "mqtt: could not queue the subscriptions");
-        }
-    }
+    // A new session: what was unsubscribed is gone with the old one or will be unsubscribed
+    // below; every filter is subscribed again through `subscribe_new`.
+    let all = lock(&shared.filters).clone();
+    *lock(&shared.new_filters) = all;
+    subscribe_new(client, shared);
     let retained: Vec<(String, Vec<u8>)> = lock(&shared.retained)
         .iter()
         .map(|(t, p)| (t.clone(), p.clone()))
@@ -577,7 +633,7 @@ fn on_connect(client: &AsyncClient, shared: &Shared, settings: &MqttSettings) {
 fn feed(client: &AsyncClient, shared: &Shared) {
     let mut outbox = lock(&shared.outbox);
     let mut full = false;
-    while let Some(msg) = outbox.pop() {
+    while let Some((msg, ordered)) = outbox.pop() {
         let qos = if msg.qos >= 1 {
             QoS::AtLeastOnce
         } else {
@@ -586,7 +642,7 @@ fn feed(client: &AsyncClient, shared: &Shared) {
         match client.try_publish(msg.topic.clone(), qos, msg.retain, msg.payload.clone()) {
             Ok(()) => {}
             Err(ClientError::TryRequest(_)) | Err(ClientError::Request(_)) => {
-                outbox.unpop(msg);
+                outbox.unpop(msg, ordered);
                 full = true;
                 break;
             }

@@ -2,7 +2,9 @@
 //! `cap` messages wait. Retained topics (state, availability, status) keep only the newest
 //! message per topic; readings beyond the bound drop oldest first; every drop is counted.
 //! Retained messages go out before readings: the state of the house matters more than the
-//! history of a sensor, which SQLite keeps anyway.
+//! history of a sensor, which SQLite keeps anyway. Ahead of both, an ordered lane carries
+//! sequences that must arrive as published, never coalesced (Home Assistant discovery
+//! migrations publish several messages to one topic, in order).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -24,6 +26,8 @@ pub struct Outbox {
     retained_order: VecDeque<String>,
     latest: HashMap<String, (Vec<u8>, u8)>,
     readings: VecDeque<Message>,
+    /// Retained messages that go out in order, each one (see `push_sequence`).
+    ordered: VecDeque<Message>,
     /// Readings dropped (oldest first) because the outbox was full.
     pub dropped: u64,
     /// Retained messages replaced by a newer one for the same topic before they were sent.
@@ -37,13 +41,14 @@ impl Outbox {
             retained_order: VecDeque::new(),
             latest: HashMap::new(),
             readings: VecDeque::new(),
+            ordered: VecDeque::new(),
             dropped: 0,
             coalesced: 0,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.latest.len() + self.readings.len()
+        self.latest.len() + self.readings.len() + self.ordered.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -51,7 +56,7 @@ impl Outbox {
     }
 
     /// Makes room for one more message: drops the oldest reading, or failing that the oldest
-    /// retained message. Returns false if nothing could be dropped (cap reached by nothing).
+    /// retained message, or failing that the oldest of an ordered sequence. Each drop counts.
     fn make_room(&mut self) {
         while self.len() >= self.cap {
             if self.readings.pop_front().is_some() {
@@ -59,9 +64,30 @@ impl Outbox {
             } else if let Some(t) = self.retained_order.pop_front() {
                 self.latest.remove(&t);
                 self.dropped += 1;
+            } else if self.ordered.pop_front().is_some() {
+                self.dropped += 1;
             } else {
                 break;
             }
+        }
+    }
+
+    /// Queues retained messages that must reach subscribers one by one, in this order, ahead
+    /// of everything else. A coalescing retained message queued for one of their topics is
+    /// dropped: the sequence says what that topic holds in the end.
+    pub fn push_sequence(&mut self, msgs: impl IntoIterator<Item = (String, Vec<u8>)>) {
+        for (topic, payload) in msgs {
+            if self.latest.remove(&topic).is_some() {
+                self.retained_order.retain(|t| t != &topic);
+                self.coalesced += 1;
+            }
+            self.make_room();
+            self.ordered.push_back(Message {
+                topic,
+                payload,
+                qos: 1,
+                retain: true,
+            });
         }
     }
 
@@ -87,8 +113,16 @@ impl Outbox {
         self.readings.push_back(msg);
     }
 
-    /// The next message to send: retained first, then readings in order.
-    pub fn pop(&mut self) -> Option<Message> {
+    /// The next message to send, and whether it came from an ordered sequence: sequences first,
+    /// then retained, then readings in order.
+    pub fn pop(&mut self) -> Option<(Message, bool)> {
+        if let Some(m) = self.ordered.pop_front() {
+            return Some((m, true));
+        }
+        self.pop_unordered().map(|m| (m, false))
+    }
+
+    fn pop_unordered(&mut self) -> Option<Message> {
         while let Some(topic) = self.retained_order.pop_front() {
             if let Some((payload, qos)) = self.latest.remove(&topic) {
                 return Some(Message {
@@ -103,8 +137,10 @@ impl Outbox {
     }
 
     /// Puts back a message that could not be handed to the client (its channel was full).
-    pub fn unpop(&mut self, msg: Message) {
-        if msg.retain {
+    pub fn unpop(&mut self, msg: Message, ordered: bool) {
+        if ordered {
+            self.ordered.push_front(msg);
+        } else if msg.retain {
             if !self.latest.contains_key(&msg.topic) {
                 self.retained_order.push_front(msg.topic.clone());
                 self.latest.insert(msg.topic, (msg.payload, msg.qos));
@@ -137,7 +173,9 @@ mod tests {
         }
         assert_eq!(o.len(), 3);
         assert_eq!(o.dropped, 2);
-        let got: Vec<String> = std::iter::from_fn(|| o.pop()).map(|m| m.topic).collect();
+        let got: Vec<String> = std::iter::from_fn(|| o.pop())
+            .map(|(m, _)| m.topic)
+            .collect();
         assert_eq!(got, vec!["s/2", "s/3", "s/4"]);
     }
 
@@ -150,14 +188,14 @@ mod tests {
         o.push_retained("state".into(), b"2".to_vec(), 1);
         assert_eq!(o.len(), 3);
         assert_eq!(o.coalesced, 1);
-        let first = o.pop().unwrap();
+        let (first, _) = o.pop().unwrap();
         assert_eq!(
             (first.topic.as_str(), first.payload.as_slice()),
             ("state", &b"2"[..])
         );
         assert!(first.retain);
-        assert_eq!(o.pop().unwrap().topic, "avail");
-        assert_eq!(o.pop().unwrap().topic, "s/0");
+        assert_eq!(o.pop().unwrap().0.topic, "avail");
+        assert_eq!(o.pop().unwrap().0.topic, "s/0");
         assert!(o.pop().is_none());
     }
 
@@ -169,8 +207,8 @@ mod tests {
         o.push_retained("state".into(), b"x".to_vec(), 1);
         assert_eq!(o.len(), 2);
         assert_eq!(o.dropped, 1);
-        assert_eq!(o.pop().unwrap().topic, "state");
-        assert_eq!(o.pop().unwrap().topic, "s/1");
+        assert_eq!(o.pop().unwrap().0.topic, "state");
+        assert_eq!(o.pop().unwrap().0.topic, "s/1");
     }
 
     #[test]
@@ -178,13 +216,48 @@ mod tests {
         let mut o = Outbox::new(10);
         o.push(reading(0));
         o.push(reading(1));
-        let m = o.pop().unwrap();
-        o.unpop(m);
-        assert_eq!(o.pop().unwrap().topic, "s/0");
+        let (m, ordered) = o.pop().unwrap();
+        o.unpop(m, ordered);
+        assert_eq!(o.pop().unwrap().0.topic, "s/0");
         o.push_retained("state".into(), b"old".to_vec(), 1);
-        let old = o.pop().unwrap();
+        let (old, ordered) = o.pop().unwrap();
         o.push_retained("state".into(), b"new".to_vec(), 1);
-        o.unpop(old);
-        assert_eq!(o.pop().unwrap().payload, b"new".to_vec());
+        o.unpop(old, ordered);
+        assert_eq!(o.pop().unwrap().0.payload, b"new".to_vec());
+    }
+
+    #[test]
+    fn a_sequence_goes_first_in_order_and_replaces_what_was_queued_for_its_topics() {
+        let mut o = Outbox::new(10);
+        o.push(reading(0));
+        o.push_retained("cfg/a".into(), b"stale".to_vec(), 1);
+        o.push_retained("state".into(), b"s".to_vec(), 1);
+        o.push_sequence([
+            ("cfg/a".to_string(), b"migrate".to_vec()),
+            ("cfg/b".to_string(), b"config".to_vec()),
+            ("cfg/a".to_string(), Vec::new()),
+        ]);
+        let got: Vec<(String, Vec<u8>, bool)> = std::iter::from_fn(|| o.pop())
+            .map(|(m, ordered)| (m.topic, m.payload, ordered))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("cfg/a".into(), b"migrate".to_vec(), true),
+                ("cfg/b".into(), b"config".to_vec(), true),
+                ("cfg/a".into(), Vec::new(), true),
+                ("state".into(), b"s".to_vec(), false),
+                ("s/0".into(), b"0".to_vec(), false),
+            ]
+        );
+        // Put back (the client's channel was full), it keeps its place at the head.
+        o.push_sequence([
+            ("x".to_string(), b"1".to_vec()),
+            ("y".to_string(), b"2".to_vec()),
+        ]);
+        let (m, ordered) = o.pop().unwrap();
+        o.unpop(m, ordered);
+        assert_eq!(o.pop().unwrap().0.topic, "x");
+        assert_eq!(o.pop().unwrap().0.topic, "y");
     }
 }

@@ -1,6 +1,6 @@
 //! Shared test harness: a real mosquitto per test on a free loopback port, a subscriber with
 //! bounded waits, the gateway as a subprocess, an sd_notify listener, certificates; the .deb
-//! and a booted systemd to install it in.
+//! and a booted systemd to install it in; Home Assistant.
 #![allow(
     dead_code,
     clippy::unwrap_used,
@@ -10,6 +10,7 @@
 
 pub mod deb;
 pub mod gateway;
+pub mod home_assistant;
 pub mod modbus;
 pub mod mosquitto;
 pub mod notify;
