@@ -87,7 +87,7 @@ fn json(p: &str) -> Value {
 fn discovery_entry(sub: &Subscriber, gateway: &str, device: &str, point: &str) -> Option<Value> {
     let per_point = format!("/{gateway}_{device}/{point}/config");
     let per_device = format!("homeassistant/device/{gateway}_{device}/config");
-    let unique = format!("{gateway}_{device}_{point}");
+    let unique = format!("fieldbridge:{gateway}:{device}:{point}");
     for m in sub.seen().iter().rev() {
         if m.topic.ends_with(&per_point) && !m.payload.is_empty() {
             return Some(json(&m.payload));

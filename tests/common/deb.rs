@@ -28,8 +28,14 @@ pub fn tools() -> Result<(), &'static str> {
 }
 
 /// Packs the binary this test run built as revision `rev` into `out`.
+/// Runs of cargo-deb are serialised across threads and test processes (a file lock): each writes
+/// its stripped copy of the binary to the same path under `target/`, so two at once clobber each
+/// other.
 pub fn pack_host_deb(out: &Path, rev: u32) -> PathBuf {
     assert!(Path::new(env!("CARGO_BIN_EXE_fieldbridge")).exists());
+    let lock = std::fs::File::create(Path::new(env!("CARGO_TARGET_TMPDIR")).join("cargo-deb.lock"))
+        .unwrap();
+    lock.lock().unwrap();
     let file = out.join(format!("fieldbridge-{rev}.deb"));
     let o = Command::new(env!("CARGO"))
         .current_dir(root_dir())
