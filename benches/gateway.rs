@@ -3,7 +3,16 @@
 //! - throughput: 10 Modbus TCP devices × 100 points on an in-process tokio-modbus server whose
 //!   values change on every read, polled as fast as the gateway can; the real `fieldbridge`
 //!   binary (release build) confined to one core with taskset, a real mosquitto, a real
-//!   subscriber counting sensor messages. Reports point updates/s and gateway CPU per 1000.
+//!   subscriber counting sensor messages. Reports point updates/s, gateway CPU per 1000, RSS,
+//!   and the history file's bytes per reading (after a clean stop and a checkpoint).
+//! - instructions: the same load with the gateway started under `valgrind --tool=callgrind`
+//!   (when valgrind is installed): after a warm-up the counters are zeroed, `BENCH_CALLGRIND_UPDATES`
+//!   (default 5,000) sensor messages are let through, and the instructions the gateway executed
+//!   meanwhile (all its threads, the history writer's SQLite included) are divided by them.
+//!   Polled every `BENCH_CALLGRIND_POLL` (default 2 s: 500 updates/s, which the gateway keeps up
+//!   with under callgrind, so every reading is published).
+//!   Repeatable on a loaded machine where CPU times are not. `BENCH_CALLGRIND_OUT=DIR` keeps
+//!   the profile for `callgrind_annotate`.
 //! - memory: 1,000 points polled every second for `BENCH_MEMORY_SECS` (default 300 s), resident
 //!   set of the gateway process at the end.
 //! - bus efficiency: a reference device map's reads and wire time per cycle at 9600 baud,
@@ -17,8 +26,8 @@
 //!
 //! - soak (only when named): an hour at 1,000 points/s, sampled every minute into a CSV.
 //!
-//! `cargo bench -- throughput` (or `memory`, `bus`, `forward`, `history_rss`, `soak`) runs one
-//! of them.
+//! `cargo bench -- throughput` (or `instructions`, `commands`, `memory`, `bus`, `forward`,
+//! `history_rss`, `soak`) runs one of them.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -197,9 +206,141 @@ async fn throughput() {
         cpu / secs * 100.0,
         rss_kib(pid)
     );
-    let _ = gw.kill();
-    let _ = gw.wait();
+    stop(&mut gw);
     let _ = sub.kill();
+    bytes_per_reading("throughput", &l.dir.path().join("history.db")).await;
+}
+
+/// SIGTERM, and waits: the gateway writes what it holds to the history and stops.
+fn stop(gw: &mut std::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(gw.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while gw.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = gw.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = gw.wait();
+}
+
+/// The history file's size over its readings, after a checkpoint has moved the WAL into it
+/// (what a reading costs on the SD card for as long as it is kept).
+async fn bytes_per_reading(case: &str, db: &std::path::Path) {
+    let pool = fieldbridge::history::open(db).await.unwrap();
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM readings")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let size = std::fs::metadata(db).unwrap().len();
+    println!(
+        "{case}: history file {} KiB for {rows} readings: {:.1} bytes per reading",
+        size / 1024,
+        size as f64 / rows.max(1) as f64
+    );
+}
+
+/// Instructions per point update: the throughput load with the gateway under callgrind.
+async fn instructions() {
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        println!("instructions: valgrind is not installed; skipped");
+        return;
+    }
+    let n: u64 = std::env::var("BENCH_CALLGRIND_UPDATES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5_000);
+    // Polled at a pace the gateway keeps up with under callgrind (every reading published, none
+    // left waiting in the outbox), unlike `throughput`'s as fast as it can.
+    let poll = std::env::var("BENCH_CALLGRIND_POLL").unwrap_or_else(|_| "2s".into());
+    let l = load(&poll).await;
+    let (broker, cfg) = (&l.broker, &l.cfg);
+    let (mut sub, count) = count_messages(broker.port, "b/lab/sensor/#");
+    let out_dir = std::env::var("BENCH_CALLGRIND_OUT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| l.dir.path().to_path_buf());
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = out_dir.join("callgrind.out");
+    let mut gw = Command::new("valgrind")
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(env!("CARGO_BIN_EXE_fieldbridge"))
+        .args(["run", "-c"])
+        .arg(cfg)
+        .env("RUST_LOG", "warn")
+        .env("MALLOC_ARENA_MAX", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = gw.id().to_string();
+    let wait_for = |target: u64| {
+        let t0 = Instant::now();
+        while count.load(Ordering::Relaxed) < target {
+            assert!(
+                t0.elapsed() < Duration::from_secs(600),
+                "instructions: only {} updates",
+                count.load(Ordering::Relaxed)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Warm-up: connected, every device polled a few times, the history writing.
+    wait_for(3_000);
+    std::thread::sleep(Duration::from_secs(1));
+    let control = |arg: &str| {
+        let ok = Command::new("callgrind_control")
+            .args([arg, &pid])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "callgrind_control {arg} {pid} failed");
+    };
+    control("-z");
+    let n0 = count.load(Ordering::Relaxed);
+    wait_for(n0 + n);
+    control("-d");
+    let n1 = count.load(Ordering::Relaxed);
+    stop(&mut gw);
+    let _ = sub.kill();
+    // The dump made by `-d` is the newest `callgrind.out.N` beside the final one.
+    let mut dumps: Vec<std::path::PathBuf> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| f.starts_with("callgrind.out."))
+        })
+        .collect();
+    dumps.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    let dump = dumps.last().expect("no callgrind dump");
+    let text = std::fs::read_to_string(dump).unwrap();
+    let ir: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("totals:")
+                .or_else(|| l.strip_prefix("summary:"))
+        })
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("no totals in the callgrind dump");
+    println!(
+        "instructions: {:.0} instructions per point update ({ir} Ir over {} updates, gateway under callgrind, history on; profile {})",
+        ir as f64 / (n1 - n0) as f64,
+        n1 - n0,
+        dump.display()
+    );
+    bytes_per_reading("instructions", &l.dir.path().join("history.db")).await;
 }
 
 async fn memory() {
@@ -727,6 +868,9 @@ fn main() {
     }
     if want("throughput") {
         rt.block_on(throughput());
+    }
+    if want("instructions") {
+        rt.block_on(instructions());
     }
     if want("commands") {
         rt.block_on(commands());
