@@ -10,8 +10,13 @@
 //! - `poll()` errors spin (rumqtt#703): we back off with jitter between `reconnect_min` and
 //!   `reconnect_max`, reset on ConnAck.
 //! - The client's request channel is bounded and `publish().await` deadlocks in this task
-//!   (rumqtt#910): only `try_*` calls here; messages wait in our [`queue::Outbox`], which decides
-//!   what is dropped when the broker is away.
+//!   (rumqtt#910): messages wait in our [`queue::Outbox`], which decides what is dropped when
+//!   the broker is away.
+//! - rumqttc writes and flushes every request it takes from its channel on its own: one socket
+//!   write (and one TCP segment, with Nagle off) per packet. Between polls this task puts what
+//!   waits — (un)subscriptions, the outbox, then the acks — through rumqttc's state straight
+//!   into the connection's buffer and flushes once (see [`send`]); the channel is left for the
+//!   DISCONNECT.
 //! - 10 KiB default packet limit (rumqtt#924): 256 KiB each way.
 //! - Collision livelock after a lost session (rumqtt#1014): repeated `CollisionTimeout` rebuilds
 //!   the client and event loop.
@@ -32,8 +37,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rumqttc::{
-    AsyncClient, ClientError, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions,
-    Packet, QoS, Request, StateError, Transport,
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions, Packet, QoS,
+    Request, StateError, Transport,
 };
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -51,6 +56,9 @@ pub const CLIENT_CAP: usize = 64;
 /// (back-pressure on the broker): the bridge validates without I/O, so this only fills under a
 /// flood.
 pub const INCOMING_CAP: usize = 1024;
+/// How long one flush of what [`send`] wrote may wait for the socket before the link goes back
+/// to polling (the rest stays buffered and goes with the next flush). rumqttc's own bound.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a clean stop may spend sending what is queued and the `offline` status.
 /// (The `offline` status goes first: retained messages leave the outbox before readings.)
 pub const STOP_FLUSH: Duration = Duration::from_millis(400);
@@ -420,7 +428,7 @@ impl Mqtt {
                             "mqtt connected"
                         );
                         errors = ErrorLog::default();
-                        on_connect(&client, &shared, &settings);
+                        on_connect(&shared, &settings);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let ack = (p.qos != QoS::AtMostOnce).then_some(crate::device::Ack(p.pkid));
@@ -493,8 +501,10 @@ impl Mqtt {
                 // drop the connect half-way (see `poll_beating`).
                 _ = tick.tick(), if connected => heartbeat.beat(),
             }
-            if connected && subscribe_new(&client, &shared) {
-                feed(&client, &shared);
+            // Once rumqttc has handed out the events of what was written last (they come back
+            // from `poll` without I/O, one a turn).
+            if connected && eventloop.state.events.is_empty() {
+                send(&mut eventloop, &shared).await;
             }
         }
         // A clean stop: send what is queued and the offline status, then disconnect, within
@@ -510,7 +520,13 @@ impl Mqtt {
             let mut disconnecting = false;
             loop {
                 if !disconnecting {
-                    feed(&client, &shared);
+                    if tokio::time::timeout_at(deadline, send(&mut eventloop, &shared))
+                        .await
+                        .is_err()
+                    {
+                        warn!("mqtt: could not flush everything before stopping");
+                        break;
+                    }
                     if lock(&shared.outbox).is_empty()
                         && lock(&shared.acks).is_empty()
                         && eventloop.state.inflight() == 0
@@ -583,36 +599,13 @@ fn subscription(filters: &[(String, QoS)]) -> Vec<rumqttc::SubscribeFilter> {
         .collect()
 }
 
-/// Unsubscribes the filters dropped and subscribes those added (see `Shared::new_filters`).
-/// When the client's channel is full they wait for the next turn; returns whether none waits
-/// (only then may publishing go on).
-fn subscribe_new(client: &AsyncClient, shared: &Shared) -> bool {
-    let mut gone = lock(&shared.gone_filters);
-    while let Some(f) = gone.first() {
-        if client.try_unsubscribe(f.clone()).is_err() {
-            return false;
-        }
-        gone.remove(0);
-    }
-    drop(gone);
-    let mut new = lock(&shared.new_filters);
-    if !new.is_empty() {
-        if client.try_subscribe_many(subscription(&new)).is_err() {
-            return false;
-        }
-        new.clear();
-    }
-    true
-}
-
 /// After every ConnAck: subscribe to every filter (ahead of any publish), re-publish every
 /// retained message we hold, then the `online` status.
-fn on_connect(client: &AsyncClient, shared: &Shared, settings: &MqttSettings) {
+fn on_connect(shared: &Shared, settings: &MqttSettings) {
     // A new session: what was unsubscribed is gone with the old one or will be unsubscribed
-    // below; every filter is subscribed again through `subscribe_new`.
+    // by `send`; every filter is subscribed again by `send`, ahead of any publish.
     let all = lock(&shared.filters).clone();
     *lock(&shared.new_filters) = all;
-    subscribe_new(client, shared);
     let retained: Vec<(String, Vec<u8>)> = lock(&shared.retained)
         .iter()
         .map(|(t, p)| (t.clone(), p.clone()))
@@ -628,39 +621,87 @@ fn on_connect(client: &AsyncClient, shared: &Shared, settings: &MqttSettings) {
     );
 }
 
-/// Moves messages from the outbox into the client while its channel has room, then the acks
-/// (so a command's result goes out before its acknowledgement).
-fn feed(client: &AsyncClient, shared: &Shared) {
-    let mut outbox = lock(&shared.outbox);
-    let mut full = false;
-    while let Some((msg, ordered)) = outbox.pop() {
+/// Writes what waits — the filters dropped (UNSUBSCRIBE) and added (SUBSCRIBE, see
+/// `Shared::new_filters`), the outbox, then the acks (so a command's result goes out before its
+/// acknowledgement) — through rumqttc's state into the connection's write buffer, and sends it
+/// all with one flush. Handing each packet to rumqttc's request channel instead cost a socket
+/// write per packet (BENCHMARKS.md, issue 17).
+///
+/// Only between polls, while connected, and once rumqttc has re-sent the previous session's
+/// publishes (`pending`): they go first, as they did when everything went through its channel.
+/// Stops, as rumqttc's own loop does, when its inflight window is full or a packet id collides;
+/// the rest waits for the next turn (an ack coming in wakes the loop).
+async fn send(eventloop: &mut rumqttc::EventLoop, shared: &Shared) {
+    if !eventloop.pending.is_empty() {
+        return;
+    }
+    let max_inflight = eventloop.mqtt_options.inflight();
+    let state = &mut eventloop.state;
+    let Some(network) = eventloop.network.as_mut() else {
+        return;
+    };
+    let mut wrote = false;
+    let mut blocked = false;
+    let mut put = async |state: &mut rumqttc::MqttState, request: Request| -> bool {
+        match state.handle_outgoing_packet(request) {
+            Ok(Some(packet)) => match network.write(packet).await {
+                Ok(()) => true,
+                Err(e) => {
+                    debug!(error = ?e, "mqtt: packet not written");
+                    false
+                }
+            },
+            // A packet id collision: rumqttc keeps the publish and sends it once the id is free.
+            Ok(None) => false,
+            Err(e) => {
+                debug!(error = ?e, "mqtt: request refused");
+                false
+            }
+        }
+    };
+    let gone = std::mem::take(&mut *lock(&shared.gone_filters));
+    for f in gone {
+        wrote |= put(state, Request::Unsubscribe(rumqttc::Unsubscribe::new(f))).await;
+    }
+    let new = std::mem::take(&mut *lock(&shared.new_filters));
+    if !new.is_empty() {
+        let subscribe = rumqttc::Subscribe::new_many(subscription(&new));
+        wrote |= put(state, Request::Subscribe(subscribe)).await;
+    }
+    loop {
+        if state.inflight() >= max_inflight || state.collision.is_some() {
+            blocked = true;
+            break;
+        }
+        // Not held across the write: device tasks push while this waits for the socket.
+        let Some((msg, _)) = lock(&shared.outbox).pop() else {
+            break;
+        };
         let qos = if msg.qos >= 1 {
             QoS::AtLeastOnce
         } else {
             QoS::AtMostOnce
         };
-        match client.try_publish(msg.topic.clone(), qos, msg.retain, msg.payload.clone()) {
-            Ok(()) => {}
-            Err(ClientError::TryRequest(_)) | Err(ClientError::Request(_)) => {
-                outbox.unpop(msg, ordered);
-                full = true;
-                break;
-            }
+        let mut publish = rumqttc::Publish::new(msg.topic, qos, msg.payload);
+        publish.retain = msg.retain;
+        wrote |= put(state, Request::Publish(publish)).await;
+    }
+    if !blocked {
+        let acks = std::mem::take(&mut *lock(&shared.acks));
+        for a in acks {
+            wrote |= put(state, Request::PubAck(rumqttc::PubAck::new(a.0))).await;
         }
     }
-    if !full {
-        let mut acks = lock(&shared.acks);
-        let mut sent = 0;
-        for a in acks.iter() {
-            let mut p = rumqttc::Publish::new("", QoS::AtLeastOnce, Vec::new());
-            p.pkid = a.0;
-            if client.try_ack(&p).is_err() {
-                break;
-            }
-            sent += 1;
+    if wrote {
+        match tokio::time::timeout(FLUSH_TIMEOUT, network.flush()).await {
+            Ok(Ok(())) => {}
+            // The next poll finds the connection broken and reconnects; what is in flight at
+            // QoS 1 is sent again from rumqttc's state.
+            Ok(Err(e)) => debug!(error = ?e, "mqtt: flush failed"),
+            Err(_) => debug!("mqtt: flush still waiting for the socket; continued by the next one"),
         }
-        acks.drain(..sent);
     }
+    let outbox = lock(&shared.outbox);
     shared
         .stats
         .queued
