@@ -189,6 +189,14 @@ pub struct Core {
     refusals: RateLimits,
     /// The next publish sends the state even if nothing changed (`refresh`).
     forced: bool,
+    /// Each point's sensor topic and the fixed part of its payload, made at its first publish.
+    sensors: HashMap<String, SensorOutput>,
+}
+
+/// What is fixed per point on its sensor topic.
+struct SensorOutput {
+    topic: String,
+    payload: payload::SensorPayload,
 }
 
 impl Core {
@@ -205,6 +213,7 @@ impl Core {
             recent: RecentResults::default(),
             refusals: RateLimits::new(REFUSAL_LOG_EVERY),
             forced: false,
+            sensors: HashMap::new(),
         }
     }
 
@@ -342,9 +351,20 @@ impl Core {
             let Some(p) = self.config.points.get(point) else {
                 continue;
             };
-            let topic = self.links.topics.sensor(&self.name, loc, point);
-            let body = payload::sensor(value, p.unit.as_deref(), at, &self.name, loc);
-            self.links.sink.publish(topic, body, p.qos, p.retain);
+            let out = match self.sensors.get(point) {
+                Some(out) => out,
+                None => {
+                    let out = SensorOutput {
+                        topic: self.links.topics.sensor(&self.name, loc, point),
+                        payload: payload::SensorPayload::new(p.unit.as_deref(), &self.name, loc),
+                    };
+                    self.sensors.entry(point.clone()).or_insert(out)
+                }
+            };
+            let body = out.payload.render(value, at);
+            self.links
+                .sink
+                .publish(out.topic.clone(), body, p.qos, p.retain);
             if let Some(h) = &self.links.history {
                 h.record_reading(&self.name, point, at, value);
             }

@@ -401,31 +401,43 @@ impl DevicePoller {
         out: &mut Vec<(String, Value)>,
         failed: &mut Vec<String>,
     ) {
-        let read = self.reads[i].clone();
-        for pi in read.points {
-            let name = self.names[pi].clone();
-            let Some(p) = self.config().points.get(&name).cloned() else {
+        // Borrowed, not cloned: this runs for every point of every poll.
+        let config = self.core.config().clone();
+        let read = &self.reads[i];
+        let mut errors: Vec<(usize, String)> = Vec::new();
+        for &pi in &read.points {
+            let name = &self.names[pi];
+            let Some(p) = config.points.get(name) else {
                 continue;
             };
-            let Some(slot) = plan::slot(&p) else { continue };
+            let Some(slot) = plan::slot(p) else { continue };
             let offset = usize::from(slot.address - read.spec.start);
             let len = usize::from(slot.len);
-            let words: Option<Vec<u16>> = match data {
-                RawData::Bits(bits) => bits.get(offset).map(|b| vec![u16::from(*b)]),
-                RawData::Words(w) => w.get(offset..offset + len).map(<[u16]>::to_vec),
+            let bit: [u16; 1];
+            let words: Option<&[u16]> = match data {
+                RawData::Bits(bits) => match bits.get(offset) {
+                    Some(b) => {
+                        bit = [u16::from(*b)];
+                        Some(&bit[..])
+                    }
+                    None => None,
+                },
+                RawData::Words(w) => w.get(offset..offset + len),
             };
             let ty = p.effective_type().unwrap_or(DataType::U16);
             let decoded = match words {
-                Some(w) => codec::decode(&w, ty, p.order).map_err(|e| e.to_string()),
+                Some(w) => codec::decode(w, ty, p.order).map_err(|e| e.to_string()),
                 None => Err("the device returned fewer registers than asked".to_string()),
             };
             match decoded {
-                Ok(raw) => out.push((name, codec::to_value(raw, &p))),
-                Err(e) => {
-                    self.core.point_error(&name, &e);
-                    failed.push(name);
-                }
+                Ok(raw) => out.push((name.clone(), codec::to_value(raw, p))),
+                Err(e) => errors.push((pi, e)),
             }
+        }
+        for (pi, e) in errors {
+            let name = self.names[pi].clone();
+            self.core.point_error(&name, &e);
+            failed.push(name);
         }
     }
 

@@ -41,12 +41,23 @@ pub fn should_publish(
 
 /// The last published value of each point of one device, and the latest value of each (for the
 /// retained state, which always carries the newest reading even when the sensor topic held back).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DeviceState {
     published: BTreeMap<String, (Value, Instant)>,
     latest: BTreeMap<String, Value>,
-    /// The latest values as last sent on the state topic.
-    state_sent: Option<BTreeMap<String, Value>>,
+    /// The next `apply` sends the state even if nothing changed (`refresh`; and before the
+    /// first one, which sends it whatever it brings).
+    force_state: bool,
+}
+
+impl Default for DeviceState {
+    fn default() -> Self {
+        DeviceState {
+            published: BTreeMap::new(),
+            latest: BTreeMap::new(),
+            force_state: true,
+        }
+    }
 }
 
 /// What one poll's values call for.
@@ -69,27 +80,48 @@ impl DeviceState {
         now: Instant,
     ) -> Decision {
         let mut d = Decision::default();
+        // After every `apply` the state sent is the latest (or it is forced out again), so the
+        // state is due exactly when this one changes the latest values.
+        let mut changed = self.force_state;
+        for point in failed {
+            changed |= self.latest.contains_key(point);
+        }
         for point in failed {
             self.latest.remove(point);
             self.published.remove(point);
         }
         for (point, value, rule) in values {
-            if should_publish(self.published.get(&point), &value, rule, now) {
-                self.published.insert(point.clone(), (value.clone(), now));
+            let published = self.published.get_mut(&point);
+            if should_publish(published.as_deref(), &value, rule, now) {
+                match published {
+                    Some(p) => *p = (value.clone(), now),
+                    None => {
+                        self.published.insert(point.clone(), (value.clone(), now));
+                    }
+                }
                 d.sensors.push((point.clone(), value.clone()));
             }
-            self.latest.insert(point, value);
+            match self.latest.get_mut(&point) {
+                Some(v) => {
+                    if *v != value {
+                        *v = value;
+                        changed = true;
+                    }
+                }
+                None => {
+                    self.latest.insert(point, value);
+                    changed = true;
+                }
+            }
         }
-        d.state = !d.sensors.is_empty() || self.state_sent.as_ref() != Some(&self.latest);
-        if d.state {
-            self.state_sent = Some(self.latest.clone());
-        }
+        d.state = !d.sensors.is_empty() || changed;
+        self.force_state = false;
         d
     }
 
     /// Makes the next `apply` publish the state even if nothing changed (`refresh`).
     pub fn force_state(&mut self) {
-        self.state_sent = None;
+        self.force_state = true;
     }
 
     /// The newest value of every point.
