@@ -23,8 +23,11 @@ use crate::model::Value;
 pub const HISTORY_CAP: usize = 20_000;
 /// Rows per transaction at most.
 pub const BATCH: usize = 2_000;
-/// Rows per INSERT statement (4 binds each, far below SQLite's 32,766).
+/// Rows per INSERT statement of events (4 binds each, far below SQLite's 32,766).
 const ROWS_PER_INSERT: usize = 500;
+/// The row counts of the prepared INSERTs of readings, largest first: a batch is written with
+/// the largest that fit, so at most 9 statements, each parsed and planned once per connection.
+const READING_INSERTS: [usize; 9] = [256, 128, 64, 32, 16, 8, 4, 2, 1];
 /// Rows deleted per retention statement.
 const RETENTION_BATCH: i64 = 1_000;
 /// How often retention runs.
@@ -246,7 +249,10 @@ pub struct History {
     rx: mpsc::Receiver<Record>,
     config: HistoryConfig,
     stats: Arc<HistoryStats>,
-    series: HashMap<(String, String), i64>,
+    /// Series ids by device, then point: looked up per row without building a key.
+    series: HashMap<String, HashMap<String, i64>>,
+    /// The SQL of each of `READING_INSERTS`, made once.
+    reading_inserts: Vec<String>,
     last_error_log: Option<Instant>,
     last_full_log: Option<Instant>,
     /// (device, inode) of the file when it was opened.
@@ -294,6 +300,10 @@ impl History {
                 config: config.clone(),
                 stats: stats.clone(),
                 series: HashMap::new(),
+                reading_inserts: READING_INSERTS
+                    .iter()
+                    .map(|n| insert_readings_sql(*n))
+                    .collect(),
                 last_error_log: None,
                 last_full_log: None,
                 file_id: file_id(&config.path),
@@ -499,8 +509,7 @@ impl History {
         device: &str,
         point: &str,
     ) -> Result<i64, sqlx::Error> {
-        let key = (device.to_string(), point.to_string());
-        if let Some(id) = self.series.get(&key) {
+        if let Some(id) = self.series.get(device).and_then(|p| p.get(point)) {
             return Ok(*id);
         }
         sqlx::query("INSERT OR IGNORE INTO series (device, point) VALUES (?, ?)")
@@ -514,7 +523,10 @@ impl History {
             .fetch_one(&mut **tx)
             .await?
             .try_get(0)?;
-        self.series.insert(key, id);
+        self.series
+            .entry(device.to_string())
+            .or_default()
+            .insert(point.to_string(), id);
         Ok(id)
     }
 
@@ -552,23 +564,28 @@ impl History {
         // which spilled to a temporary file in /var/tmp now and then: one more write to the SD
         // card, and a file descriptor coming and going. Nothing is lost by it: any error drops
         // the whole transaction, and the batch is written again or counted as dropped.
-        for chunk in readings.chunks(ROWS_PER_INSERT) {
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT OR FAIL INTO readings (ts, series, kind, value) ");
-            q.push_values(chunk, |mut b, (ts, id, kind, v)| {
-                b.push_bind(*ts).push_bind(*id).push_bind(*kind);
-                match v {
-                    Value::Int(i) => match i64::try_from(*i) {
-                        Ok(i) => b.push_bind(i),
-                        Err(_) => b.push_bind(i.to_string()),
-                    },
-                    Value::Float(f) => b.push_bind(*f),
-                    Value::Text(t) => b.push_bind(t.clone()),
-                    Value::Bool(x) => b.push_bind(i64::from(*x)),
-                };
-            });
-            // Batch sizes vary: don't keep a prepared statement per size.
-            q.build().persistent(false).execute(&mut *tx).await?;
+        // Prepared statements of fixed sizes (kept by the connection): a batch's SQL is neither
+        // built nor parsed again, only bound.
+        let mut rest = &readings[..];
+        for (n, sql) in READING_INSERTS.iter().zip(&self.reading_inserts) {
+            while rest.len() >= *n {
+                let (chunk, tail) = rest.split_at(*n);
+                rest = tail;
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+                for (ts, id, kind, v) in chunk {
+                    q = q.bind(*ts).bind(*id).bind(*kind);
+                    q = match v {
+                        Value::Int(i) => match i64::try_from(*i) {
+                            Ok(i) => q.bind(i),
+                            Err(_) => q.bind(i.to_string()),
+                        },
+                        Value::Float(f) => q.bind(*f),
+                        Value::Text(t) => q.bind(t.as_str()),
+                        Value::Bool(x) => q.bind(i64::from(*x)),
+                    };
+                }
+                q.execute(&mut *tx).await?;
+            }
         }
         for chunk in events.chunks(ROWS_PER_INSERT) {
             let mut q: QueryBuilder<Sqlite> =
@@ -600,6 +617,18 @@ impl History {
             }
         }
     }
+}
+
+/// `INSERT OR FAIL INTO readings … VALUES (?, ?, ?, ?), …` for `rows` rows.
+fn insert_readings_sql(rows: usize) -> String {
+    let mut sql = String::from("INSERT OR FAIL INTO readings (ts, series, kind, value) VALUES ");
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str("(?, ?, ?, ?)");
+    }
+    sql
 }
 
 /// What a deletion removed.
