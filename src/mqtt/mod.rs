@@ -59,6 +59,10 @@ pub const INCOMING_CAP: usize = 1024;
 /// How long one flush of what [`send`] wrote may wait for the socket before the link goes back
 /// to polling (the rest stays buffered and goes with the next flush). rumqttc's own bound.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages [`send`] writes at most before the link reads again: a backlog (the broker was
+/// away, a burst) goes out in chunks with the broker's packets (acks, commands) read between
+/// them, as rumqttc's own loop interleaves them.
+const SEND_BATCH: usize = 256;
 /// How long a clean stop may spend sending what is queued and the `offline` status.
 /// (The `offline` status goes first: retained messages leave the outbox before readings.)
 pub const STOP_FLUSH: Duration = Duration::from_millis(400);
@@ -629,8 +633,9 @@ fn on_connect(shared: &Shared, settings: &MqttSettings) {
 ///
 /// Only between polls, while connected, and once rumqttc has re-sent the previous session's
 /// publishes (`pending`): they go first, as they did when everything went through its channel.
-/// Stops, as rumqttc's own loop does, when its inflight window is full or a packet id collides;
-/// the rest waits for the next turn (an ack coming in wakes the loop).
+/// Stops, as rumqttc's own loop does, when its inflight window is full or a packet id collides
+/// (an ack coming in wakes the loop), and after [`SEND_BATCH`] messages (their events, handed
+/// out by the next polls, bring the loop back here).
 async fn send(eventloop: &mut rumqttc::EventLoop, shared: &Shared) {
     if !eventloop.pending.is_empty() {
         return;
@@ -668,7 +673,7 @@ async fn send(eventloop: &mut rumqttc::EventLoop, shared: &Shared) {
         let subscribe = rumqttc::Subscribe::new_many(subscription(&new));
         wrote |= put(state, Request::Subscribe(subscribe)).await;
     }
-    loop {
+    for _ in 0..SEND_BATCH {
         if state.inflight() >= max_inflight || state.collision.is_some() {
             blocked = true;
             break;
@@ -686,7 +691,8 @@ async fn send(eventloop: &mut rumqttc::EventLoop, shared: &Shared) {
         publish.retain = msg.retain;
         wrote |= put(state, Request::Publish(publish)).await;
     }
-    if !blocked {
+    // Acks only once the outbox is empty: a command's result goes out before its ack.
+    if !blocked && lock(&shared.outbox).is_empty() {
         let acks = std::mem::take(&mut *lock(&shared.acks));
         for a in acks {
             wrote |= put(state, Request::PubAck(rumqttc::PubAck::new(a.0))).await;
