@@ -800,3 +800,66 @@ async fn with_history_off_no_file_is_made_and_the_gateway_runs() {
     assert!(out.is_empty());
     assert!(err.contains("history.enabled = false"), "{err}");
 }
+
+/// Migration 0004 (issue 17): a file made before it loses `readings_series_ts` at the next
+/// start, keeps its rows, and every query still finds them by device and point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_from_before_migration_4_loses_the_series_index_and_keeps_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let indexes = |pool: sqlx::SqlitePool| async move {
+        sqlx::query_scalar::<_, String>(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'readings' ORDER BY name",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    // A file as migrations 0001-0003 left it, with readings in it.
+    let pool = history::open(&db).await.unwrap();
+    sqlx::query("CREATE INDEX readings_series_ts ON readings (series, ts)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 4")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (writer, h) = History::new(pool.clone(), &hcfg(&db, 50));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(writer.run(stop.clone()));
+    let now = SystemTime::now();
+    for i in 0..10i128 {
+        h.record_reading("a", "x", now, &Value::Int(i));
+        h.record_reading("b", "y", now, &Value::Float(i as f64 / 2.0));
+    }
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(
+        indexes(pool.clone()).await,
+        ["readings_series_ts", "readings_ts"]
+    );
+    pool.close().await;
+
+    let pool = history::open(&db).await.unwrap();
+    assert_eq!(indexes(pool.clone()).await, ["readings_ts"]);
+    let rows = history::query(
+        &pool,
+        &Filter {
+            device: Some("b".into()),
+            point: Some("y".into()),
+            ..Filter::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 10);
+    assert!(rows.iter().all(|r| r.device == "b" && r.point == "y"));
+    assert_eq!(
+        history::query(&pool, &Filter::default())
+            .await
+            .unwrap()
+            .len(),
+        20
+    );
+}
