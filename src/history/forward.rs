@@ -186,17 +186,30 @@ fn text_for_postgres(s: String) -> String {
     }
 }
 
-const INSERT_READINGS: &str = "INSERT INTO readings (gateway, origin, id, ts, device, point, value, value_text) \
-     SELECT $1, $2, t.id, timestamptz 'epoch' + t.ms * interval '1 millisecond', t.device, t.point, t.value, t.value_text \
-     FROM UNNEST($3::int8[], $4::int8[], $5::text[], $6::text[], $7::float8[], $8::text[]) \
-       AS t (id, ms, device, point, value, value_text) \
-     ON CONFLICT DO NOTHING";
+macro_rules! insert_readings {
+    () => {
+        "INSERT INTO readings (gateway, origin, id, ts, device, point, value, value_text) \
+         SELECT $1, $2, t.id, timestamptz 'epoch' + t.ms * interval '1 millisecond', t.device, t.point, t.value, t.value_text \
+         FROM UNNEST($3::int8[], $4::int8[], $5::text[], $6::text[], $7::float8[], $8::text[]) \
+           AS t (id, ms, device, point, value, value_text)"
+    };
+}
 
-const INSERT_EVENTS: &str = "INSERT INTO events (gateway, origin, id, ts, device, kind, detail) \
-     SELECT $1, $2, t.id, timestamptz 'epoch' + t.ms * interval '1 millisecond', t.device, t.kind, t.detail \
-     FROM UNNEST($3::int8[], $4::int8[], $5::text[], $6::text[], $7::text[]) \
-       AS t (id, ms, device, kind, detail) \
-     ON CONFLICT DO NOTHING";
+macro_rules! insert_events {
+    () => {
+        "INSERT INTO events (gateway, origin, id, ts, device, kind, detail) \
+         SELECT $1, $2, t.id, timestamptz 'epoch' + t.ms * interval '1 millisecond', t.device, t.kind, t.detail \
+         FROM UNNEST($3::int8[], $4::int8[], $5::text[], $6::text[], $7::text[]) \
+           AS t (id, ms, device, kind, detail)"
+    };
+}
+
+/// The INSERTs of a batch: (readings, events), first as sent the first time, then as sent again.
+const INSERTS: (&str, &str) = (insert_readings!(), insert_events!());
+const INSERTS_AGAIN: (&str, &str) = (
+    concat!(insert_readings!(), " ON CONFLICT DO NOTHING"),
+    concat!(insert_events!(), " ON CONFLICT DO NOTHING"),
+);
 
 /// The local side: the file, on a connection of the forwarder's own.
 struct Local {
@@ -205,6 +218,9 @@ struct Local {
     origin: i64,
     /// Rowids of the last reading and event the database committed.
     cursor: (i64, i64),
+    /// The batch after the one in flight, read while the database inserted that one, with the
+    /// cursor it starts after.
+    next: Option<((i64, i64), Batch)>,
 }
 
 /// The forwarder task.
@@ -371,22 +387,39 @@ async fn step(
                 .map_err(|e| Failure::Central(e.to_string()))?,
         ),
     };
-    let batch = read_batch(local).await?;
+    let batch = match local.next.take() {
+        Some((after, b)) if after == local.cursor => b,
+        _ => read_batch(local, local.cursor).await?,
+    };
     if batch.len() == 0 {
         return Ok(Progress::Idle);
     }
-    tokio::time::timeout(SEND_TIMEOUT, send(conn, gateway, local.origin, &batch))
-        .await
-        .map_err(|_| Failure::Central("sending timed out".into()))?
-        .map_err(|e| Failure::Central(e.to_string()))?;
-    stats.rows.fetch_add(batch.len() as u64, Ordering::Relaxed);
     let last = (
         batch.r_id.last().copied().unwrap_or(local.cursor.0),
         batch.e_id.last().copied().unwrap_or(local.cursor.1),
     );
+    // A full batch has more behind it: the next one is read from the file while the database
+    // inserts this one (a backlog goes out about a third faster, BENCHMARKS.md).
+    let more = batch.r_id.len() as i64 == FORWARD_BATCH || batch.e_id.len() as i64 == FORWARD_BATCH;
+    let reading_next = async {
+        if more {
+            read_batch(local, last).await.ok()
+        } else {
+            None
+        }
+    };
+    let (sent, next) = tokio::join!(
+        tokio::time::timeout(SEND_TIMEOUT, send(conn, gateway, local.origin, &batch)),
+        reading_next
+    );
+    sent.map_err(|_| Failure::Central("sending timed out".into()))?
+        .map_err(|e| Failure::Central(e.to_string()))?;
+    stats.rows.fetch_add(batch.len() as u64, Ordering::Relaxed);
     // In memory at once: the next batch starts after these rows even if the file can't take
     // the cursor right now (a crash then sends them once more, and the database ignores them).
     local.cursor = last;
+    // (A failed read ahead is not an error: the next step reads again.)
+    local.next = next.filter(|b| b.len() > 0).map(|b| (last, b));
     save_cursor(&local.pool, &link.target, last).await?;
     Ok(Progress::Sent(batch.len()))
 }
@@ -453,6 +486,7 @@ async fn open_local(path: &std::path::Path, target: &str) -> Result<Local, sqlx:
         .await?;
     Ok(Local {
         cursor: (row.try_get(0)?, row.try_get(1)?),
+        next: None,
         pool,
         file_id,
         origin,
@@ -483,14 +517,14 @@ async fn backlog(local: &Local) -> Result<(u64, u64), sqlx::Error> {
     Ok((pending, oldest.map_or(0, |ts| ts.max(1) as u64)))
 }
 
-/// The next rows above the cursor, oldest first.
-async fn read_batch(local: &Local) -> Result<Batch, sqlx::Error> {
+/// The next rows above `after` (a cursor), oldest first.
+async fn read_batch(local: &Local, after: (i64, i64)) -> Result<Batch, sqlx::Error> {
     let mut b = Batch::default();
     let readings = sqlx::query(
         "SELECT r.rowid, r.ts, s.device, s.point, r.kind, r.value FROM readings r \
          JOIN series s ON s.id = r.series WHERE r.rowid > ? ORDER BY r.rowid LIMIT ?",
     )
-    .bind(local.cursor.0)
+    .bind(after.0)
     .bind(FORWARD_BATCH)
     .fetch_all(&local.pool)
     .await?;
@@ -508,7 +542,7 @@ async fn read_batch(local: &Local) -> Result<Batch, sqlx::Error> {
     let events = sqlx::query(
         "SELECT rowid, ts, device, kind, detail FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?",
     )
-    .bind(local.cursor.1)
+    .bind(after.1)
     .bind(FORWARD_BATCH)
     .fetch_all(&local.pool)
     .await?;
@@ -537,15 +571,36 @@ async fn connect(options: &PgConnectOptions) -> Result<PgConnection, sqlx::Error
 }
 
 /// One transaction: the batch's readings and events, each row once however often it is sent.
+///
+/// Plain INSERTs first: a batch almost always holds rows the database has never seen, and
+/// `ON CONFLICT DO NOTHING` makes PostgreSQL insert every row speculatively, which costs about
+/// 40 % of the insert (BENCHMARKS.md, forwarding). A batch that was sent before (a crash or a
+/// lost commit answer) hits the primary key; it is rolled back and sent again with
+/// `ON CONFLICT DO NOTHING`, so the rows already there are skipped and the rest go in.
 async fn send(
     conn: &mut PgConnection,
     gateway: &str,
     origin: i64,
     b: &Batch,
 ) -> Result<(), sqlx::Error> {
+    match send_once(conn, gateway, origin, b, INSERTS).await {
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            send_once(conn, gateway, origin, b, INSERTS_AGAIN).await
+        }
+        r => r,
+    }
+}
+
+async fn send_once(
+    conn: &mut PgConnection,
+    gateway: &str,
+    origin: i64,
+    b: &Batch,
+    (readings, events): (&'static str, &'static str),
+) -> Result<(), sqlx::Error> {
     let mut tx = conn.begin().await?;
     if !b.r_id.is_empty() {
-        sqlx::query(INSERT_READINGS)
+        sqlx::query(readings)
             .bind(gateway)
             .bind(origin)
             .bind(&b.r_id)
@@ -558,7 +613,7 @@ async fn send(
             .await?;
     }
     if !b.e_id.is_empty() {
-        sqlx::query(INSERT_EVENTS)
+        sqlx::query(events)
             .bind(gateway)
             .bind(origin)
             .bind(&b.e_id)
