@@ -230,7 +230,8 @@ impl Fleet {
     }
 
     /// Applies `new` over `old`: stops, starts and restarts only the buses and devices that
-    /// changed. Removed devices are announced `offline`.
+    /// changed. Removed and moved devices leave no retained message at their old topics; a
+    /// removed one is recorded offline in the history.
     pub async fn apply(
         &mut self,
         old: &Config,
