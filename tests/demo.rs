@@ -32,12 +32,6 @@ fn collect(from: impl std::io::Read + Send + 'static) -> Lines {
     lines
 }
 
-/// Starts the demo; returns the child and its stdout lines as they come.
-fn demo(args: &[&str]) -> (Child, Lines) {
-    let (child, out, _) = demo_logged(args);
-    (child, out)
-}
-
 /// Starts the demo; returns the child, its stdout and its stderr (the log) as they come.
 fn demo_logged(args: &[&str]) -> (Child, Lines, Lines) {
     let mut child = Command::new(BIN)
@@ -122,7 +116,7 @@ fn exercise(port: u16, child: &mut Child, lines: &Arc<Mutex<Vec<String>>>) {
 fn the_demo_runs_against_mosquitto_with_mqtt() {
     let broker = Mosquitto::start();
     let discovery = Subscriber::connect(broker.port, "homeassistant/#");
-    let (mut child, lines) = demo(&["--mqtt", &broker.url(), "--duration", "8s"]);
+    let (mut child, lines, log) = demo_logged(&["--mqtt", &broker.url(), "--duration", "8s"]);
     // Pointed at someone's broker, the demo shows up in their Home Assistant, under a gateway
     // of its own...
     let configs = [
@@ -136,7 +130,14 @@ fn the_demo_runs_against_mosquitto_with_mqtt() {
             discovery
                 .wait_for(topic, |p| p.contains("\"fieldbridge:demo"), WAIT)
                 .is_some(),
-            "no {topic}"
+            "no {topic}; seen: {:?}; log: {:?}; out: {:?}",
+            discovery
+                .seen()
+                .iter()
+                .map(|m| m.topic.clone())
+                .collect::<Vec<_>>(),
+            log.lock().unwrap(),
+            lines.lock().unwrap()
         );
     }
     exercise(broker.port, &mut child, &lines);

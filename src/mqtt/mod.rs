@@ -664,38 +664,55 @@ async fn send(eventloop: &mut rumqttc::EventLoop, shared: &Shared) {
             }
         }
     };
-    let gone = std::mem::take(&mut *lock(&shared.gone_filters));
-    for f in gone {
-        wrote |= put(state, Request::Unsubscribe(rumqttc::Unsubscribe::new(f))).await;
-    }
-    let new = std::mem::take(&mut *lock(&shared.new_filters));
-    if !new.is_empty() {
-        let subscribe = rumqttc::Subscribe::new_many(subscription(&new));
-        wrote |= put(state, Request::Subscribe(subscribe)).await;
-    }
-    for _ in 0..SEND_BATCH {
+    // The message taken from the outbox, written after the filters that wait: a filter added
+    // before the message was queued (the Home Assistant scan subscribes, then publishes the
+    // probe that must come back through it) is in `new_filters` by the time the message can be
+    // taken, and goes out ahead of it. The app's task adds them while this one writes.
+    let mut taken: Option<queue::Message> = None;
+    for turn in 0..=SEND_BATCH {
+        let gone = std::mem::take(&mut *lock(&shared.gone_filters));
+        for f in gone {
+            wrote |= put(state, Request::Unsubscribe(rumqttc::Unsubscribe::new(f))).await;
+        }
+        let new = std::mem::take(&mut *lock(&shared.new_filters));
+        if !new.is_empty() {
+            let subscribe = rumqttc::Subscribe::new_many(subscription(&new));
+            wrote |= put(state, Request::Subscribe(subscribe)).await;
+        }
+        if let Some(msg) = taken.take() {
+            let qos = if msg.qos >= 1 {
+                QoS::AtLeastOnce
+            } else {
+                QoS::AtMostOnce
+            };
+            let mut publish = rumqttc::Publish::new(msg.topic, qos, msg.payload);
+            publish.retain = msg.retain;
+            wrote |= put(state, Request::Publish(publish)).await;
+        }
+        if turn == SEND_BATCH {
+            break;
+        }
         if state.inflight() >= max_inflight || state.collision.is_some() {
             blocked = true;
             break;
         }
         // Not held across the write: device tasks push while this waits for the socket.
-        let Some((msg, _)) = lock(&shared.outbox).pop() else {
-            break;
-        };
-        let qos = if msg.qos >= 1 {
-            QoS::AtLeastOnce
-        } else {
-            QoS::AtMostOnce
-        };
-        let mut publish = rumqttc::Publish::new(msg.topic, qos, msg.payload);
-        publish.retain = msg.retain;
-        wrote |= put(state, Request::Publish(publish)).await;
+        match lock(&shared.outbox).pop() {
+            Some((msg, _)) => taken = Some(msg),
+            None => break,
+        }
     }
-    // Acks only once the outbox is empty: a command's result goes out before its ack.
-    if !blocked && lock(&shared.outbox).is_empty() {
+    // Acks only once the outbox is empty: a command's result goes out before its ack. (Taken
+    // before the look at the outbox: a device queues its result, then its ack, so a result
+    // whose ack was taken is in the outbox by then, and the acks wait for the next turn.)
+    if !blocked {
         let acks = std::mem::take(&mut *lock(&shared.acks));
-        for a in acks {
-            wrote |= put(state, Request::PubAck(rumqttc::PubAck::new(a.0))).await;
+        if lock(&shared.outbox).is_empty() {
+            for a in acks {
+                wrote |= put(state, Request::PubAck(rumqttc::PubAck::new(a.0))).await;
+            }
+        } else {
+            lock(&shared.acks).splice(0..0, acks);
         }
     }
     if wrote {
