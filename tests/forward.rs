@@ -20,7 +20,7 @@ use common::mosquitto::{Mosquitto, Subscriber};
 use common::postgres::{PrivatePostgres, TempDb};
 use common::proxy::Proxy;
 use fieldbridge::config::{ForwardConfig, HistoryConfig, SslMode};
-use fieldbridge::history::{self, ForwardLink, Forwarder, History};
+use fieldbridge::history::{self, ForwardLink, Forwarder, History, HistoryHandle};
 use fieldbridge::model::Value;
 use nix::sys::signal::Signal;
 use serde_json::Value as Json;
@@ -250,34 +250,43 @@ async fn forward_rest_with(
 
 /// Fills a history file with `n` readings (and a few events) through the daemon's own writer:
 /// a backlog for the forwarder.
-async fn backlog(db: &Path, n: u64) {
+/// Writes a local history file at `db` through the daemon's own writer: `fill` records the
+/// rows (the queue holds `capacity`), then the writer stops and the file is closed.
+async fn write_local(db: &Path, capacity: usize, fill: impl FnOnce(&HistoryHandle)) {
     let cfg = HistoryConfig {
         enabled: true,
         path: db.to_path_buf(),
         retention: Duration::from_secs(30 * 86_400),
-        flush: Duration::from_millis(100),
+        flush: Duration::from_millis(50),
         max_size: None,
         forward: None,
     };
     let pool = history::open(db).await.unwrap();
-    let (writer, h) = History::with_capacity(pool.clone(), &cfg, n as usize + 100);
+    let (writer, h) = History::with_capacity(pool.clone(), &cfg, capacity);
     let stop = CancellationToken::new();
     let task = tokio::spawn(writer.run(stop.clone()));
-    let t0 = SystemTime::now() - Duration::from_secs(3600);
-    for i in 0..n {
-        h.record_reading(
-            "old",
-            &format!("p{}", i % 50),
-            t0 + Duration::from_millis(i),
-            &Value::Int(i128::from(i)),
-        );
-        if i % 10_000 == 0 {
-            h.record_availability("old", i % 20_000 == 0, t0 + Duration::from_millis(i));
-        }
-    }
+    fill(&h);
     stop.cancel();
     task.await.unwrap();
     pool.close().await;
+}
+
+async fn backlog(db: &Path, n: u64) {
+    write_local(db, n as usize + 100, |h| {
+        let t0 = SystemTime::now() - Duration::from_secs(3600);
+        for i in 0..n {
+            h.record_reading(
+                "old",
+                &format!("p{}", i % 50),
+                t0 + Duration::from_millis(i),
+                &Value::Int(i128::from(i)),
+            );
+            if i % 10_000 == 0 {
+                h.record_availability("old", i % 20_000 == 0, t0 + Duration::from_millis(i));
+            }
+        }
+    })
+    .await;
 }
 
 fn health_json(sub: &Subscriber, gateway: &str) -> Option<Json> {
@@ -862,19 +871,7 @@ async fn the_readme_grafana_queries_run_against_the_central_tables() {
     let pool = pg.pool().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("history.db");
-    {
-        let cfg = HistoryConfig {
-            enabled: true,
-            path: db.clone(),
-            retention: Duration::from_secs(30 * 86_400),
-            flush: Duration::from_millis(50),
-            max_size: None,
-            forward: None,
-        };
-        let local = history::open(&db).await.unwrap();
-        let (writer, h) = History::new(local.clone(), &cfg);
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(writer.run(stop.clone()));
+    write_local(&db, 10_000, |h| {
         let now = SystemTime::now();
         for i in 0..120u64 {
             let at = now - Duration::from_secs(60 * i);
@@ -887,10 +884,8 @@ async fn the_readme_grafana_queries_run_against_the_central_tables() {
         }
         h.record_availability("boiler", false, now - Duration::from_secs(600));
         h.record_availability("boiler", true, now - Duration::from_secs(300));
-        stop.cancel();
-        task.await.unwrap();
-        local.close().await;
-    }
+    })
+    .await;
     forward_rest(&db, "boiler-room", &pg.url(), &pool).await;
 
     let readme =
@@ -938,19 +933,7 @@ async fn a_row_postgresql_cannot_take_as_is_does_not_hold_up_the_rows_after_it()
     let pool = pg.pool().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("history.db");
-    {
-        let cfg = HistoryConfig {
-            enabled: true,
-            path: db.clone(),
-            retention: Duration::from_secs(30 * 86_400),
-            flush: Duration::from_millis(50),
-            max_size: None,
-            forward: None,
-        };
-        let local = history::open(&db).await.unwrap();
-        let (writer, h) = History::new(local.clone(), &cfg);
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(writer.run(stop.clone()));
+    write_local(&db, 10_000, |h| {
         let now = SystemTime::now();
         h.record_reading("line", "label", now, &Value::Text("ab\0cd".into()));
         h.record_command(
@@ -967,10 +950,8 @@ async fn a_row_postgresql_cannot_take_as_is_does_not_hold_up_the_rows_after_it()
                 &Value::Int(i.into()),
             );
         }
-        stop.cancel();
-        task.await.unwrap();
-        local.close().await;
-    }
+    })
+    .await;
     forward_rest(&db, "noisy", &pg.url(), &pool).await;
     let label: String = sqlx::query_scalar(
         "SELECT value_text FROM readings WHERE gateway = 'noisy' AND point = 'label'",
