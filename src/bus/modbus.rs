@@ -366,8 +366,14 @@ impl ModbusBus {
             let Some(ctx) = self.ctx.as_mut() else {
                 return Err(last);
             };
+            // Only a silence still to come is slept: tokio's timer rounds a deadline up to its
+            // next millisecond, so sleeping until a moment already past (a TCP bus without
+            // `turnaround`) would hold every transaction up to 1 ms after the one before.
             if let Some(end) = self.last_end {
-                tokio::time::sleep_until(end + plan::silence(&self.config)).await;
+                let quiet_until = end + plan::silence(&self.config);
+                if quiet_until > Instant::now() {
+                    tokio::time::sleep_until(quiet_until).await;
+                }
             }
             ctx.set_slave(Slave(unit));
             let started = Instant::now();
