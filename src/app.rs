@@ -59,9 +59,10 @@ impl From<ConfigErrors> for BuildError {
 
 /// `fieldbridge run`: runs until SIGTERM/SIGINT and returns the process exit code.
 pub fn main(config_path: &Path) -> ExitCode {
-    // Two workers are plenty for a gateway and keep the resident set small on a Pi.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread runs every task: a gateway waits on sockets and timers, and a message handed
+    // from task to task (MQTT link, device, bus) wakes no other thread. SQLite runs on sqlx's
+    // own thread; file and DNS work on tokio's blocking pool.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .thread_name("fieldbridge")
         .enable_all()
         .build()
