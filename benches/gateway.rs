@@ -118,11 +118,17 @@ fn ticks_per_second() -> u64 {
         .unwrap_or(100)
 }
 
+/// The gateway binary the benches run: this build's, or `BENCH_GATEWAY_BIN` (an earlier build
+/// kept aside, for before/after figures from the same bench in one sitting).
+fn gateway_bin() -> String {
+    std::env::var("BENCH_GATEWAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_fieldbridge").into())
+}
+
 fn spawn_gateway(cfg_path: &std::path::Path, one_core: bool) -> std::process::Child {
-    let bin = env!("CARGO_BIN_EXE_fieldbridge");
+    let bin = gateway_bin();
     let mut cmd = if one_core && Command::new("taskset").arg("-V").output().is_ok() {
         let mut c = Command::new("taskset");
-        c.args(["-c", "1", bin]);
+        c.args(["-c", "1", &bin]);
         c
     } else {
         Command::new(bin)
@@ -178,7 +184,11 @@ async fn load(poll: &str) -> Load {
 }
 
 async fn throughput() {
-    let l = load("1ms").await;
+    // A pace mosquitto and the subscriber (on the other core) keep up with, so every reading
+    // the gateway makes is published and counted: CPU over counted messages is the cost of one
+    // update, not of updates dropped from a full outbox. `BENCH_THROUGHPUT_POLL=1ms` saturates.
+    let poll = std::env::var("BENCH_THROUGHPUT_POLL").unwrap_or_else(|_| "50ms".into());
+    let l = load(&poll).await;
     let (broker, cfg) = (&l.broker, &l.cfg);
     let (mut sub, count) = count_messages(broker.port, "b/lab/sensor/#");
     let mut gw = spawn_gateway(cfg, true);
@@ -198,7 +208,7 @@ async fn throughput() {
     let updates = (n1 - n0) as f64;
     let cpu = (c1 - c0) as f64 / ticks_per_second() as f64;
     println!(
-        "throughput: {:.0} point updates/s published ({} devices x {} points, gateway on one core); gateway CPU {:.1} ms per 1000 updates ({:.0}% of a core); RSS {} KiB",
+        "throughput: {:.0} point updates/s published ({} devices x {} points polled every {poll}, gateway on one core); gateway CPU {:.1} ms per 1000 updates ({:.0}% of a core); RSS {} KiB",
         updates / secs,
         DEVICES,
         POINTS,
@@ -271,7 +281,7 @@ async fn instructions() {
     let mut gw = Command::new("valgrind")
         .arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out.display()))
-        .arg(env!("CARGO_BIN_EXE_fieldbridge"))
+        .arg(gateway_bin())
         .args(["run", "-c"])
         .arg(cfg)
         .env("RUST_LOG", "warn")
@@ -355,10 +365,25 @@ async fn memory() {
     let pid = gw.id();
     let mut peak = 0;
     let t0 = Instant::now();
+    // CPU from after the start-up (connect, first polls) to the end.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (c0, n0, t1) = (
+        proc_cpu_ticks(pid),
+        count.load(Ordering::Relaxed),
+        Instant::now(),
+    );
     while t0.elapsed() < Duration::from_secs(secs) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         peak = peak.max(rss_kib(pid));
     }
+    let cpu = (proc_cpu_ticks(pid) - c0) as f64 / ticks_per_second() as f64;
+    let updates = (count.load(Ordering::Relaxed) - n0) as f64;
+    println!(
+        "memory: gateway CPU {:.2}% of a core at {:.0} updates/s: {:.1} ms per 1000 updates",
+        cpu / t1.elapsed().as_secs_f64() * 100.0,
+        updates / t1.elapsed().as_secs_f64(),
+        cpu * 1000.0 / (updates / 1000.0).max(1e-9)
+    );
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
     let field = |name: &str| {
         rollup
@@ -475,6 +500,18 @@ async fn measuring_client(
     (client, rx)
 }
 
+/// A second subscriber, on the retained device state: hands over each state with the moment it
+/// came (the "command publish -> new state on the broker").
+async fn state_watcher(
+    port: u16,
+    topic: &str,
+) -> tokio::sync::mpsc::UnboundedReceiver<(Instant, Vec<u8>)> {
+    let (_client, rx) = measuring_client(port, "bench-state", topic).await;
+    // The client lives as long as its event loop task, which holds what it needs.
+    std::mem::forget(_client);
+    rx
+}
+
 /// Command latency: MQTT publish → write at the device, and → result on the broker, over 1000
 /// commands one after another (in-process TCP device, release gateway, real mosquitto).
 async fn commands() {
@@ -512,13 +549,16 @@ async fn commands() {
             break;
         }
     }
+    let mut states = state_watcher(broker.port, "b/lab/device/lamp/state").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     while rx.try_recv().is_ok() {}
+    while states.try_recv().is_ok() {}
     // With an `id` the gateway puts it on disk (one fsync) before the write and records the
     // result after it (another); without one it has nothing to remember.
     for with_id in [true, false] {
         let mut to_write = Vec::new();
         let mut to_result = Vec::new();
+        let mut to_state = Vec::new();
         for i in 0..1000u32 {
             fake.clear_log();
             // The result names the command: its `id`, or without one its level (distinct
@@ -543,15 +583,26 @@ async fn commands() {
                 .unwrap();
             assert!(String::from_utf8_lossy(&payload).contains(&expect));
             to_result.push(at.duration_since(sent));
+            // The state with the new level: it goes out before the result.
+            let want = format!("\"level\":{level}");
+            while let Ok((at, state)) = states.try_recv() {
+                let state = String::from_utf8_lossy(&state);
+                if state.contains(&format!("{want},")) || state.contains(&format!("{want}}}")) {
+                    to_state.push(at.duration_since(sent));
+                }
+            }
             if let Some(w) = fake.log().iter().find(|s| s.fc == 6) {
                 to_write.push(w.at.duration_since(sent));
             }
         }
         println!(
-            "commands ({}): 1000 commands, publish -> write at device p50 {:.2} ms p99 {:.2} ms; publish -> result on broker p50 {:.2} ms p99 {:.2} ms",
+            "commands ({}): 1000 commands, publish -> write at device p50 {:.2} ms p99 {:.2} ms; publish -> new state on broker p50 {:.2} ms p99 {:.2} ms ({} seen); publish -> result on broker p50 {:.2} ms p99 {:.2} ms",
             if with_id { "with id" } else { "without id" },
             pct(&mut to_write, 0.5),
             pct(&mut to_write, 0.99),
+            pct(&mut to_state, 0.5),
+            pct(&mut to_state, 0.99),
+            to_state.len(),
             pct(&mut to_result, 0.5),
             pct(&mut to_result, 0.99),
         );
@@ -820,7 +871,7 @@ async fn history_rss() {
         std::fs::write(&cfg, format!("[history]\npath = \"{}\"\n", db.display())).unwrap();
         for format in ["json", "csv", "table"] {
             let started = Instant::now();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_fieldbridge"))
+            let mut child = Command::new(gateway_bin())
                 .args(["history", "-c"])
                 .arg(&cfg)
                 .args(["--format", format])
