@@ -167,11 +167,12 @@ impl LineDevice {
         let config = self.core.config().clone();
         let mut values = Vec::new();
         let mut failed = Vec::new();
-        for (name, p) in &config.points {
+        // Point `i` of `config.points` is the core's point `i`.
+        for (i, (name, p)) in config.points.iter().enumerate() {
             match point_value(doc, name, p) {
                 Ok(Some(v)) => {
                     self.seen.insert(name.clone(), now);
-                    values.push((name.clone(), v));
+                    values.push((i, v));
                 }
                 Ok(None) => {
                     // Not on this line. Gone from the device's lines for a whole silence
@@ -184,14 +185,14 @@ impl LineDevice {
                         self.seen.remove(name);
                         let why =
                             format!("not reported for {}", humantime::format_duration(silence));
-                        self.core.point_error(name, &why);
-                        failed.push(name.clone());
+                        self.core.point_error(i, &why);
+                        failed.push(i);
                     }
                 }
                 Err(e) => {
                     self.seen.remove(name);
-                    self.core.point_error(name, &e);
-                    failed.push(name.clone());
+                    self.core.point_error(i, &e);
+                    failed.push(i);
                 }
             }
         }

@@ -25,7 +25,7 @@ pub mod line;
 pub mod modbus;
 pub mod state;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -180,17 +180,30 @@ pub struct Core {
     links: Links,
     state: DeviceState,
     availability: Availability,
+    /// The device's points in the order of `config.points` (by name): a point's index here is
+    /// the index transports hand values over with, so nothing per reading looks a name up.
+    points: Vec<PointSlot>,
     /// Points a command wrote (or a refresh read) during the current poll: what that poll read
-    /// of them may be older, and is not published.
-    superseded: Vec<String>,
-    /// Last error logged per point, so a failing point warns once, not every poll.
-    point_errors: HashMap<String, String>,
+    /// of them may be older, and is not published. Their slots say so too.
+    superseded: Vec<usize>,
     recent: RecentResults,
     refusals: RateLimits,
     /// The next publish sends the state even if nothing changed (`refresh`).
     forced: bool,
-    /// Each point's sensor topic and the fixed part of its payload, made at its first publish.
-    sensors: HashMap<String, SensorOutput>,
+}
+
+/// What the core keeps per point.
+struct PointSlot {
+    name: String,
+    rule: PublishRule,
+    qos: u8,
+    retain: bool,
+    /// Written (or read by a refresh) during the current poll.
+    superseded: bool,
+    /// Last error logged, so a failing point warns once, not every poll.
+    error: Option<String>,
+    /// Its sensor topic and the fixed part of its payload, made at its first publish.
+    output: Option<SensorOutput>,
 }
 
 /// What is fixed per point on its sensor topic.
@@ -206,15 +219,39 @@ impl Core {
             name: name.to_string(),
             config: config.clone(),
             links,
-            state: DeviceState::default(),
+            state: DeviceState::new(config.points.len()),
             availability: Availability::new(offline_after),
+            points: config
+                .points
+                .iter()
+                .map(|(name, p)| PointSlot {
+                    name: name.clone(),
+                    rule: rule(p),
+                    qos: p.qos,
+                    retain: p.retain,
+                    superseded: false,
+                    error: None,
+                    output: None,
+                })
+                .collect(),
             superseded: Vec::new(),
-            point_errors: HashMap::new(),
             recent: RecentResults::default(),
             refusals: RateLimits::new(REFUSAL_LOG_EVERY),
             forced: false,
-            sensors: HashMap::new(),
         }
+    }
+
+    /// The index of point `name` (see [`Core::values`]).
+    pub fn point_index(&self, name: &str) -> Option<usize> {
+        // In the order of `config.points`: sorted by name.
+        self.points
+            .binary_search_by(|p| p.name.as_str().cmp(name))
+            .ok()
+    }
+
+    /// The name of point `i`.
+    pub fn point_name(&self, i: usize) -> &str {
+        self.points.get(i).map_or("", |p| p.name.as_str())
     }
 
     pub fn name(&self) -> &str {
@@ -264,12 +301,27 @@ impl Core {
 
     /// A poll starts: what commands write during it is newer than what it reads.
     pub fn poll_started(&mut self) {
-        self.superseded.clear();
+        for i in self.superseded.drain(..) {
+            if let Some(p) = self.points.get_mut(i) {
+                p.superseded = false;
+            }
+        }
     }
 
     /// Everything the current poll read is older than what comes next (a refresh read it all).
     pub fn supersede_all(&mut self) {
-        self.superseded.extend(self.config.points.keys().cloned());
+        for i in 0..self.points.len() {
+            self.supersede(i);
+        }
+    }
+
+    fn supersede(&mut self, i: usize) {
+        if let Some(p) = self.points.get_mut(i) {
+            if !p.superseded {
+                p.superseded = true;
+                self.superseded.push(i);
+            }
+        }
     }
 
     /// Makes the next [`Core::values`] publish the state even if nothing changed (`refresh`).
@@ -278,24 +330,29 @@ impl Core {
         self.state.force_state();
     }
 
-    /// One poll's (or line's) values, and the points it failed to read: those leave the
-    /// retained state until they read again, and nothing is published for them. What a command
-    /// wrote meanwhile is newer and wins.
-    pub fn values(&mut self, read: Vec<(String, Value)>, failed: &[String], at: SystemTime) {
-        let fresh = |n: &String| !self.superseded.contains(n);
-        let failed: Vec<String> = failed.iter().filter(|n| fresh(n)).cloned().collect();
+    /// One poll's (or line's) values, and the points it failed to read, by point index (see
+    /// [`Core::point_index`]): those that failed leave the retained state until they read
+    /// again, and nothing is published for them. What a command wrote meanwhile is newer and
+    /// wins.
+    pub fn values(&mut self, read: Vec<(usize, Value)>, failed: &[usize], at: SystemTime) {
+        let fresh = |p: &PointSlot| !p.superseded;
+        let failed: Vec<usize> = failed
+            .iter()
+            .copied()
+            .filter(|i| self.points.get(*i).is_some_and(fresh))
+            .collect();
         let mut values = Vec::with_capacity(read.len());
-        for (name, value) in read {
-            if !fresh(&name) {
-                continue;
-            }
-            let Some(p) = self.config.points.get(&name) else {
+        for (i, value) in read {
+            let Some(p) = self.points.get_mut(i) else {
                 continue;
             };
-            if self.point_errors.remove(&name).is_some() {
-                info!(device = %self.name, point = %name, "point reads again");
+            if !fresh(p) {
+                continue;
             }
-            values.push((name, value, rule(p)));
+            if p.error.take().is_some() {
+                info!(device = %self.name, point = %p.name, "point reads again");
+            }
+            values.push((i, value, p.rule));
         }
         self.publish(values, &failed, at);
     }
@@ -303,27 +360,30 @@ impl Core {
     /// Values a command wrote and read back: published at once (no deadband), and newer than
     /// anything the current poll read of them.
     pub fn written(&mut self, read_back: &[(String, Value)]) {
-        self.superseded
-            .extend(read_back.iter().map(|(n, _)| n.clone()));
-        let values = read_back
-            .iter()
-            .filter_map(|(n, v)| {
-                self.config.points.get(n).map(|p| {
-                    let mut r = rule(p);
-                    r.deadband = 0.0;
-                    (n.clone(), v.clone(), r)
-                })
-            })
-            .collect();
+        let mut values = Vec::with_capacity(read_back.len());
+        for (name, v) in read_back {
+            let Some(i) = self.point_index(name) else {
+                continue;
+            };
+            self.supersede(i);
+            let mut r = self.points[i].rule;
+            r.deadband = 0.0;
+            values.push((i, v.clone(), r));
+        }
         self.publish(values, &[], SystemTime::now());
     }
 
     /// A point the device answered for but that could not be read (an exception, a value that
     /// does not decode): warned about once per distinct error, with its register or field.
-    pub fn point_error(&mut self, point: &str, error: &str) {
-        if self.point_errors.get(point).map(String::as_str) == Some(error) {
+    pub fn point_error(&mut self, i: usize, error: &str) {
+        let Some(slot) = self.points.get_mut(i) else {
+            return;
+        };
+        if slot.error.as_deref() == Some(error) {
             return;
         }
+        slot.error = Some(error.to_string());
+        let point = slot.name.as_str();
         let p = self.config.points.get(point);
         let register = p
             .and_then(|p| p.register)
@@ -331,14 +391,12 @@ impl Core {
             .unwrap_or_default();
         let field = p.and_then(|p| p.field.clone()).unwrap_or_default();
         warn!(device = %self.name, point = %point, register = %register, field = %field, error = %error, "cannot read point");
-        self.point_errors
-            .insert(point.to_string(), error.to_string());
     }
 
     fn publish(
         &mut self,
-        values: Vec<(String, Value, PublishRule)>,
-        failed: &[String],
+        values: Vec<(usize, Value, PublishRule)>,
+        failed: &[usize],
         at: SystemTime,
     ) {
         if values.is_empty() && failed.is_empty() && !std::mem::take(&mut self.forced) {
@@ -347,31 +405,36 @@ impl Core {
         self.forced = false;
         let decision = self.state.apply(values, failed, std::time::Instant::now());
         let loc = &self.config.location;
-        for (point, value) in &decision.sensors {
-            let Some(p) = self.config.points.get(point) else {
+        for (i, value) in &decision.sensors {
+            let Some(slot) = self.points.get_mut(*i) else {
                 continue;
             };
-            let out = match self.sensors.get(point) {
-                Some(out) => out,
-                None => {
-                    let out = SensorOutput {
-                        topic: self.links.topics.sensor(&self.name, loc, point),
-                        payload: payload::SensorPayload::new(p.unit.as_deref(), &self.name, loc),
-                    };
-                    self.sensors.entry(point.clone()).or_insert(out)
+            let out = slot.output.get_or_insert_with(|| {
+                let unit = self
+                    .config
+                    .points
+                    .get(&slot.name)
+                    .and_then(|p| p.unit.as_deref());
+                SensorOutput {
+                    topic: self.links.topics.sensor(&self.name, loc, &slot.name),
+                    payload: payload::SensorPayload::new(unit, &self.name, loc),
                 }
-            };
+            });
             let body = out.payload.render(value, at);
             self.links
                 .sink
-                .publish(out.topic.clone(), body, p.qos, p.retain);
+                .publish(out.topic.clone(), body, slot.qos, slot.retain);
             if let Some(h) = &self.links.history {
-                h.record_reading(&self.name, point, at, value);
+                h.record_reading(&self.name, &slot.name, at, value);
             }
         }
         if decision.state {
             let topic = self.links.topics.state(&self.name, loc);
-            let body = payload::state(self.state.latest().iter().map(|(k, v)| (k.as_str(), v)), at);
+            let names = self.points.iter().map(|p| p.name.as_str());
+            let latest = names
+                .zip(self.state.latest())
+                .filter_map(|(name, v)| v.as_ref().map(|v| (name, v)));
+            let body = payload::state(latest, at);
             self.links.sink.publish_retained(topic, body);
         }
     }

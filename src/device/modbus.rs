@@ -50,8 +50,9 @@ pub struct DevicePoller {
     /// Write single registers with FC16 too, for devices that refuse FC06.
     force_multiple: bool,
     max_gap: u16,
-    /// Point names in the order the plan's indices refer to.
-    names: Vec<String>,
+    /// Points on the device: the plan's indices, which are the core's point indices, run
+    /// over `0..points` in the order of `config.points`.
+    points: usize,
     reads: Vec<PlannedRead>,
     bus: BusHandle,
 }
@@ -64,7 +65,6 @@ impl DevicePoller {
         bus: BusHandle,
         links: Links,
     ) -> Self {
-        let names: Vec<String> = config.points.keys().cloned().collect();
         let refs: Vec<&PointConfig> = config.points.values().collect();
         let reads = plan::plan(&refs, max_gap);
         DevicePoller {
@@ -73,7 +73,7 @@ impl DevicePoller {
             executing: false,
             force_multiple: config.write_multiple,
             max_gap,
-            names,
+            points: config.points.len(),
             reads,
             bus,
         }
@@ -303,12 +303,15 @@ impl DevicePoller {
     async fn poll(&mut self, unit: u8, now: bool) -> Polled {
         let at = SystemTime::now();
         self.core.poll_started();
-        let mut values: Vec<(String, Value)> = Vec::new();
-        let mut failed: Vec<String> = Vec::new();
+        let mut values: Vec<(usize, Value)> = Vec::with_capacity(self.points);
+        let mut failed: Vec<usize> = Vec::new();
         let mut answered = false;
         let mut pending: Vec<usize> = (0..self.reads.len()).collect();
+        // The points by index, for decoding without a lookup by name per value.
+        let config = self.config().clone();
+        let points: Vec<&PointConfig> = config.points.values().collect();
         // Splits re-read their parts at once; each split makes reads smaller, so this ends.
-        for _ in 0..=self.names.len() {
+        for _ in 0..=self.points {
             if pending.is_empty() {
                 break;
             }
@@ -324,12 +327,11 @@ impl DevicePoller {
                 match result {
                     Ok(data) => {
                         answered = true;
-                        self.decode_read(i, &data, &mut values, &mut failed);
+                        self.decode_read(i, &points, &data, &mut values, &mut failed);
                     }
                     Err(e) if e.is_illegal_address() => {
                         answered = true;
-                        let refs: Vec<&PointConfig> = self.config().points.values().collect();
-                        match plan::split(&self.reads[i], &refs) {
+                        match plan::split(&self.reads[i], &points) {
                             Some(parts) => splits.push((i, parts)),
                             None => self.read_failed(i, &e, &mut failed),
                         }
@@ -394,20 +396,19 @@ impl DevicePoller {
         }
     }
 
+    /// Decodes read `i`'s points (`points`: the device's, by index) into `out`.
     fn decode_read(
         &mut self,
         i: usize,
+        points: &[&PointConfig],
         data: &RawData,
-        out: &mut Vec<(String, Value)>,
-        failed: &mut Vec<String>,
+        out: &mut Vec<(usize, Value)>,
+        failed: &mut Vec<usize>,
     ) {
-        // Borrowed, not cloned: this runs for every point of every poll.
-        let config = self.core.config().clone();
         let read = &self.reads[i];
         let mut errors: Vec<(usize, String)> = Vec::new();
         for &pi in &read.points {
-            let name = &self.names[pi];
-            let Some(p) = config.points.get(name) else {
+            let Some(p) = points.get(pi).copied() else {
                 continue;
             };
             let Some(slot) = plan::slot(p) else { continue };
@@ -430,27 +431,25 @@ impl DevicePoller {
                 None => Err("the device returned fewer registers than asked".to_string()),
             };
             match decoded {
-                Ok(raw) => out.push((name.clone(), codec::to_value(raw, p))),
+                Ok(raw) => out.push((pi, codec::to_value(raw, p))),
                 Err(e) => errors.push((pi, e)),
             }
         }
         for (pi, e) in errors {
-            let name = self.names[pi].clone();
-            self.core.point_error(&name, &e);
-            failed.push(name);
+            self.core.point_error(pi, &e);
+            failed.push(pi);
         }
     }
 
     /// A read of the poll failed: its points failed. Timeouts and transport errors are the
     /// device's (availability says it); a point is warned about only when the device answers
     /// but that point can't be read.
-    fn read_failed(&mut self, i: usize, e: &BusError, failed: &mut Vec<String>) {
-        for pi in &self.reads[i].points {
-            let name = &self.names[*pi];
+    fn read_failed(&mut self, i: usize, e: &BusError, failed: &mut Vec<usize>) {
+        for &pi in &self.reads[i].points {
             if !e.is_silence() {
-                self.core.point_error(name, &e.to_string());
+                self.core.point_error(pi, &e.to_string());
             }
-            failed.push(name.clone());
+            failed.push(pi);
         }
     }
 }

@@ -3,7 +3,6 @@
 //! invented), and availability with `offline_after`. Pure: time comes in as an argument, so
 //! every rule is tested without waiting.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::model::Value;
@@ -41,77 +40,69 @@ pub fn should_publish(
 
 /// The last published value of each point of one device, and the latest value of each (for the
 /// retained state, which always carries the newest reading even when the sensor topic held back).
+/// Points are numbered `0..points`; the caller knows their names.
 #[derive(Debug)]
 pub struct DeviceState {
-    published: BTreeMap<String, (Value, Instant)>,
-    latest: BTreeMap<String, Value>,
+    published: Vec<Option<(Value, Instant)>>,
+    latest: Vec<Option<Value>>,
     /// The next `apply` sends the state even if nothing changed (`refresh`; and before the
     /// first one, which sends it whatever it brings).
     force_state: bool,
-}
-
-impl Default for DeviceState {
-    fn default() -> Self {
-        DeviceState {
-            published: BTreeMap::new(),
-            latest: BTreeMap::new(),
-            force_state: true,
-        }
-    }
 }
 
 /// What one poll's values call for.
 #[derive(Debug, Default, PartialEq)]
 pub struct Decision {
     /// Points to publish on their sensor topics.
-    pub sensors: Vec<(String, Value)>,
+    pub sensors: Vec<(usize, Value)>,
     /// Whether the retained device state must be published again.
     pub state: bool,
 }
 
 impl DeviceState {
+    /// The state of a device with `points` points, none read yet.
+    pub fn new(points: usize) -> Self {
+        DeviceState {
+            published: vec![None; points],
+            latest: vec![None; points],
+            force_state: true,
+        }
+    }
+
     /// Applies one poll's values, and the points it failed to read (`failed`), which leave the
     /// state until they read again — Home Assistant shows them unknown — and whose next value
     /// is published whatever the deadband. Returns what to publish.
     pub fn apply(
         &mut self,
-        values: Vec<(String, Value, PublishRule)>,
-        failed: &[String],
+        values: Vec<(usize, Value, PublishRule)>,
+        failed: &[usize],
         now: Instant,
     ) -> Decision {
         let mut d = Decision::default();
         // After every `apply` the state sent is the latest (or it is forced out again), so the
         // state is due exactly when this one changes the latest values.
         let mut changed = self.force_state;
-        for point in failed {
-            changed |= self.latest.contains_key(point);
-        }
-        for point in failed {
-            self.latest.remove(point);
-            self.published.remove(point);
+        for &point in failed {
+            if let Some(latest) = self.latest.get_mut(point) {
+                changed |= latest.take().is_some();
+            }
+            if let Some(published) = self.published.get_mut(point) {
+                *published = None;
+            }
         }
         for (point, value, rule) in values {
-            let published = self.published.get_mut(&point);
-            if should_publish(published.as_deref(), &value, rule, now) {
-                match published {
-                    Some(p) => *p = (value.clone(), now),
-                    None => {
-                        self.published.insert(point.clone(), (value.clone(), now));
-                    }
-                }
-                d.sensors.push((point.clone(), value.clone()));
+            let (Some(published), Some(latest)) =
+                (self.published.get_mut(point), self.latest.get_mut(point))
+            else {
+                continue;
+            };
+            if should_publish(published.as_ref(), &value, rule, now) {
+                *published = Some((value.clone(), now));
+                d.sensors.push((point, value.clone()));
             }
-            match self.latest.get_mut(&point) {
-                Some(v) => {
-                    if *v != value {
-                        *v = value;
-                        changed = true;
-                    }
-                }
-                None => {
-                    self.latest.insert(point, value);
-                    changed = true;
-                }
+            if latest.as_ref() != Some(&value) {
+                *latest = Some(value);
+                changed = true;
             }
         }
         d.state = !d.sensors.is_empty() || changed;
@@ -124,8 +115,8 @@ impl DeviceState {
         self.force_state = true;
     }
 
-    /// The newest value of every point.
-    pub fn latest(&self) -> &BTreeMap<String, Value> {
+    /// The newest value of every point, by index (`None`: not read, or failed since).
+    pub fn latest(&self) -> &[Option<Value>] {
         &self.latest
     }
 }
@@ -238,44 +229,39 @@ mod tests {
     #[test]
     fn state_carries_the_latest_value_even_inside_the_deadband() {
         let t0 = Instant::now();
-        let mut s = DeviceState::default();
+        let mut s = DeviceState::new(1);
         let r = rule(1.0, None);
-        let d = s.apply(vec![("t".into(), Value::Float(20.0), r)], &[], t0);
+        let d = s.apply(vec![(0, Value::Float(20.0), r)], &[], t0);
         assert_eq!(d.sensors.len(), 1);
         assert!(d.state);
-        let d = s.apply(vec![("t".into(), Value::Float(20.3), r)], &[], t0 + T);
+        let d = s.apply(vec![(0, Value::Float(20.3), r)], &[], t0 + T);
         assert!(d.sensors.is_empty());
         assert!(d.state, "state must move to 20.3");
-        assert_eq!(s.latest()["t"], Value::Float(20.3));
-        let d = s.apply(vec![("t".into(), Value::Float(20.3), r)], &[], t0 + 2 * T);
+        assert_eq!(s.latest()[0], Some(Value::Float(20.3)));
+        let d = s.apply(vec![(0, Value::Float(20.3), r)], &[], t0 + 2 * T);
         assert_eq!(d, Decision::default());
     }
 
     #[test]
     fn a_failed_point_leaves_the_state_and_its_next_value_is_published() {
         let t0 = Instant::now();
-        let mut s = DeviceState::default();
+        let mut s = DeviceState::new(2);
         let r = rule(5.0, None);
-        let both = |a: f64, b: f64| {
-            vec![
-                ("a".to_string(), Value::Float(a), r),
-                ("b".to_string(), Value::Float(b), r),
-            ]
-        };
+        // Points `a` (0) and `b` (1).
+        let both = |a: f64, b: f64| vec![(0, Value::Float(a), r), (1, Value::Float(b), r)];
         s.apply(both(1.0, 2.0), &[], t0);
         // `b` fails, `a` reads: the state loses `b`, nothing is published for it.
-        let d = s.apply(
-            vec![("a".into(), Value::Float(1.1), r)],
-            &["b".into()],
-            t0 + T,
-        );
+        let d = s.apply(vec![(0, Value::Float(1.1), r)], &[1], t0 + T);
         assert!(d.sensors.is_empty());
         assert!(d.state);
-        assert!(!s.latest().contains_key("b"));
+        assert_eq!(s.latest()[1], None);
+        // A failed point that fails again changes nothing.
+        let d = s.apply(vec![(0, Value::Float(1.1), r)], &[1], t0 + T);
+        assert_eq!(d, Decision::default());
         // Back, inside the deadband of its last published value: published all the same.
         let d = s.apply(both(1.1, 2.1), &[], t0 + 2 * T);
-        assert_eq!(d.sensors, vec![("b".to_string(), Value::Float(2.1))]);
-        assert_eq!(s.latest()["b"], Value::Float(2.1));
+        assert_eq!(d.sensors, vec![(1, Value::Float(2.1))]);
+        assert_eq!(s.latest()[1], Some(Value::Float(2.1)));
     }
 
     #[test]
