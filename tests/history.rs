@@ -1061,6 +1061,128 @@ async fn time_bounded_queries_stay_exact_when_the_clock_was_stepped_back_and_blo
     );
 }
 
+/// Retention after the clock was stepped back and forth: exactly the readings older than the
+/// cutoff go — whole blocks of them by id, others one by one — never the newest reading (even
+/// when it is old), and the blocks left vouch for every reading left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_after_a_clock_jump_deletes_exactly_the_old_readings_and_never_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let pool = history::open(&db).await.unwrap();
+    let now = SystemTime::now();
+    let old = now - Duration::from_secs(40 * 86_400);
+    let mut rows = Vec::new();
+    let mut push = |from: SystemTime, n: u64| {
+        for i in 0..n {
+            rows.push((
+                from + Duration::from_millis(i),
+                "d".to_string(),
+                format!("p{}", i % 4),
+                Value::Int(i.into()),
+            ));
+        }
+    };
+    push(now - Duration::from_secs(3600), 40_000);
+    // The clock at boot, 40 days behind, for long enough to fill a whole block...
+    push(old, 140_000);
+    push(now - Duration::from_secs(1800), 30_000);
+    // ...and once more at the end: the newest reading is an old one.
+    push(old, 10);
+    write_readings(&pool, &db, rows).await;
+    let b = blocks(&pool).await;
+    let cutoff = ms(now - Duration::from_secs(30 * 86_400));
+    assert!(
+        b.iter().any(|b| b.3 < cutoff),
+        "no block is old throughout: {b:?}"
+    );
+
+    // A central database has the first 100,000 readings.
+    sqlx::query("INSERT INTO forward_cursor (target, readings) VALUES ('db:5432/x', 100000)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let max_id: i64 = sqlx::query_scalar("SELECT max(id) FROM readings")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .bind(cutoff)
+                .bind(max_id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let doomed = count("SELECT count(*) FROM readings WHERE ts < ?1 AND id < ?2").await;
+    let unsent =
+        count("SELECT count(*) FROM readings WHERE ts < ?1 AND id < ?2 AND id > 100000").await;
+    let kept: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM readings WHERE ts >= ? OR id = ? ORDER BY id")
+            .bind(cutoff)
+            .bind(max_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(doomed, 140_009);
+
+    let d = history::retain(&pool, cutoff, Some("db:5432/x"))
+        .await
+        .unwrap();
+    assert_eq!(d.rows, doomed as u64);
+    assert_eq!(d.unforwarded, unsent as u64);
+    let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM readings ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, kept);
+    assert_eq!(
+        *left.last().unwrap(),
+        max_id,
+        "the newest reading was deleted"
+    );
+    assert_eq!(uncovered(&pool).await, 0);
+    let empty: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM readings_blocks b \
+         WHERE NOT EXISTS (SELECT 1 FROM readings WHERE id BETWEEN b.first AND b.last)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        empty,
+        0,
+        "blocks without readings: {:?}",
+        blocks(&pool).await
+    );
+    assert!(blocks(&pool).await.len() < b.len());
+    // Nothing old left: the next run deletes nothing, and the queries are still exact.
+    assert_eq!(
+        history::retain(&pool, cutoff, None).await.unwrap(),
+        history::Deleted::default()
+    );
+    for (since, until) in [(Some(cutoff), None), (None, Some(cutoff)), (None, None)] {
+        assert_eq!(
+            shown(&pool, since, until, None, None).await,
+            truth(&pool, since, until, None).await
+        );
+    }
+    // The next reading gets the next id.
+    write_readings(
+        &pool,
+        &db,
+        vec![(now, "d".into(), "p0".into(), Value::Int(1))],
+    )
+    .await;
+    let max: i64 = sqlx::query_scalar("SELECT max(id) FROM readings")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(max, max_id + 1);
+}
+
 /// Migration 5 (issue 17) on a file as migrations 1-4 left it: every reading keeps its id (so
 /// a forward cursor taken before says exactly which rows a central database has), `readings_ts`
 /// is gone, the blocks vouch for every reading, the same queries give the same answers, and

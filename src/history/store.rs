@@ -459,16 +459,33 @@ impl History {
 
     /// The database (or the disk) is full: deletes the oldest tenth of each table's rows, and
     /// at least twice what the batch brings to it (`batch`: readings, events), so it works as
-    /// a ring that always keeps the newest even when a batch is large beside the cap.
+    /// a ring that always keeps the newest even when a batch is large beside the cap. "Oldest"
+    /// is the first recorded for readings (the same but across a clock step), by time for events.
     async fn make_room(&mut self, batch: [usize; 2]) {
         self.stats.full.fetch_add(1, Ordering::Relaxed);
         let mut deleted = 0;
         for (table, n) in ["readings", "events"].into_iter().zip(batch) {
             let at_least = (2 * n).max(100) as i64;
+            // Readings by id (the order they were recorded, which their blocks follow; there is
+            // no index on their times to sort by), events by time.
+            let order = if table == "readings" { "rowid" } else { "ts" };
             let pick = format!(
-                "SELECT rowid AS id FROM {table} WHERE {KEEP_NEWEST} ORDER BY ts LIMIT max(?1, (SELECT count(*) FROM {table}) / 10)"
+                "SELECT rowid AS id FROM {table} WHERE {KEEP_NEWEST} ORDER BY {order} LIMIT max(?1, (SELECT count(*) FROM {table}) / 10)"
             );
-            match delete_rows(&self.pool, table, &pick, at_least, self.forward_target()).await {
+            let result =
+                delete_rows(&self.pool, table, &pick, &[at_least], self.forward_target()).await;
+            let result = match result {
+                // The blocks whose readings are all gone go too; a block deleted in part keeps
+                // its bounds, which still hold for the readings it has left.
+                Ok(d) if table == "readings" => sqlx::query(
+                    "DELETE FROM readings_blocks WHERE last < (SELECT min(id) FROM readings)",
+                )
+                .execute(&self.pool)
+                .await
+                .map(|_| d),
+                other => other,
+            };
+            match result {
                 Ok(d) => {
                     deleted += d.rows;
                     self.count_forward_drops(d.unforwarded);
@@ -708,8 +725,8 @@ pub struct Deleted {
 /// and a forward cursor on rowids stays true.
 const KEEP_NEWEST: &str = "rowid < (SELECT max(rowid) FROM {table})";
 
-/// Deletes from `table` the rows `pick` selects (`SELECT rowid AS id ... ?1 ...`, `arg` bound to
-/// ?1), and counts those above `target`'s forward cursor first.
+/// Deletes from `table` the rows `pick` selects (`SELECT rowid AS id ... ?1 ...`, `args` bound
+/// to ?1, ?2, …), and counts those above `target`'s forward cursor first.
 ///
 /// Two statements, no transaction: this runs when the database is full, right after SQLite
 /// rolled a batch back by itself, when sqlx's connection can't begin one (CRATES.md §12). Only
@@ -719,59 +736,123 @@ async fn delete_rows(
     pool: &SqlitePool,
     table: &str,
     pick: &str,
-    arg: i64,
+    args: &[i64],
     target: Option<&str>,
 ) -> Result<Deleted, sqlx::Error> {
     let pick = pick.replace("{table}", table);
     let unforwarded = match target {
         Some(target) => {
             let sql = format!(
-                "SELECT count(*) FROM ({pick}) WHERE id > coalesce((SELECT {table} FROM forward_cursor WHERE target = ?2), 0)"
+                "SELECT count(*) FROM ({pick}) WHERE id > coalesce((SELECT {table} FROM forward_cursor WHERE target = ?{}), 0)",
+                args.len() + 1
             );
-            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
-                .bind(arg)
-                .bind(target)
-                .fetch_one(pool)
-                .await? as u64
+            let mut q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql));
+            for a in args {
+                q = q.bind(*a);
+            }
+            q.bind(target).fetch_one(pool).await? as u64
         }
         None => 0,
     };
     let sql = format!("DELETE FROM {table} WHERE rowid IN (SELECT id FROM ({pick}))");
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(arg)
-        .execute(pool)
-        .await?
-        .rows_affected();
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for a in args {
+        q = q.bind(*a);
+    }
+    let rows = q.execute(pool).await?.rows_affected();
     Ok(Deleted {
         rows,
         unforwarded: unforwarded.min(rows),
     })
 }
 
+/// Deletes what `pick` selects in statements of at most [`RETENTION_BATCH`] rows (`pick` ends
+/// in that LIMIT), yielding in between so readers and the writer get their turn.
+async fn delete_in_batches(
+    pool: &SqlitePool,
+    table: &str,
+    pick: &str,
+    args: &[i64],
+    target: Option<&str>,
+) -> Result<Deleted, sqlx::Error> {
+    let mut total = Deleted::default();
+    loop {
+        let d = delete_rows(pool, table, pick, args, target).await?;
+        total.rows += d.rows;
+        total.unforwarded += d.unforwarded;
+        if d.rows < RETENTION_BATCH as u64 {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Deletes rows older than `cutoff_ms` in small batches (never a table's newest row); counts
 /// those `target`, the central database forwarded to, did not have yet.
+///
+/// Readings are found through their blocks (`readings_blocks`): only blocks holding a reading
+/// older than the cutoff are read, so a run with nothing old reads a few pages of blocks and no
+/// reading. A block older than the cutoff throughout goes by id range; one that straddles it
+/// (the oldest, or any block after the clock was stepped back) by its rows' times. Each block
+/// read is then given the bounds of the rows it has left, or deleted when it has none.
 pub async fn retain(
     pool: &SqlitePool,
     cutoff_ms: i64,
     target: Option<&str>,
 ) -> Result<Deleted, sqlx::Error> {
     let mut total = Deleted::default();
-    for table in ["readings", "events"] {
-        let pick = format!(
-            "SELECT rowid AS id FROM {table} WHERE ts < ?1 AND {KEEP_NEWEST} LIMIT {RETENTION_BATCH}"
-        );
-        loop {
-            let d = delete_rows(pool, table, &pick, cutoff_ms, target).await?;
-            total.rows += d.rows;
-            total.unforwarded += d.unforwarded;
-            if d.rows < RETENTION_BATCH as u64 {
-                break;
-            }
-            // Let readers and the writer in between batches.
-            tokio::task::yield_now().await;
-        }
+    let blocks = sqlx::query(
+        "SELECT first, last, max_ts FROM readings_blocks WHERE min_ts < ? ORDER BY first",
+    )
+    .bind(cutoff_ms)
+    .fetch_all(pool)
+    .await?;
+    for b in blocks {
+        let (first, last, max_ts): (i64, i64, i64) = (b.try_get(0)?, b.try_get(1)?, b.try_get(2)?);
+        let d = if max_ts < cutoff_ms {
+            let pick = format!(
+                "SELECT rowid AS id FROM {{table}} WHERE rowid >= ?1 AND rowid <= ?2 AND {KEEP_NEWEST} LIMIT {RETENTION_BATCH}"
+            );
+            delete_in_batches(pool, "readings", &pick, &[first, last], target).await?
+        } else {
+            let pick = format!(
+                "SELECT rowid AS id FROM {{table}} WHERE rowid >= ?1 AND rowid <= ?2 AND ts < ?3 AND {KEEP_NEWEST} LIMIT {RETENTION_BATCH}"
+            );
+            delete_in_batches(pool, "readings", &pick, &[first, last, cutoff_ms], target).await?
+        };
+        total.rows += d.rows;
+        total.unforwarded += d.unforwarded;
+        refresh_block(pool, first).await?;
     }
+    let pick = format!(
+        "SELECT rowid AS id FROM {{table}} WHERE ts < ?1 AND {KEEP_NEWEST} LIMIT {RETENTION_BATCH}"
+    );
+    let d = delete_in_batches(pool, "events", &pick, &[cutoff_ms], target).await?;
+    total.rows += d.rows;
+    total.unforwarded += d.unforwarded;
     Ok(total)
+}
+
+/// Gives the block starting at id `first` the time bounds of the readings it has left, or
+/// deletes it when it has none. Its ids stay as they are (its `last` as the writer left it): a
+/// block only ever covers less.
+async fn refresh_block(pool: &SqlitePool, first: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE readings_blocks SET (min_ts, max_ts) = \
+           (SELECT min(ts), max(ts) FROM readings WHERE id >= first AND id <= last) \
+         WHERE first = ?1 AND EXISTS (SELECT 1 FROM readings WHERE id >= first AND id <= last)",
+    )
+    .bind(first)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "DELETE FROM readings_blocks WHERE first = ?1 \
+         AND NOT EXISTS (SELECT 1 FROM readings WHERE id >= first AND id <= last)",
+    )
+    .bind(first)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// How long an executed command's id is remembered: the same id again within this window is
