@@ -1183,16 +1183,9 @@ async fn retention_after_a_clock_jump_deletes_exactly_the_old_readings_and_never
     assert_eq!(max, max_id + 1);
 }
 
-/// Migration 5 (issue 17) on a file as migrations 1-4 left it: every reading keeps its id (so
-/// a forward cursor taken before says exactly which rows a central database has), `readings_ts`
-/// is gone, the blocks vouch for every reading, the same queries give the same answers, and
-/// VACUUM keeps the ids.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_from_before_migration_5_keeps_every_reading_its_id_and_its_answers() {
+/// A history file as migrations 1-4 (an older fieldbridge) left it, open.
+async fn file_of_migration_4(db: &std::path::Path) -> sqlx::SqlitePool {
     use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("h.db");
-    // The migrations up to 4, as an older fieldbridge applied them.
     let old = tempfile::tempdir().unwrap();
     let ours = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
     for f in [
@@ -1207,7 +1200,7 @@ async fn a_file_from_before_migration_5_keeps_every_reading_its_id_and_its_answe
         .max_connections(1)
         .connect_with(
             SqliteConnectOptions::new()
-                .filename(&db)
+                .filename(db)
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal),
         )
@@ -1219,6 +1212,18 @@ async fn a_file_from_before_migration_5_keeps_every_reading_its_id_and_its_answe
         .run(&pool)
         .await
         .unwrap();
+    pool
+}
+
+/// Migration 5 (issue 17) on a file as migrations 1-4 left it: every reading keeps its id (so
+/// a forward cursor taken before says exactly which rows a central database has), `readings_ts`
+/// is gone, the blocks vouch for every reading, the same queries give the same answers, and
+/// VACUUM keeps the ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_from_before_migration_5_keeps_every_reading_its_id_and_its_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let pool = file_of_migration_4(&db).await;
     // 150,000 readings as that version wrote them: integers, floats and text, the clock
     // stepped back a day after the first 100,000; then the oldest 5,000 and every seventh of a
     // stretch in the middle deleted (retention, a full disk), so the rowids have gaps.
@@ -1310,4 +1315,65 @@ async fn a_file_from_before_migration_5_keeps_every_reading_its_id_and_its_answe
     let newest = blocks(&pool).await;
     assert_eq!(newest.last().unwrap().1, 150_001);
     assert_eq!(uncovered(&pool).await, 0);
+}
+
+/// Migration 5 copies every reading before READY=1, which on a large history on a Pi could
+/// outlast systemd's start timeout: killed mid-way, rolled back, again at every restart. The
+/// gateway asks systemd for more time first (30 s and 20 s per million readings), and only
+/// when the migration is still to run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrading_a_file_from_before_migration_5_asks_systemd_for_more_start_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let pool = file_of_migration_4(&db).await;
+    for sql in [
+        "INSERT INTO series (device, point) VALUES ('a', 'x')",
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000) \
+         INSERT INTO readings (ts, series, kind, value) \
+         SELECT CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) - 1000 + i, 1, 0, i FROM n",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    pool.close().await;
+    let cfg = format!(
+        "[gateway]\nid = \"mig\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n[history]\npath = \"{}\"\n[homeassistant]\ndiscovery = false\n",
+        common::mosquitto::free_port(),
+        db.display()
+    );
+    for start in ["first", "second"] {
+        let notify = common::notify::NotifySocket::new();
+        let mut gw =
+            GatewayProcess::spawn(&cfg, &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())]);
+        assert!(
+            notify.wait_for(|m| m == "READY=1", WAIT).is_some(),
+            "{}",
+            gw.log()
+        );
+        gw.signal(Signal::SIGTERM);
+        gw.wait_exit(WAIT).unwrap();
+        let messages = notify.messages();
+        let extend: Vec<&String> = messages
+            .iter()
+            .filter(|m| m.starts_with("EXTEND_TIMEOUT_USEC="))
+            .collect();
+        if start == "first" {
+            assert_eq!(extend, ["EXTEND_TIMEOUT_USEC=30020000"], "{messages:?}");
+            let at = |m: &str| messages.iter().position(|x| x.starts_with(m)).unwrap();
+            assert!(at("EXTEND_TIMEOUT_USEC=") < at("READY=1"), "{messages:?}");
+            assert!(gw.log().contains("migration 5"), "{}", gw.log());
+        } else {
+            assert!(extend.is_empty(), "{messages:?}");
+        }
+    }
+    let pool = history::open_read_only(&db).await.unwrap();
+    assert_eq!(
+        history::query(&pool, &Filter::default())
+            .await
+            .unwrap()
+            .len(),
+        1000
+    );
 }

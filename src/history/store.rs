@@ -12,7 +12,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Row as _, Sqlite, SqlitePool};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::forward::ForwardLink;
 use super::millis;
@@ -122,6 +122,7 @@ pub async fn open_with(path: &Path, max_size: Option<u64>) -> Result<SqlitePool,
         None => opts,
     };
     let pool = one_connection(path, opts).await?;
+    before_rebuilding_readings(&pool).await;
     sqlx::migrate!("./migrations")
         .run(&pool)
         .await
@@ -130,6 +131,32 @@ pub async fn open_with(path: &Path, max_size: Option<u64>) -> Result<SqlitePool,
             source,
         })?;
     Ok(pool)
+}
+
+/// Migration 5 copies every reading into a new table before READY=1: about a second per
+/// million readings here (measured), likely several on a Pi, and its WAL grows by the table's
+/// size. A large history would outlast systemd's start timeout (90 s by default), be killed
+/// mid-way and rolled back, and again at every restart. So when it is still to run, says so
+/// in the log and asks systemd for 30 s plus 20 s per million readings more (ids above the
+/// lowest: an upper bound of the count, read without counting).
+async fn before_rebuilding_readings(pool: &SqlitePool) {
+    // Fails (and does nothing) on a new file: no `_sqlx_migrations` yet, nothing to copy.
+    let readings: Option<Option<Option<i64>>> = sqlx::query_scalar(
+        "SELECT (SELECT max(rowid) - min(rowid) + 1 FROM readings) \
+         WHERE NOT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = 5)",
+    )
+    .fetch_optional(pool)
+    .await
+    .ok();
+    let Some(Some(Some(readings))) = readings else {
+        return;
+    };
+    info!(
+        readings,
+        "history: moving the readings to their new table (migration 5, once); on a large history this takes a while"
+    );
+    let usec = 30_000_000u64.saturating_add(20u64.saturating_mul(readings.max(0) as u64));
+    crate::systemd::extend_timeout(Duration::from_micros(usec));
 }
 
 /// A pool of one connection kept for the life of its user: sqlx would otherwise close and reopen
