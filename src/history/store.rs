@@ -31,10 +31,11 @@ const READING_INSERTS: [usize; 9] = [256, 128, 64, 32, 16, 8, 4, 2, 1];
 /// Rows deleted per retention statement.
 const RETENTION_BATCH: i64 = 1_000;
 /// Readings per block of the sparse time index (`readings_blocks`, 0005_readings_blocks.sql): a
-/// block is closed once it spans this many ids. Small enough that a query reading one block it
-/// needs only in part reads ~1.4 MB of table (22 B a reading), about 10 ms on a Pi; large
-/// enough that a busy gateway (100 readings/s) makes ~130 blocks a day, ~4,000 in 30 days of
-/// retention, a few pages that every time-bounded query reads whole.
+/// block is closed once it spans this many ids. Small enough that a query needing one block
+/// only in part reads ~1.4 MB of table (22 B a reading): 5-7 ms on the x86 development machine
+/// (BENCHMARKS.md), a few times that on a Pi. Large enough that a busy gateway (100 readings/s)
+/// makes ~130 blocks a day, ~4,000 in 30 days of retention: ~30 pages, which every
+/// time-bounded query and every retention run read whole.
 pub const BLOCK_IDS: i64 = 65_536;
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
