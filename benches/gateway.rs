@@ -22,7 +22,8 @@
 //!   forwarded by the release binary to the machine's PostgreSQL (a database of its own);
 //!   rows/s from the first row arriving to the last.
 //! - history_rss: `fieldbridge history` over 10,000 and 1,000,000 readings in each format, the
-//!   peak resident set of the process (it streams: the figure must not grow with the rows).
+//!   peak resident set of the process (it streams: the figure must not grow with the rows), its
+//!   time, and what it wrote to files (`/proc/<pid>/io` write_bytes: SQLite's sort spills).
 //!
 //! - soak (only when named): an hour at 1,000 points/s, sampled every minute into a CSV.
 //!
@@ -883,8 +884,18 @@ async fn history_rss() {
             let bytes = std::thread::spawn(move || {
                 std::io::copy(&mut BufReader::new(out), &mut std::io::sink()).unwrap()
             });
-            let mut peak = 0;
+            let (mut peak, mut to_files) = (0, 0);
             while child.try_wait().unwrap().is_none() {
+                // Bytes written to files (not the pipe): SQLite's temporary files, if it sorts.
+                if let Ok(io) = std::fs::read_to_string(format!("/proc/{}/io", child.id())) {
+                    if let Some(b) = io
+                        .lines()
+                        .find_map(|l| l.strip_prefix("write_bytes:"))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                    {
+                        to_files = to_files.max(b);
+                    }
+                }
                 if let Ok(s) = std::fs::read_to_string(format!("/proc/{}/status", child.id())) {
                     if let Some(kib) = s
                         .lines()
@@ -899,9 +910,10 @@ async fn history_rss() {
             }
             let bytes = bytes.join().unwrap();
             println!(
-                "history_rss: {n} rows as {format}: peak RSS {peak} KiB, {:.1} MB written in {:.2} s",
+                "history_rss: {n} rows as {format}: peak RSS {peak} KiB, {:.1} MB written in {:.2} s; {:.1} MB written to files",
                 bytes as f64 / 1e6,
-                started.elapsed().as_secs_f64()
+                started.elapsed().as_secs_f64(),
+                to_files as f64 / 1e6
             );
         }
     }

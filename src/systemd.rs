@@ -34,6 +34,13 @@ pub fn reloading() {
     }
 }
 
+/// EXTEND_TIMEOUT_USEC=…: start-up needs up to `by` more from now (a long migration), so
+/// systemd does not kill it at `TimeoutStartSec`. At most u32::MAX µs (71 minutes) at a time.
+pub fn extend_timeout(by: Duration) {
+    let usec = u32::try_from(by.as_micros()).unwrap_or(u32::MAX);
+    notify(&[NotifyState::ExtendTimeoutUsec(usec)]);
+}
+
 /// STOPPING=1: shutdown has begun.
 pub fn stopping() {
     notify(&[NotifyState::Stopping]);

@@ -746,8 +746,10 @@ async fn row_ids_are_never_handed_out_twice_so_a_forward_cursor_stays_true() {
     let (r, e) = ids(pool.clone()).await;
     assert_eq!(r, [10, 11, 12, 13]);
     assert_eq!(e, [10, 11, 12, 13]);
-    // VACUUM keeps the rowids of tables with an index (ours): a user compacting the file does
-    // not renumber rows the cursor points into.
+    // VACUUM keeps the ids of a table with an INTEGER PRIMARY KEY (readings, migration 5) or an
+    // index (events): a user compacting the file does not renumber rows the cursor points into.
+    // (Readings have no index since migration 5: with only the implicit rowid, VACUUM numbered
+    // them 1, 2, 3, 4 here.)
     sqlx::query("VACUUM").execute(&pool).await.unwrap();
     assert_eq!(ids(pool.clone()).await, (r, e));
 }
@@ -835,14 +837,12 @@ async fn a_file_from_before_migration_4_loses_the_series_index_and_keeps_its_row
     }
     stop.cancel();
     task.await.unwrap();
-    assert_eq!(
-        indexes(pool.clone()).await,
-        ["readings_series_ts", "readings_ts"]
-    );
+    // (`readings_ts` went with migration 5.)
+    assert_eq!(indexes(pool.clone()).await, ["readings_series_ts"]);
     pool.close().await;
 
     let pool = history::open(&db).await.unwrap();
-    assert_eq!(indexes(pool.clone()).await, ["readings_ts"]);
+    assert!(indexes(pool.clone()).await.is_empty());
     let rows = history::query(
         &pool,
         &Filter {
@@ -861,5 +861,519 @@ async fn a_file_from_before_migration_4_loses_the_series_index_and_keeps_its_row
             .unwrap()
             .len(),
         20
+    );
+}
+
+/// Writes `rows` (time, device, point, value) through the daemon's writer, in the order given:
+/// batches of up to 2,000 readings, each extending the newest block of the time index.
+async fn write_readings(
+    pool: &sqlx::SqlitePool,
+    db: &std::path::Path,
+    rows: Vec<(SystemTime, String, String, Value)>,
+) {
+    let (writer, h) = History::with_capacity(pool.clone(), &hcfg(db, 50), rows.len());
+    for (at, device, point, value) in &rows {
+        h.record_reading(device, point, *at, value);
+    }
+    let stop = CancellationToken::new();
+    stop.cancel();
+    // Cancelled before it starts: it writes everything queued, in batches, and stops.
+    writer.run(stop).await;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(load(&h.stats.rows), rows.len() as u64, "{:?}", h.stats);
+}
+
+fn ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// The blocks of the time index: (first, last, min_ts, max_ts), by id.
+async fn blocks(pool: &sqlx::SqlitePool) -> Vec<(i64, i64, i64, i64)> {
+    sqlx::query_as("SELECT first, last, min_ts, max_ts FROM readings_blocks ORDER BY first")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// The readings no block vouches for (outside every block's ids, or its times): must be none.
+async fn uncovered(pool: &sqlx::SqlitePool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM readings r WHERE NOT EXISTS (SELECT 1 FROM readings_blocks b \
+         WHERE r.id BETWEEN b.first AND b.last AND r.ts BETWEEN b.min_ts AND b.max_ts)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// What `fieldbridge history` must show for a time range, found the slow way: every reading's
+/// time compared, no block consulted. (UNIX ms, device, point), oldest first.
+async fn truth(
+    pool: &sqlx::SqlitePool,
+    since: Option<i64>,
+    until: Option<i64>,
+    device: Option<&str>,
+) -> Vec<(i64, String, String)> {
+    sqlx::query_as(
+        "SELECT r.ts, s.device, s.point FROM readings r JOIN series s ON s.id = r.series \
+         WHERE r.ts >= ?1 AND r.ts <= ?2 AND (?3 IS NULL OR s.device = ?3) ORDER BY r.ts, r.rowid",
+    )
+    .bind(since.unwrap_or(i64::MIN))
+    .bind(until.unwrap_or(i64::MAX))
+    .bind(device)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// The same through `history::query` (what `fieldbridge history` prints).
+async fn shown(
+    pool: &sqlx::SqlitePool,
+    since: Option<i64>,
+    until: Option<i64>,
+    device: Option<&str>,
+    limit: Option<u64>,
+) -> Vec<(i64, String, String)> {
+    let at = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_millis(t as u64);
+    let filter = Filter {
+        device: device.map(str::to_string),
+        since: since.map(at),
+        until: until.map(at),
+        limit,
+        ..Filter::default()
+    };
+    history::query(pool, &filter)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| ((r.timestamp * 1000.0).round() as i64, r.device, r.point))
+        .collect()
+}
+
+/// A Pi without a real-time clock steps its clock at boot, back as often as forward: readings
+/// recorded later then carry earlier times, and the blocks of the time index overlap in time.
+/// Every time-bounded query must still show exactly the readings whose times are in range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_bounded_queries_stay_exact_when_the_clock_was_stepped_back_and_blocks_overlap() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let pool = history::open(&db).await.unwrap();
+    let t0 = SystemTime::now() - Duration::from_secs(86_400);
+    let back = t0 - Duration::from_secs(86_400);
+    let later = t0 + Duration::from_secs(3600);
+    let mut rows = Vec::new();
+    let mut push = |from: SystemTime, n: u64| {
+        for i in 0..n {
+            rows.push((
+                from + Duration::from_millis(i),
+                format!("d{}", i % 3),
+                format!("p{}", i % 5),
+                Value::Int(i.into()),
+            ));
+        }
+    };
+    // 70,000 readings from t0, then the clock goes back a day for 70,000 more, then it is set
+    // right: 1,000 readings an hour after t0.
+    push(t0, 70_000);
+    push(back, 70_000);
+    push(later, 1_000);
+    write_readings(&pool, &db, rows).await;
+
+    let b = blocks(&pool).await;
+    assert!(b.len() >= 3, "{b:?}");
+    assert!(
+        b.windows(2).any(|w| w[1].2 < w[0].3),
+        "no two blocks overlap in time: {b:?}"
+    );
+    assert_eq!(uncovered(&pool).await, 0, "{b:?}");
+
+    let (t0, back, later) = (ms(t0), ms(back), ms(later));
+    let cases = [
+        // Inside the stretch recorded after the step back only.
+        (Some(back + 10_000), Some(back + 20_000)),
+        // Inside the first stretch only.
+        (Some(t0 + 5_000), Some(t0 + 6_000)),
+        // From the end of the stepped-back stretch to the start of the first.
+        (Some(back + 69_000), Some(t0 + 1_000)),
+        (None, Some(back + 1_000)),
+        (Some(t0 + 69_990), None),
+        (Some(later), None),
+        (Some(back), None),
+        // Bounds right on readings' times.
+        (Some(t0), Some(t0)),
+        (Some(later + 999), Some(later + 999)),
+        // Between the first stretch and the last: no reading at all.
+        (Some(t0 + 600_000), Some(t0 + 1_200_000)),
+        // Before everything, after everything.
+        (None, Some(back - 1)),
+        (Some(later + 1_000), None),
+    ];
+    for (since, until) in cases {
+        let want = truth(&pool, since, until, None).await;
+        assert_eq!(
+            shown(&pool, since, until, None, None).await,
+            want,
+            "{since:?}..{until:?}"
+        );
+        let want_d1 = truth(&pool, since, until, Some("d1")).await;
+        assert_eq!(
+            shown(&pool, since, until, Some("d1"), None).await,
+            want_d1,
+            "d1, {since:?}..{until:?}"
+        );
+        // --limit: the newest 7 of them, in time order.
+        let tail = want[want.len().saturating_sub(7)..].to_vec();
+        assert_eq!(shown(&pool, since, until, None, Some(7)).await, tail);
+    }
+    assert!(
+        truth(&pool, Some(back + 10_000), Some(back + 20_000), None)
+            .await
+            .len()
+            == 10_001
+    );
+
+    // The range between the stretches is empty, and only the newest block (the one holding the
+    // readings of the hour after) is read for it. For a range in the stepped-back stretch the
+    // blocks after it are not read; the first is (its times are later than the range's start:
+    // the ids read are one range, from the first block that may hold a reading to the last).
+    let newest = *b.last().unwrap();
+    assert_eq!(
+        history::reading_ids(&pool, Some(t0 + 600_000), Some(t0 + 1_200_000))
+            .await
+            .unwrap(),
+        (Some(newest.0), None)
+    );
+    assert_eq!(
+        history::reading_ids(&pool, Some(back + 10_000), Some(back + 20_000))
+            .await
+            .unwrap(),
+        (Some(b[0].0), Some(b[1].1)),
+        "{b:?}"
+    );
+    // Before every reading: no block qualifies, only readings above the newest block could.
+    assert_eq!(
+        history::reading_ids(&pool, None, Some(back - 1))
+            .await
+            .unwrap(),
+        (Some(newest.1 + 1), None)
+    );
+}
+
+/// Retention after the clock was stepped back and forth: exactly the readings older than the
+/// cutoff go — whole blocks of them by id, others one by one — never the newest reading (even
+/// when it is old), and the blocks left vouch for every reading left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_after_a_clock_jump_deletes_exactly_the_old_readings_and_never_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let pool = history::open(&db).await.unwrap();
+    let now = SystemTime::now();
+    let old = now - Duration::from_secs(40 * 86_400);
+    let mut rows = Vec::new();
+    let mut push = |from: SystemTime, n: u64| {
+        for i in 0..n {
+            rows.push((
+                from + Duration::from_millis(i),
+                "d".to_string(),
+                format!("p{}", i % 4),
+                Value::Int(i.into()),
+            ));
+        }
+    };
+    push(now - Duration::from_secs(3600), 40_000);
+    // The clock at boot, 40 days behind, for long enough to fill a whole block...
+    push(old, 140_000);
+    push(now - Duration::from_secs(1800), 30_000);
+    // ...and once more at the end: the newest reading is an old one.
+    push(old, 10);
+    write_readings(&pool, &db, rows).await;
+    let b = blocks(&pool).await;
+    let cutoff = ms(now - Duration::from_secs(30 * 86_400));
+    assert!(
+        b.iter().any(|b| b.3 < cutoff),
+        "no block is old throughout: {b:?}"
+    );
+
+    // A central database has the first 100,000 readings.
+    sqlx::query("INSERT INTO forward_cursor (target, readings) VALUES ('db:5432/x', 100000)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let max_id: i64 = sqlx::query_scalar("SELECT max(id) FROM readings")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .bind(cutoff)
+                .bind(max_id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let doomed = count("SELECT count(*) FROM readings WHERE ts < ?1 AND id < ?2").await;
+    let unsent =
+        count("SELECT count(*) FROM readings WHERE ts < ?1 AND id < ?2 AND id > 100000").await;
+    let kept: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM readings WHERE ts >= ? OR id = ? ORDER BY id")
+            .bind(cutoff)
+            .bind(max_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(doomed, 140_009);
+
+    let d = history::retain(&pool, cutoff, Some("db:5432/x"))
+        .await
+        .unwrap();
+    assert_eq!(d.rows, doomed as u64);
+    assert_eq!(d.unforwarded, unsent as u64);
+    let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM readings ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, kept);
+    assert_eq!(
+        *left.last().unwrap(),
+        max_id,
+        "the newest reading was deleted"
+    );
+    assert_eq!(uncovered(&pool).await, 0);
+    let empty: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM readings_blocks b \
+         WHERE NOT EXISTS (SELECT 1 FROM readings WHERE id BETWEEN b.first AND b.last)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        empty,
+        0,
+        "blocks without readings: {:?}",
+        blocks(&pool).await
+    );
+    assert!(blocks(&pool).await.len() < b.len());
+    // Nothing old left: the next run deletes nothing, and the queries are still exact.
+    assert_eq!(
+        history::retain(&pool, cutoff, None).await.unwrap(),
+        history::Deleted::default()
+    );
+    for (since, until) in [(Some(cutoff), None), (None, Some(cutoff)), (None, None)] {
+        assert_eq!(
+            shown(&pool, since, until, None, None).await,
+            truth(&pool, since, until, None).await
+        );
+    }
+    // The next reading gets the next id.
+    write_readings(
+        &pool,
+        &db,
+        vec![(now, "d".into(), "p0".into(), Value::Int(1))],
+    )
+    .await;
+    let max: i64 = sqlx::query_scalar("SELECT max(id) FROM readings")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(max, max_id + 1);
+}
+
+/// A history file as migrations 1-4 (an older fieldbridge) left it, open.
+async fn file_of_migration_4(db: &std::path::Path) -> sqlx::SqlitePool {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+    let old = tempfile::tempdir().unwrap();
+    let ours = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    for f in [
+        "0001_history.sql",
+        "0002_command_ids.sql",
+        "0003_forward.sql",
+        "0004_readings_one_index.sql",
+    ] {
+        std::fs::copy(ours.join(f), old.path().join(f)).unwrap();
+    }
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            SqliteConnectOptions::new()
+                .filename(db)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal),
+        )
+        .await
+        .unwrap();
+    sqlx::migrate::Migrator::new(old.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    pool
+}
+
+/// Migration 5 (issue 17) on a file as migrations 1-4 left it: every reading keeps its id (so
+/// a forward cursor taken before says exactly which rows a central database has), `readings_ts`
+/// is gone, the blocks vouch for every reading, the same queries give the same answers, and
+/// VACUUM keeps the ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_from_before_migration_5_keeps_every_reading_its_id_and_its_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let pool = file_of_migration_4(&db).await;
+    // 150,000 readings as that version wrote them: integers, floats and text, the clock
+    // stepped back a day after the first 100,000; then the oldest 5,000 and every seventh of a
+    // stretch in the middle deleted (retention, a full disk), so the rowids have gaps.
+    for sql in [
+        "INSERT INTO series (device, point) VALUES ('a', 'x'), ('a', 'y'), ('b', 'x')",
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 150000) \
+         INSERT INTO readings (ts, series, kind, value) \
+         SELECT CASE WHEN i <= 100000 THEN 1764000000000 + i * 10 ELSE 1763913600000 + i * 10 END, \
+                i % 3 + 1, i % 3, \
+                CASE i % 3 WHEN 0 THEN i WHEN 1 THEN i / 4.0 ELSE 'v' || i END \
+         FROM n",
+        "DELETE FROM readings WHERE rowid <= 5000 OR (rowid BETWEEN 70000 AND 80000 AND rowid % 7 = 0)",
+        "INSERT INTO forward_cursor (target, readings) VALUES ('db:5432/x', 90000)",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    type Reading = (i64, i64, i64, i64, String);
+    let all = |pool: sqlx::SqlitePool| async move {
+        sqlx::query_as::<_, Reading>(
+            "SELECT rowid, ts, series, kind, quote(value) FROM readings ORDER BY rowid",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let unsent = |pool: sqlx::SqlitePool| async move {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT r.rowid FROM readings r, forward_cursor c WHERE r.rowid > c.readings ORDER BY r.rowid",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let ranges = [
+        (None, None),
+        (Some(1_764_000_500_000), Some(1_764_000_600_000)),
+        (Some(1_763_914_600_000), None),
+        (None, Some(1_763_915_000_000)),
+        (Some(1_764_000_000_000), None),
+        (Some(1_765_000_000_000), None),
+    ];
+    let mut answers = Vec::new();
+    for (since, until) in ranges {
+        for device in [None, Some("b")] {
+            answers.push(truth(&pool, since, until, device).await);
+        }
+    }
+    let before = all(pool.clone()).await;
+    let unsent_before = unsent(pool.clone()).await;
+    assert_eq!(before.len(), 150_000 - 5_000 - 1_429);
+    pool.close().await;
+
+    let pool = history::open(&db).await.unwrap();
+    assert_eq!(all(pool.clone()).await, before);
+    assert_eq!(unsent(pool.clone()).await, unsent_before);
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'readings'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(indexes.is_empty(), "{indexes:?}");
+    let b = blocks(&pool).await;
+    assert_eq!(b.len(), 3, "{b:?}");
+    assert_eq!(uncovered(&pool).await, 0);
+    let mut answers = answers.into_iter();
+    for (since, until) in ranges {
+        for device in [None, Some("b")] {
+            assert_eq!(
+                shown(&pool, since, until, device, None).await,
+                answers.next().unwrap(),
+                "{since:?}..{until:?} {device:?}"
+            );
+        }
+    }
+    sqlx::query("VACUUM").execute(&pool).await.unwrap();
+    assert_eq!(all(pool.clone()).await, before);
+    assert_eq!(blocks(&pool).await, b);
+    // New readings go on from the largest id, into the newest block.
+    write_readings(
+        &pool,
+        &db,
+        vec![(SystemTime::now(), "a".into(), "x".into(), Value::Int(1))],
+    )
+    .await;
+    let newest = blocks(&pool).await;
+    assert_eq!(newest.last().unwrap().1, 150_001);
+    assert_eq!(uncovered(&pool).await, 0);
+}
+
+/// Migration 5 copies every reading before READY=1, which on a large history on a Pi could
+/// outlast systemd's start timeout: killed mid-way, rolled back, again at every restart. The
+/// gateway asks systemd for more time first (30 s and 20 s per million readings), and only
+/// when the migration is still to run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrading_a_file_from_before_migration_5_asks_systemd_for_more_start_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let pool = file_of_migration_4(&db).await;
+    for sql in [
+        "INSERT INTO series (device, point) VALUES ('a', 'x')",
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000) \
+         INSERT INTO readings (ts, series, kind, value) \
+         SELECT CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) - 1000 + i, 1, 0, i FROM n",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    pool.close().await;
+    let cfg = format!(
+        "[gateway]\nid = \"mig\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n[history]\npath = \"{}\"\n[homeassistant]\ndiscovery = false\n",
+        common::mosquitto::free_port(),
+        db.display()
+    );
+    for start in ["first", "second"] {
+        let notify = common::notify::NotifySocket::new();
+        let mut gw =
+            GatewayProcess::spawn(&cfg, &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())]);
+        assert!(
+            notify.wait_for(|m| m == "READY=1", WAIT).is_some(),
+            "{}",
+            gw.log()
+        );
+        gw.signal(Signal::SIGTERM);
+        gw.wait_exit(WAIT).unwrap();
+        let messages = notify.messages();
+        let extend: Vec<&String> = messages
+            .iter()
+            .filter(|m| m.starts_with("EXTEND_TIMEOUT_USEC="))
+            .collect();
+        if start == "first" {
+            assert_eq!(extend, ["EXTEND_TIMEOUT_USEC=30020000"], "{messages:?}");
+            let at = |m: &str| messages.iter().position(|x| x.starts_with(m)).unwrap();
+            assert!(at("EXTEND_TIMEOUT_USEC=") < at("READY=1"), "{messages:?}");
+            assert!(gw.log().contains("migration 5"), "{}", gw.log());
+        } else {
+            assert!(extend.is_empty(), "{messages:?}");
+        }
+    }
+    let pool = history::open_read_only(&db).await.unwrap();
+    assert_eq!(
+        history::query(&pool, &Filter::default())
+            .await
+            .unwrap()
+            .len(),
+        1000
     );
 }

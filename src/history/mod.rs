@@ -19,6 +19,10 @@
 //!   inode changed), logged, counted, and opened anew at the same path.
 //! - Deletions (retention, a full database) never take a table's newest row, so rowids are
 //!   never handed out twice: `forward.rs` keeps its cursor on them.
+//! - Readings have no index (issue 17: a reading in ~22 bytes of file). `readings_blocks`, a
+//!   sparse time index of one row per 65,536 ids, is kept up to date in each batch's own
+//!   transaction; a time-bounded query reads the id range of the blocks whose times meet it,
+//!   retention deletes whole old blocks by id (migrations/0005_readings_blocks.sql).
 //! - `history.enabled = false`: no file, no writer; the handle records nothing.
 //! - Runtime queries only (no `query!` macros): the build needs no database, and
 //!   `tests/history.rs` runs every statement against a freshly migrated file.

@@ -2,7 +2,8 @@
 //!
 //! Rows stream from SQLite to the output one at a time (sqlx hands them over through a bounded
 //! channel), so memory does not grow with the result: a million rows print in the same few
-//! MiB as ten (BENCHMARKS.md). The table's column widths come from a query of their own
+//! MiB as ten (BENCHMARKS.md); readings once SQLite has sorted them by time, in bounded memory
+//! (see `ordered`). The table's column widths come from a query of their own
 //! beforehand, since they can't wait for the last row.
 
 use std::io::{self, Write};
@@ -91,7 +92,14 @@ fn conditions(filter: &Filter, device: &str, point: Option<&str>, ts: &str) -> (
 }
 
 /// `select` (whose last two columns are `ts` and `id`) ordered oldest first; with a limit,
-/// the newest `limit` rows, read backwards on the index and put back in order.
+/// the newest `limit` rows, put back in order.
+///
+/// Events are read in this order on their index. Readings have none on their times (issue 17):
+/// SQLite sorts them, in runs of at most the page cache (`cache_size`, 256 KiB) merged from
+/// temporary files, so memory stays near flat (+0.6-0.9 MiB from 10,000 rows to 1,000,000); a
+/// million rows took as long as on the old index, within this machine's noise, and wrote 41 MB
+/// to the temporary directory (BENCHMARKS.md, issue 17). Kept over record (id) order, which
+/// would need neither: that differs from time order after a clock step, and people read by time.
 fn ordered(select: String, limit: Option<u64>) -> String {
     match limit {
         None => format!("{select} ORDER BY ts, id"),
@@ -143,16 +151,86 @@ fn seconds(ts_ms: i64) -> f64 {
     ts_ms as f64 / 1000.0
 }
 
+/// The ids a reading from `since` to `until` (UNIX ms, inclusive) can have, as (at least, at
+/// most), from the blocks of the sparse time index (0005_readings_blocks.sql); None: no bound.
+///
+/// A block whose times meet the range may hold such a reading; any other can't. Blocks may
+/// overlap in time (the clock was stepped back), so the range runs from the first such block to
+/// the last, and the exact `ts` condition beside it picks the rows. Readings above the newest
+/// block (none once a batch has committed; see `store.rs`) are always in the range.
+pub async fn reading_ids(
+    pool: &SqlitePool,
+    since: Option<i64>,
+    until: Option<i64>,
+) -> Result<(Option<i64>, Option<i64>), sqlx::Error> {
+    if since.is_none() && until.is_none() {
+        return Ok((None, None));
+    }
+    let row = sqlx::query(
+        "SELECT (SELECT max(last) FROM readings_blocks), \
+                (SELECT min(first) FROM readings_blocks WHERE max_ts >= ?1), \
+                (SELECT max(last) FROM readings_blocks WHERE min_ts <= ?2)",
+    )
+    .bind(since.unwrap_or(i64::MIN))
+    .bind(until.unwrap_or(i64::MAX))
+    .fetch_one(pool)
+    .await?;
+    let get = |i: usize| row.try_get::<Option<i64>, _>(i);
+    Ok(id_bounds(
+        get(0)?,
+        since.map(|_| get(1)).transpose()?,
+        until.map(|_| get(2)).transpose()?,
+    ))
+}
+
+/// [`reading_ids`] from what the blocks say: `newest`, the last id of the newest block;
+/// `from_block`, with a lower time bound, the first id of the first block reaching it;
+/// `to_block`, with an upper time bound, the last id of the last block starting before it (the
+/// outer `Option` says whether the bound was given; the inner, whether any block qualified).
+fn id_bounds(
+    newest: Option<i64>,
+    from_block: Option<Option<i64>>,
+    to_block: Option<Option<i64>>,
+) -> (Option<i64>, Option<i64>) {
+    // Readings with ids above every block's are not in any: they always qualify.
+    let above = newest.unwrap_or(0).saturating_add(1);
+    let mut lo = from_block.map(|b| b.unwrap_or(above));
+    let hi = match to_block {
+        None => None,
+        // The newest block qualifies: the range stays open to readings after it.
+        Some(Some(h)) if h >= above - 1 => None,
+        Some(Some(h)) => Some(h),
+        // No block starts before the end of the range: only readings above them may.
+        Some(None) => {
+            lo = Some(lo.map_or(above, |l| l.max(above)));
+            None
+        }
+    };
+    (lo, hi)
+}
+
 /// Every reading matching `filter`, oldest first, handed to `each` one at a time.
 pub async fn each_reading(
     pool: &SqlitePool,
     filter: &Filter,
     mut each: impl FnMut(Row) -> Result<(), QueryError>,
 ) -> Result<u64, QueryError> {
-    let (cond, args) = conditions(filter, "s.device", Some("s.point"), "r.ts");
+    let (mut cond, mut args) = conditions(filter, "s.device", Some("s.point"), "r.ts");
+    // Without an index on the readings' times, a time range is an id range first.
+    let (lo, hi) = reading_ids(pool, filter.since.map(millis), filter.until.map(millis)).await?;
+    if let Some(lo) = lo {
+        cond += " AND r.id >= ?";
+        args.push(Arg::Int(lo));
+    }
+    if let Some(hi) = hi {
+        cond += " AND r.id <= ?";
+        args.push(Arg::Int(hi));
+    }
+    // CROSS JOIN: SQLite keeps readings the outer loop, read in id order (within the range)
+    // and never once per series.
     let sql = ordered(
         format!(
-            "SELECT s.device, s.point, r.kind, r.value, r.ts AS ts, r.rowid AS id FROM readings r JOIN series s ON s.id = r.series WHERE 1 = 1{cond}"
+            "SELECT s.device, s.point, r.kind, r.value, r.ts AS ts, r.id AS id FROM readings r CROSS JOIN series s ON s.id = r.series WHERE 1 = 1{cond}"
         ),
         filter.limit,
     );
@@ -467,4 +545,44 @@ pub async fn print(
         each_reading(pool, filter, |r| Ok(printer.reading(&r)?)).await?;
     }
     Ok(printer.finish()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::id_bounds;
+
+    /// Blocks (ids 1-100, 101-200, 201-300); `newest` is 300.
+    #[test]
+    fn a_time_range_becomes_the_id_range_of_the_blocks_that_meet_it() {
+        // No bound: no range.
+        assert_eq!(id_bounds(Some(300), None, None), (None, None));
+        // From the second block on, up to the newest: open above, for readings after it.
+        assert_eq!(
+            id_bounds(Some(300), Some(Some(101)), None),
+            (Some(101), None)
+        );
+        assert_eq!(
+            id_bounds(Some(300), Some(Some(101)), Some(Some(300))),
+            (Some(101), None)
+        );
+        // Up to the second block.
+        assert_eq!(
+            id_bounds(Some(300), Some(Some(1)), Some(Some(200))),
+            (Some(1), Some(200))
+        );
+        assert_eq!(
+            id_bounds(Some(300), None, Some(Some(100))),
+            (None, Some(100))
+        );
+        // No block reaches the start, or none starts before the end: only readings above the
+        // newest block could be in range.
+        assert_eq!(id_bounds(Some(300), Some(None), None), (Some(301), None));
+        assert_eq!(id_bounds(Some(300), None, Some(None)), (Some(301), None));
+        assert_eq!(
+            id_bounds(Some(300), Some(Some(101)), Some(None)),
+            (Some(301), None)
+        );
+        // No blocks at all (no readings): everything from id 1.
+        assert_eq!(id_bounds(None, Some(None), Some(None)), (Some(1), None));
+    }
 }

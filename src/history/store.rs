@@ -12,7 +12,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Row as _, Sqlite, SqlitePool};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::forward::ForwardLink;
 use super::millis;
@@ -30,6 +30,13 @@ const ROWS_PER_INSERT: usize = 500;
 const READING_INSERTS: [usize; 9] = [256, 128, 64, 32, 16, 8, 4, 2, 1];
 /// Rows deleted per retention statement.
 const RETENTION_BATCH: i64 = 1_000;
+/// Readings per block of the sparse time index (`readings_blocks`, 0005_readings_blocks.sql): a
+/// block is closed once it spans this many ids. Small enough that a query needing one block
+/// only in part reads ~1.4 MB of table (22 B a reading): 5-7 ms on the x86 development machine
+/// (BENCHMARKS.md), a few times that on a Pi. Large enough that a busy gateway (100 readings/s)
+/// makes ~130 blocks a day, ~4,000 in 30 days of retention: ~30 pages, which every
+/// time-bounded query and every retention run read whole.
+pub const BLOCK_IDS: i64 = 65_536;
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
 /// The page size new databases get; `max_size` is turned into pages with it.
@@ -116,6 +123,7 @@ pub async fn open_with(path: &Path, max_size: Option<u64>) -> Result<SqlitePool,
         None => opts,
     };
     let pool = one_connection(path, opts).await?;
+    before_rebuilding_readings(&pool).await;
     sqlx::migrate!("./migrations")
         .run(&pool)
         .await
@@ -124,6 +132,32 @@ pub async fn open_with(path: &Path, max_size: Option<u64>) -> Result<SqlitePool,
             source,
         })?;
     Ok(pool)
+}
+
+/// Migration 5 copies every reading into a new table before READY=1: about a second per
+/// million readings here (measured), likely several on a Pi, and its WAL grows by the table's
+/// size. A large history would outlast systemd's start timeout (90 s by default), be killed
+/// mid-way and rolled back, and again at every restart. So when it is still to run, says so
+/// in the log and asks systemd for 30 s plus 20 s per million readings more (ids above the
+/// lowest: an upper bound of the count, read without counting).
+async fn before_rebuilding_readings(pool: &SqlitePool) {
+    // Fails (and does nothing) on a new file: no `_sqlx_migrations` yet, nothing to copy.
+    let readings: Option<Option<Option<i64>>> = sqlx::query_scalar(
+        "SELECT (SELECT max(rowid) - min(rowid) + 1 FROM readings) \
+         WHERE NOT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = 5)",
+    )
+    .fetch_optional(pool)
+    .await
+    .ok();
+    let Some(Some(Some(readings))) = readings else {
+        return;
+    };
+    info!(
+        readings,
+        "history: moving the readings to their new table (migration 5, once); on a large history this takes a while"
+    );
+    let usec = 30_000_000u64.saturating_add(20u64.saturating_mul(readings.max(0) as u64));
+    crate::systemd::extend_timeout(Duration::from_micros(usec));
 }
 
 /// A pool of one connection kept for the life of its user: sqlx would otherwise close and reopen
@@ -453,16 +487,33 @@ impl History {
 
     /// The database (or the disk) is full: deletes the oldest tenth of each table's rows, and
     /// at least twice what the batch brings to it (`batch`: readings, events), so it works as
-    /// a ring that always keeps the newest even when a batch is large beside the cap.
+    /// a ring that always keeps the newest even when a batch is large beside the cap. "Oldest"
+    /// is the first recorded for readings (the same but across a clock step), by time for events.
     async fn make_room(&mut self, batch: [usize; 2]) {
         self.stats.full.fetch_add(1, Ordering::Relaxed);
         let mut deleted = 0;
         for (table, n) in ["readings", "events"].into_iter().zip(batch) {
             let at_least = (2 * n).max(100) as i64;
+            // Readings by id (the order they were recorded, which their blocks follow; there is
+            // no index on their times to sort by), events by time.
+            let order = if table == "readings" { "rowid" } else { "ts" };
             let pick = format!(
-                "SELECT rowid AS id FROM {table} WHERE {KEEP_NEWEST} ORDER BY ts LIMIT max(?1, (SELECT count(*) FROM {table}) / 10)"
+                "SELECT rowid AS id FROM {table} WHERE {KEEP_NEWEST} ORDER BY {order} LIMIT max(?1, (SELECT count(*) FROM {table}) / 10)"
             );
-            match delete_rows(&self.pool, table, &pick, at_least, self.forward_target()).await {
+            let result =
+                delete_rows(&self.pool, table, &pick, &[at_least], self.forward_target()).await;
+            let result = match result {
+                // The blocks whose readings are all gone go too; a block deleted in part keeps
+                // its bounds, which still hold for the readings it has left.
+                Ok(d) if table == "readings" => sqlx::query(
+                    "DELETE FROM readings_blocks WHERE last < (SELECT min(id) FROM readings)",
+                )
+                .execute(&self.pool)
+                .await
+                .map(|_| d),
+                other => other,
+            };
+            match result {
                 Ok(d) => {
                     deleted += d.rows;
                     self.count_forward_drops(d.unforwarded);
@@ -598,6 +649,9 @@ impl History {
             });
             q.build().persistent(false).execute(&mut *tx).await?;
         }
+        if !readings.is_empty() {
+            cover_new_readings(&mut tx).await?;
+        }
         tx.commit().await
     }
 
@@ -617,6 +671,61 @@ impl History {
             }
         }
     }
+}
+
+/// Puts the readings above the newest block of `readings_blocks` into it, or into a new block
+/// once it spans [`BLOCK_IDS`] ids: in the transaction that inserted them, so no committed
+/// reading is ever outside a block. Their bounds come from the rows themselves (a rowid range
+/// read of the batch just written, still in the page cache), so readings that came some other
+/// way (a `sqlite3` shell) are taken in by the next batch too.
+async fn cover_new_readings(
+    tx: &mut sqlx::Transaction<'static, Sqlite>,
+) -> Result<(), sqlx::Error> {
+    let newest = sqlx::query("SELECT first, last FROM readings_blocks ORDER BY first DESC LIMIT 1")
+        .fetch_optional(&mut **tx)
+        .await?;
+    let newest: Option<(i64, i64)> = match newest {
+        Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
+        None => None,
+    };
+    let above = newest.map_or(0, |(_, last)| last);
+    let new = sqlx::query("SELECT min(id), max(id), min(ts), max(ts) FROM readings WHERE id > ?")
+        .bind(above)
+        .fetch_one(&mut **tx)
+        .await?;
+    let (Some(first), Some(last), Some(min_ts), Some(max_ts)) = (
+        new.try_get::<Option<i64>, _>(0)?,
+        new.try_get::<Option<i64>, _>(1)?,
+        new.try_get::<Option<i64>, _>(2)?,
+        new.try_get::<Option<i64>, _>(3)?,
+    ) else {
+        return Ok(());
+    };
+    match newest {
+        Some((block, end)) if end - block + 1 < BLOCK_IDS => {
+            sqlx::query(
+                "UPDATE readings_blocks SET last = ?2, min_ts = min(min_ts, ?3), max_ts = max(max_ts, ?4) WHERE first = ?1",
+            )
+            .bind(block)
+            .bind(last)
+            .bind(min_ts)
+            .bind(max_ts)
+            .execute(&mut **tx)
+            .await?;
+        }
+        _ => {
+            sqlx::query(
+                "INSERT INTO readings_blocks (first, last, min_ts, max_ts) VALUES (?, ?, ?, ?)",
+            )
+            .bind(first)
+            .bind(last)
+            .bind(min_ts)
+            .bind(max_ts)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// `INSERT OR FAIL INTO readings … VALUES (?, ?, ?, ?), …` for `rows` rows.
@@ -644,8 +753,8 @@ pub struct Deleted {
 /// and a forward cursor on rowids stays true.
 const KEEP_NEWEST: &str = "rowid < (SELECT max(rowid) FROM {table})";
 
-/// Deletes from `table` the rows `pick` selects (`SELECT rowid AS id ... ?1 ...`, `arg` bound to
-/// ?1), and counts those above `target`'s forward cursor first.
+/// Deletes from `table` the rows `pick` selects (`SELECT rowid AS id ... ?1 ...`, `args` bound
+/// to ?1, ?2, …), and counts those above `target`'s forward cursor first.
 ///
 /// Two statements, no transaction: this runs when the database is full, right after SQLite
 /// rolled a batch back by itself, when sqlx's connection can't begin one (CRATES.md §12). Only
@@ -655,59 +764,123 @@ async fn delete_rows(
     pool: &SqlitePool,
     table: &str,
     pick: &str,
-    arg: i64,
+    args: &[i64],
     target: Option<&str>,
 ) -> Result<Deleted, sqlx::Error> {
     let pick = pick.replace("{table}", table);
     let unforwarded = match target {
         Some(target) => {
             let sql = format!(
-                "SELECT count(*) FROM ({pick}) WHERE id > coalesce((SELECT {table} FROM forward_cursor WHERE target = ?2), 0)"
+                "SELECT count(*) FROM ({pick}) WHERE id > coalesce((SELECT {table} FROM forward_cursor WHERE target = ?{}), 0)",
+                args.len() + 1
             );
-            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
-                .bind(arg)
-                .bind(target)
-                .fetch_one(pool)
-                .await? as u64
+            let mut q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql));
+            for a in args {
+                q = q.bind(*a);
+            }
+            q.bind(target).fetch_one(pool).await? as u64
         }
         None => 0,
     };
     let sql = format!("DELETE FROM {table} WHERE rowid IN (SELECT id FROM ({pick}))");
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(arg)
-        .execute(pool)
-        .await?
-        .rows_affected();
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for a in args {
+        q = q.bind(*a);
+    }
+    let rows = q.execute(pool).await?.rows_affected();
     Ok(Deleted {
         rows,
         unforwarded: unforwarded.min(rows),
     })
 }
 
+/// Deletes what `pick` selects in statements of at most [`RETENTION_BATCH`] rows (`pick` ends
+/// in that LIMIT), yielding in between so readers and the writer get their turn.
+async fn delete_in_batches(
+    pool: &SqlitePool,
+    table: &str,
+    pick: &str,
+    args: &[i64],
+    target: Option<&str>,
+) -> Result<Deleted, sqlx::Error> {
+    let mut total = Deleted::default();
+    loop {
+        let d = delete_rows(pool, table, pick, args, target).await?;
+        total.rows += d.rows;
+        total.unforwarded += d.unforwarded;
+        if d.rows < RETENTION_BATCH as u64 {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Deletes rows older than `cutoff_ms` in small batches (never a table's newest row); counts
 /// those `target`, the central database forwarded to, did not have yet.
+///
+/// Readings are found through their blocks (`readings_blocks`): only blocks holding a reading
+/// older than the cutoff are read, so a run with nothing old reads a few pages of blocks and no
+/// reading. A block older than the cutoff throughout goes by id range; one that straddles it
+/// (the oldest, or any block after the clock was stepped back) by its rows' times. Each block
+/// read is then given the bounds of the rows it has left, or deleted when it has none.
 pub async fn retain(
     pool: &SqlitePool,
     cutoff_ms: i64,
     target: Option<&str>,
 ) -> Result<Deleted, sqlx::Error> {
     let mut total = Deleted::default();
-    for table in ["readings", "events"] {
-        let pick = format!(
-            "SELECT rowid AS id FROM {table} WHERE ts < ?1 AND {KEEP_NEWEST} LIMIT {RETENTION_BATCH}"
-        );
-        loop {
-            let d = delete_rows(pool, table, &pick, cutoff_ms, target).await?;
-            total.rows += d.rows;
-            total.unforwarded += d.unforwarded;
-            if d.rows < RETENTION_BATCH as u64 {
-                break;
-            }
-            // Let readers and the writer in between batches.
-            tokio::task::yield_now().await;
-        }
+    let blocks = sqlx::query(
+        "SELECT first, last, max_ts FROM readings_blocks WHERE min_ts < ? ORDER BY first",
+    )
+    .bind(cutoff_ms)
+    .fetch_all(pool)
+    .await?;
+    for b in blocks {
+        let (first, last, max_ts): (i64, i64, i64) = (b.try_get(0)?, b.try_get(1)?, b.try_get(2)?);
+        let d = if max_ts < cutoff_ms {
+            let pick = format!(
+                "SELECT rowid AS id FROM {{table}} WHERE rowid >= ?1 AND rowid <= ?2 AND {KEEP_NEWEST} LIMIT {RETENTION_BATCH}"
+            );
+            delete_in_batches(pool, "readings", &pick, &[first, last], target).await?
+        } else {
+            let pick = format!(
+                "SELECT rowid AS id FROM {{table}} WHERE rowid >= ?1 AND rowid <= ?2 AND ts < ?3 AND {KEEP_NEWEST} LIMIT {RETENTION_BATCH}"
+            );
+            delete_in_batches(pool, "readings", &pick, &[first, last, cutoff_ms], target).await?
+        };
+        total.rows += d.rows;
+        total.unforwarded += d.unforwarded;
+        refresh_block(pool, first).await?;
     }
+    let pick = format!(
+        "SELECT rowid AS id FROM {{table}} WHERE ts < ?1 AND {KEEP_NEWEST} LIMIT {RETENTION_BATCH}"
+    );
+    let d = delete_in_batches(pool, "events", &pick, &[cutoff_ms], target).await?;
+    total.rows += d.rows;
+    total.unforwarded += d.unforwarded;
     Ok(total)
+}
+
+/// Gives the block starting at id `first` the time bounds of the readings it has left, or
+/// deletes it when it has none. Its ids stay as they are (its `last` as the writer left it): a
+/// block only ever covers less.
+async fn refresh_block(pool: &SqlitePool, first: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE readings_blocks SET (min_ts, max_ts) = \
+           (SELECT min(ts), max(ts) FROM readings WHERE id >= first AND id <= last) \
+         WHERE first = ?1 AND EXISTS (SELECT 1 FROM readings WHERE id >= first AND id <= last)",
+    )
+    .bind(first)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "DELETE FROM readings_blocks WHERE first = ?1 \
+         AND NOT EXISTS (SELECT 1 FROM readings WHERE id >= first AND id <= last)",
+    )
+    .bind(first)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// How long an executed command's id is remembered: the same id again within this window is
