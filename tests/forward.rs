@@ -565,7 +565,9 @@ async fn the_database_dropping_the_connection_mid_batch_loses_and_doubles_nothin
     let (_fake, addr) = devices(10).await;
     let id = "terminated";
     let dir = tempfile::tempdir().unwrap();
-    backlog(&dir.path().join("history.db"), 200_000).await;
+    // Enough that ten rounds of kill and reconnect end well before the forwarder catches up
+    // (200,000 was drained by round 9 one run in two once forwarding got faster).
+    backlog(&dir.path().join("history.db"), 600_000).await;
     let cfg = config(id, broker.port, &addr, 10, "100ms", &pg.url());
     let gw = InProcess::start_in(dir, &cfg).await;
     let pool = pg.pool().await;
@@ -616,7 +618,8 @@ async fn a_database_crash_mid_forwarding_loses_and_doubles_nothing() {
     let (_fake, addr) = devices(10).await;
     let id = "crash";
     let dir = tempfile::tempdir().unwrap();
-    backlog(&dir.path().join("history.db"), 200_000).await;
+    // More than three crash-and-recover rounds can forward (see the test above).
+    backlog(&dir.path().join("history.db"), 400_000).await;
     let pw = dir.path().join("pg.pass");
     std::fs::write(&pw, format!("{}\n", pg.password)).unwrap();
     let cfg = config(id, broker.port, &addr, 10, "100ms", &pg.url("central")).replace(
