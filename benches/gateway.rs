@@ -584,12 +584,17 @@ async fn commands() {
                 .unwrap();
             assert!(String::from_utf8_lossy(&payload).contains(&expect));
             to_result.push(at.duration_since(sent));
-            // The state with the new level: it goes out before the result.
+            // The state with the new level (on its own subscriber's connection, so it may come
+            // after the result): waited for, so slow ones are not left out of the figures.
             let want = format!("\"level\":{level}");
-            while let Ok((at, state)) = states.try_recv() {
+            let give_up = Instant::now() + Duration::from_secs(2);
+            while let Ok(Some((at, state))) =
+                tokio::time::timeout_at(give_up.into(), states.recv()).await
+            {
                 let state = String::from_utf8_lossy(&state);
                 if state.contains(&format!("{want},")) || state.contains(&format!("{want}}}")) {
                     to_state.push(at.duration_since(sent));
+                    break;
                 }
             }
             if let Some(w) = fake.log().iter().find(|s| s.fc == 6) {
