@@ -731,30 +731,24 @@ async fn cover_new_readings(
         };
         (first, last, min_ts, max_ts)
     };
-    match newest {
-        Some((block, end)) if end - block + 1 < BLOCK_IDS => {
-            sqlx::query(
-                "UPDATE readings_blocks SET last = ?2, min_ts = min(min_ts, ?3), max_ts = max(max_ts, ?4) WHERE first = ?1",
-            )
-            .bind(block)
-            .bind(last)
-            .bind(min_ts)
-            .bind(max_ts)
-            .execute(&mut **tx)
-            .await?;
-        }
-        _ => {
-            sqlx::query(
-                "INSERT INTO readings_blocks (first, last, min_ts, max_ts) VALUES (?, ?, ?, ?)",
-            )
-            .bind(first)
-            .bind(last)
-            .bind(min_ts)
-            .bind(max_ts)
-            .execute(&mut **tx)
-            .await?;
-        }
-    }
+    // The newest block grows while it spans fewer than BLOCK_IDS ids; then a new one starts.
+    let (sql, block) = match newest {
+        Some((block, end)) if end - block + 1 < BLOCK_IDS => (
+            "UPDATE readings_blocks SET last = ?2, min_ts = min(min_ts, ?3), max_ts = max(max_ts, ?4) WHERE first = ?1",
+            block,
+        ),
+        _ => (
+            "INSERT INTO readings_blocks (first, last, min_ts, max_ts) VALUES (?1, ?2, ?3, ?4)",
+            first,
+        ),
+    };
+    sqlx::query(sql)
+        .bind(block)
+        .bind(last)
+        .bind(min_ts)
+        .bind(max_ts)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
