@@ -249,11 +249,6 @@ impl Core {
             .ok()
     }
 
-    /// The name of point `i`.
-    pub fn point_name(&self, i: usize) -> &str {
-        self.points.get(i).map_or("", |p| p.name.as_str())
-    }
-
     pub fn name(&self) -> &str {
         &self.name
     }
