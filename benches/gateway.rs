@@ -14,7 +14,8 @@
 //!   Repeatable on a loaded machine where CPU times are not. `BENCH_CALLGRIND_OUT=DIR` keeps
 //!   the profile for `callgrind_annotate`.
 //! - memory: 1,000 points polled every second for `BENCH_MEMORY_SECS` (default 300 s), resident
-//!   set of the gateway process at the end.
+//!   set of the gateway process at the end, and how much of packaging/code-order.txt its code
+//!   layout found.
 //! - bus efficiency: a reference device map's reads and wire time per cycle at 9600 baud,
 //!   coalesced against one read per point.
 //!
@@ -406,9 +407,33 @@ async fn memory() {
         peak,
         count.load(Ordering::Relaxed)
     );
+    match code_layout() {
+        Some(l) => println!(
+            "memory: code layout: {} (packaging/code-order.txt)",
+            l.trim()
+        ),
+        None => println!("memory: code layout: the linker's default (no packaging/cc-ordered)"),
+    }
     let _ = gw.kill();
     let _ = gw.wait();
     let _ = sub.kill();
+}
+
+/// What packaging/cc-ordered wrote beside the gateway binary it linked in code-order.txt's
+/// order: how many of the listed functions this build has.
+fn code_layout() -> Option<String> {
+    let bin = std::path::PathBuf::from(gateway_bin());
+    std::fs::read_dir(bin.parent()?.join("deps"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| f.starts_with("fieldbridge-") && f.ends_with(".layout"))
+        })
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .and_then(|p| std::fs::read_to_string(p).ok())
 }
 
 /// A reference map: an SDM630-style energy meter (input registers, f32 every 2 registers with
