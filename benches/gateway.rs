@@ -412,7 +412,9 @@ async fn memory() {
             "memory: code layout: {} (packaging/code-order.txt)",
             l.trim()
         ),
-        None => println!("memory: code layout: the linker's default (no packaging/cc-ordered)"),
+        None => println!(
+            "memory: code layout: not known (no packaging/cc-ordered summary beside the binary)"
+        ),
     }
     let _ = gw.kill();
     let _ = gw.wait();
