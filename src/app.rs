@@ -502,6 +502,15 @@ impl Gateway {
         //    what waits is answered "stopped" (and its commands left to the broker).
         health_token.cancel();
         fleet.stop_all(started + STOP_DEVICES).await;
+        if let Some(log) = &ctx.command_log {
+            // Before the history writer's, which closes the file's last connection.
+            if tokio::time::timeout_at(until(end - STOP_MQTT, STOP_HISTORY), log.close())
+                .await
+                .is_err()
+            {
+                warn!("shutdown: the command log did not close in time");
+            }
+        }
         // 2. With nothing left to publish state: remove what an ephemeral gateway leaves.
         if ephemeral {
             discovery.remove_all();
@@ -515,15 +524,29 @@ impl Gateway {
         history.record_gateway("stop", std::time::SystemTime::now());
         history_token.cancel();
         let history_end = until(end - STOP_MQTT, STOP_HISTORY);
+        let mut pool = None;
         if let Some(task) = history_task {
-            if tokio::time::timeout_at(history_end, task).await.is_err() {
-                warn!("shutdown: history did not flush in time");
+            match tokio::time::timeout_at(history_end, task).await {
+                Ok(Ok(p)) => pool = Some(p),
+                Ok(Err(e)) => warn!("shutdown: the history writer failed: {e}"),
+                Err(_) => warn!("shutdown: history did not flush in time"),
             }
         }
         forward_token.cancel();
         if let Some(task) = forward_task {
             if tokio::time::timeout_at(history_end, task).await.is_err() {
                 warn!("shutdown: history forwarding did not stop in time");
+            }
+        }
+        // The writer's connection closes last. Closed, not just dropped with the process: the
+        // last connection to close checkpoints the file and removes its WAL, so a stopped
+        // gateway leaves one file that holds everything (a copy of `history.db` alone is whole).
+        if let Some(pool) = pool {
+            if tokio::time::timeout_at(history_end, pool.close())
+                .await
+                .is_err()
+            {
+                warn!("shutdown: the history file did not close in time");
             }
         }
         // 4. MQTT publishes `offline` and disconnects.

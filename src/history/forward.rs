@@ -360,6 +360,11 @@ impl Forwarder {
             // Politely, but never holding up the shutdown.
             let _closed = tokio::time::timeout(Duration::from_millis(200), conn.close()).await;
         }
+        // Closed, not dropped with the process: the writer's connection closes after this one
+        // and checkpoints the file (app.rs, the stop).
+        if let Some(local) = local {
+            local.pool.close().await;
+        }
     }
 }
 

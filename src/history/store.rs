@@ -359,7 +359,9 @@ impl History {
         self
     }
 
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    /// Writes until `shutdown`, then what is still queued. Returns the pool it wrote through
+    /// last (a replaced file is reopened on a new one), for the owner to close.
+    pub async fn run(mut self, shutdown: CancellationToken) -> SqlitePool {
         let mut buf: Vec<Record> = Vec::new();
         let mut flush = tokio::time::interval(self.config.flush);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -391,6 +393,7 @@ impl History {
             }
         }
         self.write(&mut buf).await;
+        self.pool
     }
 
     async fn write(&mut self, buf: &mut Vec<Record>) {
@@ -978,6 +981,11 @@ impl CommandLog {
         };
         tx.commit().await?;
         Ok(seen)
+    }
+
+    /// Closes the log's connection, once no command is left to record (at shutdown).
+    pub async fn close(&self) {
+        self.pool.close().await;
     }
 
     /// Records the result published for `id`.
