@@ -55,15 +55,9 @@ awk 'match($0, /^c?fn=\([0-9]+\)/) {
         if (length($0) > RLENGTH + 1) name[id] = substr($0, RLENGTH + 2)
         if ($0 ~ /^fn=/ && !(id in done)) { done[id] = 1; print name[id] }
     }' "$dir"/run.*.1 "$dir/demo.out" >"$dir/executed"
-# Their demangled names, normalised as packaging/cc-ordered does.
-nm -p --defined-only "$bin" | awk '$2 ~ /^[tTwW]$/ { print $3 }' >"$dir/mangled"
-nm -p --defined-only -C "$bin" | awk '$2 ~ /^[tTwW]$/ {
-    sub(/^[^ ]+ [^ ]+ /, "")
-    sub(/ \[clone [^]]*\]$/, ""); sub(/ \(\.llvm\.[0-9]+\)$/, ""); sub(/\.llvm\.[0-9]+$/, "")
-    print }' >"$dir/demangled"
-awk 'FNR == NR { if (!($0 in ran)) ran[$0] = FNR; next }
-     FILENAME == ARGV[2] { mangled[FNR] = $0; next }
-     (mangled[FNR] in ran) { print ran[mangled[FNR]] "\t" $0 }' \
-    "$dir/executed" "$dir/mangled" "$dir/demangled" |
+# Their demangled names, as packaging/cc-ordered names them when it links.
+packaging/cc-ordered --symbols "$bin" >"$dir/symbols"
+awk -F '\t' 'FNR == NR { if (!($0 in ran)) ran[$0] = FNR; next }
+     ($1 in ran) { print ran[$1] "\t" $2 }' "$dir/executed" "$dir/symbols" |
     sort -n -s -k1,1 | cut -f2 | awk '!seen[$0]++' >packaging/code-order.txt
 echo "packaging/code-order.txt: $(wc -l <packaging/code-order.txt) functions"
