@@ -422,19 +422,19 @@ async fn memory() {
 }
 
 /// What packaging/cc-ordered wrote beside the gateway binary it linked in code-order.txt's
-/// order: how many of the listed functions this build has.
+/// order: how many of the listed functions this build has. The binary is a hard link of
+/// `deps/fieldbridge-HASH`, whose summary is `deps/fieldbridge-HASH.layout` (the bin's test
+/// harness, linked the same way, has its own).
 fn code_layout() -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
     let bin = std::path::PathBuf::from(gateway_bin());
+    let inode = std::fs::metadata(&bin).ok()?.ino();
     std::fs::read_dir(bin.parent()?.join("deps"))
         .ok()?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|f| f.to_str())
-                .is_some_and(|f| f.starts_with("fieldbridge-") && f.ends_with(".layout"))
-        })
-        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .filter(|p| p.extension().is_some_and(|e| e == "layout"))
+        .find(|p| std::fs::metadata(p.with_extension("")).is_ok_and(|m| m.ino() == inode))
         .and_then(|p| std::fs::read_to_string(p).ok())
 }
 
