@@ -55,6 +55,9 @@ fn link_layout() {
             "cargo:rustc-link-arg-bin=fieldbridge=-Wl,--symbol-ordering-file={}",
             list.display()
         );
+        // Without packaging/cc-ordered (a build that does not read .cargo/config.toml) LLD
+        // gets the list as it is, matches nothing, and must not warn once per name.
+        println!("cargo:rustc-link-arg-bin=fieldbridge=-Wl,--no-warn-symbol-ordering");
         println!("cargo:rustc-link-arg-bin=fieldbridge=-Wl,-z,pack-relative-relocs");
     }
 }
