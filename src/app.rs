@@ -353,6 +353,13 @@ impl Gateway {
         history.record_gateway("start", std::time::SystemTime::now());
         let mut bridge = Bridge::new(shared_topics.clone(), sink.clone());
         bridge.set_history(history.clone());
+        // SunSpec devices report the points their model chain gave them; a reload asks them to
+        // read it again.
+        let (walked_tx, mut walked_rx) = mpsc::channel(crate::device::WALKED_CAP);
+        let (rewalk_tx, rewalk_rx) = tokio::sync::watch::channel(0u64);
+        // The config as the file gives it, before SunSpec walks added points: what a reload's
+        // file is compared with.
+        let mut loaded = config.clone();
         let mut ctx = fleet::Ctx {
             sink: sink.clone(),
             topics: shared_topics.clone(),
@@ -360,6 +367,8 @@ impl Gateway {
             commands: bridge.stats.clone(),
             command_log,
             fatal: fatal_tx.clone(),
+            walked: walked_tx,
+            rewalk: rewalk_rx,
         };
         // Buses and devices stop first at shutdown; then history; MQTT last.
         let mut fleet = Fleet::start(&config, &ctx, &mut bridge);
@@ -439,14 +448,25 @@ impl Gateway {
                 _ = signals.term.recv() => { info!("SIGTERM: stopping"); break 0 }
                 _ = signals.int.recv() => { info!("SIGINT: stopping"); break 0 }
                 _ = signals.hup.recv() => {
-                    if let Some(mut new) = reload(&config_path, &config) {
-                        log_warnings(&new);
+                    if let Some(mut new_loaded) = reload(&config_path, &loaded) {
+                        log_warnings(&new_loaded);
                         // Sections that need a restart keep their running values until then,
                         // so topics and the session stay consistent.
-                        new.mqtt = config.mqtt.clone();
-                        new.gateway = config.gateway.clone();
-                        new.topics = config.topics.clone();
-                        new.history = config.history.clone();
+                        new_loaded.mqtt = config.mqtt.clone();
+                        new_loaded.gateway = config.gateway.clone();
+                        new_loaded.topics = config.topics.clone();
+                        new_loaded.history = config.history.clone();
+                        let mut new = new_loaded.clone();
+                        // A SunSpec device the file leaves as it was keeps the points its walk
+                        // gave it (and keeps running); it reads its chain again below.
+                        for (name, dev) in new.devices.iter_mut() {
+                            if dev.awaits_walk() && loaded.devices.get(name) == Some(&*dev) {
+                                if let Some(running) = config.devices.get(name) {
+                                    *dev = running.clone();
+                                }
+                            }
+                        }
+                        loaded = new_loaded;
                         // New devices may bring new command topics.
                         let new_topics = Topics::new(&new);
                         for (topic, _) in new_topics.command_topics() {
@@ -467,7 +487,24 @@ impl Gateway {
                         ));
                         config = new;
                     }
+                    // A firmware update may have changed a SunSpec device's models.
+                    rewalk_tx.send_modify(|generation| *generation += 1);
                     systemd::ready();
+                }
+                Some(walked) = walked_rx.recv() => {
+                    // Only while the device still runs the config it walked with: a reload may
+                    // have replaced it since.
+                    if config
+                        .devices
+                        .get(&walked.device)
+                        .is_some_and(|d| std::sync::Arc::ptr_eq(d, &walked.from))
+                    {
+                        let mut new = config.clone();
+                        new.devices.insert(walked.device.clone(), walked.config.clone());
+                        discovery.reload(&new, &ctx.topics);
+                        bridge.update_device(&walked.device, &walked.config);
+                        config = new;
+                    }
                 }
                 Some(reason) = fatal_rx.recv() => {
                     error!(error = %reason, "a core task failed; stopping");

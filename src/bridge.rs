@@ -78,6 +78,14 @@ impl Bridge {
         );
     }
 
+    /// A device's points changed while it runs (a SunSpec walk): commands are validated against
+    /// its new config from now on.
+    pub fn update_device(&mut self, name: &str, config: &Arc<DeviceConfig>) {
+        if let Some(t) = self.devices.get_mut(name) {
+            t.config = config.clone();
+        }
+    }
+
     /// Handles one incoming message. Never blocks.
     pub fn handle(&mut self, msg: &Incoming) {
         let (topic, payload) = (msg.topic.as_str(), msg.payload.as_slice());

@@ -106,6 +106,28 @@ fn write_summary(out: &mut String, config: &Config) -> std::fmt::Result {
         if let Some(p) = &dev.profile {
             writeln!(out, "    profile      {} ({})", p.name, p.source)?;
         }
+        if let Some(ss) = &dev.sunspec {
+            let base = match ss.base {
+                Some(b) => format!("at holding:{b}"),
+                None => "at holding:40000, 0 or 50000".to_string(),
+            };
+            writeln!(
+                out,
+                "    points       from the device's SunSpec models, read at run time ({base}); \
+                 `fieldbridge profiles --probe --bus {} --unit {}` shows them",
+                dev.bus,
+                dev.unit.unwrap_or(1)
+            )?;
+            for (pname, (p, keys)) in &ss.own {
+                if p.register.is_none() {
+                    writeln!(
+                        out,
+                        "    point {pname}: the device sets {}",
+                        keys.join(", ")
+                    )?;
+                }
+            }
+        }
         let loc = &dev.location;
         writeln!(out, "    state        {}", topics.state(name, loc))?;
         writeln!(out, "    availability {}", topics.availability(name, loc))?;
@@ -131,9 +153,14 @@ fn write_summary(out: &mut String, config: &Config) -> std::fmt::Result {
         if let Some(bus) = config.buses.get(&dev.bus).filter(|b| b.kind.is_modbus()) {
             let reads = device_reads(dev, bus);
             let points = dev.points.len();
+            let more = if dev.awaits_walk() {
+                ", and those of its SunSpec models"
+            } else {
+                ""
+            };
             writeln!(
                 out,
-                "    reads per poll: {} (for {points} points)",
+                "    reads per poll: {} (for {points} points{more})",
                 reads.len()
             )?;
             for r in &reads {

@@ -34,6 +34,10 @@ pub struct Ctx {
     /// Executed command ids on disk (the history file).
     pub command_log: Option<CommandLog>,
     pub fatal: mpsc::Sender<String>,
+    /// SunSpec devices report the points their model chain gave them here.
+    pub walked: mpsc::Sender<crate::device::Walked>,
+    /// Bumped by a reload: SunSpec devices read their chain again.
+    pub rewalk: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Ctx {
@@ -45,6 +49,8 @@ impl Ctx {
             history: Some(self.history.clone()),
             commands: self.commands.clone(),
             command_log: self.command_log.clone(),
+            walked: Some(self.walked.clone()),
+            rewalk: Some(self.rewalk.clone()),
         }
     }
 }

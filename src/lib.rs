@@ -37,6 +37,7 @@ pub mod mqtt;
 pub mod payload;
 pub mod profiles;
 pub mod sim;
+pub mod sunspec;
 pub mod systemd;
 pub mod telemetry;
 pub mod topics;

@@ -6,7 +6,7 @@
 //! 16-bit words; `BADC` swaps the two bytes inside each word; `DCBA` does both. A single
 //! register follows the same rule (only the byte swap can apply).
 
-use crate::config::{DataType, PointConfig, WordOrder};
+use crate::config::{DataType, PointConfig, Unavailable, WordOrder};
 use crate::model::Value;
 
 /// A value as the registers hold it, before scale, offset and labels.
@@ -205,6 +205,17 @@ fn round_to(x: f64, precision: Option<u8>) -> f64 {
 
 /// A raw value → the published value: scale, offset, precision and map labels applied.
 pub fn to_value(raw: Raw, p: &PointConfig) -> Value {
+    to_value_scaled(raw, p, None)
+}
+
+/// Most decimal places a scale factor's rounding keeps (SunSpec's -10..10, and the digits of
+/// a `scale` such as 0.001).
+const MAX_IMPLIED_DECIMALS: i32 = 12;
+
+/// [`to_value`] with a scale factor read from the device (`scale_register`): raw × 10^sf, then
+/// `scale` and `offset`. Without `precision`, the result is rounded to the decimals the factor
+/// and `scale` imply (0.1 × 2301 is 230.1, not 230.10000000000002).
+pub fn to_value_scaled(raw: Raw, p: &PointConfig, sf: Option<i16>) -> Value {
     if let Some(map) = &p.map {
         let key = match &raw {
             Raw::Bool(b) => Some(i64::from(*b)),
@@ -217,13 +228,18 @@ pub fn to_value(raw: Raw, p: &PointConfig) -> Value {
         }
         // A value the map does not name is published as the number it is, never guessed.
     }
-    let scaled = p.scale.is_some() || p.offset.is_some();
-    let scale = p.scale.unwrap_or(1.0);
+    let scaled = p.scale.is_some() || p.offset.is_some() || sf.is_some_and(|s| s != 0);
+    let scale = p.scale.unwrap_or(1.0) * sf.map_or(1.0, |s| 10f64.powi(i32::from(s)));
     let offset = p.offset.unwrap_or(0.0);
+    let precision = match (p.precision, sf) {
+        (Some(pr), _) => Some(pr),
+        (None, Some(s)) => Some(implied_decimals(p, s)),
+        (None, None) => None,
+    };
     match raw {
         Raw::Bool(b) => Value::Bool(b),
         Raw::Text(t) => Value::Text(t),
-        Raw::Float(f) => Value::Float(round_to(f * scale + offset, p.precision)),
+        Raw::Float(f) => Value::Float(round_to(f * scale + offset, precision)),
         Raw::Unsigned(u) if !scaled => Value::Int(i128::from(u)),
         Raw::Signed(i) if !scaled => Value::Int(i128::from(i)),
         Raw::Unsigned(_) | Raw::Signed(_) => {
@@ -233,12 +249,68 @@ pub fn to_value(raw: Raw, p: &PointConfig) -> Value {
                 _ => 0.0,
             };
             let v = x * scale + offset;
-            if is_fractional(p) {
-                Value::Float(round_to(v, p.precision))
+            if is_fractional(p) || sf.is_some_and(|s| s < 0) {
+                Value::Float(round_to(v, precision))
             } else {
                 Value::Int(v as i128)
             }
         }
+    }
+}
+
+/// The decimals a value scaled by 10^sf and the point's `scale`/`offset` can have.
+fn implied_decimals(p: &PointConfig, sf: i16) -> u8 {
+    let decimals = |x: Option<f64>| -> i32 {
+        let Some(x) = x else { return 0 };
+        (0..MAX_IMPLIED_DECIMALS)
+            .find(|d| {
+                let m = x * 10f64.powi(*d);
+                (m - m.round()).abs() < 1e-9 * m.abs().max(1.0)
+            })
+            .unwrap_or(MAX_IMPLIED_DECIMALS)
+    };
+    let d = (-i32::from(sf)).max(0) + decimals(p.scale).max(decimals(p.offset));
+    d.clamp(0, MAX_IMPLIED_DECIMALS) as u8
+}
+
+/// Whether a raw value is one the point's `unavailable` list names ("not implemented").
+pub fn is_unavailable(raw: &Raw, p: &PointConfig) -> bool {
+    if p.unavailable.is_empty() {
+        return false;
+    }
+    let bits = p
+        .effective_type()
+        .map_or(16, |t| u32::from(t.registers(1)) * 16)
+        .min(64);
+    let mask = if bits >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    };
+    let pattern = match raw {
+        Raw::Unsigned(u) => *u & mask,
+        Raw::Signed(i) => (*i as u64) & mask,
+        Raw::Bool(_) | Raw::Float(_) | Raw::Text(_) => return false,
+    };
+    p.unavailable.iter().any(|u| match u {
+        Unavailable::Int(n) => (*n as u64) & mask == pattern,
+        Unavailable::NaN => false,
+    })
+}
+
+/// A point's registers → its raw value, or `None` when the device says it has no value (a
+/// raw value of `unavailable`, or NaN where `unavailable` lists `nan`).
+pub fn decode_point(words: &[u16], p: &PointConfig) -> Result<Option<Raw>, CodecError> {
+    let ty = p.effective_type().unwrap_or(DataType::U16);
+    match decode(words, ty, p.order) {
+        Ok(raw) if is_unavailable(&raw, p) => Ok(None),
+        Ok(raw) => Ok(Some(raw)),
+        Err(CodecError::NotFinite(f))
+            if f.is_nan() && p.unavailable.contains(&Unavailable::NaN) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -403,6 +475,71 @@ mod tests {
             decode(&[1], DataType::U32, WordOrder::Abcd),
             Err(CodecError::Length { .. })
         ));
+    }
+
+    #[test]
+    fn a_scale_factor_from_the_device_scales_before_scale_and_offset() {
+        let p = point(DataType::U16);
+        // SunSpec: 2301 with V_SF -1 is 230.1 V, with no binary noise.
+        assert_eq!(
+            to_value_scaled(Raw::Unsigned(2301), &p, Some(-1)),
+            Value::Float(230.1)
+        );
+        assert_eq!(
+            to_value_scaled(Raw::Unsigned(4999), &p, Some(-2)),
+            Value::Float(49.99)
+        );
+        // A positive factor keeps integers integers; 0 changes nothing.
+        assert_eq!(
+            to_value_scaled(Raw::Unsigned(123), &p, Some(2)),
+            Value::Int(12_300)
+        );
+        assert_eq!(
+            to_value_scaled(Raw::Unsigned(7), &p, Some(0)),
+            Value::Int(7)
+        );
+        let mut p = point(DataType::I16);
+        assert_eq!(
+            to_value_scaled(Raw::Signed(-1234), &p, Some(-3)),
+            Value::Float(-1.234)
+        );
+        // Then the point's own scale (Wh to kWh) and offset.
+        p.scale = Some(0.001);
+        assert_eq!(
+            to_value_scaled(Raw::Signed(12345), &p, Some(1)),
+            Value::Float(123.45)
+        );
+        p.precision = Some(1);
+        assert_eq!(
+            to_value_scaled(Raw::Signed(12345), &p, Some(1)),
+            Value::Float(123.5)
+        );
+    }
+
+    #[test]
+    fn unavailable_values_match_by_number_or_by_bit_pattern() {
+        let mut p = point(DataType::I16);
+        p.unavailable = vec![Unavailable::Int(0x8000)];
+        assert_eq!(decode_point(&[0x8000], &p), Ok(None));
+        assert_eq!(decode_point(&[0x8001], &p), Ok(Some(Raw::Signed(-32767))));
+        p.unavailable = vec![Unavailable::Int(-32768)];
+        assert_eq!(decode_point(&[0x8000], &p), Ok(None));
+        let mut p = point(DataType::U16);
+        p.unavailable = vec![Unavailable::Int(0xFFFF)];
+        assert_eq!(decode_point(&[0xFFFF], &p), Ok(None));
+        assert_eq!(decode_point(&[0xFFFE], &p), Ok(Some(Raw::Unsigned(0xFFFE))));
+        let mut p = point(DataType::U32);
+        p.unavailable = vec![Unavailable::Int(0)];
+        assert_eq!(decode_point(&[0, 0], &p), Ok(None));
+        let mut p = point(DataType::I32);
+        p.unavailable = vec![Unavailable::Int(0x8000_0000)];
+        assert_eq!(decode_point(&[0x8000, 0], &p), Ok(None));
+        // NaN is unknown only where the point says so; otherwise it is an error to report.
+        let mut p = point(DataType::F32);
+        assert!(decode_point(&[0x7FC0, 0], &p).is_err());
+        p.unavailable = vec![Unavailable::NaN];
+        assert_eq!(decode_point(&[0x7FC0, 0], &p), Ok(None));
+        assert!(decode_point(&[0x7F80, 0], &p).is_err(), "+inf is not NaN");
     }
 
     #[test]

@@ -99,9 +99,55 @@ pub fn coalesce(slots: &[(usize, Slot)], max_gap: u16) -> Vec<PlannedRead> {
     reads
 }
 
-/// The reads of a device's Modbus points.
+/// The scale-factor registers a device's points name (`scale_register`): each is read once
+/// per poll, as an i16, in the same reads as the points where it can be.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScaleFactors {
+    /// One i16 point per distinct register, in order of first use. In a plan, scale factor
+    /// `k` has the index `points.len() + k` (after the device's points).
+    pub registers: Vec<PointConfig>,
+    /// For each of the device's points, the index into `registers` of its scale factor.
+    pub of_point: Vec<Option<usize>>,
+}
+
+impl ScaleFactors {
+    pub fn of(points: &[&PointConfig]) -> ScaleFactors {
+        let mut out = ScaleFactors::default();
+        for p in points {
+            let k = p.scale_register.map(|r| {
+                match out.registers.iter().position(|s| s.register == Some(r)) {
+                    Some(k) => k,
+                    None => {
+                        out.registers.push(PointConfig::register(
+                            r.table,
+                            r.address,
+                            DataType::I16,
+                        ));
+                        out.registers.len() - 1
+                    }
+                }
+            });
+            out.of_point.push(k);
+        }
+        out
+    }
+
+    /// The device's points followed by the scale-factor registers: what a plan's indices count.
+    pub fn with_points<'a>(&'a self, points: &[&'a PointConfig]) -> Vec<&'a PointConfig> {
+        points
+            .iter()
+            .copied()
+            .chain(self.registers.iter())
+            .collect()
+    }
+}
+
+/// The reads of a device's Modbus points, and of the scale factors they name (indices from
+/// `points.len()`, see [`ScaleFactors`]).
 pub fn plan(points: &[&PointConfig], max_gap: u16) -> Vec<PlannedRead> {
-    let slots: Vec<(usize, Slot)> = points
+    let sf = ScaleFactors::of(points);
+    let all = sf.with_points(points);
+    let slots: Vec<(usize, Slot)> = all
         .iter()
         .enumerate()
         .filter_map(|(i, p)| slot(p).map(|s| (i, s)))

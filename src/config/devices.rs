@@ -33,6 +33,7 @@ impl Cx<'_> {
                 "silence",
                 "write_multiple",
                 "profile",
+                "sunspec_base",
                 "points",
                 "actions",
             ],
@@ -100,7 +101,27 @@ impl Cx<'_> {
             }
             None => None,
         };
-        let profile = self.device_profile(s, kind, profiles);
+        let sunspec = matches!(
+            s.table.get("profile").map(|v| v.get_ref()),
+            Some(DeValue::String(p)) if p.as_ref() == SUNSPEC_PROFILE
+        );
+        let profile = if sunspec {
+            if matches!(kind, Some(k) if !k.is_modbus()) {
+                self.error_at(
+                    &s.key("profile"),
+                    "profile \"sunspec\" is for Modbus devices; this device's bus is serial",
+                );
+            }
+            None
+        } else {
+            if s.table.contains_key("sunspec_base") {
+                self.error_at(
+                    &s.key("sunspec_base"),
+                    "`sunspec_base` applies to devices with profile = \"sunspec\"",
+                );
+            }
+            self.device_profile(s, kind, profiles)
+        };
         let poll = self
             .duration(s, "poll")
             .or(profile.and_then(|p| p.poll))
@@ -132,7 +153,24 @@ impl Cx<'_> {
             .duration(s, "offline_retry")
             .unwrap_or(Duration::from_secs(30))
             .max(poll);
-        let (points, from_profile) = self.device_points(s, kind, profile);
+        let (points, from_profile, sunspec) = if sunspec {
+            let (own, additions) = self.sunspec_points(s);
+            let base = self.int(s, "sunspec_base", 0, 65_534).map(|b| b as u16);
+            let dp = DeviceProfile {
+                name: SUNSPEC_PROFILE.to_string(),
+                source: "built in (the device's SunSpec models, read at run time)".to_string(),
+                points: BTreeMap::new(),
+            };
+            let ss = SunSpecDevice {
+                base,
+                own,
+                chain: None,
+            };
+            (additions, Some(dp), Some(ss))
+        } else {
+            let (points, from_profile) = self.device_points(s, kind, profile);
+            (points, from_profile, None)
+        };
         if points.is_empty() && !s.table.contains_key("points") && !s.table.contains_key("profile")
         {
             self.error(
@@ -162,6 +200,50 @@ impl Cx<'_> {
             points,
             actions,
             profile: from_profile,
+            sunspec,
         })
     }
+
+    /// A SunSpec device's own points: each either adds a point (it has a `register`) or changes
+    /// keys of a point the walk will build, so `register` is not required here. Returns them
+    /// with the keys each sets, and the additions alone.
+    #[allow(clippy::type_complexity)]
+    fn sunspec_points(
+        &mut self,
+        s: &Sec,
+    ) -> (
+        BTreeMap<String, (PointConfig, Vec<String>)>,
+        BTreeMap<String, PointConfig>,
+    ) {
+        let Some(t) = self.table(s, "points") else {
+            return (BTreeMap::new(), BTreeMap::new());
+        };
+        // No bus kind: a point without `register` is an override, not a mistake.
+        let points = self.points(&t, None);
+        let mut own = BTreeMap::new();
+        let mut additions = BTreeMap::new();
+        for (name, p) in points {
+            let keys: Vec<String> = match t.table.get(name.as_str()).map(|v| v.get_ref()) {
+                Some(DeValue::Table(pt)) => {
+                    pt.iter().map(|(k, _)| k.get_ref().to_string()).collect()
+                }
+                _ => Vec::new(),
+            };
+            if p.field.is_some() {
+                self.error_at(
+                    &t.key(&name),
+                    "`field` applies to serial buses; Modbus points use `register`",
+                );
+                continue;
+            }
+            if p.register.is_some() {
+                additions.insert(name.clone(), p.clone());
+            }
+            own.insert(name, (p, keys));
+        }
+        (own, additions)
+    }
 }
+
+/// `profile = "sunspec"`: any SunSpec device, its points built from its model chain.
+pub const SUNSPEC_PROFILE: &str = "sunspec";

@@ -32,11 +32,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use devices::SUNSPEC_PROFILE;
 pub use error::{ConfigError, ConfigErrors};
 pub use history::check_postgres_url;
 pub use load::{is_valid_name, load, one_of, parse, parse_with};
 pub use mqtt::parse_mqtt_url;
-pub use points::{ALL_TYPES, parse_register};
+pub use points::{ALL_TYPES, override_point, parse_register};
 pub use profiles::{
     Profile, ProfileDocument, ProfileIdentify, ProfileSource, Profiles, parse_profile, profiles_dir,
 };
@@ -443,6 +444,46 @@ pub struct DeviceConfig {
     pub actions: BTreeMap<String, ActionConfig>,
     /// The profile the device's points start from (`profile = "NAME"`), if any.
     pub profile: Option<DeviceProfile>,
+    /// `profile = "sunspec"`: the points come from the device's SunSpec model chain, read at
+    /// run time (`crate::sunspec`).
+    pub sunspec: Option<SunSpecDevice>,
+}
+
+impl DeviceConfig {
+    /// A SunSpec device whose model chain has not been read yet: it has only its own points.
+    pub fn awaits_walk(&self) -> bool {
+        self.sunspec.as_ref().is_some_and(|s| s.chain.is_none())
+    }
+}
+
+/// A device with `profile = "sunspec"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SunSpecDevice {
+    /// `sunspec_base`: where the "SunS" marker is; default 40000, then 0, then 50000.
+    pub base: Option<u16>,
+    /// The device's own points as the config gives them: additions (with a `register`) and
+    /// overrides of the points the walk builds, with the keys each override sets.
+    pub own: BTreeMap<String, (PointConfig, Vec<String>)>,
+    /// The models found on the device, once its chain was read; `points` are built from them.
+    pub chain: Option<SunSpecChain>,
+}
+
+/// A SunSpec device's model chain as read from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SunSpecChain {
+    /// Where "SunS" was found.
+    pub base: u16,
+    pub models: Vec<SunSpecModel>,
+}
+
+/// One model of a chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SunSpecModel {
+    pub id: u16,
+    /// The address of its ID register (its points count from there).
+    pub address: u16,
+    /// Its length (L), without the ID and L registers.
+    pub length: u16,
 }
 
 /// Which profile a device uses, and what its own points changed (for `check`).
@@ -548,6 +589,21 @@ impl DataType {
     pub fn is_numeric(self) -> bool {
         !matches!(self, DataType::Bool | DataType::String)
     }
+
+    /// Whether `n` names a raw value of an integer type: as a number of the type, or as its
+    /// bit pattern (`0x8000` and `-32768` are the same i16; `-1` is the u16 `0xFFFF` only as a
+    /// bit pattern, which is how a register map writes it).
+    pub fn holds_raw(self, n: i64) -> bool {
+        let bits = match self {
+            DataType::U16 | DataType::I16 => 16,
+            DataType::U32 | DataType::I32 => 32,
+            DataType::U64 | DataType::I64 => return true,
+            DataType::Bool | DataType::F32 | DataType::F64 | DataType::String => return false,
+        };
+        let signed = -(1i64 << (bits - 1))..(1i64 << (bits - 1));
+        let unsigned = 0..(1i64 << bits);
+        signed.contains(&n) || unsigned.contains(&n)
+    }
 }
 
 /// Word and byte order of multi-register values.
@@ -622,6 +678,22 @@ pub struct PointConfig {
     pub send: Option<String>,
     /// Serial points: a reply (regex) that must come back within the bus timeout after `send`.
     pub expect: Option<String>,
+    /// A scale factor read from another register of the device in the same poll (an i16,
+    /// SunSpec's "sunssf"): value = raw × 10^sf, then `scale` and `offset`.
+    pub scale_register: Option<Register>,
+    /// Raw values that mean "no value" (SunSpec's "not implemented"): the point is unknown, as
+    /// after a failed read, and nothing is published for it.
+    pub unavailable: Vec<Unavailable>,
+}
+
+/// One entry of a point's `unavailable` list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// An integer raw value: the decoded number, or its bit pattern in the point's width
+    /// (`0x8000` and `-32768` both name the same i16).
+    Int(i64),
+    /// A float that is not a number.
+    NaN,
 }
 
 impl PointConfig {
@@ -652,6 +724,8 @@ impl PointConfig {
             retain: false,
             send: None,
             expect: None,
+            scale_register: None,
+            unavailable: Vec::new(),
         }
     }
 

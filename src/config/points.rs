@@ -113,6 +113,8 @@ impl Cx<'_> {
                 "retain",
                 "send",
                 "expect",
+                "scale_register",
+                "unavailable",
             ],
         );
         let modbus = kind.map(BusKind::is_modbus);
@@ -177,6 +179,20 @@ impl Cx<'_> {
             None => base.map_or(0.0, |b| b.deadband),
         };
         let ha = self.point_ha(s);
+        let scale_register = match self.string(s, "scale_register") {
+            Some(r) => match parse_register(&r) {
+                Ok(reg) => Some(reg),
+                Err(msg) => {
+                    self.error_at(&s.key("scale_register"), msg);
+                    None
+                }
+            },
+            None => base.and_then(|b| b.scale_register),
+        };
+        let unavailable = match self.unavailable(s) {
+            Some(u) => u,
+            None => base.map(|b| b.unavailable.clone()).unwrap_or_default(),
+        };
         let point = PointConfig {
             register,
             field,
@@ -232,6 +248,8 @@ impl Cx<'_> {
             expect: self
                 .text(s, "expect")
                 .or_else(|| base.and_then(|b| b.expect.clone())),
+            scale_register,
+            unavailable,
         };
         let mut point = point;
         if point.send.is_some() {
@@ -280,6 +298,44 @@ impl Cx<'_> {
         }
         if out.is_empty() && m.table.is_empty() {
             self.error(m.at.clone(), &m.path, "an empty map has no labels");
+        }
+        Some(out)
+    }
+
+    /// `unavailable = [0x8000, nan]`: integers (a raw value or its bit pattern) and `nan`.
+    fn unavailable(&mut self, s: &Sec) -> Option<Vec<Unavailable>> {
+        let v = self.value(s, "unavailable")?;
+        let DeValue::Array(items) = v.get_ref() else {
+            self.type_error(s, "unavailable", v, "an array of raw values");
+            return Some(Vec::new());
+        };
+        let key = s.key("unavailable");
+        let mut out = Vec::new();
+        for item in items {
+            match item.get_ref() {
+                DeValue::Integer(i) => {
+                    // Bit patterns up to 0xFFFF_FFFF_FFFF_FFFF are written as unsigned hex.
+                    let n = i64::from_str_radix(i.as_str(), i.radix()).ok().or_else(|| {
+                        u64::from_str_radix(i.as_str(), i.radix())
+                            .ok()
+                            .map(|u| u as i64)
+                    });
+                    match n {
+                        Some(n) => out.push(Unavailable::Int(n)),
+                        None => {
+                            self.error(item.span(), &key, format!("{i} does not fit in 64 bits"))
+                        }
+                    }
+                }
+                DeValue::Float(f) if f.as_str().trim_start_matches(['+', '-']) == "nan" => {
+                    out.push(Unavailable::NaN)
+                }
+                _ => self.error(
+                    item.span(),
+                    &key,
+                    "expected a raw integer value (e.g. 0x8000) or nan",
+                ),
+            }
         }
         Some(out)
     }
@@ -382,6 +438,36 @@ impl Cx<'_> {
                 self.error_at(&s.key("min"), format!("min {min} is above max {max}"));
             }
         }
+        if let Some(sf) = p.scale_register {
+            let key = s.key("scale_register");
+            if sf.table.is_bits() {
+                self.error_at(
+                    &key,
+                    format!(
+                        "a scale factor is a register (input or holding), not a {}",
+                        sf.table.name()
+                    ),
+                );
+            }
+            if !ty.is_some_and(DataType::is_numeric) {
+                let t = ty.map(DataType::name).unwrap_or("");
+                self.error_at(
+                    &key,
+                    format!("`scale_register` applies to numeric points, not {t}"),
+                );
+            } else if p.map.is_some() {
+                self.error_at(&key, "`scale_register` cannot be combined with `map`");
+            }
+            if p.writable {
+                self.error_at(
+                    &key,
+                    "a point with `scale_register` is read-only (a write would need the scale factor read first); use a fixed `scale` for a writable point",
+                );
+            }
+        }
+        if !p.unavailable.is_empty() {
+            self.check_unavailable(s, p, ty);
+        }
         if let Some(map) = &p.map {
             if matches!(
                 ty,
@@ -401,6 +487,44 @@ impl Cx<'_> {
                     &s.key("map"),
                     "`map` cannot be combined with `scale`/`offset`",
                 );
+            }
+        }
+    }
+
+    /// Every `unavailable` entry must be a value the point's type can hold.
+    fn check_unavailable(&mut self, s: &Sec, p: &PointConfig, ty: Option<DataType>) {
+        let key = s.key("unavailable");
+        let Some(ty) = ty.filter(|t| t.is_numeric()) else {
+            let t = ty.map(DataType::name).unwrap_or("");
+            self.error_at(
+                &key,
+                format!("`unavailable` applies to numeric points, not {t}"),
+            );
+            return;
+        };
+        let float = matches!(ty, DataType::F32 | DataType::F64);
+        for u in &p.unavailable {
+            match (u, float) {
+                (Unavailable::NaN, true) => {}
+                (Unavailable::NaN, false) => self.error_at(
+                    &key,
+                    format!("nan applies to float points, not {}", ty.name()),
+                ),
+                (Unavailable::Int(_), true) => self.error_at(
+                    &key,
+                    format!(
+                        "a {} point is unavailable as nan; integers apply to integer points",
+                        ty.name()
+                    ),
+                ),
+                (Unavailable::Int(n), false) => {
+                    if !ty.holds_raw(*n) {
+                        self.error_at(
+                            &key,
+                            format!("{n} (0x{n:X}) does not fit in a {}", ty.name()),
+                        );
+                    }
+                }
             }
         }
     }
@@ -567,6 +691,44 @@ pub(super) fn check_set_value(p: &PointConfig, v: &SetValue) -> Result<(), Strin
     Ok(())
 }
 
+/// `base` with the keys `keys` taken from `own`: a device's override of a point that is built
+/// at run time (a SunSpec model's), as a profile point is overridden at load time.
+pub fn override_point(base: &PointConfig, own: &PointConfig, keys: &[String]) -> PointConfig {
+    let mut p = base.clone();
+    for key in keys {
+        match key.as_str() {
+            "register" => p.register = own.register,
+            "field" => p.field = own.field.clone(),
+            "type" => p.data_type = own.data_type,
+            "length" => p.length = own.length,
+            "order" => p.order = own.order,
+            "scale" => p.scale = own.scale,
+            "offset" => p.offset = own.offset,
+            "precision" => p.precision = own.precision,
+            "unit" => p.unit = own.unit.clone(),
+            "deadband" => p.deadband = own.deadband,
+            "heartbeat" => p.heartbeat = own.heartbeat,
+            "device_class" => p.device_class = own.device_class.clone(),
+            "state_class" => p.state_class = own.state_class.clone(),
+            "entity_category" => p.entity_category = own.entity_category,
+            "icon" => p.icon = own.icon.clone(),
+            "enabled_by_default" => p.enabled_by_default = own.enabled_by_default,
+            "writable" => p.writable = own.writable,
+            "min" => p.min = own.min,
+            "max" => p.max = own.max,
+            "map" => p.map = own.map.clone(),
+            "qos" => p.qos = own.qos,
+            "retain" => p.retain = own.retain,
+            "send" => p.send = own.send.clone(),
+            "expect" => p.expect = own.expect.clone(),
+            "scale_register" => p.scale_register = own.scale_register,
+            "unavailable" => p.unavailable = own.unavailable.clone(),
+            _ => {}
+        }
+    }
+    p
+}
+
 /// `holding:10` → table and 0-based address.
 pub fn parse_register(s: &str) -> Result<Register, String> {
     let Some((table, addr)) = s.split_once(':') else {
@@ -680,6 +842,63 @@ set = { relay = true, lamp = 1 }
             "profiles/meter.toml:5:9: points.id: \"id\" is a reserved name (it is a key of the state and command payloads); choose another point name",
             "profiles/meter.toml:12:9: actions.on.set.relay: point \"relay\" is not writable",
             "profiles/meter.toml:12:23: actions.on.set.lamp: unknown point \"lamp\"",
+        ];
+        assert_eq!(errors, expected.join("\n"));
+    }
+
+    #[test]
+    fn scale_registers_and_unavailable_values_are_checked_against_the_point() {
+        let ok = r#"[points.power]
+register = "holding:14"
+type = "i16"
+scale_register = "holding:15"
+unavailable = [0x8000]
+
+[points.energy]
+register = "holding:24"
+type = "u32"
+unavailable = [0, 0xFFFFFFFF]
+
+[points.temperature]
+register = "holding:40"
+type = "f32"
+unavailable = [nan]
+"#;
+        let (points, _) = top_level(ok).unwrap();
+        assert_eq!(
+            points["power"].scale_register,
+            Some(Register {
+                table: Table::Holding,
+                address: 15
+            })
+        );
+        assert_eq!(points["power"].unavailable, vec![Unavailable::Int(0x8000)]);
+        assert_eq!(points["temperature"].unavailable, vec![Unavailable::NaN]);
+        let bad = r#"[points.a]
+register = "holding:0"
+type = "i16"
+scale_register = "coil:1"
+unavailable = [0x18000]
+
+[points.b]
+register = "holding:2"
+scale_register = "holding:3"
+writable = true
+unavailable = [nan]
+
+[points.c]
+register = "holding:4"
+type = "f32"
+unavailable = [1, "x"]
+"#;
+        let errors = top_level(bad).unwrap_err().to_string();
+        let expected = [
+            "profiles/meter.toml:4:18: points.a.scale_register: a scale factor is a register (input or holding), not a coil",
+            "profiles/meter.toml:5:15: points.a.unavailable: 98304 (0x18000) does not fit in a i16",
+            "profiles/meter.toml:9:18: points.b.scale_register: a point with `scale_register` is read-only (a write would need the scale factor read first); use a fixed `scale` for a writable point",
+            "profiles/meter.toml:11:15: points.b.unavailable: nan applies to float points, not u16",
+            "profiles/meter.toml:16:15: points.c.unavailable: a f32 point is unavailable as nan; integers apply to integer points",
+            "profiles/meter.toml:16:19: points.c.unavailable: expected a raw integer value (e.g. 0x8000) or nan",
         ];
         assert_eq!(errors, expected.join("\n"));
     }

@@ -121,7 +121,26 @@ pub struct Links {
     pub commands: Arc<CommandStats>,
     /// Executed command ids on disk; `None` without a history file (then in memory only).
     pub command_log: Option<CommandLog>,
+    /// Where a SunSpec device reports the points its model chain gave it (the supervisor then
+    /// announces them to Home Assistant and validates commands against them).
+    pub walked: Option<mpsc::Sender<Walked>>,
+    /// Bumped at each reload: SunSpec devices read their model chain again.
+    pub rewalk: Option<tokio::sync::watch::Receiver<u64>>,
 }
+
+/// A device's points changed at run time: its model chain was read (`crate::sunspec`).
+#[derive(Debug, Clone)]
+pub struct Walked {
+    pub device: String,
+    /// The config the device ran with; the change applies only while that is still its config
+    /// (a reload may have replaced it meanwhile).
+    pub from: Arc<DeviceConfig>,
+    pub config: Arc<DeviceConfig>,
+}
+
+/// How many `Walked` reports wait for the supervisor at most; a device awaits its turn (one
+/// report per walk that changed something, so this never fills in practice).
+pub const WALKED_CAP: usize = 16;
 
 /// The next queued command, or never when the task takes none.
 pub(crate) async fn next_command(rx: &mut Option<mpsc::Receiver<Queued>>) -> Option<Queued> {
@@ -221,24 +240,22 @@ impl Core {
             links,
             state: DeviceState::new(config.points.len()),
             availability: Availability::new(offline_after),
-            points: config
-                .points
-                .iter()
-                .map(|(name, p)| PointSlot {
-                    name: name.clone(),
-                    rule: rule(p),
-                    qos: p.qos,
-                    retain: p.retain,
-                    superseded: false,
-                    error: None,
-                    output: None,
-                })
-                .collect(),
+            points: slots(config),
             superseded: Vec::new(),
             recent: RecentResults::default(),
             refusals: RateLimits::new(REFUSAL_LOG_EVERY),
             forced: false,
         }
+    }
+
+    /// The device's points changed while it runs (a SunSpec device's model chain was read):
+    /// the state starts over with the new points. Availability, recent command results and the
+    /// log's rate limits stay.
+    pub fn reconfigure(&mut self, config: &Arc<DeviceConfig>) {
+        self.config = config.clone();
+        self.state = DeviceState::new(config.points.len());
+        self.points = slots(config);
+        self.superseded.clear();
     }
 
     /// The index of point `name` (see [`Core::values`]).
@@ -559,6 +576,23 @@ impl Core {
 }
 
 /// A point's publishing rules.
+/// What the core keeps per point, in the order of `config.points`.
+fn slots(config: &DeviceConfig) -> Vec<PointSlot> {
+    config
+        .points
+        .iter()
+        .map(|(name, p)| PointSlot {
+            name: name.clone(),
+            rule: rule(p),
+            qos: p.qos,
+            retain: p.retain,
+            superseded: false,
+            error: None,
+            output: None,
+        })
+        .collect()
+}
+
 fn rule(p: &PointConfig) -> PublishRule {
     PublishRule {
         deadband: p.deadband,

@@ -20,15 +20,16 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::command::{self, CommandKind, Failure, Outcome, PlannedWrite};
-use super::{Core, Links, Queued, next_command};
-use crate::bus::codec;
-use crate::bus::plan::{self, PlannedRead};
+use super::{Core, Links, Queued, Walked, next_command};
+use crate::bus::codec::{self, Raw};
+use crate::bus::plan::{self, PlannedRead, ScaleFactors};
 use crate::bus::{BusError, BusHandle, BusStats, RawData, ReadSpec, Written};
-use crate::config::{DataType, DeviceConfig, PointConfig};
+use crate::config::{DeviceConfig, PointConfig};
 use crate::model::Value;
+use crate::sunspec::{self, walk::WalkError};
 
 /// How one poll went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,10 +52,39 @@ pub struct DevicePoller {
     force_multiple: bool,
     max_gap: u16,
     /// Points on the device: the plan's indices, which are the core's point indices, run
-    /// over `0..points` in the order of `config.points`.
+    /// over `0..points` in the order of `config.points`; the scale factors follow them.
     points: usize,
+    /// The scale-factor registers the points name (`scale_register`).
+    scale: ScaleFactors,
     reads: Vec<PlannedRead>,
     bus: BusHandle,
+    /// A SunSpec device (`profile = "sunspec"`): its points come from its model chain.
+    sunspec: Option<SunSpecWalk>,
+}
+
+/// What a SunSpec device's task keeps of its walks.
+struct SunSpecWalk {
+    /// The chain must be read before the next poll: at start, after a reload.
+    due: bool,
+    /// The last walk's error, so a device that keeps failing the same way warns once.
+    error: Option<WalkError>,
+    walked: Option<mpsc::Sender<Walked>>,
+    rewalk: Option<tokio::sync::watch::Receiver<u64>>,
+}
+
+/// SunSpec's "not implemented" scale factor (0x8000 as an i16).
+const SF_NOT_IMPLEMENTED: i16 = i16::MIN;
+/// The scale factors a device may give: 10^-10 to 10^10. Anything else is a misread register,
+/// and a value scaled by it would be wrong by orders of magnitude.
+const SF_RANGE: std::ops::RangeInclusive<i16> = -10..=10;
+
+/// What one poll read of the scale factors, and the values waiting for them.
+#[derive(Default)]
+struct Scaling {
+    /// By scale factor: the raw i16, once read this poll.
+    read: Vec<Option<i16>>,
+    /// Points read this poll whose value waits for its scale factor: (point, factor, raw).
+    waiting: Vec<(usize, usize, Raw)>,
 }
 
 impl DevicePoller {
@@ -67,6 +97,13 @@ impl DevicePoller {
     ) -> Self {
         let refs: Vec<&PointConfig> = config.points.values().collect();
         let reads = plan::plan(&refs, max_gap);
+        let scale = ScaleFactors::of(&refs);
+        let sunspec = config.sunspec.as_ref().map(|_| SunSpecWalk {
+            due: true,
+            error: None,
+            walked: links.walked.clone(),
+            rewalk: links.rewalk.clone(),
+        });
         DevicePoller {
             core: Core::new(name, config, config.offline_after, links),
             commands: None,
@@ -74,8 +111,10 @@ impl DevicePoller {
             force_multiple: config.write_multiple,
             max_gap,
             points: config.points.len(),
+            scale,
             reads,
             bus,
+            sunspec,
         }
     }
 
@@ -115,9 +154,28 @@ impl DevicePoller {
                     // A new grid from now; the old one pointed at the far retry.
                     next = Instant::now();
                 }
+                // A reload: a SunSpec device reads its chain again (a firmware update may
+                // have changed it), at once.
+                true = rewalk(&mut self.sunspec) => {
+                    if let Some(s) = self.sunspec.as_mut() {
+                        s.due = true;
+                    }
+                    next = Instant::now();
+                }
             }
             // A stopping bus answers everything at once, so this ends promptly at shutdown.
-            let polled = if self.core.is_offline() {
+            // A SunSpec device reads its chain at start, after a reload, and whenever it comes
+            // back from offline (the walk is then its probe).
+            let walk = self
+                .sunspec
+                .as_ref()
+                .is_some_and(|s| s.due || self.core.is_offline());
+            let polled = if walk {
+                match self.walk(unit).await {
+                    Polled::Answered => self.poll(unit, false).await,
+                    other => other,
+                }
+            } else if self.core.is_offline() {
                 match self.probe(unit).await {
                     Polled::Answered => self.poll(unit, false).await,
                     other => other,
@@ -283,6 +341,96 @@ impl DevicePoller {
         Some(outcome)
     }
 
+    /// Reads a SunSpec device's model chain. A new or changed chain gives the device its
+    /// points (and the supervisor hears of it); a device that does not answer, or whose chain
+    /// cannot be used, counts a failed poll: it goes offline, and is tried again at its
+    /// `offline_retry` — never polled with points from a broken chain.
+    async fn walk(&mut self, unit: u8) -> Polled {
+        let base = self.config().sunspec.as_ref().and_then(|s| s.base);
+        let bus = self.bus.clone();
+        let walked = self.wait(unit, sunspec::walk::walk(&bus, unit, base)).await;
+        let Some(state) = self.sunspec.as_mut() else {
+            return Polled::Silent;
+        };
+        match walked {
+            Ok(w) => {
+                state.due = false;
+                state.error = None;
+                if let Some(why) = &w.ended_by {
+                    debug!(device = %self.core.name(), "SunSpec chain without an end marker: {why}");
+                }
+                let current = self
+                    .config()
+                    .sunspec
+                    .as_ref()
+                    .and_then(|s| s.chain.as_ref());
+                if current != Some(&w.chain) {
+                    self.adopt(w).await;
+                }
+                Polled::Answered
+            }
+            Err(WalkError::Stopped) => Polled::Stopped,
+            Err(WalkError::Silent(e)) => {
+                let why = format!("no answer to the SunSpec model chain read ({e})");
+                self.core.silent(&why);
+                Polled::Silent
+            }
+            Err(e) => {
+                if state.error.as_ref() != Some(&e) {
+                    warn!(device = %self.core.name(), error = %e, "SunSpec: the model chain cannot be used; no points are read from it");
+                    state.error = Some(e.clone());
+                }
+                self.core.silent(&format!("SunSpec: {e}"));
+                Polled::Silent
+            }
+        }
+    }
+
+    /// The points of a newly read chain: the device polls them from now on, and the
+    /// supervisor announces them.
+    async fn adopt(&mut self, w: sunspec::walk::Walked) {
+        let from = self.config().clone();
+        let models: Vec<String> = w
+            .chain
+            .models
+            .iter()
+            .map(|m| format!("{} at {} ({} registers)", m.id, m.address, m.length))
+            .collect();
+        let (dev, built) = sunspec::resolve(&from, w.chain, w.identity);
+        let name = self.core.name().to_string();
+        info!(
+            device = %name,
+            models = %models.join(", "),
+            points = dev.points.len(),
+            "SunSpec model chain read"
+        );
+        if !built.unknown.is_empty() {
+            let ids: Vec<String> = built.unknown.iter().map(u16::to_string).collect();
+            info!(device = %name, models = %ids.join(", "), "SunSpec models without points in fieldbridge are skipped");
+        }
+        if !built.unmatched.is_empty() {
+            warn!(device = %name, points = %built.unmatched.join(", "), "points of the config change keys of points the device's SunSpec models do not have; they are ignored");
+        }
+        let dev = Arc::new(dev);
+        let refs: Vec<&PointConfig> = dev.points.values().collect();
+        self.reads = plan::plan(&refs, self.max_gap);
+        self.scale = ScaleFactors::of(&refs);
+        self.points = dev.points.len();
+        self.core.reconfigure(&dev);
+        let report = Walked {
+            device: name,
+            from,
+            config: dev,
+        };
+        if let Some(tx) = self.sunspec.as_ref().and_then(|s| s.walked.clone()) {
+            // The supervisor drains these at once; a stopping one no longer does, and the
+            // device's own stop cancels this task.
+            if tx.send(report).await.is_err() {
+                debug!("the supervisor is gone; the walk's points stay with the device");
+            }
+        }
+    }
+
     /// One read to see whether an offline device is back.
     async fn probe(&mut self, unit: u8) -> Polled {
         let Some(first) = self.reads.first() else {
@@ -307,11 +455,18 @@ impl DevicePoller {
         let mut failed: Vec<usize> = Vec::new();
         let mut answered = false;
         let mut pending: Vec<usize> = (0..self.reads.len()).collect();
-        // The points by index, for decoding without a lookup by name per value.
+        // The points by index, for decoding without a lookup by name per value, then the
+        // scale factors (the plan's indices).
         let config = self.config().clone();
-        let points: Vec<&PointConfig> = config.points.values().collect();
+        let scale = std::mem::take(&mut self.scale);
+        let own: Vec<&PointConfig> = config.points.values().collect();
+        let points = scale.with_points(&own);
+        let mut scaling = Scaling {
+            read: vec![None; scale.registers.len()],
+            waiting: Vec::new(),
+        };
         // Splits re-read their parts at once; each split makes reads smaller, so this ends.
-        for _ in 0..=self.points {
+        for _ in 0..=points.len() {
             if pending.is_empty() {
                 break;
             }
@@ -327,7 +482,15 @@ impl DevicePoller {
                 match result {
                     Ok(data) => {
                         answered = true;
-                        self.decode_read(i, &points, &data, &mut values, &mut failed);
+                        self.decode_read(
+                            i,
+                            &points,
+                            &scale,
+                            &data,
+                            &mut scaling,
+                            &mut values,
+                            &mut failed,
+                        );
                     }
                     Err(e) if e.is_illegal_address() => {
                         answered = true;
@@ -336,7 +499,10 @@ impl DevicePoller {
                             None => self.read_failed(i, &e, &mut failed),
                         }
                     }
-                    Err(BusError::Stopped) => return Polled::Stopped,
+                    Err(BusError::Stopped) => {
+                        self.scale = scale;
+                        return Polled::Stopped;
+                    }
                     Err(e) => {
                         // An exception is the device's answer: it is alive.
                         answered |= !e.is_silence();
@@ -364,6 +530,8 @@ impl DevicePoller {
                 pending.extend(i..i + n);
             }
         }
+        self.apply_scale(&points, &scale, scaling, &mut values, &mut failed);
+        self.scale = scale;
         if !answered {
             let why = format!(
                 "{} polls without an answer; tried again every {}",
@@ -396,12 +564,16 @@ impl DevicePoller {
         }
     }
 
-    /// Decodes read `i`'s points (`points`: the device's, by index) into `out`.
+    /// Decodes read `i`'s points (`points`: the device's, by index, then its scale factors)
+    /// into `out`; a point with a scale factor waits in `scaling` for the end of the poll.
+    #[allow(clippy::too_many_arguments)]
     fn decode_read(
         &mut self,
         i: usize,
         points: &[&PointConfig],
+        scale: &ScaleFactors,
         data: &RawData,
+        scaling: &mut Scaling,
         out: &mut Vec<(usize, Value)>,
         failed: &mut Vec<usize>,
     ) {
@@ -425,13 +597,26 @@ impl DevicePoller {
                 },
                 RawData::Words(w) => w.get(offset..offset + len),
             };
-            let ty = p.effective_type().unwrap_or(DataType::U16);
             let decoded = match words {
-                Some(w) => codec::decode(w, ty, p.order).map_err(|e| e.to_string()),
+                Some(w) => codec::decode_point(w, p).map_err(|e| e.to_string()),
                 None => Err("the device returned fewer registers than asked".to_string()),
             };
+            if pi >= self.points {
+                // A scale factor: kept for the points that name it.
+                if let (Ok(Some(Raw::Signed(sf))), Some(slot)) =
+                    (decoded, scaling.read.get_mut(pi - self.points))
+                {
+                    *slot = i16::try_from(sf).ok();
+                }
+                continue;
+            }
             match decoded {
-                Ok(raw) => out.push((pi, codec::to_value(raw, p))),
+                Ok(Some(raw)) => match scale.of_point.get(pi).copied().flatten() {
+                    Some(k) => scaling.waiting.push((pi, k, raw)),
+                    None => out.push((pi, codec::to_value(raw, p))),
+                },
+                // The device says it has no value: unknown, and nothing to warn about.
+                Ok(None) => failed.push(pi),
                 Err(e) => errors.push((pi, e)),
             }
         }
@@ -441,11 +626,52 @@ impl DevicePoller {
         }
     }
 
+    /// The values that waited for their scale factors. A factor that was not read leaves its
+    /// points unknown (the failed read is reported on its own); one the device does not
+    /// implement too, silently; one outside -10..10 is warned about. Never a value with a
+    /// stale or missing scale.
+    fn apply_scale(
+        &mut self,
+        points: &[&PointConfig],
+        scale: &ScaleFactors,
+        scaling: Scaling,
+        out: &mut Vec<(usize, Value)>,
+        failed: &mut Vec<usize>,
+    ) {
+        for (pi, k, raw) in scaling.waiting {
+            let Some(p) = points.get(pi).copied() else {
+                continue;
+            };
+            match scaling.read.get(k).copied().flatten() {
+                Some(sf) if SF_RANGE.contains(&sf) => {
+                    out.push((pi, codec::to_value_scaled(raw, p, Some(sf))));
+                }
+                Some(SF_NOT_IMPLEMENTED) | None => failed.push(pi),
+                Some(sf) => {
+                    let register = scale
+                        .registers
+                        .get(k)
+                        .and_then(|r| r.register)
+                        .map(|r| r.to_string())
+                        .unwrap_or_default();
+                    self.core.point_error(
+                        pi,
+                        &format!(
+                            "its scale factor at {register} is {sf}, outside -10..10; not published"
+                        ),
+                    );
+                    failed.push(pi);
+                }
+            }
+        }
+    }
+
     /// A read of the poll failed: its points failed. Timeouts and transport errors are the
     /// device's (availability says it); a point is warned about only when the device answers
     /// but that point can't be read.
     fn read_failed(&mut self, i: usize, e: &BusError, failed: &mut Vec<usize>) {
-        for &pi in &self.reads[i].points {
+        // Scale factors (after the points) are not points: theirs fail through `apply_scale`.
+        for &pi in self.reads[i].points.iter().filter(|pi| **pi < self.points) {
             if !e.is_silence() {
                 self.core.point_error(pi, &e.to_string());
             }
@@ -460,9 +686,18 @@ fn decode_point(p: &PointConfig, data: &RawData) -> Result<Value, String> {
         RawData::Bits(b) => b.first().map(|x| vec![u16::from(*x)]).unwrap_or_default(),
         RawData::Words(w) => w.clone(),
     };
-    let ty = p.effective_type().unwrap_or(DataType::U16);
-    let raw = codec::decode(&words, ty, p.order).map_err(|e| e.to_string())?;
-    Ok(codec::to_value(raw, p))
+    match codec::decode_point(&words, p).map_err(|e| e.to_string())? {
+        Some(raw) => Ok(codec::to_value(raw, p)),
+        None => Err("the device reports no value (a raw value of `unavailable`)".to_string()),
+    }
+}
+
+/// Whether a reload asked SunSpec devices to read their chain again; never for other devices.
+async fn rewalk(sunspec: &mut Option<SunSpecWalk>) -> bool {
+    match sunspec.as_mut().and_then(|s| s.rewalk.as_mut()) {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
 }
 
 /// The next poll time on the grid `previous + k × period`, skipping (and counting) ticks that

@@ -192,6 +192,23 @@ pub fn node(gateway: &str, device: &str) -> String {
     format!("{gateway}_{device}")
 }
 
+/// Whether a discovery topic is one of device `node`'s, in either mode
+/// (`{prefix}/device/{node}/config`, `{prefix}/{component}/{node}/{point}/config`).
+pub fn is_node_topic(topic: &str, node: &str) -> bool {
+    topic.split('/').any(|segment| segment == node)
+}
+
+/// The nodes of the devices whose entities are not known yet (SunSpec devices before their
+/// walk): their configs on the broker are kept as they are.
+pub fn pending_nodes(config: &Config) -> Vec<String> {
+    config
+        .devices
+        .iter()
+        .filter(|(_, d)| d.awaits_walk())
+        .map(|(name, _)| node(&config.gateway.id, name))
+        .collect()
+}
+
 /// One device's messages in `mode`: `entities` under `device` (the block), with `shared`
 /// options that every entity has (availability) — in one config, or one config each.
 fn messages(
@@ -258,7 +275,9 @@ pub fn all(config: &Config, topics: &Topics) -> Vec<Message> {
         Vec::new(),
         gateway_entities(config, topics),
     );
-    for (name, dev) in &config.devices {
+    // A SunSpec device that has not been walked yet has no entities to announce; what was
+    // published for it before stays (`Publisher` keeps it) until the walk says what it has.
+    for (name, dev) in config.devices.iter().filter(|(_, d)| !d.awaits_walk()) {
         out.extend(messages(
             &ha.prefix,
             ha.mode,

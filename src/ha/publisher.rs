@@ -50,6 +50,9 @@ pub struct Publisher {
     target: Vec<Message>,
     /// Ours on the broker as far as we know: what the scan found, then what we published.
     published: Vec<Message>,
+    /// Devices whose entities are not known yet (`discovery::pending_nodes`): what is on the
+    /// broker for them stays.
+    pending: Vec<String>,
     phase: Phase,
     scans: u64,
 }
@@ -77,6 +80,7 @@ impl Publisher {
             enabled: config.homeassistant.discovery,
             target: target(config, topics),
             published: Vec::new(),
+            pending: discovery::pending_nodes(config),
             phase: Phase::Waiting,
             scans: 0,
         }
@@ -190,8 +194,18 @@ impl Publisher {
         self.apply(target);
     }
 
-    /// Publishes what takes the broker from `published` to `target`.
-    fn apply(&mut self, target: Vec<Message>) {
+    /// Publishes what takes the broker from `published` to `target` (and what it holds for
+    /// pending devices, unchanged).
+    fn apply(&mut self, mut target: Vec<Message>) {
+        if self.enabled {
+            let kept = self.published.iter().filter(|m| {
+                self.pending
+                    .iter()
+                    .any(|n| discovery::is_node_topic(&m.topic, n))
+                    && !target.iter().any(|t| t.topic == m.topic)
+            });
+            target.extend(kept.cloned().collect::<Vec<_>>());
+        }
         let steps = owner::plan(&self.prefix, &self.published, &target);
         let removed = steps.iter().filter(|(_, p)| p.is_empty()).count();
         let migrated = steps
@@ -234,6 +248,7 @@ impl Publisher {
         }
         self.enabled = config.homeassistant.discovery;
         self.topics = topics.clone();
+        self.pending = discovery::pending_nodes(config);
         let new = target(config, topics);
         if scanning {
             self.prefix = config.homeassistant.prefix.clone();
@@ -248,6 +263,7 @@ impl Publisher {
 
     /// Removes every config of ours (the demo, at its end).
     pub fn remove_all(&mut self) {
+        self.pending.clear();
         if matches!(self.phase, Phase::Live) {
             self.apply(Vec::new());
         }
