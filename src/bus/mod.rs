@@ -9,6 +9,7 @@
 //! transaction on the wire, never for the rest of another device's poll (CONTRACT §4).
 
 pub mod codec;
+pub mod decode;
 pub mod line;
 pub mod modbus;
 pub mod plan;

@@ -24,7 +24,8 @@ use tracing::{debug, info, warn};
 
 use super::command::{self, CommandKind, Failure, Outcome, PlannedWrite};
 use super::{Core, Links, Queued, Walked, next_command};
-use crate::bus::codec::{self, Raw};
+use crate::bus::codec;
+use crate::bus::decode::{Decoded, PollDecoder};
 use crate::bus::plan::{self, PlannedRead, ScaleFactors};
 use crate::bus::{BusError, BusHandle, BusStats, RawData, ReadSpec, Written};
 use crate::config::{DeviceConfig, PointConfig};
@@ -55,7 +56,7 @@ pub struct DevicePoller {
     /// over `0..points` in the order of `config.points`; the scale factors follow them.
     points: usize,
     /// The scale-factor registers the points name (`scale_register`).
-    scale: ScaleFactors,
+    scale: Arc<ScaleFactors>,
     reads: Vec<PlannedRead>,
     bus: BusHandle,
     /// A SunSpec device (`profile = "sunspec"`): its points come from its model chain.
@@ -72,21 +73,6 @@ struct SunSpecWalk {
     rewalk: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
-/// SunSpec's "not implemented" scale factor (0x8000 as an i16).
-const SF_NOT_IMPLEMENTED: i16 = i16::MIN;
-/// The scale factors a device may give: 10^-10 to 10^10. Anything else is a misread register,
-/// and a value scaled by it would be wrong by orders of magnitude.
-const SF_RANGE: std::ops::RangeInclusive<i16> = -10..=10;
-
-/// What one poll read of the scale factors, and the values waiting for them.
-#[derive(Default)]
-struct Scaling {
-    /// By scale factor: the raw i16, once read this poll.
-    read: Vec<Option<i16>>,
-    /// Points read this poll whose value waits for its scale factor: (point, factor, raw).
-    waiting: Vec<(usize, usize, Raw)>,
-}
-
 impl DevicePoller {
     pub fn new(
         name: &str,
@@ -97,7 +83,7 @@ impl DevicePoller {
     ) -> Self {
         let refs: Vec<&PointConfig> = config.points.values().collect();
         let reads = plan::plan(&refs, max_gap);
-        let scale = ScaleFactors::of(&refs);
+        let scale = Arc::new(ScaleFactors::of(&refs));
         let sunspec = config.sunspec.as_ref().map(|_| SunSpecWalk {
             due: true,
             error: None,
@@ -414,7 +400,7 @@ impl DevicePoller {
         let dev = Arc::new(dev);
         let refs: Vec<&PointConfig> = dev.points.values().collect();
         self.reads = plan::plan(&refs, self.max_gap);
-        self.scale = ScaleFactors::of(&refs);
+        self.scale = Arc::new(ScaleFactors::of(&refs));
         self.points = dev.points.len();
         self.core.reconfigure(&dev);
         let report = Walked {
@@ -451,20 +437,20 @@ impl DevicePoller {
     async fn poll(&mut self, unit: u8, now: bool) -> Polled {
         let at = SystemTime::now();
         self.core.poll_started();
-        let mut values: Vec<(usize, Value)> = Vec::with_capacity(self.points);
+        let mut decoded = Decoded {
+            values: Vec::with_capacity(self.points),
+            ..Decoded::default()
+        };
         let mut failed: Vec<usize> = Vec::new();
         let mut answered = false;
         let mut pending: Vec<usize> = (0..self.reads.len()).collect();
         // The points by index, for decoding without a lookup by name per value, then the
         // scale factors (the plan's indices).
         let config = self.config().clone();
-        let scale = std::mem::take(&mut self.scale);
+        let scale = self.scale.clone();
         let own: Vec<&PointConfig> = config.points.values().collect();
         let points = scale.with_points(&own);
-        let mut scaling = Scaling {
-            read: vec![None; scale.registers.len()],
-            waiting: Vec::new(),
-        };
+        let mut decoder = PollDecoder::new(&points, &scale);
         // Splits re-read their parts at once; each split makes reads smaller, so this ends.
         for _ in 0..=points.len() {
             if pending.is_empty() {
@@ -482,15 +468,7 @@ impl DevicePoller {
                 match result {
                     Ok(data) => {
                         answered = true;
-                        self.decode_read(
-                            i,
-                            &points,
-                            &scale,
-                            &data,
-                            &mut scaling,
-                            &mut values,
-                            &mut failed,
-                        );
+                        decoder.read(&self.reads[i], &data, &mut decoded);
                     }
                     Err(e) if e.is_illegal_address() => {
                         answered = true;
@@ -499,10 +477,7 @@ impl DevicePoller {
                             None => self.read_failed(i, &e, &mut failed),
                         }
                     }
-                    Err(BusError::Stopped) => {
-                        self.scale = scale;
-                        return Polled::Stopped;
-                    }
+                    Err(BusError::Stopped) => return Polled::Stopped,
                     Err(e) => {
                         // An exception is the device's answer: it is alive.
                         answered |= !e.is_silence();
@@ -530,8 +505,14 @@ impl DevicePoller {
                 pending.extend(i..i + n);
             }
         }
-        self.apply_scale(&points, &scale, scaling, &mut values, &mut failed);
-        self.scale = scale;
+        decoder.finish(&mut decoded);
+        // The device says it has no value: unknown, and nothing to warn about.
+        failed.extend_from_slice(&decoded.no_value);
+        for (pi, e) in std::mem::take(&mut decoded.errors) {
+            self.core.point_error(pi, &e);
+            failed.push(pi);
+        }
+        let values = decoded.values;
         if !answered {
             let why = format!(
                 "{} polls without an answer; tried again every {}",
@@ -564,113 +545,11 @@ impl DevicePoller {
         }
     }
 
-    /// Decodes read `i`'s points (`points`: the device's, by index, then its scale factors)
-    /// into `out`; a point with a scale factor waits in `scaling` for the end of the poll.
-    #[allow(clippy::too_many_arguments)]
-    fn decode_read(
-        &mut self,
-        i: usize,
-        points: &[&PointConfig],
-        scale: &ScaleFactors,
-        data: &RawData,
-        scaling: &mut Scaling,
-        out: &mut Vec<(usize, Value)>,
-        failed: &mut Vec<usize>,
-    ) {
-        let read = &self.reads[i];
-        let mut errors: Vec<(usize, String)> = Vec::new();
-        for &pi in &read.points {
-            let Some(p) = points.get(pi).copied() else {
-                continue;
-            };
-            let Some(slot) = plan::slot(p) else { continue };
-            let offset = usize::from(slot.address - read.spec.start);
-            let len = usize::from(slot.len);
-            let bit: [u16; 1];
-            let words: Option<&[u16]> = match data {
-                RawData::Bits(bits) => match bits.get(offset) {
-                    Some(b) => {
-                        bit = [u16::from(*b)];
-                        Some(&bit[..])
-                    }
-                    None => None,
-                },
-                RawData::Words(w) => w.get(offset..offset + len),
-            };
-            let decoded = match words {
-                Some(w) => codec::decode_point(w, p).map_err(|e| e.to_string()),
-                None => Err("the device returned fewer registers than asked".to_string()),
-            };
-            if pi >= self.points {
-                // A scale factor: kept for the points that name it.
-                if let (Ok(Some(Raw::Signed(sf))), Some(slot)) =
-                    (decoded, scaling.read.get_mut(pi - self.points))
-                {
-                    *slot = i16::try_from(sf).ok();
-                }
-                continue;
-            }
-            match decoded {
-                Ok(Some(raw)) => match scale.of_point.get(pi).copied().flatten() {
-                    Some(k) => scaling.waiting.push((pi, k, raw)),
-                    None => out.push((pi, codec::to_value(raw, p))),
-                },
-                // The device says it has no value: unknown, and nothing to warn about.
-                Ok(None) => failed.push(pi),
-                Err(e) => errors.push((pi, e)),
-            }
-        }
-        for (pi, e) in errors {
-            self.core.point_error(pi, &e);
-            failed.push(pi);
-        }
-    }
-
-    /// The values that waited for their scale factors. A factor that was not read leaves its
-    /// points unknown (the failed read is reported on its own); one the device does not
-    /// implement too, silently; one outside -10..10 is warned about. Never a value with a
-    /// stale or missing scale.
-    fn apply_scale(
-        &mut self,
-        points: &[&PointConfig],
-        scale: &ScaleFactors,
-        scaling: Scaling,
-        out: &mut Vec<(usize, Value)>,
-        failed: &mut Vec<usize>,
-    ) {
-        for (pi, k, raw) in scaling.waiting {
-            let Some(p) = points.get(pi).copied() else {
-                continue;
-            };
-            match scaling.read.get(k).copied().flatten() {
-                Some(sf) if SF_RANGE.contains(&sf) => {
-                    out.push((pi, codec::to_value_scaled(raw, p, Some(sf))));
-                }
-                Some(SF_NOT_IMPLEMENTED) | None => failed.push(pi),
-                Some(sf) => {
-                    let register = scale
-                        .registers
-                        .get(k)
-                        .and_then(|r| r.register)
-                        .map(|r| r.to_string())
-                        .unwrap_or_default();
-                    self.core.point_error(
-                        pi,
-                        &format!(
-                            "its scale factor at {register} is {sf}, outside -10..10; not published"
-                        ),
-                    );
-                    failed.push(pi);
-                }
-            }
-        }
-    }
-
     /// A read of the poll failed: its points failed. Timeouts and transport errors are the
     /// device's (availability says it); a point is warned about only when the device answers
     /// but that point can't be read.
     fn read_failed(&mut self, i: usize, e: &BusError, failed: &mut Vec<usize>) {
-        // Scale factors (after the points) are not points: theirs fail through `apply_scale`.
+        // Scale factors (after the points) are not points: theirs fail when they are applied.
         for &pi in self.reads[i].points.iter().filter(|pi| **pi < self.points) {
             if !e.is_silence() {
                 self.core.point_error(pi, &e.to_string());
