@@ -119,12 +119,31 @@ pub enum Command {
         #[arg(long)]
         identify: bool,
     },
-    /// List the device profiles (built in and the user's), or print one.
+    /// List the device profiles (built in and the user's), or print one; walk a SunSpec
+    /// device (`--probe`); check a profile file of your own (`--check`).
     Profiles {
         #[command(flatten)]
         config: ConfigArg,
         /// Print this profile's points, actions and source document.
+        #[arg(conflicts_with_all = ["probe", "check"])]
         name: Option<String>,
+        /// Read a SunSpec device's model chain over a bus of the config and print every model
+        /// and every point's value, as `profile = "sunspec"` would publish them.
+        #[arg(long, requires_all = ["bus", "unit"], conflicts_with = "check")]
+        probe: bool,
+        /// The bus of `--probe`.
+        #[arg(long, requires = "probe")]
+        bus: Option<String>,
+        /// The unit id of `--probe`.
+        #[arg(long, requires = "probe")]
+        unit: Option<u8>,
+        /// Validate this profile file (errors as `file:line:col`, exit 78).
+        #[arg(long, value_name = "FILE")]
+        check: Option<PathBuf>,
+        /// With `--check`: decode every point from this register dump (what `fieldbridge read`
+        /// prints, several reads appended).
+        #[arg(long, value_name = "DUMP", requires = "check")]
+        dump: Option<PathBuf>,
     },
     /// Simulated devices, the real gateway against them, every publish printed.
     Demo {

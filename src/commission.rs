@@ -443,6 +443,119 @@ pub fn parse_units(s: &str) -> Result<std::ops::RangeInclusive<u8>, String> {
     }
 }
 
+/// `fieldbridge profiles --probe --bus B --unit N`: a SunSpec device's model chain, and every
+/// point `profile = "sunspec"` builds from it with its value now — read through the same walk,
+/// plan and decoding as the daemon's. A config device on that bus and unit with a
+/// `sunspec_base` gives the base; its own points are not applied (this shows the device).
+pub async fn probe_sunspec(config: &Config, bus_name: &str, unit: u8) -> Result<String, Error> {
+    use crate::bus::decode::{Decoded, PollDecoder};
+    use crate::bus::plan::{self, ScaleFactors};
+    use crate::sunspec;
+
+    let bus = modbus_bus(config, bus_name)?;
+    let base = config
+        .devices
+        .values()
+        .find(|d| d.bus == bus_name && d.unit == Some(unit))
+        .and_then(|d| d.sunspec.as_ref())
+        .and_then(|s| s.base);
+    let (handle, stop) = start(bus_name, bus);
+    let walked = sunspec::walk::walk(&handle, unit, base).await;
+    let walked = match walked {
+        Ok(w) => w,
+        Err(e) => {
+            stop.cancel();
+            return Err(Error::Failed(format!("bus {bus_name}, unit {unit}: {e}")));
+        }
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "SunSpec marker \"SunS\" at holding:{}",
+        walked.chain.base
+    );
+    for m in &walked.chain.models {
+        match sunspec::model(m.id) {
+            Some(def) => {
+                let note = if m.length == def.length || def.repeating.is_some() {
+                    String::new()
+                } else {
+                    format!(" (the definition has {})", def.length)
+                };
+                let _ = writeln!(
+                    out,
+                    "model {:<4} {} at holding:{}, {} registers{note}",
+                    m.id, def.label, m.address, m.length
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "model {:<4} at holding:{}, {} registers: not known to fieldbridge, skipped",
+                    m.id, m.address, m.length
+                );
+            }
+        }
+    }
+    if let Some(why) = &walked.ended_by {
+        let _ = writeln!(out, "end of the chain: {why}");
+    }
+    if let Some((mf, md)) = &walked.identity {
+        let _ = writeln!(out, "device: {mf} {md}");
+    }
+    let built = sunspec::build(&walked.chain, &std::collections::BTreeMap::new());
+    let points: Vec<&crate::config::PointConfig> = built.points.values().collect();
+    let names: Vec<&String> = built.points.keys().collect();
+    let scale = ScaleFactors::of(&points);
+    let all = scale.with_points(&points);
+    let reads = plan::plan(&points, bus.max_gap);
+    let mut decoder = PollDecoder::new(&all, &scale);
+    let mut decoded = Decoded::default();
+    let mut failed: Vec<(usize, String)> = Vec::new();
+    for r in &reads {
+        match handle.read(unit, r.spec).await {
+            Ok(data) => decoder.read(r, &data, &mut decoded),
+            Err(e) => {
+                for &i in r.points.iter().filter(|i| **i < points.len()) {
+                    failed.push((i, format!("read failed: {e}")));
+                }
+            }
+        }
+    }
+    stop.cancel();
+    decoder.finish(&mut decoded);
+    let mut shown: Vec<String> = vec![String::new(); points.len()];
+    for (i, v) in decoded.values {
+        let unit = points[i]
+            .unit
+            .as_deref()
+            .map(|u| format!(" {u}"))
+            .unwrap_or_default();
+        shown[i] = format!("{}{unit}", v.to_json());
+    }
+    for i in decoded.no_value {
+        shown[i] = "(not implemented)".to_string();
+    }
+    for (i, e) in decoded.errors.into_iter().chain(failed) {
+        shown[i] = format!("({e})");
+    }
+    let _ = writeln!(
+        out,
+        "points ({}, as profile = \"sunspec\" publishes them; {} reads per poll):",
+        points.len(),
+        reads.len()
+    );
+    let width = names.iter().map(|n| n.len()).max().unwrap_or(0);
+    for (i, name) in names.iter().enumerate() {
+        let register = points[i]
+            .register
+            .map(|r| r.to_string())
+            .unwrap_or_default();
+        let _ = writeln!(out, "  {name:<width$}  {:<22} {register}", shown[i]);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -219,7 +219,36 @@ fn main() -> ExitCode {
                 Ok(out)
             })
         }
-        Command::Profiles { config: arg, name } => {
+        Command::Profiles {
+            config: arg,
+            probe: true,
+            bus: Some(bus),
+            unit: Some(unit),
+            ..
+        } => commissioning(&arg.config, |config| async move {
+            commission::probe_sunspec(&config, &bus, unit).await
+        }),
+        Command::Profiles {
+            check: Some(file),
+            dump,
+            ..
+        } => match profiles::check_file(&file, dump.as_deref()) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(profiles::CheckError::Profile(e)) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+            Err(profiles::CheckError::Dump(e)) => {
+                eprintln!("fieldbridge profiles: {e}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
+        Command::Profiles {
+            config: arg, name, ..
+        } => {
             let (all, errors) = config::Profiles::load(&config::profiles_dir(&arg.config));
             if !errors.is_empty() {
                 eprintln!("{}", config::ConfigErrors(errors.clone()));
@@ -229,6 +258,10 @@ fn main() -> ExitCode {
             match name {
                 None => {
                     print!("{}", profiles::list(&all));
+                    ExitCode::SUCCESS
+                }
+                Some(n) if n == config::SUNSPEC_PROFILE => {
+                    print!("{}", profiles::show_sunspec());
                     ExitCode::SUCCESS
                 }
                 Some(n) => match all.get(&n) {

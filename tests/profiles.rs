@@ -455,6 +455,13 @@ fn check_on_a_config_using_every_profile_passes_and_counts_their_coalesced_reads
     let (_dir, path) = config_dir(&cfg, &[]);
     let (code, out, err) = run(&["check"], &path);
     assert_eq!(code, 0, "{err}\n{out}");
+    // Every profile's classes and units are what Home Assistant accepts.
+    let warnings: Vec<&str> = out
+        .lines()
+        .chain(err.lines())
+        .filter(|l| l.contains("warning"))
+        .collect();
+    assert!(warnings.is_empty(), "{}", warnings.join("\n"));
     let mut reads_per_second = 0.0;
     for p in &profiles {
         let points: Vec<&config::PointConfig> = p.points.values().collect();
@@ -514,4 +521,117 @@ fn the_readme_supported_devices_table_matches_the_built_in_profiles() {
             );
         }
     }
+}
+
+/// `profiles --check FILE [--dump DUMP]`, for a profile written from a manufacturer's PDF.
+fn check_profile(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .arg("profiles")
+        .args(args)
+        .env_remove("FIELDBRIDGE_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+const MY_METER: &str = r#"manufacturer = "Acme"
+model = "M-3"
+buses = ["modbus-rtu"]
+[document]
+title = "M-3 Modbus register map"
+version = "1.0"
+[points.voltage]
+register = "input:0"
+type = "f32"
+unit = "V"
+device_class = "voltage"
+[points.power]
+register = "holding:10"
+type = "i16"
+scale_register = "holding:12"
+unavailable = [0x8000]
+unit = "W"
+device_class = "power"
+[points.energy]
+register = "holding:20"
+type = "u32"
+order = "CDAB"
+scale = 0.01
+unit = "kWh"
+device_class = "energy"
+[points.missing]
+register = "holding:30"
+"#;
+
+#[test]
+fn a_users_profile_is_checked_and_decoded_against_a_register_dump() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("my-meter.toml");
+    std::fs::write(&file, MY_METER).unwrap();
+    // A dump as `fieldbridge read` prints it: two reads appended, with their decodings.
+    let dump = dir.path().join("dump.txt");
+    std::fs::write(
+        &dump,
+        "raw: 4366 6666\nregister          hex     u16    i16\ninput:0        0x4366   17254  17254\ninput:1        0x6666   26214  26214\nu32 from input:0:\n  ABCD: 1130784358\n\
+         raw: fa24 0000 ffff 0000 0000 0000 0000 0000 0000 0000 e240 0001\n\
+         holding:10     0xfa24   64036  -1500\nholding:11     0x0000       0      0\nholding:12     0xffff   65535     -1\n\
+         holding:20     0xe240   57920 -7616\nholding:21     0x0001       1      1\n",
+    )
+    .unwrap();
+    let (code, out, err) = check_profile(&[
+        "--check",
+        file.to_str().unwrap(),
+        "--dump",
+        dump.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}\n{out}");
+    assert!(out.contains("my-meter.toml: ok (4 points)"), "{out}");
+    let decoded = out.split("decoded from").nth(1).unwrap_or_default();
+    let line = |name: &str| {
+        decoded
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+            .to_string()
+    };
+    assert!(line("voltage").ends_with("230.39999389648438 V"), "{out}");
+    // -1500 × 10^-1 (the scale factor at holding:12 is -1).
+    assert!(line("power").ends_with("-150.0 W"), "{out}");
+    // 0x0001E240 = 123456, words swapped, × 0.01.
+    assert!(line("energy").ends_with("1234.56 kWh"), "{out}");
+    assert!(
+        line("missing").contains("not in the dump: holding:30"),
+        "{out}"
+    );
+
+    // The same profile with mistakes: file:line:col errors and exit 78.
+    let broken = MY_METER
+        .replace("type = \"i16\"", "type = \"int16\"")
+        .replace("unavailable = [0x8000]", "unavailable = [\"none\"]");
+    std::fs::write(&file, broken).unwrap();
+    let (code, _, err) = check_profile(&["--check", file.to_str().unwrap()]);
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("my-meter.toml:14:8: points.power.type: unknown type \"int16\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("my-meter.toml:16:16: points.power.unavailable: expected a raw integer value"),
+        "{err}"
+    );
+    // A dump with no registers in it is a usage error that says what a dump is.
+    std::fs::write(&file, MY_METER).unwrap();
+    std::fs::write(&dump, "nothing here\n").unwrap();
+    let (code, _, err) = check_profile(&[
+        "--check",
+        file.to_str().unwrap(),
+        "--dump",
+        dump.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no registers in it"), "{err}");
 }

@@ -477,3 +477,116 @@ async fn broken_chains_and_scale_factors_are_logged_and_never_published() {
     assert!(!log.contains("panicked"), "{log}");
     drop(gw);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_probe_prints_the_walk_and_every_value() {
+    let fake = FakeModbus::new();
+    let addr = fake.serve_tcp().await;
+    load(
+        &fake,
+        7,
+        &[
+            common_model(65),
+            inverter_103(),
+            model(64_900, 4, &[]),
+            meter_203(),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config(1, addr, "")).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(common::gateway::BIN)
+            .args(["profiles", "--probe", "--bus", "lan", "--unit", "7", "-c"])
+            .arg(&path)
+            .env_remove("FIELDBRIDGE_CONFIG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "SunSpec marker \"SunS\" at holding:40000",
+        "model 1    Common at holding:40002, 65 registers (the definition has 66)",
+        "model 103  Inverter (Three Phase) at holding:40069, 50 registers",
+        "model 64900 at holding:40121, 4 registers: not known to fieldbridge, skipped",
+        "model 203  ",
+        "device: Fronius Symo 10.0-3-M",
+    ] {
+        assert!(text.contains(want), "no {want:?} in:\n{text}");
+    }
+    let point = |name: &str| -> String {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no point {name} in:\n{text}"))
+            .to_string()
+    };
+    assert!(point("voltage_a").contains("230.1 V"), "{text}");
+    assert!(point("energy").contains("1234567890 Wh"), "{text}");
+    assert!(point("current_c").contains("not implemented"), "{text}");
+    assert!(point("power_2").contains("-1234 W"), "{text}");
+    assert!(point("state").contains("\"mppt\""), "{text}");
+}
+
+#[test]
+fn check_says_a_sunspec_devices_points_come_at_run_time_and_refuses_misuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let addr: std::net::SocketAddr = "127.0.0.1:1502".parse().unwrap();
+    let devices = "[devices.inv]\nbus = \"lan\"\nunit = 1\nprofile = \"sunspec\"\nsunspec_base = 50000\n\
+                   [devices.inv.points.power]\ndeadband = 50\n\
+                   [devices.inv.points.limit]\nregister = \"holding:40300\"\nwritable = true\nmax = 100\n";
+    std::fs::write(&path, config(1883, addr, devices)).unwrap();
+    let run = |path: &std::path::Path| {
+        let out = std::process::Command::new(common::gateway::BIN)
+            .arg("check")
+            .arg("-c")
+            .arg(path)
+            .env_remove("FIELDBRIDGE_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, out, err) = run(&path);
+    assert_eq!(code, Some(0), "{err}{out}");
+    for want in [
+        "profile      sunspec (built in (the device's SunSpec models, read at run time))",
+        "points       from the device's SunSpec models, read at run time (at holding:50000)",
+        "point power: the device sets deadband",
+        "point limit: holding:40300 u16 writable",
+        "reads per poll: 1 (for 1 points, and those of its SunSpec models)",
+    ] {
+        assert!(out.contains(want), "no {want:?} in:\n{out}");
+    }
+    // A serial device cannot speak SunSpec; `sunspec_base` without the profile is a mistake.
+    let bad = config(
+        1883,
+        addr,
+        "[buses.line]\nkind = \"serial\"\nport = \"/dev/ttyUSB7\"\n\
+         [devices.a]\nbus = \"line\"\nprofile = \"sunspec\"\n\
+         [devices.b]\nbus = \"lan\"\nunit = 2\nsunspec_base = 0\n[devices.b.points.x]\nregister = \"holding:0\"\n",
+    );
+    std::fs::write(&path, bad).unwrap();
+    let (code, _, err) = run(&path);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains("devices.a.profile: profile \"sunspec\" is for Modbus devices"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "devices.b.sunspec_base: `sunspec_base` applies to devices with profile = \"sunspec\""
+        ),
+        "{err}"
+    );
+}

@@ -253,6 +253,19 @@ fn point(
     Some((name, point))
 }
 
+/// The names `profile = "sunspec"` publishes for model `def` (`pv#_…` for each MPPT block,
+/// numbered from 1), for people reading `fieldbridge profiles sunspec`.
+pub fn published_names(def: &ModelDef) -> Vec<&'static str> {
+    let Some(family) = Family::of(def.id) else {
+        return Vec::new();
+    };
+    def.points
+        .iter()
+        .chain(def.repeating.iter().flat_map(|g| g.points))
+        .filter_map(|p| names::quantity(family, p.name).map(|q| q.name))
+        .collect()
+}
+
 /// The device `declared` (as the config gives it) with the points of `chain`: what the walk
 /// makes of it. The common model's manufacturer and model name the device in Home Assistant
 /// unless the config does.
