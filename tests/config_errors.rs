@@ -351,7 +351,7 @@ fn a_file_with_several_mistakes_reports_all_of_them_in_file_order() {
             "config.toml:2:6: gateway.id: invalid name \"GW\"; names use only a-z, 0-9, _ and -",
             "config.toml:4:9: mqtt.queue: 0 is out of range; expected 1 to 10000000",
             "config.toml:9:7: devices.d.bus: unknown bus \"nope\"; defined buses: plc",
-            "config.toml:11:1: devices.d.foo: unknown key \"foo\"; expected bus, unit, location, poll, offline_after, offline_retry, name, manufacturer, model, match, silence, write_multiple, profile, points or actions",
+            "config.toml:11:1: devices.d.foo: unknown key \"foo\"; expected bus, unit, location, poll, offline_after, offline_retry, name, manufacturer, model, match, silence, write_multiple, profile, sunspec_base, points or actions",
             "config.toml:13:12: devices.d.points.p.register: unknown register table \"inptu\"; expected coil, discrete, input or holding",
             "config.toml:14:8: devices.d.points.p.type: unknown type \"u17\"; expected bool, u16, i16, u32, i32, u64, i64, f32, f64 or string",
         ],
