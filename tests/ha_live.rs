@@ -34,6 +34,7 @@ use common::home_assistant::{
 use common::modbus::FakeModbus;
 use common::mosquitto::{Mosquitto, Subscriber};
 use common::pty::SocatPair;
+use common::sunspec;
 use fieldbridge::ha::discovery;
 use fieldbridge::topics::Topics;
 use nix::sys::signal::Signal;
@@ -100,7 +101,7 @@ fn a_real_home_assistant_shows_and_drives_every_entity_through_restarts_and_mode
     note("scenario 2 done");
     switching_modes_keeps_entity_ids_and_leaves_no_orphans(&ha, &broker);
     note("scenario 3 done");
-    let (ours, other) = ha.problems(&["hagw", "garage", "modes", "meter", "weather"]);
+    let (ours, other) = ha.problems(&["hagw", "garage", "modes", "meter", "weather", "sensor.pv_"]);
     for line in &other {
         note(&format!("unrelated log line: {line}"));
     }
@@ -220,6 +221,19 @@ fn every_component_shows_its_value_and_takes_commands(
         // Reading coil 40 is refused: "illegal data address".
         u.missing.insert(40);
     });
+    // A SunSpec inverter with its MPPT inputs, a meter and a battery: integer models with
+    // scale factors, and "not implemented" values.
+    sunspec::load(
+        &fake,
+        9,
+        &[
+            sunspec::common_model(66),
+            sunspec::inverter_103(),
+            sunspec::mppt_160(),
+            sunspec::meter_203(),
+            sunspec::battery_802(),
+        ],
+    );
     let plc = rt.block_on(fake.serve_tcp());
     let dir = tempfile::tempdir().unwrap();
     let cable = SocatPair::new(dir.path());
@@ -228,7 +242,10 @@ fn every_component_shows_its_value_and_takes_commands(
         "[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{plc}\"\ntimeout = \"300ms\"\nretries = 0\n[buses.usb]\nkind = \"serial\"\nport = \"{}\"\nformat = \"json\"\n",
         cable.path_str()
     );
-    let text = gateway_config(broker.port, "hagw", "", &buses, EVERY_COMPONENT);
+    let devices = format!(
+        "{EVERY_COMPONENT}\n[devices.pv]\nbus = \"plc\"\nunit = 9\nprofile = \"sunspec\"\n"
+    );
+    let text = gateway_config(broker.port, "hagw", "", &buses, &devices);
     let results = Subscriber::connect(broker.port, "t/+/device/+/command/result");
     let gw = rt.block_on(InProcess::start(&text));
 
@@ -297,6 +314,45 @@ fn every_component_shows_its_value_and_takes_commands(
     let level = ha.state("number.meter_level").unwrap();
     assert_eq!(level["attributes"]["max"], json!(65535.0), "{level}");
     note("values shown");
+
+    // The SunSpec device: its points come from its model chain, scaled by the scale factors.
+    for (eid, want) in [
+        ("sensor.pv_power", 8450.0),
+        ("sensor.pv_voltage_a", 230.1),
+        ("sensor.pv_energy", 1_234_567_890.0),
+        ("sensor.pv_pv2_power", 3003.0),
+        ("sensor.pv_pv1_energy", 1_500_000.0),
+        ("sensor.pv_power_2", -1234.0),
+        ("sensor.pv_energy_import_2", 1_234_567.0),
+        ("sensor.pv_battery_soc", 76.5),
+        ("sensor.pv_battery_power", -640.0),
+        ("sensor.pv_cell_voltage_max", 3.301),
+    ] {
+        expect(ha, eid, &want.to_string(), same_number(want));
+    }
+    for (eid, want) in [
+        ("sensor.pv_state", "mppt"),
+        ("sensor.pv_pv1_state", "mppt"),
+        ("sensor.pv_charge_status", "discharging"),
+        ("sensor.pv_battery_state", "connected"),
+        // "Not implemented" in the device: unknown, never -32768.
+        ("sensor.pv_current_c", "unknown"),
+        ("sensor.pv_cabinet_temperature", "unknown"),
+    ] {
+        expect(ha, eid, want, |s| s == want);
+    }
+    for eid in [
+        "sensor.pv_energy",
+        "sensor.pv_pv1_energy",
+        "sensor.pv_energy_export_2",
+    ] {
+        let e = ha.state(eid).unwrap();
+        assert_eq!(e["attributes"]["state_class"], "total_increasing", "{e}");
+        assert_eq!(e["attributes"]["device_class"], "energy", "{e}");
+    }
+    let maker = ha.template("{{ device_attr(device_id('sensor.pv_power'), 'manufacturer') }}");
+    assert_eq!(maker.trim(), "Fronius");
+    note("SunSpec device shown");
 
     // Every writable entity and button, driven through Home Assistant's services.
     let set = |eid: &str, value: Json| {

@@ -18,182 +18,13 @@ use std::time::Duration;
 use common::gateway::GatewayProcess;
 use common::modbus::FakeModbus;
 use common::mosquitto::{Mosquitto, Subscriber};
+use common::sunspec::{
+    BASE, common_model, inverter_103, inverter_113, load, meter_203, meter_213, model,
+};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(20);
-const BASE: u16 = 40000;
-
-/// A string point's registers: `s` in ASCII, padded with NULs.
-fn text(s: &str, registers: usize) -> Vec<u16> {
-    let mut bytes = s.as_bytes().to_vec();
-    bytes.resize(registers * 2, 0);
-    bytes
-        .chunks(2)
-        .map(|c| u16::from_be_bytes([c[0], c[1]]))
-        .collect()
-}
-
-fn f32_words(x: f32) -> [u16; 2] {
-    let b = x.to_bits();
-    [(b >> 16) as u16, b as u16]
-}
-
-/// Model `id` of length `len`, zero but for `set` (offsets from its ID register).
-fn model(id: u16, len: u16, set: &[(u16, &[u16])]) -> Vec<u16> {
-    let mut m = vec![0u16; usize::from(len) + 2];
-    m[0] = id;
-    m[1] = len;
-    for (offset, words) in set {
-        for (i, w) in words.iter().enumerate() {
-            m[usize::from(*offset) + i] = *w;
-        }
-    }
-    m
-}
-
-/// The common model, 66 registers as the definition says, or 65 as Fronius sends it.
-fn common_model(len: u16) -> Vec<u16> {
-    let mut set: Vec<(u16, Vec<u16>)> = vec![
-        (2, text("Fronius", 16)),
-        (18, text("Symo 10.0-3-M", 16)),
-        (42, text("1.2.3", 8)),
-        (50, text("28471234", 16)),
-        (66, vec![1]),
-    ];
-    if len == 66 {
-        set.push((67, vec![0x8000]));
-    }
-    let borrowed: Vec<(u16, &[u16])> = set.iter().map(|(o, w)| (*o, w.as_slice())).collect();
-    model(1, len, &borrowed)
-}
-
-const NI16: u16 = 0x8000;
-const NU16: u16 = 0xFFFF;
-
-/// Inverter model 103: integers with scale factors (offsets from the model definition).
-fn inverter_103() -> Vec<u16> {
-    let neg = |x: i16| x as u16;
-    model(
-        103,
-        50,
-        &[
-            (2, &[1234, 411, 412, NU16, neg(-2)]), // A, AphA, AphB, AphC (not implemented), A_SF
-            (7, &[4001, 4002, 4003, 2301, 2302, 2303, neg(-1)]), // PPV…, PhV…, V_SF
-            (14, &[8450, 0]),                      // W, W_SF
-            (16, &[5002, neg(-2)]),                // Hz, Hz_SF
-            (18, &[8500, 0]),                      // VA, VA_SF
-            (20, &[neg(-300), 0]),                 // VAr, VAr_SF
-            (22, &[995, neg(-1)]),                 // PF, PF_SF
-            (24, &[0x075B, 0xCD15, 1]),            // WH = 123456789, WH_SF = 1
-            (27, &[2155, neg(-2), 4120, neg(-1), 8877, 0]), // DCA, DCA_SF, DCV, DCV_SF, DCW, DCW_SF
-            (33, &[NI16, neg(-55), NI16, NI16, neg(-1)]), // TmpCab, TmpSnk, TmpTrns, TmpOt, Tmp_SF
-            (38, &[4, NU16]),                      // St = MPPT, StVnd not implemented
-        ],
-    )
-}
-
-/// Meter model 203: integers with scale factors.
-fn meter_203() -> Vec<u16> {
-    let neg = |x: i16| x as u16;
-    model(
-        203,
-        105,
-        &[
-            (2, &[1050, 350, 351, 349, neg(-2)]), // A, AphA, AphB, AphC, A_SF
-            (
-                7,
-                &[2305, 2301, 2302, 2303, 3995, 3991, 3992, 3993, neg(-1)],
-            ), // PhV…, PPV…, V_SF
-            (16, &[4998, neg(-2)]),               // Hz, Hz_SF
-            (18, &[neg(-1234), neg(-400), neg(-417), neg(-417), 0]), // W…, W_SF
-            (23, &[1300, 0, 0, 0, 0]),            // VA…, VA_SF
-            (28, &[NI16, NI16, NI16, NI16, 0]),   // VAR… not implemented, VAR_SF
-            (38, &[0x004C, 0x4B40]),              // TotWhExp = 5000000
-            (46, &[0x0012, 0xD687]),              // TotWhImp = 1234567
-            (54, &[0]),                           // TotWh_SF
-        ],
-    )
-}
-
-/// Inverter model 113: the same quantities as floats, other values.
-fn inverter_113() -> Vec<u16> {
-    let nan = [0x7FC0, 0];
-    let f = f32_words;
-    let mut set: Vec<(u16, Vec<u16>)> = Vec::new();
-    for (offset, x) in [
-        (2, 12.5),
-        (4, 4.25),
-        (6, 4.5),
-        (10, 401.5),
-        (12, 402.5),
-        (14, 403.5),
-        (16, 231.5),
-        (18, 232.5),
-        (20, 233.5),
-        (22, 8000.0),
-        (24, 49.95),
-        (26, 8100.0),
-        (28, -250.0),
-        (30, 98.0),
-        (32, 2_000_000.0),
-        (34, 20.25),
-        (36, 410.5),
-        (38, 8300.0),
-        (42, 35.5),
-    ] {
-        set.push((offset, f(x).to_vec()));
-    }
-    for offset in [8, 40, 44, 46] {
-        set.push((offset, nan.to_vec())); // AphC, TmpCab, TmpTrns, TmpOt: not implemented
-    }
-    set.push((48, vec![5, NU16])); // St = THROTTLED, StVnd not implemented
-    let borrowed: Vec<(u16, &[u16])> = set.iter().map(|(o, w)| (*o, w.as_slice())).collect();
-    model(113, 60, &borrowed)
-}
-
-/// Meter model 213: floats.
-fn meter_213() -> Vec<u16> {
-    let nan = [0x7FC0, 0];
-    let mut set: Vec<(u16, Vec<u16>)> = Vec::new();
-    for (offset, x) in [
-        (2, 11.0),
-        (4, 3.75),
-        (6, 3.5),
-        (8, 3.75),
-        (10, 231.0),
-        (12, 230.5),
-        (14, 231.5),
-        (16, 231.0),
-        (20, 400.0),
-        (22, 400.5),
-        (24, 401.0),
-        (26, 50.01),
-        (28, -2000.0),
-        (30, -700.0),
-        (32, -650.0),
-        (34, -650.0),
-        (36, 2100.0),
-        (60, 6_000_000.0),
-        (68, 2_000_000.0),
-    ] {
-        set.push((offset, f32_words(x).to_vec()));
-    }
-    set.push((44, nan.to_vec())); // VAR: not implemented
-    let borrowed: Vec<(u16, &[u16])> = set.iter().map(|(o, w)| (*o, w.as_slice())).collect();
-    model(213, 124, &borrowed)
-}
-
-/// A device's holding registers from `BASE`: "SunS", the models, the end marker.
-fn load(fake: &FakeModbus, unit: u8, models: &[Vec<u16>]) {
-    let mut image = vec![0x5375, 0x6E53];
-    for m in models {
-        image.extend(m);
-    }
-    image.extend([0xFFFF, 0]);
-    fake.unit(unit, |u| u.holdings.clear());
-    fake.set_holding(unit, BASE, &image);
-}
 
 fn config(port: u16, addr: std::net::SocketAddr, devices: &str) -> String {
     format!(
@@ -589,4 +420,43 @@ fn check_says_a_sunspec_devices_points_come_at_run_time_and_refuses_misuse() {
         ),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_back_from_offline_is_walked_again() {
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    let addr = fake.serve_tcp().await;
+    load(&fake, 1, &[common_model(66), inverter_103()]);
+    let sub = Subscriber::connect(broker.port, "#");
+    let devices = "[devices.inv]\nbus = \"lan\"\nunit = 1\nprofile = \"sunspec\"\npoll = \"1s\"\n\
+                   offline_after = 1\noffline_retry = \"1s\"\n";
+    let gw = GatewayProcess::spawn(&config(broker.port, addr, devices), &[]);
+    let state = |want: &'static str| {
+        sub.wait_for(
+            "t/lab/device/inv/state",
+            move |p| json_of(p)["state"] == want,
+            WAIT,
+        )
+    };
+    assert!(state("mppt").is_some(), "{}", gw.log());
+    // The inverter restarts with a firmware that offers the float model.
+    fake.unit(1, |u| u.silent = true);
+    assert!(
+        sub.wait_for(
+            "t/lab/device/inv/availability",
+            |p| json_of(p)["status"] == "offline",
+            WAIT
+        )
+        .is_some(),
+        "{}",
+        gw.log()
+    );
+    load(&fake, 1, &[common_model(66), inverter_113()]);
+    fake.unit(1, |u| u.silent = false);
+    let back = state("throttled")
+        .map(|m| json_of(&m.payload))
+        .unwrap_or_else(|| panic!("not walked again\n{}", gw.log()));
+    assert_eq!(back["power"], json!(8000.0));
+    assert_eq!(gw.log().matches("SunSpec model chain read").count(), 2);
 }

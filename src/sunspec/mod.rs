@@ -234,7 +234,7 @@ fn point(
         point.map = Some(
             p.symbols
                 .iter()
-                .map(|(v, n)| (*v, n.to_ascii_lowercase()))
+                .map(|(v, n)| (*v, n.to_ascii_lowercase().replace(' ', "_")))
                 .collect(),
         );
     } else {
@@ -466,6 +466,30 @@ mod tests {
             b.points["pv2_power"].scale_register.map(|r| r.address),
             Some(40070 + 4)
         );
+    }
+
+    #[test]
+    fn every_point_of_every_model_is_one_home_assistant_accepts() {
+        // One chain holding every known model (MPPT with two blocks), one after the other.
+        let mut models = Vec::new();
+        let mut address = 40002u16;
+        for m in MODELS {
+            let length = m.length + m.repeating.as_ref().map_or(0, |g| 2 * g.length);
+            models.push((m.id, address, length));
+            address += length + 2;
+        }
+        let built = build(&chain(&models), &BTreeMap::new());
+        assert!(built.unknown.is_empty(), "{:?}", built.unknown);
+        assert!(built.points.len() > 100, "{}", built.points.len());
+        let mut problems = Vec::new();
+        for (name, p) in &built.points {
+            let component = crate::ha::entity::component(p);
+            for (key, message) in crate::ha::lint::hints(p, component).problems {
+                problems.push(format!("{name}.{key}: {message}"));
+            }
+            assert!(crate::config::is_valid_name(name), "{name}");
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod nspawn;
 pub mod postgres;
 pub mod proxy;
 pub mod pty;
+pub mod sunspec;
 
 /// The overall exposure level in `systemd-analyze security` output for fieldbridge.service.
 pub fn exposure_level(text: &str) -> Option<f64> {
