@@ -210,10 +210,15 @@ async fn every_built_in_profile_publishes_the_documented_values_units_and_classe
 }
 
 fn run(args: &[&str], config: &Path) -> (i32, String, String) {
+    let config = config.to_str().unwrap();
+    let args: Vec<&str> = args.iter().copied().chain(["-c", config]).collect();
+    fieldbridge_cli(&args)
+}
+
+/// `fieldbridge ARGS`: exit code, stdout, stderr.
+fn fieldbridge_cli(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(BIN)
         .args(args)
-        .arg("-c")
-        .arg(config)
         .env_remove("FIELDBRIDGE_CONFIG")
         .output()
         .unwrap();
@@ -525,17 +530,10 @@ fn the_readme_supported_devices_table_matches_the_built_in_profiles() {
 
 /// `profiles --check FILE [--dump DUMP]`, for a profile written from a manufacturer's PDF.
 fn check_profile(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .arg("profiles")
-        .args(args)
-        .env_remove("FIELDBRIDGE_CONFIG")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    let args: Vec<&str> = std::iter::once("profiles")
+        .chain(args.iter().copied())
+        .collect();
+    fieldbridge_cli(&args)
 }
 
 const MY_METER: &str = r#"manufacturer = "Acme"

@@ -460,3 +460,52 @@ async fn a_device_back_from_offline_is_walked_again() {
     assert_eq!(back["power"], json!(8000.0));
     assert_eq!(gw.log().matches("SunSpec model chain read").count(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_reads_the_chain_of_a_device_that_was_never_walked() {
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    let addr = fake.serve_tcp().await;
+    load(&fake, 1, &[common_model(66), inverter_103()]);
+    fake.unit(1, |u| u.silent = true);
+    let sub = Subscriber::connect(broker.port, "#");
+    // Polled hourly: only the refresh can bring it back before then.
+    let devices = "[devices.inv]\nbus = \"lan\"\nunit = 1\nprofile = \"sunspec\"\npoll = \"1h\"\n\
+                   offline_after = 1\n";
+    let gw = GatewayProcess::spawn(&config(broker.port, addr, devices), &[]);
+    assert!(
+        sub.wait_for(
+            "t/lab/device/inv/availability",
+            |p| json_of(p)["status"] == "offline",
+            WAIT
+        )
+        .is_some(),
+        "{}",
+        gw.log()
+    );
+    fake.unit(1, |u| u.silent = false);
+    common::mosquitto::publish(
+        broker.port,
+        "t/lab/device/inv/command",
+        r#"{"action": "refresh", "id": "r1"}"#,
+        false,
+    );
+    let result = sub
+        .wait_for(
+            "t/lab/device/inv/command/result",
+            |p| p.contains("r1"),
+            WAIT,
+        )
+        .map(|m| json_of(&m.payload))
+        .unwrap_or_else(|| panic!("no result\n{}", gw.log()));
+    assert_eq!(result["ok"], json!(true), "{result}");
+    let state = sub
+        .wait_for(
+            "t/lab/device/inv/state",
+            |p| json_of(p).get("power").is_some(),
+            WAIT,
+        )
+        .map(|m| json_of(&m.payload))
+        .unwrap();
+    assert_eq!(state["power"], json!(8450));
+}

@@ -204,7 +204,19 @@ impl DevicePoller {
     async fn refresh(&mut self, unit: u8) -> Option<Outcome> {
         let was_offline = self.core.is_offline();
         self.core.force_state();
-        let polled = self.poll(unit, true).await;
+        // A SunSpec device whose chain is due (or was never read) has no points to read yet.
+        let walk = self
+            .sunspec
+            .as_ref()
+            .is_some_and(|s| s.due || self.config().awaits_walk());
+        let polled = if walk {
+            match self.walk(unit).await {
+                Polled::Answered => self.poll(unit, true).await,
+                other => other,
+            }
+        } else {
+            self.poll(unit, true).await
+        };
         // Everything is fresher than what a poll this refresh interrupted read.
         self.core.supersede_all();
         match polled {
