@@ -218,7 +218,7 @@ pub fn battery_802() -> Vec<u16> {
             (13, &[980]),                       // SoH
             (14, &[0, 321]),                    // NCyc
             (16, &[3]),                         // ChaSt = DISCHARGING
-            (22, &[2]),                         // State = STANDBY? (per the model's symbols)
+            (22, &[3]),                         // State = CONNECTED
             (34, &[5123]),                      // V
             (37, &[3301]),                      // CellVMax
             (40, &[3287]),                      // CellVMin
