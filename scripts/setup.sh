@@ -32,6 +32,10 @@ if $tests; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || packages+=(postgresql)
   need make-ssl-cert ssl-cert
 fi
+# tests/web.rs drives the commissioning page in Debian's headless Chromium (through its
+# chromedriver).
+$tests && need chromium chromium
+$tests && need chromedriver chromium-driver
 # tests/ha_live.rs runs Home Assistant in a private network namespace.
 $tests && need unshare util-linux
 $tests && need ip iproute2

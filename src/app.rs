@@ -110,6 +110,8 @@ pub struct Gateway {
     forward: Option<sqlx::postgres::PgConnectOptions>,
     /// `demo`: remove discovery, state and availability when it stops.
     ephemeral: bool,
+    /// With `[web]`: the commissioning page's listener, bound, and its password.
+    web: Option<(tokio::net::TcpListener, Option<Secret>)>,
 }
 
 struct Signals {
@@ -162,6 +164,22 @@ pub async fn build(config_path: &Path) -> Result<Gateway, BuildError> {
         }
         None => None,
     };
+    let web = match &config.web {
+        Some(w) => {
+            let password = match &w.password_file {
+                Some(file) => read_password(&config, "web.password_file", Some(file), "")?,
+                None => None,
+            };
+            let listener = crate::web::bind(w).await.map_err(|e| {
+                BuildError::Other(anyhow::anyhow!(
+                    "the commissioning page cannot listen on {} (web.listen): {e}",
+                    w.listen
+                ))
+            })?;
+            Some((listener, password))
+        }
+        None => None,
+    };
     let topics = Topics::new(&config);
     let settings = mqtt_settings(&config, &topics)?;
     let (mqtt, handle, incoming) = Mqtt::new(settings)
@@ -178,6 +196,7 @@ pub async fn build(config_path: &Path) -> Result<Gateway, BuildError> {
         command_log,
         forward,
         ephemeral: false,
+        web,
     })
 }
 
@@ -279,6 +298,11 @@ impl Gateway {
         self.handle.clone()
     }
 
+    /// The commissioning page's address, with `[web]` (its port, when `listen` gave port 0).
+    pub fn web_addr(&self) -> Option<std::net::SocketAddr> {
+        self.web.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     /// Leaves nothing behind on the broker at a clean stop: the Home Assistant discovery
     /// configs and the devices' retained state and availability are removed (`fieldbridge demo`
     /// pointed at someone's broker).
@@ -309,6 +333,7 @@ impl Gateway {
             command_log,
             forward,
             ephemeral,
+            web,
         } = self;
         log_warnings(&config);
         let tracker = TaskTracker::new();
@@ -320,7 +345,16 @@ impl Gateway {
         }
 
         let shared_topics = std::sync::Arc::new(topics.clone());
-        let sink: std::sync::Arc<dyn Sink> = std::sync::Arc::new(handle.clone());
+        let mut sink: std::sync::Arc<dyn Sink> = std::sync::Arc::new(handle.clone());
+        // The commissioning page sees what the devices publish through a tee in front of the
+        // link; without `[web]` there is none.
+        let tap = web
+            .as_ref()
+            .map(|_| std::sync::Arc::new(crate::web::tap::Tap::new(sink.clone())));
+        if let Some(t) = &tap {
+            sink = t.clone();
+        }
+        let web_history = history_pool.clone();
         // The history writer, and the forwarder reading behind it; neither when it is off.
         let history_token = CancellationToken::new();
         let forward_token = CancellationToken::new();
@@ -423,6 +457,39 @@ impl Gateway {
             health_token.clone(),
         ));
 
+        // The commissioning page: its view of the running gateway is replaced whenever the
+        // config or the buses change; its commands come to the router here.
+        let web_token = CancellationToken::new();
+        let (web_tx, mut web_rx) = mpsc::channel(crate::web::COMMANDS_CAP);
+        let view = |config: &Config, topics: &std::sync::Arc<Topics>, fleet: &Fleet| {
+            std::sync::Arc::new(crate::web::View {
+                config: std::sync::Arc::new(config.clone()),
+                topics: topics.clone(),
+                buses: fleet.modbus_handles(),
+                health: fleet.health_sources(&health_base),
+            })
+        };
+        let (view_tx, view_rx) = tokio::sync::watch::channel(view(&config, &ctx.topics, &fleet));
+        let web_task = match (web, &config.web, tap) {
+            (Some((listener, password)), Some(w), Some(tap)) => {
+                let page = crate::web::Web::new(
+                    w,
+                    listener,
+                    crate::web::Parts {
+                        password,
+                        gateway: config.gateway.id.clone(),
+                        view: view_rx,
+                        tap,
+                        mqtt: handle.clone(),
+                        history: web_history,
+                        commands: web_tx,
+                    },
+                );
+                Some(tokio::spawn(page.run(web_token.clone())))
+            }
+            _ => None,
+        };
+
         let main_heartbeat = systemd::Heartbeat::new("supervisor");
         let _watchdog = systemd::spawn_watchdog(
             vec![main_heartbeat.clone(), mqtt_heartbeat],
@@ -486,6 +553,7 @@ impl Gateway {
                             health_token.clone(),
                         ));
                         config = new;
+                        view_tx.send_replace(view(&config, &ctx.topics, &fleet));
                     }
                     // A firmware update may have changed a SunSpec device's models.
                     rewalk_tx.send_modify(|generation| *generation += 1);
@@ -504,8 +572,11 @@ impl Gateway {
                         discovery.reload(&new, &ctx.topics);
                         bridge.update_device(&walked.device, &walked.config);
                         config = new;
+                        view_tx.send_replace(view(&config, &ctx.topics, &fleet));
                     }
                 }
+                // A command from the commissioning page, as if it came over MQTT.
+                Some(msg) = web_rx.recv() => bridge.handle(&msg),
                 Some(reason) = fatal_rx.recv() => {
                     error!(error = %reason, "a core task failed; stopping");
                     break EXIT_FAILURE;
@@ -538,7 +609,17 @@ impl Gateway {
         // 1. Devices and buses: polls end, a write on the wire finishes its try, the rest of
         //    what waits is answered "stopped" (and its commands left to the broker).
         health_token.cancel();
+        // The page asks the buses for things; it goes with them.
+        web_token.cancel();
         fleet.stop_all(started + STOP_DEVICES).await;
+        if let Some(task) = web_task {
+            if tokio::time::timeout_at(started + STOP_DEVICES, task)
+                .await
+                .is_err()
+            {
+                warn!("shutdown: the commissioning page did not stop in time");
+            }
+        }
         if let Some(log) = &ctx.command_log {
             // Before the history writer's, which closes the file's last connection.
             if tokio::time::timeout_at(until(end - STOP_MQTT, STOP_HISTORY), log.close())

@@ -71,6 +71,19 @@ fn write_summary(out: &mut String, config: &Config) -> std::fmt::Result {
             config.gateway.id
         )?;
     }
+    if let Some(w) = &config.web {
+        writeln!(
+            out,
+            "commissioning page http://{}/ ({}; commands and register writes {})",
+            w.listen,
+            if w.password_file.is_some() {
+                "login with web.password_file"
+            } else {
+                "no login: loopback only"
+            },
+            if w.allow_writes { "allowed" } else { "off" }
+        )?;
+    }
     for w in &config.warnings {
         writeln!(out, "warning: {w}")?;
     }

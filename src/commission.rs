@@ -149,13 +149,26 @@ pub async fn read(
     let bus = modbus_bus(config, bus_name)?;
     check_count(register, count)?;
     let (handle, stop) = start(bus_name, bus);
+    let out = read_on(&handle, bus_name, unit, register, count).await;
+    stop.cancel();
+    out
+}
+
+/// [`read`] over a bus that runs (ahead of polls): the words and every decoding, as text.
+pub async fn read_on(
+    handle: &BusHandle,
+    bus_name: &str,
+    unit: u8,
+    register: Register,
+    count: u16,
+) -> Result<String, Error> {
+    check_count(register, count)?;
     let spec = ReadSpec {
         table: register.table,
         start: register.address,
         count,
     };
     let result = handle.read(unit, spec).await;
-    stop.cancel();
     match result.map_err(|e| Error::Failed(describe(bus_name, unit, &e)))? {
         RawData::Words(w) => Ok(decodings(register, &w)),
         RawData::Bits(b) => {
@@ -185,8 +198,24 @@ pub async fn write(
     value: &str,
 ) -> Result<String, Error> {
     let bus = modbus_bus(config, bus_name)?;
+    let spec = plan_write(register, ty, order, value)?;
+    let (handle, stop) = start(bus_name, bus);
+    let out = write_on(&handle, bus_name, unit, register, ty, order, value, spec).await;
+    stop.cancel();
+    out
+}
+
+/// What `write` would write: the value parsed for `ty` and encoded in `order`, for the
+/// register's table (coils take booleans; input and discrete are read-only). A usage error
+/// names what is wrong with the value.
+pub fn plan_write(
+    register: Register,
+    ty: DataType,
+    order: WordOrder,
+    value: &str,
+) -> Result<WriteSpec, Error> {
     let raw = parse_value(ty, value).map_err(Error::Usage)?;
-    let spec = match register.table {
+    Ok(match register.table {
         Table::Coil => match raw {
             Raw::Bool(b) => WriteSpec::Coil {
                 address: register.address,
@@ -216,12 +245,25 @@ pub async fn write(
                 t.name()
             )));
         }
-    };
+    })
+}
+
+/// A planned write over a bus that runs (ahead of polls), then read back and shown.
+#[allow(clippy::too_many_arguments)]
+pub async fn write_on(
+    handle: &BusHandle,
+    bus_name: &str,
+    unit: u8,
+    register: Register,
+    ty: DataType,
+    order: WordOrder,
+    value: &str,
+    spec: WriteSpec,
+) -> Result<String, Error> {
     let count = match &spec {
         WriteSpec::Registers { values, .. } => values.len() as u16,
         _ => 1,
     };
-    let (handle, stop) = start(bus_name, bus);
     let written = handle.write(unit, spec).await;
     let back = match written {
         Ok(()) => {
@@ -238,7 +280,6 @@ pub async fn write(
         }
         Err(e) => Err(e),
     };
-    stop.cancel();
     let back = back.map_err(|e| Error::Failed(describe(bus_name, unit, &e)))?;
     let shown = match back {
         RawData::Bits(b) => format!("{}", u8::from(b.first().copied().unwrap_or(false))),
@@ -295,9 +336,25 @@ pub async fn scan(
     let mut bus = modbus_bus(config, bus_name)?.clone();
     bus.retries = 0;
     let (handle, stop) = start(bus_name, &bus);
+    let serial_line = bus.kind != BusKind::ModbusTcp;
+    let found = scan_on(&handle, serial_line, units, identify, |u, _| progress(u)).await;
+    stop.cancel();
+    found
+}
+
+/// [`scan`] over a bus that runs already (the daemon's, for the commissioning page): each read
+/// waits its turn in that bus's queue. `progress` hears of each unit before it is asked and of
+/// each that answered. `serial_line`: RTU framing (FC 17 is asked there only).
+pub async fn scan_on(
+    handle: &BusHandle,
+    serial_line: bool,
+    units: std::ops::RangeInclusive<u8>,
+    identify: Option<&Profiles>,
+    mut progress: impl FnMut(u8, Option<&str>),
+) -> Result<Vec<(u8, String)>, Error> {
     let mut found = Vec::new();
     for unit in units {
-        progress(unit);
+        progress(unit, None);
         let r = handle
             .read(
                 unit,
@@ -311,24 +368,21 @@ pub async fn scan(
         let mut what = match r {
             Ok(_) => "answers with data".to_string(),
             Err(BusError::Exception(e)) => format!("answers: {e}"),
-            Err(BusError::Unavailable(e)) => {
-                stop.cancel();
-                return Err(Error::Failed(e));
-            }
+            Err(BusError::Unavailable(e)) => return Err(Error::Failed(e)),
+            Err(BusError::Stopped) => return Err(Error::Failed("the bus stopped".into())),
             Err(_) => {
+                // A timed-out unit may answer late; give the line a moment.
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 continue;
             }
         };
         if let Some(profiles) = identify {
-            let serial_line = bus.kind != BusKind::ModbusTcp;
-            what += &identify_unit(&handle, unit, serial_line, profiles).await;
+            what += &identify_unit(handle, unit, serial_line, profiles).await;
         }
+        progress(unit, Some(&what));
         found.push((unit, what));
-        // A timed-out unit may answer late; give the line a moment.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    stop.cancel();
     Ok(found)
 }
 

@@ -9,7 +9,14 @@ use tokio_util::sync::CancellationToken;
 use crate::config::parse_mqtt_url;
 use crate::{EXIT_FAILURE, EXIT_USAGE, app, sim};
 
-fn config(mqtt: &str, thermostat: &str, meter: &str, weather: &str, dir: &str) -> String {
+fn config(
+    mqtt: &str,
+    thermostat: &str,
+    meter: &str,
+    weather: &str,
+    dir: &str,
+    web_port: u16,
+) -> String {
     format!(
         r#"[gateway]
 id = "demo"
@@ -29,6 +36,11 @@ path = "{dir}/history.db"
 
 [homeassistant]
 discovery = true
+
+# The commissioning page, on loopback; the devices are simulated, so it may write.
+[web]
+listen = "127.0.0.1:{web_port}"
+allow_writes = true
 
 [buses.lan]
 kind = "modbus-tcp"
@@ -125,14 +137,18 @@ pub async fn run(mqtt: Option<String>, duration: Option<Duration>) -> u8 {
         }
     };
     let path = dir.join("config.toml");
-    let text = config(
-        &url,
-        &thermostat.to_string(),
-        &meter,
-        &weather,
-        &dir.display().to_string(),
-    );
-    if let Err(e) = std::fs::write(&path, text) {
+    let write_config = |web_port: u16| {
+        let text = config(
+            &url,
+            &thermostat.to_string(),
+            &meter,
+            &weather,
+            &dir.display().to_string(),
+            web_port,
+        );
+        std::fs::write(&path, text)
+    };
+    if let Err(e) = write_config(8080) {
         eprintln!("fieldbridge demo: {e}");
         return EXIT_FAILURE;
     }
@@ -177,13 +193,25 @@ pub async fn run(mqtt: Option<String>, duration: Option<Duration>) -> u8 {
 
     // Its discovery configs, state and availability go when the demo ends: it must not leave
     // entities behind in the Home Assistant of a broker given with --mqtt.
-    let gateway = match app::build(&path).await {
+    // The page on 8080 where it is free, else on any free port (the demo prints which).
+    let mut built = app::build(&path).await;
+    if matches!(&built, Err(app::BuildError::Other(e)) if e.to_string().contains("web.listen")) {
+        if let Err(e) = write_config(0) {
+            eprintln!("fieldbridge demo: {e}");
+            return EXIT_FAILURE;
+        }
+        built = app::build(&path).await;
+    }
+    let gateway = match built {
         Ok(g) => g.ephemeral(),
         Err(e) => {
             eprintln!("fieldbridge demo: {e}");
             return EXIT_FAILURE;
         }
     };
+    if let Some(a) = gateway.web_addr() {
+        println!("commissioning page: http://{a}/");
+    }
     let gw_stop = CancellationToken::new();
     if let Some(d) = duration {
         let t = gw_stop.clone();

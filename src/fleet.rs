@@ -348,6 +348,15 @@ impl Fleet {
         applied
     }
 
+    /// The handles of the running Modbus buses (the commissioning page asks them for scans,
+    /// reads and writes, in their queues).
+    pub fn modbus_handles(&self) -> BTreeMap<String, crate::bus::BusHandle> {
+        self.buses
+            .iter()
+            .filter_map(|(name, rb)| rb.modbus.clone().map(|h| (name.clone(), h)))
+            .collect()
+    }
+
     /// The counters of every running bus, for the health topic.
     pub fn health_sources(&self, base: &crate::health::Sources) -> crate::health::Sources {
         let mut s = base.clone();

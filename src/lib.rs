@@ -41,6 +41,7 @@ pub mod sunspec;
 pub mod systemd;
 pub mod telemetry;
 pub mod topics;
+pub mod web;
 
 /// Exit code for a runtime failure.
 pub const EXIT_FAILURE: u8 = 1;

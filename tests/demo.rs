@@ -97,6 +97,26 @@ fn exercise(port: u16, child: &mut Child, lines: &Arc<Mutex<Vec<String>>>) {
     );
     // The demo prints what it publishes, and how to send a command.
     assert!(wait_line(lines, |l| l.starts_with("try:  mosquitto_pub")).is_some());
+    // It serves the commissioning page on loopback and says where.
+    let page = wait_line(lines, |l| {
+        l.starts_with("commissioning page: http://127.0.0.1:")
+    })
+    .expect("the demo prints the page's URL");
+    let addr = page
+        .trim_start_matches("commissioning page: http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).expect("the page listens");
+    std::io::Write::write_all(
+        &mut conn,
+        format!("GET /device/thermostat HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut html = String::new();
+    let _ = std::io::Read::read_to_string(&mut conn, &mut html);
+    assert!(html.starts_with("HTTP/1.1 200"), "{html}");
+    assert!(html.contains("id=\"value-setpoint\""), "{html}");
     assert!(wait_line(lines, |l| l.starts_with("demo/home/sensor/meter/power ")).is_some());
     let deadline = Instant::now() + WAIT;
     loop {

@@ -492,6 +492,7 @@ impl<'s> Cx<'s> {
                 "history",
                 "homeassistant",
                 "topics",
+                "web",
                 "buses",
                 "devices",
             ],
@@ -517,6 +518,7 @@ impl<'s> Cx<'s> {
             let sec = self.table_or_empty(root, "topics", &empty);
             self.topics(&sec)
         };
+        let web = self.table(root, "web").map(|sec| self.web(&sec));
         let mut buses = BTreeMap::new();
         for (name, sec) in self.named(root, "buses") {
             if let Some(bus) = self.bus(&sec) {
@@ -536,6 +538,7 @@ impl<'s> Cx<'s> {
             history,
             homeassistant,
             topics,
+            web,
             buses,
             devices,
             warnings: Vec::new(),

@@ -26,6 +26,7 @@ mod points;
 mod profiles;
 mod topics;
 mod validate;
+mod web;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -62,6 +63,8 @@ pub struct Config {
     pub history: HistoryConfig,
     pub homeassistant: HomeAssistantConfig,
     pub topics: TopicsConfig,
+    /// `[web]`: the commissioning page; `None` (no section) means no listener at all.
+    pub web: Option<WebConfig>,
     /// Buses by name.
     pub buses: BTreeMap<String, BusConfig>,
     /// Devices by name, shared with the tasks that run them.
@@ -69,6 +72,18 @@ pub struct Config {
     /// Things that are valid but will not work as written (Home Assistant rejects a device
     /// class, say), with their positions; `check` prints them and `run` logs them.
     pub warnings: Vec<ConfigError>,
+}
+
+/// `[web]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebConfig {
+    /// Default 127.0.0.1:8080; anything but loopback needs `password_file`.
+    pub listen: std::net::SocketAddr,
+    /// The page's password (first line), checked at login; without it (loopback only) the page
+    /// needs no login.
+    pub password_file: Option<PathBuf>,
+    /// Commands, actions and register writes from the page. Default false: the page only reads.
+    pub allow_writes: bool,
 }
 
 /// `[gateway]`

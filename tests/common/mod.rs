@@ -8,6 +8,7 @@
     clippy::let_underscore_must_use
 )]
 
+pub mod browser;
 pub mod deb;
 pub mod gateway;
 pub mod home_assistant;
@@ -29,4 +30,15 @@ pub fn exposure_level(text: &str) -> Option<f64> {
         })
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
+}
+
+/// A test that cannot run here says so where nobody can miss it: on the terminal, past the
+/// test harness's capture (which hides what a passing test prints), and on stderr.
+pub fn skip(why: &str) {
+    let line = format!("\n**************** SKIPPED: {why} ****************\n");
+    if let Ok(mut tty) = std::fs::OpenOptions::new().write(true).open("/dev/tty") {
+        use std::io::Write;
+        let _ = tty.write_all(line.as_bytes());
+    }
+    eprintln!("{line}");
 }
