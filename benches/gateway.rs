@@ -15,7 +15,7 @@
 //!   the profile for `callgrind_annotate`.
 //! - memory: 1,000 points polled every second for `BENCH_MEMORY_SECS` (default 300 s), resident
 //!   set of the gateway process at the end, and how much of packaging/code-order.txt its code
-//!   layout found.
+//!   layout found. `BENCH_WEB=1` configures the commissioning page (no browser open).
 //! - bus efficiency: a reference device map's reads and wire time per cycle at 9600 baud,
 //!   coalesced against one read per point.
 //!
@@ -56,6 +56,10 @@ fn config(broker: u16, modbus: &str, dir: &std::path::Path, poll: &str) -> Strin
         "[gateway]\nid = \"bench\"\nbase_topic = \"b\"\nlocation = \"lab\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{broker}\"\nqueue = 100000\n[history]\npath = \"{}/history.db\"\n[homeassistant]\ndiscovery = false\n[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{modbus}\"\n",
         dir.display()
     );
+    // `BENCH_WEB=1`: the commissioning page configured, no browser open (its cost at rest).
+    if std::env::var("BENCH_WEB").is_ok_and(|v| v == "1") {
+        c += "[web]\nlisten = \"127.0.0.1:0\"\n";
+    }
     for d in 1..=DEVICES {
         c += &format!("[devices.d{d}]\nbus = \"plc\"\nunit = {d}\npoll = \"{poll}\"\n");
         for p in 0..POINTS {

@@ -469,7 +469,9 @@ impl Gateway {
                 health: fleet.health_sources(&health_base),
             })
         };
-        let (view_tx, view_rx) = tokio::sync::watch::channel(view(&config, &ctx.topics, &fleet));
+        // Without the page, no view is made (nothing would read it).
+        let (view_tx, view_rx) =
+            tokio::sync::watch::channel(web.is_some().then(|| view(&config, &ctx.topics, &fleet)));
         let web_task = match (web, &config.web, tap) {
             (Some((listener, password)), Some(w), Some(tap)) => {
                 let page = crate::web::Web::new(
@@ -553,7 +555,9 @@ impl Gateway {
                             health_token.clone(),
                         ));
                         config = new;
-                        view_tx.send_replace(view(&config, &ctx.topics, &fleet));
+                        if view_tx.borrow().is_some() {
+                            view_tx.send_replace(Some(view(&config, &ctx.topics, &fleet)));
+                        }
                     }
                     // A firmware update may have changed a SunSpec device's models.
                     rewalk_tx.send_modify(|generation| *generation += 1);
@@ -572,7 +576,9 @@ impl Gateway {
                         discovery.reload(&new, &ctx.topics);
                         bridge.update_device(&walked.device, &walked.config);
                         config = new;
-                        view_tx.send_replace(view(&config, &ctx.topics, &fleet));
+                        if view_tx.borrow().is_some() {
+                            view_tx.send_replace(Some(view(&config, &ctx.topics, &fleet)));
+                        }
                     }
                 }
                 // A command from the commissioning page, as if it came over MQTT.

@@ -124,53 +124,65 @@ impl Profile {
 }
 
 /// Every profile a config can name: the built-in ones, shadowed by the user's.
+///
+/// The built-in profiles are parsed one by one, the first time one is asked for, and kept: a
+/// gateway holds only the ones its devices use, not the whole library (hundreds of points).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Profiles {
-    by_name: BTreeMap<String, Profile>,
+    /// The user's profiles, parsed at load (so their errors are the config's).
+    user: BTreeMap<String, Profile>,
     /// User profile files that failed to load (their errors are reported on their own).
     broken: BTreeSet<String>,
 }
 
+type Parsed = Result<Profile, ConfigErrors>;
+
+/// Built-in profile `i` of `BUILTIN`, parsed on first use.
+fn builtin_at(i: usize) -> Option<&'static Parsed> {
+    static SLOTS: OnceLock<Vec<OnceLock<Parsed>>> = OnceLock::new();
+    let slots = SLOTS.get_or_init(|| BUILTIN.iter().map(|_| OnceLock::new()).collect());
+    let (file, text) = BUILTIN.get(i)?;
+    Some(slots.get(i)?.get_or_init(|| {
+        let name = file.trim_end_matches(".toml");
+        let shown = Path::new("profiles").join(file);
+        parse_profile(text, &shown, name, ProfileSource::BuiltIn(file.to_string()))
+    }))
+}
+
+/// The built-in profile `name`, parsed on first use.
+fn builtin_named(name: &str) -> Option<&'static Parsed> {
+    let i = BUILTIN
+        .iter()
+        .position(|(file, _)| file.trim_end_matches(".toml") == name)?;
+    builtin_at(i)
+}
+
 impl Profiles {
-    /// The built-in profiles. They are checked by the test suite, so an error here is a bug;
-    /// it is reported like any profile error rather than panicking.
+    /// The built-in profiles, every one parsed (for listing them and for tests). They are
+    /// checked by the test suite, so an error here is a bug; it is reported like any profile
+    /// error rather than panicking.
     pub fn builtin() -> Result<&'static Profiles, &'static ConfigErrors> {
-        static BUILT: OnceLock<Result<Profiles, ConfigErrors>> = OnceLock::new();
-        BUILT
-            .get_or_init(|| {
-                let mut out = Profiles::default();
-                let mut errors = Vec::new();
-                for (file, text) in BUILTIN {
-                    let name = file.trim_end_matches(".toml");
-                    let shown = Path::new("profiles").join(file);
-                    match parse_profile(
-                        text,
-                        &shown,
-                        name,
-                        ProfileSource::BuiltIn(file.to_string()),
-                    ) {
-                        Ok(p) => {
-                            out.by_name.insert(name.to_string(), p);
-                        }
-                        Err(e) => errors.extend(e.0),
-                    }
-                }
-                if errors.is_empty() {
-                    Ok(out)
-                } else {
-                    Err(ConfigErrors(errors))
-                }
-            })
-            .as_ref()
+        static ALL: OnceLock<Result<Profiles, ConfigErrors>> = OnceLock::new();
+        ALL.get_or_init(|| {
+            let errors: Vec<ConfigError> = (0..BUILTIN.len())
+                .filter_map(builtin_at)
+                .filter_map(|p| p.as_ref().err())
+                .flat_map(|e| e.0.iter().cloned())
+                .collect();
+            if errors.is_empty() {
+                Ok(Profiles::default())
+            } else {
+                Err(ConfigErrors(errors))
+            }
+        })
+        .as_ref()
     }
 
     /// The built-in profiles and the user's `*.toml` files in `dir` (a missing directory has
-    /// none). Every problem of every file is returned, with the profiles that did load.
+    /// none). Every problem of every user file is returned, with the profiles that did load.
     pub fn load(dir: &Path) -> (Profiles, Vec<ConfigError>) {
-        let (mut out, mut errors) = match Profiles::builtin() {
-            Ok(b) => (b.clone(), Vec::new()),
-            Err(e) => (Profiles::default(), e.0.clone()),
-        };
+        let mut out = Profiles::default();
+        let mut errors = Vec::new();
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (out, errors),
@@ -210,11 +222,10 @@ impl Profiles {
                 });
             match parsed {
                 Ok(p) => {
-                    out.by_name.insert(name, p);
+                    out.user.insert(name, p);
                 }
                 Err(e) => {
                     // A broken user file does not fall back to the built-in it meant to shadow.
-                    out.by_name.remove(&name);
                     out.broken.insert(name);
                     errors.extend(e.0);
                 }
@@ -223,8 +234,15 @@ impl Profiles {
         (out, errors)
     }
 
+    /// The profile `name`: the user's, else the built-in one (a built-in that does not parse
+    /// is a bug the test suite catches; it is then absent).
     pub fn get(&self, name: &str) -> Option<&Profile> {
-        self.by_name.get(name)
+        if self.broken.contains(name) {
+            return None;
+        }
+        self.user
+            .get(name)
+            .or_else(|| builtin_named(name).and_then(|p| p.as_ref().ok()))
     }
 
     /// Whether `name` is a user profile that failed to load.
@@ -232,12 +250,23 @@ impl Profiles {
         self.broken.contains(name)
     }
 
+    /// Every profile by name (this parses every built-in one).
     pub fn iter(&self) -> impl Iterator<Item = &Profile> {
-        self.by_name.values()
+        let names: Vec<String> = self.names().into_iter().map(str::to_string).collect();
+        names.into_iter().filter_map(move |n| self.get(&n))
     }
 
+    /// Every profile name, sorted, without parsing anything.
     pub fn names(&self) -> Vec<&str> {
-        self.by_name.keys().map(String::as_str).collect()
+        let mut names: BTreeSet<&str> = BUILTIN
+            .iter()
+            .map(|(file, _)| file.trim_end_matches(".toml"))
+            .collect();
+        names.extend(self.user.keys().map(String::as_str));
+        for b in &self.broken {
+            names.remove(b.as_str());
+        }
+        names.into_iter().collect()
     }
 }
 

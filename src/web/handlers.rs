@@ -450,7 +450,9 @@ fn availability(s: &Shared, topic: &str) -> String {
 }
 
 async fn gateway_page(State(s): State<Arc<Shared>>, Extension(cx): Extension<Cx>) -> Response {
-    let view = s.view.borrow().clone();
+    let Some(view) = s.view.borrow().clone() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "starting");
+    };
     let uptime = s.started.elapsed();
     let counters = s.mqtt.stats();
     let buses = view
@@ -592,7 +594,9 @@ async fn device_page(
     Extension(cx): Extension<Cx>,
     Path(name): Path<String>,
 ) -> Response {
-    let view = s.view.borrow().clone();
+    let Some(view) = s.view.borrow().clone() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "starting");
+    };
     let Some(dev) = view.config.devices.get(&name).cloned() else {
         return not_found_page(&format!("device \"{name}\""));
     };
@@ -720,7 +724,9 @@ async fn history(
             "history is off (history.enabled = false)",
         );
     };
-    let view = s.view.borrow().clone();
+    let Some(view) = s.view.borrow().clone() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "starting");
+    };
     let Some(dev) = view.config.devices.get(&name) else {
         return api_error(StatusCode::NOT_FOUND, format!("no device \"{name}\""));
     };
@@ -773,7 +779,9 @@ async fn command(
             "commands from the page are off (web.allow_writes = false)",
         );
     }
-    let view = s.view.borrow().clone();
+    let Some(view) = s.view.borrow().clone() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "starting");
+    };
     let Some(dev) = view.config.devices.get(&name) else {
         return api_error(StatusCode::NOT_FOUND, format!("no device \"{name}\""));
     };
@@ -866,7 +874,9 @@ async fn bus_page(
     Extension(cx): Extension<Cx>,
     Path(name): Path<String>,
 ) -> Response {
-    let view = s.view.borrow().clone();
+    let Some(view) = s.view.borrow().clone() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "starting");
+    };
     let Some(bus) = view.config.buses.get(&name) else {
         return not_found_page(&format!("bus \"{name}\""));
     };
@@ -947,7 +957,9 @@ async fn read(
     Path(name): Path<String>,
     Query(q): Query<ReadQuery>,
 ) -> Response {
-    let view = s.view.borrow().clone();
+    let Some(view) = s.view.borrow().clone() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "starting");
+    };
     let handle = match bus_handle(&view, &name) {
         Ok(h) => h,
         Err(r) => return *r,
@@ -989,7 +1001,9 @@ async fn write(
         Ok(w) => w,
         Err(e) => return api_error(StatusCode::BAD_REQUEST, format!("malformed request: {e}")),
     };
-    let view = s.view.borrow().clone();
+    let Some(view) = s.view.borrow().clone() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "starting");
+    };
     let handle = match bus_handle(&view, &name) {
         Ok(h) => h,
         Err(r) => return *r,
@@ -1055,7 +1069,9 @@ async fn scan(
             "missing or wrong CSRF token (reload the page)",
         );
     }
-    let view = s.view.borrow().clone();
+    let Some(view) = s.view.borrow().clone() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "starting");
+    };
     let handle = match bus_handle(&view, &name) {
         Ok(h) => h,
         Err(r) => return *r,
@@ -1180,7 +1196,9 @@ struct ConfigPage {
 }
 
 async fn config_page(State(s): State<Arc<Shared>>, Extension(cx): Extension<Cx>) -> Response {
-    let view = s.view.borrow().clone();
+    let Some(view) = s.view.borrow().clone() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "starting");
+    };
     render(ConfigPage {
         nav: nav(&s, &view, &cx),
         summary: redact(&crate::check::summary(&view.config)),

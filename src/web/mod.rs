@@ -61,7 +61,7 @@ pub(crate) struct Shared {
     web: WebConfig,
     password: Option<Secret>,
     gateway: String,
-    view: watch::Receiver<Arc<View>>,
+    view: watch::Receiver<Option<Arc<View>>>,
     tap: Arc<tap::Tap>,
     mqtt: MqttHandle,
     history: Option<sqlx::SqlitePool>,
@@ -84,7 +84,7 @@ pub struct Web {
 pub struct Parts {
     pub password: Option<Secret>,
     pub gateway: String,
-    pub view: watch::Receiver<Arc<View>>,
+    pub view: watch::Receiver<Option<Arc<View>>>,
     pub tap: Arc<tap::Tap>,
     pub mqtt: MqttHandle,
     pub history: Option<sqlx::SqlitePool>,

@@ -1,8 +1,9 @@
 //! What the devices publish, seen by the commissioning page: the `Sink` the device tasks and the
-//! command router publish through, in front of the MQTT link. It keeps the newest payload of
-//! each device topic (the page's first view), the recent command results, and hands every
-//! message to the pages that are open (server-sent events). Without an open page nothing is
-//! cloned for them; the newest-payload table is bounded by the config's topics.
+//! command router publish through, in front of the MQTT link. It keeps the newest retained
+//! payload of each device (its state and availability: the page's first view), the recent
+//! command results, and hands every message to the pages that are open (server-sent events).
+//! Sensor readings are only handed on: without an open page they cost a check, and the table
+//! holds two entries per device.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -63,6 +64,20 @@ impl Tap {
         self.live.subscribe()
     }
 
+    /// A reading on a sensor topic: only for the pages open now.
+    fn passing(&self, topic: &str, payload: &str) {
+        if self.live.receiver_count() > 0 {
+            let p = Published {
+                topic: topic.to_string(),
+                payload: payload.to_string(),
+                at: SystemTime::now(),
+            };
+            if self.live.send(Arc::new(p)).is_err() {
+                // The last page closed meanwhile.
+            }
+        }
+    }
+
     fn seen(&self, topic: &str, payload: &str, result: bool) {
         let p = Published {
             topic: topic.to_string(),
@@ -97,7 +112,11 @@ fn is_result(topic: &str) -> bool {
 
 impl Sink for Tap {
     fn publish(&self, topic: String, payload: String, qos: u8, retain: bool) {
-        self.seen(&topic, &payload, is_result(&topic));
+        if is_result(&topic) {
+            self.seen(&topic, &payload, true);
+        } else {
+            self.passing(&topic, &payload);
+        }
         self.inner.publish(topic, payload, qos, retain);
     }
 
@@ -145,7 +164,10 @@ mod tests {
             tap.latest("t/l/device/d/state").unwrap().payload,
             "{\"a\":2}"
         );
-        assert!(tap.latest("t/l/sensor/d/a").is_some());
+        assert!(
+            tap.latest("t/l/sensor/d/a").is_none(),
+            "readings are only passed on"
+        );
         let results = tap.results();
         assert_eq!(results.len(), RESULTS_CAP);
         assert_eq!(results[0].payload, "{\"id\":3}");
