@@ -62,10 +62,12 @@ impl Sessions {
         self.by_token
             .retain(|_, s| now.duration_since(s.last_used) <= SESSION_TTL);
         if self.by_token.len() >= SESSIONS_CAP {
+            // Sessions not logged in go first: requests without a cookie, however many, cannot
+            // push a logged-in user out.
             if let Some(oldest) = self
                 .by_token
                 .iter()
-                .min_by_key(|(_, s)| s.last_used)
+                .min_by_key(|(_, s)| (s.authenticated, s.last_used))
                 .map(|(t, _)| t.clone())
             {
                 self.by_token.remove(&oldest);
@@ -176,10 +178,15 @@ mod tests {
         assert_ne!(session.csrf, tok);
         assert!(s.get(&tok, t0 + Duration::from_secs(60)).is_some());
         assert!(s.get(&tok, t0 + SESSION_TTL * 2).is_none());
-        for _ in 0..SESSIONS_CAP + 10 {
-            s.create(false, t0).unwrap();
+        let (logged_in, _) = s.create(true, t0).unwrap();
+        for _ in 0..SESSIONS_CAP * 3 {
+            s.create(false, t0 + Duration::from_secs(1)).unwrap();
         }
         assert!(s.by_token.len() <= SESSIONS_CAP);
+        assert!(
+            s.get(&logged_in, t0 + Duration::from_secs(2)).is_some(),
+            "a flood of cookieless requests pushed a logged-in session out"
+        );
     }
 
     #[test]
