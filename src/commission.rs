@@ -539,7 +539,10 @@ pub async fn probe_sunspec(config: &Config, bus_name: &str, unit: u8) -> Result<
                 let _ = writeln!(
                     out,
                     "model {:<4} {} at holding:{}, {} registers{note}",
-                    m.id, def.label, m.address, m.length
+                    m.id,
+                    def.label(),
+                    m.address,
+                    m.length
                 );
             }
             None => {

@@ -88,9 +88,9 @@ pub fn show_sunspec() -> String {
         "base:     \"SunS\" at holding:40000, 0 or 50000 (or the device's `sunspec_base`)"
     );
     let _ = writeln!(out, "models:");
-    for m in crate::sunspec::MODELS {
+    for m in crate::sunspec::MODELS.iter() {
         let names = crate::sunspec::published_names(m);
-        let _ = writeln!(out, "  {:<4} {}: {}", m.id, m.label, names.join(", "));
+        let _ = writeln!(out, "  {:<4} {}: {}", m.id, m.label(), names.join(", "));
     }
     let _ = writeln!(
         out,

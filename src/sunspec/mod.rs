@@ -72,40 +72,96 @@ impl Kind {
     }
 }
 
+/// A string of the generated tables: a slice of `models::TEXT`.
+#[derive(Debug, Clone, Copy)]
+pub struct Str(pub u16, pub u8);
+
+impl Str {
+    pub fn get(self) -> &'static str {
+        let start = usize::from(self.0);
+        models::TEXT
+            .get(start..start + usize::from(self.1))
+            .unwrap_or("")
+    }
+}
+
 /// One point of a model definition.
 #[derive(Debug)]
 pub struct PointDef {
     /// SunSpec's name (`W`, `PhVphA`, `St`).
-    pub name: &'static str,
+    pub name: Str,
     /// Registers from the model's ID register (its block's first register, in a repeating block).
     pub offset: u16,
     pub size: u16,
     pub kind: Kind,
     /// The offset of its scale factor in the model, if it has one.
     pub sf: Option<u16>,
-    pub units: Option<&'static str>,
-    /// Enum values and their names.
-    pub symbols: &'static [(i64, &'static str)],
+    pub units: Option<Str>,
+    /// Enum values and their names: a range of `models::SYMBOLS`.
+    pub symbols: (u16, u16),
+}
+
+impl PointDef {
+    pub fn name(&self) -> &'static str {
+        self.name.get()
+    }
+
+    pub fn units(&self) -> Option<&'static str> {
+        self.units.map(Str::get)
+    }
+
+    /// Its enum values and their names.
+    pub fn symbols(&self) -> impl Iterator<Item = (i64, &'static str)> {
+        let (start, count) = (usize::from(self.symbols.0), usize::from(self.symbols.1));
+        models::SYMBOLS
+            .get(start..start + count)
+            .unwrap_or(&[])
+            .iter()
+            .map(|(v, n)| (*v, n.get()))
+    }
+}
+
+fn points(range: (u16, u16)) -> &'static [PointDef] {
+    let (start, count) = (usize::from(range.0), usize::from(range.1));
+    models::POINTS.get(start..start + count).unwrap_or(&[])
 }
 
 /// A model's repeating block (model 160's one block per MPPT input).
 #[derive(Debug)]
 pub struct GroupDef {
-    pub name: &'static str,
+    pub name: Str,
     pub length: u16,
-    pub points: &'static [PointDef],
+    /// A range of `models::POINTS`.
+    pub points: (u16, u16),
+}
+
+impl GroupDef {
+    pub fn points(&self) -> &'static [PointDef] {
+        points(self.points)
+    }
 }
 
 /// One model definition.
 #[derive(Debug)]
 pub struct ModelDef {
     pub id: u16,
-    pub name: &'static str,
-    pub label: &'static str,
+    pub name: Str,
+    pub label: Str,
     /// The length of its fixed part (L without repeating blocks), without ID and L.
     pub length: u16,
-    pub points: &'static [PointDef],
+    /// A range of `models::POINTS`.
+    pub points: (u16, u16),
     pub repeating: Option<GroupDef>,
+}
+
+impl ModelDef {
+    pub fn points(&self) -> &'static [PointDef] {
+        points(self.points)
+    }
+
+    pub fn label(&self) -> &'static str {
+        self.label.get()
+    }
 }
 
 /// The definition of model `id`, if fieldbridge knows it.
@@ -149,7 +205,7 @@ pub fn build(chain: &SunSpecChain, own: &BTreeMap<String, (PointConfig, Vec<Stri
         // The registers the device says the model has (L); points past them are not there.
         let end = u32::from(found.length) + 2;
         let mut instance: Vec<(String, PointConfig)> = Vec::new();
-        for p in def.points {
+        for p in def.points() {
             if u32::from(p.offset) + u32::from(p.size) > end {
                 continue;
             }
@@ -163,7 +219,7 @@ pub fn build(chain: &SunSpecChain, own: &BTreeMap<String, (PointConfig, Vec<Stri
             let blocks = (end.saturating_sub(u32::from(fixed))) / u32::from(group.length.max(1));
             for b in 0..blocks {
                 let start = u32::from(fixed) + b * u32::from(group.length);
-                for p in group.points {
+                for p in group.points() {
                     let at = start + u32::from(p.offset);
                     if at + u32::from(p.size) > end || at > u32::from(u16::MAX) {
                         continue;
@@ -212,7 +268,7 @@ fn point(
     at: u16,
     p: &PointDef,
 ) -> Option<(String, PointConfig)> {
-    let quantity = names::quantity(family, p.name)?;
+    let quantity = names::quantity(family, p.name())?;
     let offset = if block.is_some() { at } else { p.offset };
     let address = u32::from(model_address) + u32::from(offset);
     let address = u16::try_from(address).ok()?;
@@ -230,11 +286,10 @@ fn point(
         });
     }
     point.unavailable = p.kind.not_implemented().into_iter().collect();
-    if !p.symbols.is_empty() {
+    if p.symbols.1 > 0 {
         point.map = Some(
-            p.symbols
-                .iter()
-                .map(|(v, n)| (*v, n.to_ascii_lowercase().replace(' ', "_")))
+            p.symbols()
+                .map(|(v, n)| (v, n.to_ascii_lowercase().replace(' ', "_")))
                 .collect(),
         );
     } else {
@@ -259,10 +314,10 @@ pub fn published_names(def: &ModelDef) -> Vec<&'static str> {
     let Some(family) = Family::of(def.id) else {
         return Vec::new();
     };
-    def.points
+    def.points()
         .iter()
-        .chain(def.repeating.iter().flat_map(|g| g.points))
-        .filter_map(|p| names::quantity(family, p.name).map(|q| q.name))
+        .chain(def.repeating.iter().flat_map(|g| g.points()))
+        .filter_map(|p| names::quantity(family, p.name()).map(|q| q.name))
         .collect()
 }
 
@@ -342,17 +397,17 @@ mod tests {
             assert!(Family::of(id).is_some(), "model {id} has no family");
             // Every scale factor a point names is a scale factor of the same model.
             for p in m
-                .points
+                .points()
                 .iter()
-                .chain(m.repeating.iter().flat_map(|g| g.points))
+                .chain(m.repeating.iter().flat_map(|g| g.points()))
             {
                 if let Some(sf) = p.sf {
                     assert!(
-                        m.points
+                        m.points()
                             .iter()
                             .any(|q| q.offset == sf && q.kind == Kind::ScaleFactor),
                         "model {id}: {} names a scale factor at {sf}",
-                        p.name
+                        p.name()
                     );
                 }
             }
@@ -473,7 +528,7 @@ mod tests {
         // One chain holding every known model (MPPT with two blocks), one after the other.
         let mut models = Vec::new();
         let mut address = 40002u16;
-        for m in MODELS {
+        for m in MODELS.iter() {
             let length = m.length + m.repeating.as_ref().map_or(0, |g| 2 * g.length);
             models.push((m.id, address, length));
             address += length + 2;
