@@ -149,18 +149,32 @@ pub fn encode(
         DataType::I32 => int("i32", i128::from(i32::MIN), i128::from(i32::MAX))? & 0xFFFF_FFFF,
         DataType::U64 => int("u64", 0, i128::from(u64::MAX))?,
         DataType::I64 => int("i64", i128::from(i64::MIN), i128::from(i64::MAX))?,
-        DataType::F32 => match raw {
-            Raw::Float(f) => u64::from((*f as f32).to_bits()),
-            Raw::Unsigned(u) => u64::from((*u as f32).to_bits()),
-            Raw::Signed(i) => u64::from((*i as f32).to_bits()),
-            _ => return Err(CodecError::Type("a number")),
-        },
-        DataType::F64 => match raw {
-            Raw::Float(f) => f.to_bits(),
-            Raw::Unsigned(u) => (*u as f64).to_bits(),
-            Raw::Signed(i) => (*i as f64).to_bits(),
-            _ => return Err(CodecError::Type("a number")),
-        },
+        DataType::F32 => {
+            let x = match raw {
+                Raw::Float(f) => *f,
+                Raw::Unsigned(u) => *u as f64,
+                Raw::Signed(i) => *i as f64,
+                _ => return Err(CodecError::Type("a number")),
+            };
+            // Beyond ±3.4e38 an f32 is an infinity: never written to a device as a value.
+            let f = x as f32;
+            if !f.is_finite() {
+                return Err(CodecError::Range(x.to_string(), "f32"));
+            }
+            u64::from(f.to_bits())
+        }
+        DataType::F64 => {
+            let x = match raw {
+                Raw::Float(f) => *f,
+                Raw::Unsigned(u) => *u as f64,
+                Raw::Signed(i) => *i as f64,
+                _ => return Err(CodecError::Type("a number")),
+            };
+            if !x.is_finite() {
+                return Err(CodecError::Range(x.to_string(), "f64"));
+            }
+            x.to_bits()
+        }
         DataType::String => {
             let Raw::Text(t) = raw else {
                 return Err(CodecError::Type("a string"));
@@ -374,6 +388,10 @@ pub fn from_value(v: &Value, p: &PointConfig) -> Result<Encoded, CodecError> {
             } else {
                 raw
             };
+            // Beyond ±3.4e38 an f32 is an infinity: refused like a value above `max`.
+            if !stored.is_finite() {
+                return Err(CodecError::Range(x.to_string(), ty.name()));
+            }
             let effective = stored * scale + p.offset.unwrap_or(0.0);
             Ok(Encoded {
                 raw: Raw::Float(stored),
@@ -475,6 +493,30 @@ mod tests {
             decode(&[1], DataType::U32, WordOrder::Abcd),
             Err(CodecError::Length { .. })
         ));
+    }
+
+    #[test]
+    fn values_beyond_a_float_type_are_refused_never_written_as_infinity() {
+        assert!(matches!(
+            encode(&Raw::Float(1e39), DataType::F32, WordOrder::Abcd, 0),
+            Err(CodecError::Range(_, "f32"))
+        ));
+        assert!(encode(&Raw::Float(-1e39), DataType::F32, WordOrder::Abcd, 0).is_err());
+        assert!(
+            encode(
+                &Raw::Float(f64::INFINITY),
+                DataType::F64,
+                WordOrder::Abcd,
+                0
+            )
+            .is_err()
+        );
+        assert!(encode(&Raw::Float(f64::NAN), DataType::F32, WordOrder::Abcd, 0).is_err());
+        assert_eq!(
+            encode(&Raw::Float(3.0e38), DataType::F32, WordOrder::Abcd, 0).map(|w| w.len()),
+            Ok(2)
+        );
+        assert!(encode(&Raw::Float(1e39), DataType::F64, WordOrder::Abcd, 0).is_ok());
     }
 
     #[test]

@@ -519,6 +519,11 @@ set = { state = "on", brightness = 100 }
             err(r#"{"action": "dance"}"#),
             "unknown action \"dance\"; expected set, refresh or turn_on"
         );
+        // Beyond what an f32 holds: refused like a value above max, never an infinity.
+        assert_eq!(
+            err(r#"{"setpoint": 1e39}"#),
+            "setpoint: 1e+39 cannot be written: 1000000000000000000000000000000000000000 does not fit in f32"
+        );
         assert!(err("{not json").starts_with("malformed JSON: "));
         assert!(err("[1,2]").starts_with("a command is a JSON object"));
         assert!(err("{}").starts_with("nothing to set"));
