@@ -255,6 +255,15 @@ fn read_password(
 /// status topic that carries the last will.
 pub fn mqtt_settings(config: &Config, topics: &Topics) -> Result<MqttSettings, BuildError> {
     let m = &config.mqtt;
+    // The state directory (where the history and the command ids are) names the installation,
+    // with the machine id.
+    let state_dir = config
+        .history
+        .path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let installation = crate::installation::installation(state_dir);
     let password = read_password(
         config,
         "mqtt.password_file",
@@ -287,8 +296,10 @@ pub fn mqtt_settings(config: &Config, topics: &Topics) -> Result<MqttSettings, B
         reconnect_max: m.reconnect_max,
         queue: m.queue,
         status_topic: topics.gateway_status(),
-        online_payload: payload::gateway_status(&config.gateway.id, true),
-        offline_payload: payload::gateway_status(&config.gateway.id, false),
+        online_payload: payload::gateway_status(&config.gateway.id, true, &installation),
+        offline_payload: payload::gateway_status(&config.gateway.id, false, &installation),
+        gateway: config.gateway.id.clone(),
+        installation,
     })
 }
 
@@ -339,6 +350,9 @@ impl Gateway {
         let tracker = TaskTracker::new();
         // Core tasks report here when they die; the supervisor then stops everything.
         let (fatal_tx, mut fatal_rx) = mpsc::channel::<String>(4);
+        // The link found this gateway's id online from another installation: the start is
+        // refused as for an invalid config (78), before anything reached the broker.
+        let (refused_tx, mut refused_rx) = mpsc::channel::<String>(1);
 
         for (topic, _) in topics.command_topics() {
             handle.subscribe(topic);
@@ -422,9 +436,17 @@ impl Gateway {
         {
             let fatal = fatal_tx.clone();
             tracker.spawn(async move {
-                if let Err(e) = mqtt.run(mqtt_token).await {
-                    if fatal.try_send(format!("mqtt: {e}")).is_err() {
-                        error!(error = %e, "mqtt task failed");
+                match mqtt.run(mqtt_token).await {
+                    Ok(()) => {}
+                    Err(e @ crate::mqtt::Error::IdTaken { .. }) => {
+                        if refused_tx.try_send(e.to_string()).is_err() {
+                            error!(error = %e, "refusing to start");
+                        }
+                    }
+                    Err(e) => {
+                        if fatal.try_send(format!("mqtt: {e}")).is_err() {
+                            error!(error = %e, "mqtt task failed");
+                        }
                     }
                 }
             });
@@ -583,6 +605,10 @@ impl Gateway {
                 }
                 // A command from the commissioning page, as if it came over MQTT.
                 Some(msg) = web_rx.recv() => bridge.handle(&msg),
+                Some(reason) = refused_rx.recv() => {
+                    error!("{reason}");
+                    break EXIT_CONFIG;
+                }
                 Some(reason) = fatal_rx.recv() => {
                     error!(error = %reason, "a core task failed; stopping");
                     break EXIT_FAILURE;

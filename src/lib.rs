@@ -32,6 +32,7 @@ pub mod fuzz;
 pub mod ha;
 pub mod health;
 pub mod history;
+pub mod installation;
 pub mod model;
 pub mod mqtt;
 pub mod payload;

@@ -7,12 +7,14 @@ use crate::model::Value;
 /// Crate version, reported in the gateway status.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// `{base}/gateway/{gateway}/status`: `{"gateway": "garage-pi", "status": "online", "version": "…"}`.
-pub fn gateway_status(gateway: &str, online: bool) -> String {
+/// `{base}/gateway/{gateway}/status`: `{"gateway": "garage-pi", "status": "online", "version": "…",
+/// "host": "…"}`, `host` naming the installation (`crate::installation`).
+pub fn gateway_status(gateway: &str, online: bool, host: &str) -> String {
     json!({
         "gateway": gateway,
         "status": if online { "online" } else { "offline" },
         "version": VERSION,
+        "host": host,
     })
     .to_string()
 }
@@ -258,9 +260,11 @@ mod tests {
 
     #[test]
     fn gateway_status_has_the_contract_fields() {
-        let v: serde_json::Value = serde_json::from_str(&gateway_status("gw", false)).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&gateway_status("gw", false, "pi-0a1b2c3d")).unwrap();
         assert_eq!(v["gateway"], "gw");
         assert_eq!(v["status"], "offline");
         assert_eq!(v["version"], VERSION);
+        assert_eq!(v["host"], "pi-0a1b2c3d");
     }
 }

@@ -364,7 +364,7 @@ async fn the_gateways_health_entities_render_against_the_health_it_publishes() {
             "connected-binary_sensor" => {
                 jobs.push(Render::State {
                     template: t,
-                    payload: payload::gateway_status("hg", true),
+                    payload: payload::gateway_status("hg", true, "test-host"),
                 });
                 wants.push((key.clone(), "online".to_string()));
                 continue;

@@ -236,7 +236,7 @@ fn config_dir(config: &str, profiles: &[(&str, &str)]) -> (tempfile::TempDir, Pa
     std::fs::write(
         &path,
         format!(
-            "[history]\npath = \"{}/h.db\"\n{config}",
+            "[gateway]\nid = \"prof\"\n[history]\npath = \"{}/h.db\"\n{config}",
             dir.path().display()
         ),
     )

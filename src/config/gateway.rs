@@ -8,14 +8,17 @@ use super::*;
 impl Cx<'_> {
     pub(super) fn gateway(&mut self, s: &Sec) -> GatewayConfig {
         self.keys(s, &["id", "base_topic", "location", "health_interval"]);
-        let id = match self.string(s, "id") {
+        let given = self.string(s, "id");
+        let id = match &given {
             Some(id) => {
                 let span = self.span_of("gateway.id");
-                self.name(span, "gateway.id", &id);
-                id
+                self.name(span, "gateway.id", id);
+                id.clone()
             }
             None => default_gateway_id(),
         };
+        let generic_id =
+            given.is_none() && crate::installation::GENERIC_HOST_NAMES.contains(&id.as_str());
         let base_topic = self
             .text(s, "base_topic")
             .unwrap_or_else(|| "fieldbridge".into());
@@ -34,6 +37,7 @@ impl Cx<'_> {
             health_interval: self
                 .duration(s, "health_interval")
                 .unwrap_or(Duration::from_secs(60)),
+            generic_id,
         }
     }
 }

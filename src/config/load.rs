@@ -67,6 +67,16 @@ pub fn parse_with(text: &str, path: &Path, profiles: &Profiles) -> Result<Config
                     cx.located(span, &key, message)
                 })
                 .collect();
+            if config.gateway.generic_id {
+                let span = cx.span_of("gateway");
+                let message = format!(
+                    "the gateway id defaults to the host name \"{}\", which every machine of its kind has: two such gateways on one broker share a client id and Home Assistant ids; set [gateway] id = \"…\" (a name of this gateway's own)",
+                    config.gateway.id
+                );
+                config
+                    .warnings
+                    .push(cx.located(span, "gateway.id", message));
+            }
             config.warnings.sort_by_key(|w| (w.line, w.column));
         }
         config

@@ -98,6 +98,9 @@ pub struct GatewayConfig {
     pub location: String,
     /// How often `{base}/gateway/{gateway}/health` is published. Default 60 s.
     pub health_interval: Duration,
+    /// `id` was not given and the host name every machine of its kind has (`raspberrypi`)
+    /// stands in: `check` and the log say so.
+    pub generic_id: bool,
 }
 
 /// `[mqtt]`

@@ -115,6 +115,12 @@ pub struct MqttSettings {
     pub status_topic: String,
     pub online_payload: String,
     pub offline_payload: String,
+    /// The gateway id (for messages).
+    pub gateway: String,
+    /// This installation (the status payload's `host`). Before its first connection the link
+    /// reads the status topic under a client id of its own: a gateway of the same id online
+    /// from another installation stops the start (README "Two gateways, one id").
+    pub installation: String,
 }
 
 /// Why the link could not be set up.
@@ -134,6 +140,15 @@ pub enum Error {
     },
     #[error("TLS: {0}")]
     Tls(String),
+    /// Another installation runs a gateway with this id on the broker.
+    #[error(
+        "gateway id \"{id}\" is online on this broker from another installation (host \"{other}\"; this one is \"{ours}\"). Two gateways with one id would throw each other off the broker and delete each other's Home Assistant entities: give this one its own `[gateway] id` (the default is the host name, which every Raspberry Pi shares as \"raspberrypi\"), or stop the other"
+    )]
+    IdTaken {
+        id: String,
+        other: String,
+        ours: String,
+    },
 }
 
 /// A message that arrived on a subscribed filter.
@@ -391,6 +406,7 @@ impl Mqtt {
             incoming,
             heartbeat,
         } = self;
+        check_identity(&settings, &shutdown, &heartbeat).await?;
         let (mut client, mut eventloop) = new_client(&options);
         let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
         let mut connected = false;
@@ -583,6 +599,98 @@ async fn poll_beating(
             _ = beat.tick() => heartbeat.beat(),
         }
     }
+}
+
+/// How long a look at the status topic may take once connected: the broker hands retained
+/// messages over at the subscription, before the probe that comes after them.
+const IDENTITY_WAIT: Duration = Duration::from_secs(5);
+
+/// Before the link's first connection: is this gateway's id online on the broker from another
+/// installation? Asked under a client id of its own (so the other gateway keeps its
+/// connection) by reading the retained status. `Err(IdTaken)` stops the start; a broker that
+/// cannot be reached is asked again with the link's backoff, until it answers or `shutdown`.
+async fn check_identity(
+    settings: &MqttSettings,
+    shutdown: &CancellationToken,
+    heartbeat: &crate::systemd::Heartbeat,
+) -> Result<(), Error> {
+    let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
+    loop {
+        let asked = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            asked = status_owner(settings) => asked,
+        };
+        match asked {
+            Ok(Some(other)) if other != settings.installation => {
+                return Err(Error::IdTaken {
+                    id: settings.gateway.clone(),
+                    other,
+                    ours: settings.installation.clone(),
+                });
+            }
+            Ok(_) => return Ok(()),
+            Err(e) => debug!(error = %e, "mqtt: the broker is not reachable yet for the id check"),
+        }
+        heartbeat.beat();
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(backoff.delay()) => {}
+        }
+    }
+}
+
+/// The installation (`host`) whose gateway of this id is online now, from the retained status.
+async fn status_owner(settings: &MqttSettings) -> Result<Option<String>, String> {
+    let id = format!("{}-idcheck-{}", settings.client_id, std::process::id());
+    let options = connection_options(settings, id).map_err(|e| e.to_string())?;
+    let (client, mut eventloop) = new_client(&options);
+    let probe = format!("{}/idcheck/{}", settings.status_topic, std::process::id());
+    let mut owner = None;
+    let mut subscribed = false;
+    let done = async {
+        loop {
+            match eventloop.poll().await.map_err(|e| e.to_string())? {
+                Event::Incoming(Packet::ConnAck(_)) => {
+                    client
+                        .try_subscribe(settings.status_topic.clone(), QoS::AtMostOnce)
+                        .and_then(|_| client.try_subscribe(probe.clone(), QoS::AtMostOnce))
+                        .map_err(|e| e.to_string())?;
+                }
+                Event::Incoming(Packet::SubAck(_)) if !subscribed => {
+                    subscribed = true;
+                }
+                Event::Incoming(Packet::SubAck(_)) => {
+                    // Both subscriptions stand: what is retained has come, or comes before this.
+                    client
+                        .try_publish(probe.clone(), QoS::AtMostOnce, false, "probe")
+                        .map_err(|e| e.to_string())?;
+                }
+                Event::Incoming(Packet::Publish(p)) if p.topic == probe => return Ok(()),
+                Event::Incoming(Packet::Publish(p)) if p.topic == settings.status_topic => {
+                    let status: serde_json::Value =
+                        serde_json::from_slice(&p.payload).unwrap_or_default();
+                    owner = (status["status"] == "online")
+                        .then(|| status["host"].as_str().map(str::to_string))
+                        .flatten();
+                }
+                _ => {}
+            }
+        }
+    };
+    let r: Result<(), String> = match tokio::time::timeout(IDENTITY_WAIT, done).await {
+        Ok(r) => r,
+        Err(_) => Err("no answer from the broker".into()),
+    };
+    if client.try_disconnect().is_ok() {
+        // Let the DISCONNECT go out; the broker drops the session either way.
+        if tokio::time::timeout(Duration::from_millis(200), eventloop.poll())
+            .await
+            .is_err()
+        {
+            debug!("mqtt: the id check's connection closed without a goodbye");
+        }
+    }
+    r.map(|()| owner)
 }
 
 /// A client and event loop with TCP_NODELAY: without it, Nagle's algorithm and delayed ACKs add
@@ -878,18 +986,24 @@ impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 fn options(s: &MqttSettings) -> Result<MqttOptions, Error> {
-    let mut o = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
-    o.set_keep_alive(s.keep_alive);
+    let mut o = connection_options(s, s.client_id.clone())?;
     o.set_clean_session(s.clean_session);
     // A command is acknowledged once its result is out, not on arrival (module docs).
     o.set_manual_acks(true);
-    o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
     o.set_last_will(LastWill::new(
         s.status_topic.clone(),
         s.offline_payload.clone(),
         QoS::AtLeastOnce,
         true,
     ));
+    Ok(o)
+}
+
+/// Broker, credentials and TLS under `client_id`: a clean session without a will.
+fn connection_options(s: &MqttSettings, client_id: String) -> Result<MqttOptions, Error> {
+    let mut o = MqttOptions::new(client_id, s.host.clone(), s.port);
+    o.set_keep_alive(s.keep_alive);
+    o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
     if let Some(user) = &s.username {
         let password = s
             .password
