@@ -417,6 +417,7 @@ impl Gateway {
             fatal: fatal_tx.clone(),
             walked: walked_tx,
             rewalk: rewalk_rx,
+            stopping: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         // Buses and devices stop first at shutdown; then history; MQTT last.
         let mut fleet = Fleet::start(&config, &ctx, &mut bridge);
@@ -641,6 +642,8 @@ impl Gateway {
         // 1. Devices and buses: polls end, a write on the wire finishes its try, the rest of
         //    what waits is answered "stopped" (and its commands left to the broker).
         health_token.cancel();
+        ctx.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         // The page asks the buses for things; it goes with them.
         web_token.cancel();
         fleet.stop_all(started + STOP_DEVICES).await;

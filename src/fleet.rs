@@ -38,6 +38,8 @@ pub struct Ctx {
     pub walked: mpsc::Sender<crate::device::Walked>,
     /// Bumped by a reload: SunSpec devices read their chain again.
     pub rewalk: tokio::sync::watch::Receiver<u64>,
+    /// Set when the gateway stops (commands cut off are answered "stopping").
+    pub stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Ctx {
@@ -51,6 +53,7 @@ impl Ctx {
             command_log: self.command_log.clone(),
             walked: Some(self.walked.clone()),
             rewalk: Some(self.rewalk.clone()),
+            stopping: self.stopping.clone(),
         }
     }
 }

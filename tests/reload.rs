@@ -176,3 +176,148 @@ async fn sighup_restarts_exactly_what_changed_and_keeps_the_mqtt_session() {
     assert_eq!(onlines, 1, "the MQTT connection was re-made");
     assert!(gw.is_running());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_queued_for_a_reconfigured_device_are_answered_and_never_run_later() {
+    // A broker that keeps sessions over its restart: what the gateway left unacknowledged
+    // would be delivered again.
+    let broker = Mosquitto::start_with(
+        "allow_anonymous true\npersistence true\npersistence_location {dir}/\n",
+        None,
+    );
+    let fake = FakeModbus::new();
+    fake.set_holding(1, 0, &[0]);
+    // A slow device: each transaction takes 400 ms, so commands queue behind the first.
+    fake.unit(1, |u| u.delay = Duration::from_millis(400));
+    let plc = fake.serve_tcp().await.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let config = |poll: &str| {
+        format!(
+            "[gateway]\nid = \"rq\"\nbase_topic = \"t\"\nlocation = \"lab\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nreconnect_min = \"100ms\"\nreconnect_max = \"500ms\"\n[history]\npath = \"{d}/h.db\"\n[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{plc}\"\ntimeout = \"2s\"\n[devices.slow]\nbus = \"plc\"\nunit = 1\npoll = \"{poll}\"\n[devices.slow.points.v]\nregister = \"holding:0\"\nwritable = true\n",
+            broker.port
+        )
+    };
+    let results = Subscriber::connect(broker.port, "t/lab/device/slow/command/result");
+    let gw = GatewayProcess::spawn_in(dir, &config("10s"), &[]);
+    assert!(gw.wait_log("device online", WAIT), "{}", gw.log());
+    for i in 1..=5 {
+        common::mosquitto::publish(
+            broker.port,
+            "t/lab/device/slow/command",
+            &format!("{{\"id\": \"c{i}\", \"v\": {i}}}"),
+            false,
+        );
+    }
+    // The first is answered, the second is on the wire, the others wait: the device is changed
+    // meanwhile.
+    assert!(
+        results
+            .wait_for(
+                "t/lab/device/slow/command/result",
+                |p| p.contains("\"c1\""),
+                WAIT
+            )
+            .is_some(),
+        "{}",
+        gw.log()
+    );
+    std::fs::write(&gw.config_path, config("9s")).unwrap();
+    gw.signal(Signal::SIGHUP);
+    assert!(gw.wait_log("SIGHUP: config applied", WAIT), "{}", gw.log());
+    let deadline = Instant::now() + WAIT;
+    let answered = |results: &Subscriber| -> Vec<String> {
+        let mut ids: Vec<String> = results
+            .seen()
+            .iter()
+            .filter_map(|m| {
+                serde_json::from_str::<serde_json::Value>(&m.payload)
+                    .ok()
+                    .and_then(|j| j["id"].as_str().map(str::to_string))
+            })
+            .collect();
+        ids.sort();
+        ids
+    };
+    while answered(&results).len() < 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ids = answered(&results);
+    assert_eq!(ids, ["c1", "c2", "c3", "c4", "c5"], "{:?}", results.seen());
+    let reconfigured = results
+        .seen()
+        .iter()
+        .filter(|m| m.payload.contains("\"error\":\"device reconfigured\""))
+        .count();
+    assert!(reconfigured >= 3, "{:?}", results.seen());
+    // The broker restarts: nothing unacknowledged comes back to run now.
+    let writes_before = fake
+        .log()
+        .iter()
+        .filter(|s| s.fc == 6 || s.fc == 16)
+        .count();
+    let mut broker = broker;
+    broker.restart_saving();
+    assert!(gw.wait_log("mqtt connected", WAIT), "{}", gw.log());
+    // Long enough for a redelivered command to be executed by the 400 ms device.
+    let settle = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let writes_after = fake
+        .log()
+        .iter()
+        .filter(|s| s.fc == 6 || s.fc == 16)
+        .count();
+    assert_eq!(
+        writes_after, writes_before,
+        "a command ran again after the reconnect"
+    );
+    assert_eq!(answered(&results).len(), 5, "{:?}", results.seen());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_queued_at_a_stop_are_answered_stopping() {
+    let broker = Mosquitto::start();
+    let fake = FakeModbus::new();
+    fake.set_holding(1, 0, &[0]);
+    fake.unit(1, |u| u.delay = Duration::from_millis(400));
+    let plc = fake.serve_tcp().await.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let text = format!(
+        "[gateway]\nid = \"rs\"\nbase_topic = \"t\"\nlocation = \"lab\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n[history]\npath = \"{d}/h.db\"\n[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{plc}\"\ntimeout = \"2s\"\n[devices.slow]\nbus = \"plc\"\nunit = 1\npoll = \"10s\"\n[devices.slow.points.v]\nregister = \"holding:0\"\nwritable = true\n",
+        broker.port
+    );
+    let results = Subscriber::connect(broker.port, "t/lab/device/slow/command/result");
+    let mut gw = GatewayProcess::spawn_in(dir, &text, &[]);
+    assert!(gw.wait_log("device online", WAIT), "{}", gw.log());
+    for i in 1..=4 {
+        common::mosquitto::publish(
+            broker.port,
+            "t/lab/device/slow/command",
+            &format!("{{\"id\": \"s{i}\", \"v\": {i}}}"),
+            false,
+        );
+    }
+    assert!(
+        results
+            .wait_for(
+                "t/lab/device/slow/command/result",
+                |p| p.contains("\"s1\""),
+                WAIT
+            )
+            .is_some()
+    );
+    gw.signal(Signal::SIGTERM);
+    let status = gw.wait_exit(WAIT).expect("the gateway stops");
+    assert_eq!(status.code(), Some(0), "{}", gw.log());
+    let stopping = results
+        .wait_for(
+            "t/lab/device/slow/command/result",
+            |p| p.contains("\"s4\"") && p.contains("\"error\":\"stopping\""),
+            WAIT,
+        )
+        .map(|m| m.payload);
+    assert!(stopping.is_some(), "{:?}", results.seen());
+}

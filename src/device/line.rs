@@ -158,6 +158,9 @@ impl LineDevice {
                 }
             }
         }
+        if let Some(queue) = commands.as_mut() {
+            self.core.cut_off(queue);
+        }
     }
 
     /// One line routed to this device: its points' values, and the points it could not give.

@@ -56,14 +56,24 @@ const RECENT_RESULTS_CAP: usize = 256;
 /// The error of a command refused because its device is offline (CONTRACT §4).
 pub const DEVICE_OFFLINE: &str = "device offline";
 
+/// The error of a command cut off by a stop before it ran (README "Sending commands").
+pub const STOPPING: &str = "stopping";
+
+/// The error of a command cut off by a reload that changed or removed its device.
+pub const RECONFIGURED: &str = "device reconfigured";
+
 /// The error of a command that was running when the gateway stopped (a crash, a power cut) and
 /// that the broker delivered again: it is not written a second time.
 pub const INTERRUPTED: &str =
     "interrupted: the gateway stopped while executing this command; not executed again";
 
-/// The delivery of a QoS 1 command, to acknowledge once its result is out (the MQTT packet id).
+/// The delivery of a QoS 1 command, to acknowledge once its result is out: the MQTT packet id,
+/// and the broker session it came in (an id means nothing in a later session).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ack(pub u16);
+pub struct Ack {
+    pub pkid: u16,
+    pub session: u64,
+}
 
 /// Where device tasks send what they publish. The MQTT handle implements it; so can a test.
 pub trait Sink: Send + Sync + 'static {
@@ -126,6 +136,9 @@ pub struct Links {
     pub walked: Option<mpsc::Sender<Walked>>,
     /// Bumped at each reload: SunSpec devices read their model chain again.
     pub rewalk: Option<tokio::sync::watch::Receiver<u64>>,
+    /// The gateway is stopping: commands cut off are answered "stopping", not "device
+    /// reconfigured".
+    pub stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A device's points changed at run time: its model chain was read (`crate::sunspec`).
@@ -528,11 +541,31 @@ impl Core {
     /// The gateway is stopping and the command was not executed: it is neither answered nor
     /// acknowledged, so the broker delivers it again after the restart, and it runs then.
     pub async fn abandon(&mut self, admitted: Admitted) {
-        debug!(device = %self.name, action = %admitted.command.action, "stopping; command left for the broker to deliver again");
         if let (Some(k), Some(log)) = (&admitted.key, &self.links.command_log) {
             if let Err(e) = log.forget(&self.name, k).await {
                 debug!(device = %self.name, error = %e, "command id not forgotten");
             }
+        }
+        let why = self.cut_off_reason();
+        self.refuse(&admitted.command, admitted.ack, why);
+    }
+
+    /// The commands still queued for this device when it stops (a reload changes or removes
+    /// it, or the gateway stops): each answered `ok: false` and acknowledged, so the broker
+    /// never delivers one again to run at some later reconnect.
+    pub fn cut_off(&mut self, queue: &mut mpsc::Receiver<Queued>) {
+        queue.close();
+        let why = self.cut_off_reason();
+        while let Ok(q) = queue.try_recv() {
+            self.refuse(&q.command, q.ack, why);
+        }
+    }
+
+    fn cut_off_reason(&self) -> &'static str {
+        if self.links.stopping.load(Ordering::Relaxed) {
+            STOPPING
+        } else {
+            RECONFIGURED
         }
     }
 

@@ -179,6 +179,9 @@ impl DevicePoller {
             };
             next = next_tick(next, period, Instant::now(), &self.bus.stats);
         }
+        if let Some(queue) = self.commands.as_mut() {
+            self.core.cut_off(queue);
+        }
     }
 
     /// Executes a command the core admits, and hands its outcome back.

@@ -205,7 +205,12 @@ struct Shared {
     retained: Mutex<HashMap<String, Vec<u8>>>,
     /// Deliveries to acknowledge, sent after the outbox is empty (after the results published
     /// before them).
-    acks: Mutex<Vec<crate::device::Ack>>,
+    /// Acknowledgements waiting, each with the outbox's mark when it was given: it goes out
+    /// once what was queued before it (its command's result) has.
+    acks: Mutex<Vec<(crate::device::Ack, u64)>>,
+    /// The broker session acknowledgements belong to: a new one at each ConnAck without the old
+    /// session, so a late ack never acknowledges a new message that reuses its packet id.
+    session: AtomicU64,
     stats: MqttStats,
     connected_tx: watch::Sender<bool>,
 }
@@ -255,7 +260,10 @@ impl MqttHandle {
 
     /// Acknowledges a delivered message (see the module docs: acks are manual).
     pub fn ack(&self, ack: crate::device::Ack) {
-        lock(&self.shared.acks).push(ack);
+        // The outbox's mark now: everything queued before this ack (the command's result)
+        // leaves before it.
+        let mark = lock(&self.shared.outbox).mark();
+        lock(&self.shared.acks).push((ack, mark));
         self.shared.notify.notify_one();
     }
 
@@ -375,6 +383,7 @@ impl Mqtt {
             gone_filters: Mutex::new(Vec::new()),
             retained: Mutex::new(HashMap::new()),
             acks: Mutex::new(Vec::new()),
+            session: AtomicU64::new(0),
             stats: MqttStats::default(),
             connected_tx,
         });
@@ -427,6 +436,7 @@ impl Mqtt {
                         collisions = 0;
                         if !ack.session_present {
                             // The old session's packet ids mean nothing in the new one.
+                            shared.session.fetch_add(1, Ordering::Relaxed);
                             lock(&shared.acks).clear();
                         }
                         if !ack.session_present && !snapshot.is_empty() {
@@ -451,7 +461,10 @@ impl Mqtt {
                         on_connect(&shared, &settings);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let ack = (p.qos != QoS::AtMostOnce).then_some(crate::device::Ack(p.pkid));
+                        let ack = (p.qos != QoS::AtMostOnce).then_some(crate::device::Ack {
+                            pkid: p.pkid,
+                            session: shared.session.load(Ordering::Relaxed),
+                        });
                         let msg = Incoming {
                             topic: p.topic,
                             payload: p.payload.to_vec(),
@@ -754,7 +767,6 @@ async fn send(eventloop: &mut rumqttc::EventLoop, shared: &Shared) {
         return;
     };
     let mut wrote = false;
-    let mut blocked = false;
     let mut put = async |state: &mut rumqttc::MqttState, request: Request| -> bool {
         match state.handle_outgoing_packet(request) {
             Ok(Some(packet)) => match network.write(packet).await {
@@ -801,7 +813,6 @@ async fn send(eventloop: &mut rumqttc::EventLoop, shared: &Shared) {
             break;
         }
         if state.inflight() >= max_inflight || state.collision.is_some() {
-            blocked = true;
             break;
         }
         // Not held across the write: device tasks push while this waits for the socket.
@@ -810,17 +821,29 @@ async fn send(eventloop: &mut rumqttc::EventLoop, shared: &Shared) {
             None => break,
         }
     }
-    // Acks only once the outbox is empty: a command's result goes out before its ack. (Taken
-    // before the look at the outbox: a device queues its result, then its ack, so a result
-    // whose ack was taken is in the outbox by then, and the acks wait for the next turn.)
-    if !blocked {
-        let acks = std::mem::take(&mut *lock(&shared.acks));
-        if lock(&shared.outbox).is_empty() {
-            for a in acks {
-                wrote |= put(state, Request::PubAck(rumqttc::PubAck::new(a.0))).await;
+    // An ack goes once what was queued before it has gone (its command's result is then in
+    // the buffer ahead of it), however busy the outbox stays: acks never starve, or the
+    // broker's in-flight window fills and no command arrives any more. One of an earlier
+    // session is dropped: its packet id may be a new message's now.
+    let session = shared.session.load(Ordering::Relaxed);
+    let acks = std::mem::take(&mut *lock(&shared.acks));
+    if !acks.is_empty() {
+        let (ready, waiting): (Vec<_>, Vec<_>) = {
+            let outbox = lock(&shared.outbox);
+            acks.into_iter().partition(|(_, mark)| outbox.passed(*mark))
+        };
+        for (a, _) in ready {
+            if a.session == session {
+                wrote |= put(state, Request::PubAck(rumqttc::PubAck::new(a.pkid))).await;
+            } else {
+                debug!(
+                    pkid = a.pkid,
+                    "mqtt: an ack of an earlier session is dropped"
+                );
             }
-        } else {
-            lock(&shared.acks).splice(0..0, acks);
+        }
+        if !waiting.is_empty() {
+            lock(&shared.acks).splice(0..0, waiting);
         }
     }
     if wrote {

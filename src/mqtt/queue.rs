@@ -30,6 +30,10 @@ pub struct Outbox {
     ordered: VecDeque<Message>,
     /// Readings dropped (oldest first) because the outbox was full.
     pub dropped: u64,
+    /// Readings (the lane command results go in) queued so far, and of those, how many have
+    /// left (sent or dropped): an acknowledgement waits until what was queued before it left.
+    pushed: u64,
+    left: u64,
     /// Retained messages replaced by a newer one for the same topic before they were sent.
     pub coalesced: u64,
 }
@@ -44,6 +48,8 @@ impl Outbox {
             ordered: VecDeque::new(),
             dropped: 0,
             coalesced: 0,
+            pushed: 0,
+            left: 0,
         }
     }
 
@@ -61,6 +67,7 @@ impl Outbox {
         while self.len() >= self.cap {
             if self.readings.pop_front().is_some() {
                 self.dropped += 1;
+                self.left += 1;
             } else if let Some(t) = self.retained_order.pop_front() {
                 self.latest.remove(&t);
                 self.dropped += 1;
@@ -111,6 +118,17 @@ impl Outbox {
         }
         self.make_room();
         self.readings.push_back(msg);
+        self.pushed += 1;
+    }
+
+    /// How many readings have been queued so far: the mark an acknowledgement waits for.
+    pub fn mark(&self) -> u64 {
+        self.pushed
+    }
+
+    /// Whether every reading queued up to `mark` has left (been taken to be sent, or dropped).
+    pub fn passed(&self, mark: u64) -> bool {
+        self.left >= mark
     }
 
     /// The next message to send, and whether it came from an ordered sequence: sequences first,
@@ -133,7 +151,11 @@ impl Outbox {
                 });
             }
         }
-        self.readings.pop_front()
+        let m = self.readings.pop_front();
+        if m.is_some() {
+            self.left += 1;
+        }
+        m
     }
 
     /// Puts back a message that could not be handed to the client (its channel was full).
@@ -148,6 +170,7 @@ impl Outbox {
             // else: a newer one for the topic arrived meanwhile; it wins.
         } else {
             self.readings.push_front(msg);
+            self.left = self.left.saturating_sub(1);
         }
     }
 }
@@ -209,6 +232,33 @@ mod tests {
         assert_eq!(o.dropped, 1);
         assert_eq!(o.pop().unwrap().0.topic, "state");
         assert_eq!(o.pop().unwrap().0.topic, "s/1");
+    }
+
+    #[test]
+    fn a_mark_passes_once_every_reading_queued_before_it_left_however_many_follow() {
+        let mut o = Outbox::new(100);
+        o.push(reading(0));
+        o.push(reading(1)); // a command's result
+        let mark = o.mark();
+        assert!(!o.passed(mark));
+        // Readings keep coming (a busy gateway): the outbox is never empty again.
+        o.push(reading(2));
+        o.push_retained("state".into(), b"s".to_vec(), 1);
+        assert_eq!(o.pop().unwrap().0.topic, "state");
+        assert!(!o.passed(mark));
+        o.pop();
+        assert!(!o.passed(mark));
+        o.pop();
+        assert!(o.passed(mark), "the result left; the ack may go");
+        o.push(reading(3));
+        assert!(o.passed(mark));
+        // Dropped counts as left (the broker is away and the outbox full).
+        let mut small = Outbox::new(2);
+        small.push(reading(0));
+        let m = small.mark();
+        small.push(reading(1));
+        small.push(reading(2));
+        assert!(small.passed(m));
     }
 
     #[test]
