@@ -628,6 +628,7 @@ async fn check_identity(
     heartbeat: &crate::systemd::Heartbeat,
 ) -> Result<(), Error> {
     let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
+    let mut errors = ErrorLog::default();
     loop {
         let asked = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -642,7 +643,13 @@ async fn check_identity(
                 });
             }
             Ok(_) => return Ok(()),
-            Err(e) => debug!(error = %e, "mqtt: the broker is not reachable yet for the id check"),
+            // The broker refuses this login: the link's own connection will be refused the
+            // same way, and says so; it cannot take another gateway's id over either.
+            Err(Asked::Refused(e)) => {
+                debug!(error = %e, "mqtt: the id check was refused; the link reports it");
+                return Ok(());
+            }
+            Err(Asked::Failed(e)) => errors.log(&e),
         }
         heartbeat.beat();
         tokio::select! {
@@ -652,22 +659,38 @@ async fn check_identity(
     }
 }
 
+/// Why the id check had no answer.
+enum Asked {
+    /// The broker refused the login (credentials, client id).
+    Refused(String),
+    /// The broker could not be reached or did not answer in time.
+    Failed(String),
+}
+
 /// The installation (`host`) whose gateway of this id is online now, from the retained status.
-async fn status_owner(settings: &MqttSettings) -> Result<Option<String>, String> {
+async fn status_owner(settings: &MqttSettings) -> Result<Option<String>, Asked> {
     let id = format!("{}-idcheck-{}", settings.client_id, std::process::id());
-    let options = connection_options(settings, id).map_err(|e| e.to_string())?;
+    let options = connection_options(settings, id).map_err(|e| Asked::Failed(e.to_string()))?;
     let (client, mut eventloop) = new_client(&options);
     let probe = format!("{}/idcheck/{}", settings.status_topic, std::process::id());
     let mut owner = None;
     let mut subscribed = false;
+    let failed = |e: String| Asked::Failed(e);
     let done = async {
         loop {
-            match eventloop.poll().await.map_err(|e| e.to_string())? {
+            let event = match eventloop.poll().await {
+                Ok(ev) => ev,
+                Err(e @ ConnectionError::ConnectionRefused(_)) => {
+                    return Err(Asked::Refused(describe(&e)));
+                }
+                Err(e) => return Err(Asked::Failed(describe(&e))),
+            };
+            match event {
                 Event::Incoming(Packet::ConnAck(_)) => {
                     client
                         .try_subscribe(settings.status_topic.clone(), QoS::AtMostOnce)
                         .and_then(|_| client.try_subscribe(probe.clone(), QoS::AtMostOnce))
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| failed(e.to_string()))?;
                 }
                 Event::Incoming(Packet::SubAck(_)) if !subscribed => {
                     subscribed = true;
@@ -676,7 +699,7 @@ async fn status_owner(settings: &MqttSettings) -> Result<Option<String>, String>
                     // Both subscriptions stand: what is retained has come, or comes before this.
                     client
                         .try_publish(probe.clone(), QoS::AtMostOnce, false, "probe")
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| failed(e.to_string()))?;
                 }
                 Event::Incoming(Packet::Publish(p)) if p.topic == probe => return Ok(()),
                 Event::Incoming(Packet::Publish(p)) if p.topic == settings.status_topic => {
@@ -690,9 +713,9 @@ async fn status_owner(settings: &MqttSettings) -> Result<Option<String>, String>
             }
         }
     };
-    let r: Result<(), String> = match tokio::time::timeout(IDENTITY_WAIT, done).await {
+    let r: Result<(), Asked> = match tokio::time::timeout(IDENTITY_WAIT, done).await {
         Ok(r) => r,
-        Err(_) => Err("no answer from the broker".into()),
+        Err(_) => Err(Asked::Failed("no answer from the broker".into())),
     };
     if client.try_disconnect().is_ok() {
         // Let the DISCONNECT go out; the broker drops the session either way.
