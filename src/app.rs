@@ -113,8 +113,10 @@ pub struct Gateway {
     incoming: mpsc::Receiver<Incoming>,
     topics: Topics,
     signals: Signals,
-    /// None when `history.enabled = false`.
+    /// None when `history.enabled = false`, or when it could not be opened (`history_error`).
     history: Option<sqlx::SqlitePool>,
+    /// Why the history could not be opened at start: the gateway runs without it meanwhile.
+    history_error: Option<String>,
     /// The ids of executed commands, in the history file; None with the history off.
     command_log: Option<crate::history::CommandLog>,
     /// The central database's driver options, with `[history.forward]`.
@@ -140,17 +142,23 @@ pub async fn build(config_path: &Path) -> Result<Gateway, BuildError> {
         hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
     };
     let config = Config::load(config_path)?;
-    let (history, command_log) = if config.history.enabled {
-        prepare_history_dir(&config)?;
-        let pool = crate::history::open_with(&config.history.path, config.history.max_size)
-            .await
-            .map_err(|e| BuildError::Other(anyhow::anyhow!(e)))?;
-        let command_log = crate::history::CommandLog::open(&config.history.path)
-            .await
-            .map_err(|e| BuildError::Other(anyhow::anyhow!(e)))?;
-        (Some(pool), Some(command_log))
+    // The history never stops the bridging (README "History"): a file that cannot be made,
+    // opened or migrated (a full or read-only disk, a corrupt file) is logged, and the gateway
+    // runs without it, trying it again every minute.
+    let (history, command_log, history_error) = if config.history.enabled {
+        match open_history(&config).await {
+            Ok((pool, log)) => (Some(pool), Some(log), None),
+            Err(why) => {
+                error!(
+                    path = %config.history.path.display(),
+                    error = %why,
+                    "history unavailable; the gateway runs on without it and tries it again every minute"
+                );
+                (None, None, Some(why))
+            }
+        }
     } else {
-        (None, None)
+        (None, None, None)
     };
     let forward = match &config.history.forward {
         Some(f) => {
@@ -204,6 +212,7 @@ pub async fn build(config_path: &Path) -> Result<Gateway, BuildError> {
         topics,
         signals,
         history,
+        history_error,
         command_log,
         forward,
         ephemeral: false,
@@ -211,20 +220,26 @@ pub async fn build(config_path: &Path) -> Result<Gateway, BuildError> {
     })
 }
 
-/// The history database's folder must exist or be creatable, so a typo in `history.path`
-/// stops the start instead of losing readings later.
-fn prepare_history_dir(config: &Config) -> Result<(), BuildError> {
-    let dir = match config.history.path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => return Ok(()),
-    };
-    std::fs::create_dir_all(dir).map_err(|e| {
-        BuildError::Config(format!(
-            "{}: history.path: cannot create the folder {}: {e}",
-            config.path.display(),
-            dir.display()
-        ))
-    })
+/// The history file and the command log in it, opened (the folder made) and migrated.
+async fn open_history(
+    config: &Config,
+) -> Result<(sqlx::SqlitePool, crate::history::CommandLog), String> {
+    if let Some(dir) = config
+        .history
+        .path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create the folder {}: {e}", dir.display()))?;
+    }
+    let pool = crate::history::open_with(&config.history.path, config.history.max_size)
+        .await
+        .map_err(|e| e.to_string())?;
+    let log = crate::history::CommandLog::open(&config.history.path)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((pool, log))
 }
 
 /// A password: the first line of `file` (the config key `key` names it), else the environment
@@ -352,6 +367,7 @@ impl Gateway {
             topics,
             mut signals,
             history: history_pool,
+            history_error,
             command_log,
             forward,
             ephemeral,
@@ -384,9 +400,13 @@ impl Gateway {
         let history_token = CancellationToken::new();
         let forward_token = CancellationToken::new();
         let mut forward_stats = None;
-        let (history, history_task, forward_task) = match history_pool {
-            Some(pool) => {
-                let (mut writer, handle) = History::new(pool, &config.history);
+        let writer = match (history_pool, history_error) {
+            (Some(pool), _) => Some(History::new(pool, &config.history)),
+            (None, Some(why)) => Some(History::unavailable(&why, &config.history)),
+            (None, None) => None,
+        };
+        let (history, history_task, forward_task) = match writer {
+            Some((mut writer, handle)) => {
                 let mut forward_task = None;
                 if let (Some(options), Some(f)) = (forward, &config.history.forward) {
                     let link = ForwardLink::new(f);
@@ -464,18 +484,27 @@ impl Gateway {
             });
         }
 
-        // Status lines for `systemctl status` follow the broker connection.
+        // Status lines for `systemctl status` follow the broker connection and the history.
         {
             let mut connected = handle.connected();
             let token = shutdown.child_token();
             let devices = config.devices.len();
+            let history_stats = history.enabled().then(|| history.stats.clone());
             tracker.spawn(async move {
                 loop {
                     let up = *connected.borrow_and_update();
-                    systemd::status(&status_line(up, devices));
+                    let unavailable = history_stats.as_ref().and_then(|h| h.unavailable());
+                    systemd::status(&status_line(up, devices, unavailable.as_deref()));
+                    let history_changed = async {
+                        match &history_stats {
+                            Some(h) => h.changed.notified().await,
+                            None => std::future::pending().await,
+                        }
+                    };
                     tokio::select! {
                         _ = token.cancelled() => break,
                         changed = connected.changed() => if changed.is_err() { break },
+                        _ = history_changed => {}
                     }
                 }
             });
@@ -687,7 +716,7 @@ impl Gateway {
         let mut pool = None;
         if let Some(task) = history_task {
             match tokio::time::timeout_at(history_end, task).await {
-                Ok(Ok(p)) => pool = Some(p),
+                Ok(Ok(p)) => pool = p,
                 Ok(Err(e)) => warn!("shutdown: the history writer failed: {e}"),
                 Err(_) => warn!("shutdown: history did not flush in time"),
             }
@@ -770,10 +799,16 @@ fn reload(path: &Path, current: &Config) -> Option<Config> {
     }
 }
 
-fn status_line(connected: bool, devices: usize) -> String {
-    if connected {
-        format!("MQTT connected; {devices} devices configured")
+fn status_line(connected: bool, devices: usize, history_unavailable: Option<&str>) -> String {
+    let mqtt = if connected {
+        "MQTT connected"
     } else {
-        format!("MQTT disconnected (retrying); {devices} devices configured")
+        "MQTT disconnected (retrying)"
+    };
+    match history_unavailable {
+        Some(why) => format!(
+            "{mqtt}; {devices} devices configured; history unavailable ({why}), retried every minute"
+        ),
+        None => format!("{mqtt}; {devices} devices configured"),
     }
 }

@@ -121,6 +121,8 @@ fn report(src: &Sources, started: Instant, prev: &mut Previous) -> String {
             "errors": h.errors.load(Ordering::Relaxed),
             "full": h.full.load(Ordering::Relaxed),
             "reopened": h.reopened.load(Ordering::Relaxed),
+            "available": h.unavailable().is_none(),
+            "unavailable": h.unavailable(),
         })
     });
     let forward = src.forward.as_ref().map(|f| {

@@ -69,7 +69,37 @@ pub struct HistoryStats {
     pub full: AtomicU64,
     /// Times the file was found deleted or replaced and opened anew.
     pub reopened: AtomicU64,
+    /// Why the history cannot be written now (it cannot be opened: a full or read-only disk, a
+    /// corrupt file); empty while it works. The gateway bridges on meanwhile.
+    pub unavailable: std::sync::Mutex<String>,
+    /// Notified when the history becomes unavailable or available again.
+    pub changed: tokio::sync::Notify,
 }
+
+impl HistoryStats {
+    /// Why the history is unavailable, if it is.
+    pub fn unavailable(&self) -> Option<String> {
+        self.unavailable
+            .lock()
+            .ok()
+            .map(|s| s.clone())
+            .filter(|s| !s.is_empty())
+    }
+
+    fn set_unavailable(&self, why: Option<&str>) {
+        if let Ok(mut s) = self.unavailable.lock() {
+            let why = why.unwrap_or_default();
+            if s.as_str() != why {
+                *s = why.to_string();
+                // One watcher (the status line); a permit is kept if it is busy.
+                self.changed.notify_one();
+            }
+        }
+    }
+}
+
+/// How often a history that cannot be opened is tried again.
+pub const HISTORY_RETRY: Duration = Duration::from_secs(60);
 
 /// One row to write.
 #[derive(Debug, Clone)]
@@ -279,7 +309,10 @@ impl HistoryHandle {
 
 /// The writer task.
 pub struct History {
-    pool: SqlitePool,
+    /// `None` while the file cannot be opened: rows are counted and dropped, and the file is
+    /// tried again every [`HISTORY_RETRY`].
+    pool: Option<SqlitePool>,
+    last_retry: Option<Instant>,
     rx: mpsc::Receiver<Record>,
     config: HistoryConfig,
     stats: Arc<HistoryStats>,
@@ -308,7 +341,12 @@ fn is_full(e: &sqlx::Error) -> bool {
 
 /// True at most once a minute per `last`.
 fn due(last: &mut Option<Instant>) -> bool {
-    let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+    due_every(last, Duration::from_secs(60))
+}
+
+/// True at most once per `every` per `last`.
+fn due_every(last: &mut Option<Instant>, every: Duration) -> bool {
+    let due = last.is_none_or(|t| t.elapsed() >= every);
     if due {
         *last = Some(Instant::now());
     }
@@ -320,16 +358,38 @@ impl History {
         Self::with_capacity(pool, config, HISTORY_CAP)
     }
 
+    /// A writer for a history that could not be opened at start (`why`): the gateway runs on
+    /// without it, and the file is tried again every [`HISTORY_RETRY`].
+    pub fn unavailable(why: &str, config: &HistoryConfig) -> (History, HistoryHandle) {
+        Self::make(Err(why), config, HISTORY_CAP)
+    }
+
     pub fn with_capacity(
         pool: SqlitePool,
         config: &HistoryConfig,
         cap: usize,
     ) -> (History, HistoryHandle) {
+        Self::make(Ok(pool), config, cap)
+    }
+
+    fn make(
+        pool: Result<SqlitePool, &str>,
+        config: &HistoryConfig,
+        cap: usize,
+    ) -> (History, HistoryHandle) {
         let (tx, rx) = mpsc::channel(cap.max(1));
         let stats = Arc::new(HistoryStats::default());
+        let pool = match pool {
+            Ok(p) => Some(p),
+            Err(why) => {
+                stats.set_unavailable(Some(why));
+                None
+            }
+        };
         (
             History {
                 pool,
+                last_retry: Some(Instant::now()),
                 rx,
                 config: config.clone(),
                 stats: stats.clone(),
@@ -360,13 +420,16 @@ impl History {
     }
 
     /// Writes until `shutdown`, then what is still queued. Returns the pool it wrote through
-    /// last (a replaced file is reopened on a new one), for the owner to close.
-    pub async fn run(mut self, shutdown: CancellationToken) -> SqlitePool {
+    /// last (a replaced file is reopened on a new one), for the owner to close; none when the
+    /// file could not be opened.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Option<SqlitePool> {
         let mut buf: Vec<Record> = Vec::new();
         let mut flush = tokio::time::interval(self.config.flush);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retention = tokio::time::interval(RETENTION_EVERY);
         retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retry = tokio::time::interval(HISTORY_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -382,6 +445,12 @@ impl History {
                 },
                 _ = flush.tick() => self.write(&mut buf).await,
                 _ = retention.tick() => self.retain().await,
+                // A file that could not be opened is tried again every minute, rows or none.
+                _ = retry.tick(), if self.pool.is_none() => {
+                    if due_every(&mut self.last_retry, HISTORY_RETRY) {
+                        self.reopen().await;
+                    }
+                }
             }
         }
         // Everything queued goes to disk before we stop.
@@ -399,6 +468,21 @@ impl History {
     async fn write(&mut self, buf: &mut Vec<Record>) {
         if buf.is_empty() {
             return;
+        }
+        if self.pool.is_none() {
+            if due_every(&mut self.last_retry, HISTORY_RETRY) {
+                self.reopen().await;
+            }
+            if self.pool.is_none() {
+                let n = buf.len() as u64;
+                self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+                self.stats.pending.fetch_sub(
+                    n.min(self.stats.pending.load(Ordering::Relaxed)),
+                    Ordering::Relaxed,
+                );
+                buf.clear();
+                return;
+            }
         }
         self.check_file().await;
         let n = buf.len() as u64;
@@ -430,8 +514,14 @@ impl History {
                 if let Some(f) = &self.forward {
                     f.wake.notify_one();
                 }
+                if self.stats.unavailable().is_some() {
+                    info!(path = %self.config.path.display(), "history available again; recording");
+                    self.stats.set_unavailable(None);
+                }
             }
             Err(e) => {
+                self.stats
+                    .set_unavailable(Some(&format!("cannot write: {e}")));
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 self.stats.dropped.fetch_add(n, Ordering::Relaxed);
                 // The cache may hold ids of a database that is gone.
@@ -474,15 +564,24 @@ impl History {
         }
         match open_with(&self.config.path, self.config.max_size).await {
             Ok(pool) => {
-                let old = std::mem::replace(&mut self.pool, pool);
-                old.close().await;
+                if let Some(old) = self.pool.replace(pool) {
+                    old.close().await;
+                }
                 self.series.clear();
                 self.file_id = file_id(&self.config.path);
+                if self.stats.unavailable().is_some() {
+                    info!(path = %self.config.path.display(), "history available again; recording");
+                    self.stats.set_unavailable(None);
+                }
             }
             Err(e) => {
                 // Tried again before the next batch; until then batches fail and are counted.
-                if due(&mut self.last_error_log) {
+                let first = self.stats.unavailable().is_none() && self.pool.is_none();
+                if first || due(&mut self.last_error_log) {
                     warn!(error = %e, "cannot open the history database again");
+                }
+                if self.pool.is_none() {
+                    self.stats.set_unavailable(Some(&e.to_string()));
                 }
             }
         }
@@ -503,15 +602,17 @@ impl History {
             let pick = format!(
                 "SELECT rowid AS id FROM {table} WHERE {KEEP_NEWEST} ORDER BY {order} LIMIT max(?1, (SELECT count(*) FROM {table}) / 10)"
             );
-            let result =
-                delete_rows(&self.pool, table, &pick, &[at_least], self.forward_target()).await;
+            let Some(pool) = self.pool.clone() else {
+                return;
+            };
+            let result = delete_rows(&pool, table, &pick, &[at_least], self.forward_target()).await;
             let result = match result {
                 // The blocks whose readings are all gone go too; a block deleted in part keeps
                 // its bounds, which still hold for the readings it has left.
                 Ok(d) if table == "readings" => sqlx::query(
                     "DELETE FROM readings_blocks WHERE last < (SELECT min(id) FROM readings)",
                 )
-                .execute(&self.pool)
+                .execute(&pool)
                 .await
                 .map(|_| d),
                 other => other,
@@ -585,7 +686,10 @@ impl History {
     }
 
     async fn try_write(&mut self, buf: &[Record]) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let Some(pool) = &self.pool else {
+            return Err(sqlx::Error::PoolClosed);
+        };
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut readings: Vec<(i64, i64, i64, &Value)> = Vec::new();
         let mut events: Vec<(i64, Option<&str>, &str, &str)> = Vec::new();
         for r in buf {
@@ -668,7 +772,8 @@ impl History {
     /// Deletes rows older than `retention`, a batch at a time.
     pub async fn retain(&mut self) {
         let cutoff = millis(SystemTime::now()) - self.config.retention.as_millis() as i64;
-        match retain(&self.pool, cutoff, self.forward_target()).await {
+        let Some(pool) = &self.pool else { return };
+        match retain(pool, cutoff, self.forward_target()).await {
             Ok(d) => {
                 if d.rows > 0 {
                     debug!(rows = d.rows, "history retention");
