@@ -168,6 +168,9 @@ pub async fn build(config_path: &Path) -> Result<Gateway, BuildError> {
                 f.password_file.as_deref(),
                 FORWARD_PASSWORD_ENV,
             )?;
+            if password.is_some() {
+                warn_unverified_password(f);
+            }
             let options = crate::history::forward::connect_options(
                 f,
                 &config.gateway.id,
@@ -240,6 +243,38 @@ async fn open_history(
         .await
         .map_err(|e| e.to_string())?;
     Ok((pool, log))
+}
+
+/// A password to a database that is not on this machine, over a connection that does not
+/// verify the server (`sslmode` below `verify-full`), can be read or taken by anyone on the way:
+/// said at every start, with the fix.
+fn warn_unverified_password(f: &crate::config::ForwardConfig) {
+    use crate::config::SslMode;
+    let Ok(options) = f.url.parse::<sqlx::postgres::PgConnectOptions>() else {
+        return;
+    };
+    let host = options.get_host();
+    let local = host.starts_with('/')
+        || host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if local || f.sslmode == SslMode::VerifyFull {
+        return;
+    }
+    let how = match f.sslmode {
+        SslMode::Disable => "in clear text",
+        SslMode::Prefer => {
+            "in clear text if the server offers no TLS, and never to a verified server"
+        }
+        SslMode::Require | SslMode::VerifyCa => "to a server whose name is not verified",
+        SslMode::VerifyFull => "",
+    };
+    warn!(
+        host = %host,
+        sslmode = f.sslmode.name(),
+        "history.forward: the PostgreSQL password goes to {host} {how}; set sslmode = \"verify-full\" (with ca_file for a private CA)"
+    );
 }
 
 /// A password: the first line of `file` (the config key `key` names it), else the environment

@@ -80,6 +80,31 @@ const OWN_KEYS: &[(&str, &str)] = &[
     ("sslrootcert", "ca_file"),
 ];
 
+/// `%XX` escapes decoded; anything malformed kept as it is.
+fn percent_decoded(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// `postgres://[user@]host[:port]/database[?param=value…]`, with no password in it: the URL is
 /// shown by `check` and in logs, so the password comes from `password_file` or the environment.
 pub fn check_postgres_url(url: &str) -> Result<(), String> {
@@ -110,8 +135,9 @@ pub fn check_postgres_url(url: &str) -> Result<(), String> {
         ));
     }
     for param in query.split('&').filter(|p| !p.is_empty()) {
-        let name = param.split_once('=').map_or(param, |(n, _)| n);
-        if let Some((_, instead)) = OWN_KEYS.iter().find(|(k, _)| *k == name) {
+        // As the driver reads it: percent-decoded (`pass%77ord` is `password`).
+        let name = percent_decoded(param.split_once('=').map_or(param, |(n, _)| n));
+        if let Some((_, instead)) = OWN_KEYS.iter().find(|(k, _)| k.eq_ignore_ascii_case(&name)) {
             return Err(format!("\"{name}\" does not go in the URL; use {instead}"));
         }
     }
@@ -124,6 +150,19 @@ pub fn check_postgres_url(url: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_in_the_url_is_refused_however_it_is_encoded() {
+        for url in [
+            "postgres://gw@db.lan/home?password=x",
+            "postgres://gw@db.lan/home?pass%77ord=x",
+            "postgres://gw@db.lan/home?%70%61%73%73%77%6F%72%64=x",
+            "postgres://gw@db.lan/home?PASSWORD=x",
+            "postgres://gw:x@db.lan/home",
+        ] {
+            assert!(check_postgres_url(url).is_err(), "{url}");
+        }
+    }
 
     #[test]
     fn postgres_urls_without_passwords_pass() {
