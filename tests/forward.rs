@@ -990,3 +990,29 @@ async fn a_row_postgresql_cannot_take_as_is_does_not_hold_up_the_rows_after_it()
             .unwrap();
     assert_eq!(n, 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restored_from_an_older_dump_gets_its_gap_filled_on_the_next_connect() {
+    let pg = TempDb::create();
+    let pool = pg.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("history.db");
+    backlog(&db, 3_000).await;
+    forward_rest(&db, "restored", &pg.url(), &pool).await;
+    let all = counts(&db, &pool, "restored").await;
+    // The database goes back to an older dump: the newest rows it had are gone, while the
+    // local cursor says they were sent.
+    sqlx::query("DELETE FROM readings WHERE gateway = 'restored' AND id > 1000")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM events WHERE gateway = 'restored' AND id > 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(counts(&db, &pool, "restored").await.1 < all.1);
+    // The next connection finds the gap and fills it from the local file.
+    forward_rest(&db, "restored", &pg.url(), &pool).await;
+    assert_eq!(counts(&db, &pool, "restored").await, all);
+    assert_exactly_local(&db, &pool, "restored").await;
+}

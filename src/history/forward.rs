@@ -385,12 +385,14 @@ async fn step(
     stats.oldest_ms.store(oldest, Ordering::Relaxed);
     let conn = match central {
         Some(c) => c,
-        None => central.insert(
-            tokio::time::timeout(CONNECT_TIMEOUT, connect(options))
+        None => {
+            let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, connect(options))
                 .await
                 .map_err(|_| Failure::Central("connecting timed out".into()))?
-                .map_err(|e| Failure::Central(e.to_string()))?,
-        ),
+                .map_err(|e| Failure::Central(e.to_string()))?;
+            reconcile(&mut conn, local, gateway, &link.target).await?;
+            central.insert(conn)
+        }
     };
     let batch = match local.next.take() {
         Some((after, b)) if after == local.cursor => b,
@@ -427,6 +429,41 @@ async fn step(
     local.next = next.filter(|b| b.len() > 0).map(|b| (last, b));
     save_cursor(&local.pool, &link.target, last).await?;
     Ok(Progress::Sent(batch.len()))
+}
+
+/// On every connection: what the database holds of this gateway's rows from this file (the
+/// highest id of each table). A database restored from an older dump, or made anew, holds less
+/// than the cursor says: the cursor goes back, and the rows the file still has are sent again
+/// (the database ignores those it has). The cursor never hides a gap.
+async fn reconcile(
+    conn: &mut PgConnection,
+    local: &mut Local,
+    gateway: &str,
+    target: &str,
+) -> Result<(), Failure> {
+    let mut held = [0i64; 2];
+    for (i, table) in ["readings", "events"].into_iter().enumerate() {
+        let sql =
+            format!("SELECT coalesce(max(id), 0) FROM {table} WHERE gateway = $1 AND origin = $2");
+        held[i] = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+            .bind(gateway)
+            .bind(local.origin)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| Failure::Central(e.to_string()))?;
+    }
+    let cursor = (local.cursor.0.min(held[0]), local.cursor.1.min(held[1]));
+    if cursor != local.cursor {
+        warn!(
+            readings = local.cursor.0 - cursor.0,
+            events = local.cursor.1 - cursor.1,
+            "the central database holds fewer of this gateway's rows than were sent (restored from an older dump, or made anew); sending them again from the local file"
+        );
+        local.cursor = cursor;
+        local.next = None;
+        save_cursor(&local.pool, target, cursor).await?;
+    }
+    Ok(())
 }
 
 /// The local file on the forwarder's connection, opened (again) when needed: at start, after
