@@ -961,6 +961,21 @@ pub async fn retain(
     target: Option<&str>,
 ) -> Result<Deleted, sqlx::Error> {
     let mut total = Deleted::default();
+    // Rows the central database does not have yet are never removed by age: only the size cap
+    // may drop them (counted). The cursor is read once; the forwarder only moves it on.
+    let (sent_readings, sent_events) = match target {
+        Some(t) => {
+            let row = sqlx::query("SELECT readings, events FROM forward_cursor WHERE target = ?")
+                .bind(t)
+                .fetch_optional(pool)
+                .await?;
+            match row {
+                Some(r) => (r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?),
+                None => (0, 0),
+            }
+        }
+        None => (i64::MAX, i64::MAX),
+    };
     let blocks = sqlx::query(
         "SELECT first, last, max_ts FROM readings_blocks WHERE min_ts < ? ORDER BY first",
     )
@@ -969,6 +984,10 @@ pub async fn retain(
     .await?;
     for b in blocks {
         let (first, last, max_ts): (i64, i64, i64) = (b.try_get(0)?, b.try_get(1)?, b.try_get(2)?);
+        let last = last.min(sent_readings);
+        if last < first {
+            continue;
+        }
         let d = if max_ts < cutoff_ms {
             let pick = format!(
                 "SELECT rowid AS id FROM {{table}} WHERE rowid >= ?1 AND rowid <= ?2 AND {KEEP_NEWEST} LIMIT {RETENTION_BATCH}"
@@ -985,9 +1004,9 @@ pub async fn retain(
         refresh_block(pool, first).await?;
     }
     let pick = format!(
-        "SELECT rowid AS id FROM {{table}} WHERE ts < ?1 AND {KEEP_NEWEST} LIMIT {RETENTION_BATCH}"
+        "SELECT rowid AS id FROM {{table}} WHERE ts < ?1 AND rowid <= ?2 AND {KEEP_NEWEST} LIMIT {RETENTION_BATCH}"
     );
-    let d = delete_in_batches(pool, "events", &pick, &[cutoff_ms], target).await?;
+    let d = delete_in_batches(pool, "events", &pick, &[cutoff_ms, sent_events], target).await?;
     total.rows += d.rows;
     total.unforwarded += d.unforwarded;
     Ok(total)
