@@ -1455,3 +1455,15 @@ async fn upgrading_a_file_from_before_migration_5_asks_systemd_for_more_start_ti
         1000
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_cut_back_after_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let pool = history::open(&db).await.unwrap();
+    let limit: i64 = sqlx::query_scalar("PRAGMA journal_size_limit")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(limit as u64, history::JOURNAL_SIZE_LIMIT);
+}

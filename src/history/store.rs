@@ -98,6 +98,9 @@ impl HistoryStats {
     }
 }
 
+/// The most a WAL file keeps after a checkpoint, in bytes.
+pub const JOURNAL_SIZE_LIMIT: u64 = 4 * 1024 * 1024;
+
 /// How often a history that cannot be opened is tried again.
 pub const HISTORY_RETRY: Duration = Duration::from_secs(60);
 
@@ -141,6 +144,9 @@ pub async fn open_with(path: &Path, max_size: Option<u64>) -> Result<SqlitePool,
         // The writer appends; a small page cache does (SQLite's default is 2 MiB), and only the
         // few fixed statements are kept prepared. See BENCHMARKS.md, memory.
         .pragma("cache_size", "-256")
+        // After a checkpoint the WAL is cut back to this: a burst (a backlog, a migration) does
+        // not leave a file of its size on a small SD card for good.
+        .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string())
         // No statement journals (see `try_write`): the writer takes its series ids from the
         // table inside the same transaction, so the foreign key would only cost a lookup per row
         // and make every multi-row INSERT abortable.
