@@ -436,7 +436,11 @@ pub fn result_payload(id: Option<&Json>, action: Option<&str>, outcome: &Outcome
                 if let Some(p) = &f.failed {
                     m.insert("failed".into(), Json::String(p.clone()));
                 }
-                m.insert("not_written".into(), json_strings(&f.not_written));
+                // A write that failed part-way names what it did not write; an interrupted
+                // command (no point failed) only what the device holds.
+                if f.failed.is_some() || !f.not_written.is_empty() {
+                    m.insert("not_written".into(), json_strings(&f.not_written));
+                }
             }
         }
     }

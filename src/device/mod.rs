@@ -64,8 +64,7 @@ pub const RECONFIGURED: &str = "device reconfigured";
 
 /// The error of a command that was running when the gateway stopped (a crash, a power cut) and
 /// that the broker delivered again: it is not written a second time.
-pub const INTERRUPTED: &str =
-    "interrupted: the gateway stopped while executing this command; not executed again";
+pub const INTERRUPTED: &str = "interrupted";
 
 /// The delivery of a QoS 1 command, to acknowledge once its result is out: the MQTT packet id,
 /// and the broker session it came in (an id means nothing in a later session).
