@@ -36,6 +36,9 @@ fi
 # chromedriver).
 $tests && need chromium chromium
 $tests && need chromedriver chromium-driver
+# tests/power_cut.rs restarts the gateway under libfaketime (a clock stepped across the command
+# id window, as NTP does on a Pi without a real-time clock).
+$tests && need faketime faketime
 # tests/ha_live.rs runs Home Assistant in a private network namespace.
 $tests && need unshare util-linux
 $tests && need ip iproute2

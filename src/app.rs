@@ -145,20 +145,31 @@ pub async fn build(config_path: &Path) -> Result<Gateway, BuildError> {
     // The history never stops the bridging (README "History"): a file that cannot be made,
     // opened or migrated (a full or read-only disk, a corrupt file) is logged, and the gateway
     // runs without it, trying it again every minute.
-    let (history, command_log, history_error) = if config.history.enabled {
+    let (history, history_error) = if config.history.enabled {
         match open_history(&config).await {
-            Ok((pool, log)) => (Some(pool), Some(log), None),
+            Ok(pool) => (Some(pool), None),
             Err(why) => {
                 error!(
                     path = %config.history.path.display(),
                     error = %why,
                     "history unavailable; the gateway runs on without it and tries it again every minute"
                 );
-                (None, None, Some(why))
+                (None, Some(why))
             }
         }
     } else {
-        (None, None, None)
+        (None, None)
+    };
+    // The ids of executed commands, in the state directory, with the history off too.
+    let command_log = match crate::history::CommandLog::open(state_dir(&config)).await {
+        Ok(log) => Some(log),
+        Err(e) => {
+            warn!(
+                error = %e,
+                "cannot keep command ids on disk; they are kept in memory only, and a command delivered again after a crash could run twice"
+            );
+            None
+        }
     };
     let forward = match &config.history.forward {
         Some(f) => {
@@ -223,26 +234,25 @@ pub async fn build(config_path: &Path) -> Result<Gateway, BuildError> {
     })
 }
 
-/// The history file and the command log in it, opened (the folder made) and migrated.
-async fn open_history(
-    config: &Config,
-) -> Result<(sqlx::SqlitePool, crate::history::CommandLog), String> {
-    if let Some(dir) = config
+/// The state directory: where the history file is (by default `/var/lib/fieldbridge`, the
+/// unit's `StateDirectory=`), with the history off too.
+pub fn state_dir(config: &Config) -> &Path {
+    config
         .history
         .path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
-    {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create the folder {}: {e}", dir.display()))?;
-    }
-    let pool = crate::history::open_with(&config.history.path, config.history.max_size)
+        .unwrap_or(Path::new("."))
+}
+
+/// The history file, opened (its folder made) and migrated.
+async fn open_history(config: &Config) -> Result<sqlx::SqlitePool, String> {
+    let dir = state_dir(config);
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create the folder {}: {e}", dir.display()))?;
+    crate::history::open_with(&config.history.path, config.history.max_size)
         .await
-        .map_err(|e| e.to_string())?;
-    let log = crate::history::CommandLog::open(&config.history.path)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((pool, log))
+        .map_err(|e| e.to_string())
 }
 
 /// A password to a database that is not on this machine, over a connection that does not
@@ -318,13 +328,7 @@ pub fn mqtt_settings(config: &Config, topics: &Topics) -> Result<MqttSettings, B
     let m = &config.mqtt;
     // The state directory (where the history and the command ids are) names the installation,
     // with the machine id.
-    let state_dir = config
-        .history
-        .path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let installation = crate::installation::installation(state_dir);
+    let installation = crate::installation::installation(state_dir(config));
     let password = read_password(
         config,
         "mqtt.password_file",
@@ -380,6 +384,13 @@ impl Gateway {
     /// pointed at someone's broker).
     pub fn ephemeral(mut self) -> Self {
         self.ephemeral = true;
+        self
+    }
+
+    /// The broker is this process's own, new and empty (the demo's in-process one): the link
+    /// does not ask it whether another gateway of this id is online.
+    pub fn own_broker(mut self) -> Self {
+        self.mqtt.skip_identity_check();
         self
     }
 

@@ -108,6 +108,7 @@ expect = "^OK"
 /// Runs the demo; returns the exit code.
 pub async fn run(mqtt: Option<String>, duration: Option<Duration>) -> u8 {
     let stop = CancellationToken::new();
+    let own_broker = mqtt.is_none();
     let url = match mqtt {
         Some(u) => u,
         None => match start_broker() {
@@ -203,6 +204,7 @@ pub async fn run(mqtt: Option<String>, duration: Option<Duration>) -> u8 {
         built = app::build(&path).await;
     }
     let gateway = match built {
+        Ok(g) if own_broker => g.ephemeral().own_broker(),
         Ok(g) => g.ephemeral(),
         Err(e) => {
             eprintln!("fieldbridge demo: {e}");

@@ -736,12 +736,18 @@ async fn a_retained_command_is_not_executed_at_a_start_or_a_reconnect() {
     assert!(gw.log().contains("mqtt connected"));
 }
 
-/// The gateway is killed (-9) after the device took the write and before the result went
-/// out. It had not acknowledged the command, so the broker delivers it again after the
-/// restart; the id was on disk before the write, so it is not written twice: it is answered
-/// "interrupted", with what the device holds of it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_command_redelivered_after_a_kill_9_is_written_once_and_answered_interrupted() {
+/// A gateway killed (-9) after the device took the write of `{"id": "once", "brightness": 44}`
+/// and before the result went out. It had not acknowledged the command, so the broker
+/// delivers it again at the next start.
+struct Killed {
+    broker: Mosquitto,
+    fake: FakeModbus,
+    sub: Subscriber,
+    cfg: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn killed_during_a_write() -> Killed {
     let broker = Mosquitto::start();
     let fake = FakeModbus::new();
     fake.unit(1, |_| {});
@@ -774,37 +780,146 @@ async fn a_command_redelivered_after_a_kill_9_is_written_once_and_answered_inter
     gw.signal(Signal::SIGKILL);
     drop(gw);
     assert!(sub.on(RESULT).is_empty(), "answered before the kill");
-    // The device did take it.
-    tokio::time::sleep(Duration::from_millis(1_600)).await;
-    assert_eq!(fake.unit(1, |u| u.holdings.get(&1).copied()), Some(44));
+    // The device did take it (its answer is still on its way to nobody).
+    let deadline = Instant::now() + WAIT;
+    while fake.unit(1, |u| u.holdings.get(&1).copied()) != Some(44) {
+        assert!(Instant::now() < deadline, "the device never held the write");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     fake.unit(1, |u| u.delay = Duration::ZERO);
-    let gw = GatewayProcess::spawn(&cfg, &[]);
-    let r = sub
-        .wait_for(RESULT, |p| p.contains("\"once\""), WAIT)
-        .unwrap_or_else(|| panic!("no result after the restart:\n{}", gw.log()));
+    Killed {
+        broker,
+        fake,
+        sub,
+        cfg,
+        _dir: dir,
+    }
+}
+
+const INTERRUPTED: &str = r#"{"id": "once", "action": "set", "ok": false, "error": "interrupted", "written": {"brightness": 44}}"#;
+
+/// Waits for the `n`th result (1-based) and returns it.
+fn nth_result(sub: &Subscriber, n: usize, gw: &GatewayProcess) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let results = sub.on(RESULT);
+        if results.len() >= n {
+            return json_of(&results[n - 1].payload);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no result #{n}; results {results:?}\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The id was on disk before the write, so the command the broker delivers again after the
+/// restart is not written twice: it is answered "interrupted", with what the device holds of
+/// it; a later delivery gets that result again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_redelivered_after_a_kill_9_is_written_once_and_answered_interrupted() {
+    let k = killed_during_a_write().await;
+    let gw = GatewayProcess::spawn(&k.cfg, &[]);
+    assert_eq!(nth_result(&k.sub, 1, &gw), json_of(INTERRUPTED));
     assert_eq!(
-        json_of(&r.payload),
-        json!({"id": "once", "action": "set", "ok": false, "error": "interrupted", "written": {"brightness": 44}})
-    );
-    assert_eq!(
-        writes(&fake),
+        writes(&k.fake),
         vec![(6, 1)],
         "the device saw more than one write"
     );
     // Delivered once more (a reconnect, a sender's retry): the first result again, no write.
     publish(
-        broker.port,
+        k.broker.port,
         CMD,
         r#"{"id": "once", "brightness": 44}"#,
         false,
     );
-    let deadline = Instant::now() + WAIT;
-    while sub.on(RESULT).len() < 2 {
-        assert!(Instant::now() < deadline, "no second result");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(nth_result(&k.sub, 2, &gw), json_of(INTERRUPTED));
+    assert_eq!(writes(&k.fake).len(), 1);
+}
+
+/// libfaketime's preload library, where Debian's `faketime` package puts it.
+fn libfaketime() -> Option<std::path::PathBuf> {
+    std::fs::read_dir("/usr/lib")
+        .ok()?
+        .flatten()
+        .map(|d| d.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists())
+}
+
+/// How far ahead of this machine's clock the gateway's is, in hours, from the timestamp of its
+/// first log line.
+fn log_clock_hours(gw: &GatewayProcess) -> f64 {
+    let log = gw.log();
+    let stamp = log
+        .lines()
+        .find_map(|l| l.split_whitespace().next())
+        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+        .unwrap_or_else(|| panic!("no timestamp in the log:\n{log}"));
+    let now = std::time::SystemTime::now();
+    match stamp.duration_since(now) {
+        Ok(ahead) => ahead.as_secs_f64() / 3600.0,
+        Err(e) => -e.duration().as_secs_f64() / 3600.0,
     }
-    assert_eq!(sub.on(RESULT)[1].payload, r.payload);
-    assert_eq!(writes(&fake).len(), 1);
+}
+
+/// A power cut on a Raspberry Pi, which has no real-time clock: after it, NTP steps the clock
+/// by hours, ahead or back. The command the broker delivers again is still answered
+/// "interrupted" two hours "later" (the id window is the gateway's own time), and a day later
+/// or a day earlier on the wall clock its result is published again, never written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_a_power_cut_and_clock_steps_a_command_is_never_written_twice() {
+    let Some(lib) = libfaketime() else {
+        common::cannot_run(
+            "libfaketime is not installed (`scripts/setup.sh --tests` installs faketime)",
+        );
+        return;
+    };
+    let k = killed_during_a_write().await;
+    let lib = lib.display().to_string();
+    let stepped = |by: &'static str| {
+        GatewayProcess::spawn(
+            &k.cfg,
+            &[
+                ("LD_PRELOAD", lib.as_str()),
+                ("FAKETIME", by),
+                ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+                ("FAKETIME_NO_CACHE", "1"),
+            ],
+        )
+    };
+    let mut gw = stepped("+2h");
+    assert_eq!(nth_result(&k.sub, 1, &gw), json_of(INTERRUPTED));
+    assert_eq!(writes(&k.fake), vec![(6, 1)], "written again at +2 h");
+    let hours = log_clock_hours(&gw);
+    assert!(
+        (1.9..2.1).contains(&hours),
+        "the clock was not stepped: {hours} h"
+    );
+    for (n, by, want) in [(2, "+25h", 25.0), (3, "-1d", -24.0)] {
+        gw.signal(Signal::SIGTERM);
+        assert!(gw.wait_exit(WAIT).is_some(), "no stop:\n{}", gw.log());
+        // Delivered again while the gateway is down (the broker keeps it for its session).
+        publish(
+            k.broker.port,
+            CMD,
+            r#"{"id": "once", "brightness": 44}"#,
+            false,
+        );
+        gw = stepped(by);
+        assert_eq!(nth_result(&k.sub, n, &gw), json_of(INTERRUPTED), "at {by}");
+        assert_eq!(writes(&k.fake).len(), 1, "written again at {by}");
+        let hours = log_clock_hours(&gw);
+        assert!(
+            (hours - want).abs() < 0.1,
+            "the clock was not stepped: {hours} h"
+        );
+    }
+    // The gateway under the stepped clock executes new commands as ever.
+    let r = command(k.broker.port, &k.sub, "new", r#"{"brightness": 45}"#);
+    assert_eq!(r["ok"], json!(true), "{r}");
+    assert_eq!(writes(&k.fake).len(), 2);
 }
 
 /// Two devices with four 0.3 s reads each, polled continuously on one RTU bus: a command

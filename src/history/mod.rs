@@ -31,12 +31,14 @@
 //! `fieldbridge history`, streamed; `forward.rs` the store-and-forward to a central
 //! PostgreSQL (CONTRACT §7).
 
+mod command_log;
 pub mod forward;
 mod query;
 mod store;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use command_log::{COMMAND_ID_WINDOW, COMMAND_LOG_FILE, CommandLog, Seen};
 pub use forward::{ForwardLink, ForwardStats, Forwarder};
 pub use query::*;
 pub use store::*;

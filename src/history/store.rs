@@ -198,7 +198,10 @@ async fn before_rebuilding_readings(pool: &SqlitePool) {
 
 /// A pool of one connection kept for the life of its user: sqlx would otherwise close and reopen
 /// it every 30 minutes (seen as file-descriptor blips in the soak, RELIABILITY.md).
-async fn one_connection(path: &Path, opts: SqliteConnectOptions) -> Result<SqlitePool, Error> {
+pub(super) async fn one_connection(
+    path: &Path,
+    opts: SqliteConnectOptions,
+) -> Result<SqlitePool, Error> {
     SqlitePoolOptions::new()
         .max_connections(1)
         .max_lifetime(None)
@@ -1038,105 +1041,4 @@ async fn refresh_block(pool: &SqlitePool, first: i64) -> Result<(), sqlx::Error>
     .execute(pool)
     .await?;
     Ok(())
-}
-
-/// How long an executed command's id is remembered: the same id again within this window is
-/// not executed again; its first result is published again (CONTRACT §4).
-pub const COMMAND_ID_WINDOW: Duration = Duration::from_secs(60);
-
-/// What the command log knew of an id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Seen {
-    /// Not executed within the window: now recorded (on disk) as running.
-    New,
-    /// Executed; its result payload.
-    Done(String),
-    /// Recorded as running, with no result: the gateway stopped (a crash, power loss) while
-    /// executing it. It may have been written.
-    Interrupted,
-}
-
-/// The ids of commands executed lately, in the history file (table `command_ids`), on a
-/// connection of its own so a command never waits behind a batch of readings. Each call is one
-/// transaction synced at commit (`synchronous = FULL`): one fsync when a command starts and one
-/// when it ends, only for commands that carry an `id`.
-#[derive(Debug, Clone)]
-pub struct CommandLog {
-    pool: SqlitePool,
-}
-
-impl CommandLog {
-    /// Opens the command log in the history file at `path` (created and migrated by [`open`]).
-    pub async fn open(path: &Path) -> Result<CommandLog, Error> {
-        let opts = SqliteConnectOptions::new()
-            .filename(path)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(5))
-            .pragma("cache_size", "-64")
-            .statement_cache_capacity(8);
-        Ok(CommandLog {
-            pool: one_connection(path, opts).await?,
-        })
-    }
-
-    /// Looks `id` of `device` up; when it was not executed within [`COMMAND_ID_WINDOW`],
-    /// records it as running, on disk before this returns. Older ids are forgotten here.
-    pub async fn begin(&self, device: &str, id: &str) -> Result<Seen, sqlx::Error> {
-        let now = millis(SystemTime::now());
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query("DELETE FROM command_ids WHERE ts < ?")
-            .bind(now - COMMAND_ID_WINDOW.as_millis() as i64)
-            .execute(&mut *tx)
-            .await?;
-        let row = sqlx::query("SELECT result FROM command_ids WHERE device = ? AND id = ?")
-            .bind(device)
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let seen = match row {
-            Some(r) => match r.try_get::<Option<String>, _>(0)? {
-                Some(result) => Seen::Done(result),
-                None => Seen::Interrupted,
-            },
-            None => {
-                sqlx::query("INSERT INTO command_ids (device, id, ts) VALUES (?, ?, ?)")
-                    .bind(device)
-                    .bind(id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                Seen::New
-            }
-        };
-        tx.commit().await?;
-        Ok(seen)
-    }
-
-    /// Closes the log's connection, once no command is left to record (at shutdown).
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    /// Records the result published for `id`.
-    pub async fn finish(&self, device: &str, id: &str, result: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE command_ids SET result = ? WHERE device = ? AND id = ?")
-            .bind(result)
-            .bind(device)
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-    }
-
-    /// Forgets `id`: the command was not executed after all (the gateway was stopping), so the
-    /// broker's next delivery of it must run it.
-    pub async fn forget(&self, device: &str, id: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM command_ids WHERE device = ? AND id = ?")
-            .bind(device)
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-    }
 }

@@ -366,9 +366,17 @@ pub struct Mqtt {
     shared: Arc<Shared>,
     incoming: mpsc::Sender<Incoming>,
     heartbeat: crate::systemd::Heartbeat,
+    check_identity: bool,
 }
 
 impl Mqtt {
+    /// For a broker this process started itself and nobody else has used yet (the demo's): no
+    /// other gateway can be online on it, and asking would cost a connection the broker logs
+    /// as an error when it closes.
+    pub fn skip_identity_check(&mut self) {
+        self.check_identity = false;
+    }
+
     /// Prepares the link: reads the TLS files (errors name the file). Connects only in `run`.
     pub fn new(
         settings: MqttSettings,
@@ -395,6 +403,7 @@ impl Mqtt {
                 shared: shared.clone(),
                 incoming: tx,
                 heartbeat: crate::systemd::Heartbeat::new("mqtt"),
+                check_identity: true,
             },
             MqttHandle { shared },
             rx,
@@ -414,8 +423,11 @@ impl Mqtt {
             shared,
             incoming,
             heartbeat,
+            check_identity: check,
         } = self;
-        check_identity(&settings, &shutdown, &heartbeat).await?;
+        if check {
+            check_identity(&settings, &shutdown, &heartbeat).await?;
+        }
         let (mut client, mut eventloop) = new_client(&options);
         let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
         let mut connected = false;

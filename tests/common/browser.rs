@@ -13,12 +13,6 @@ use super::mosquitto::free_port;
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
-/// Whether a missing tool fails the test (CI, or asked for) rather than skipping it.
-pub fn required() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-        || std::env::var("FIELDBRIDGE_REQUIRE_ALL").is_ok_and(|v| v == "1")
-}
-
 /// `None` after a loud message when the browser is not installed (a failure under CI).
 pub fn available(test: &str) -> Option<()> {
     let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
@@ -32,8 +26,7 @@ pub fn available(test: &str) -> Option<()> {
         "{test}: {} missing; `scripts/setup.sh --tests` installs Debian's chromium and chromium-driver",
         missing.join(" and ")
     );
-    assert!(!required(), "{why}");
-    super::skip(&why);
+    super::cannot_run(&why);
     None
 }
 

@@ -32,6 +32,22 @@ pub fn exposure_level(text: &str) -> Option<f64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// Whether every test must run here: under CI (`CI=true`) or with `FIELDBRIDGE_REQUIRE_ALL=1`,
+/// a missing tool, peer or failed boot fails the test (README "Testing").
+pub fn all_required() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+        || std::env::var("FIELDBRIDGE_REQUIRE_ALL").is_ok_and(|v| v == "1")
+}
+
+/// A test cannot run because `why`: a failure where every test must run, else a skip printed
+/// where nobody can miss it. Returns only in the second case.
+pub fn cannot_run(why: &str) {
+    if all_required() {
+        panic!("cannot run, and every test must run here (CI): {why}");
+    }
+    skip(why);
+}
+
 /// A test that cannot run here says so where nobody can miss it: on the terminal, past the
 /// test harness's capture (which hides what a passing test prints), and on stderr.
 pub fn skip(why: &str) {
