@@ -117,7 +117,10 @@ pub struct Gateway {
     history: Option<sqlx::SqlitePool>,
     /// Why the history could not be opened at start: the gateway runs without it meanwhile.
     history_error: Option<String>,
-    /// The ids of executed commands, in the history file; None with the history off.
+    /// Old readings deleted at open to make room for a migration (counted as the history full).
+    history_made_room: u64,
+    /// The ids of executed commands (`commands.db` in the state directory); None when it cannot
+    /// be written.
     command_log: Option<crate::history::CommandLog>,
     /// The central database's driver options, with `[history.forward]`.
     forward: Option<sqlx::postgres::PgConnectOptions>,
@@ -145,20 +148,20 @@ pub async fn build(config_path: &Path) -> Result<Gateway, BuildError> {
     // The history never stops the bridging (README "History"): a file that cannot be made,
     // opened or migrated (a full or read-only disk, a corrupt file) is logged, and the gateway
     // runs without it, trying it again every minute.
-    let (history, history_error) = if config.history.enabled {
+    let (history, history_error, history_made_room) = if config.history.enabled {
         match open_history(&config).await {
-            Ok(pool) => (Some(pool), None),
+            Ok((pool, made_room)) => (Some(pool), None, made_room),
             Err(why) => {
                 error!(
                     path = %config.history.path.display(),
                     error = %why,
                     "history unavailable; the gateway runs on without it and tries it again every minute"
                 );
-                (None, Some(why))
+                (None, Some(why), 0)
             }
         }
     } else {
-        (None, None)
+        (None, None, 0)
     };
     // The ids of executed commands, in the state directory, with the history off too.
     let command_log = match crate::history::CommandLog::open(state_dir(&config)).await {
@@ -227,6 +230,7 @@ pub async fn build(config_path: &Path) -> Result<Gateway, BuildError> {
         signals,
         history,
         history_error,
+        history_made_room,
         command_log,
         forward,
         ephemeral: false,
@@ -245,12 +249,13 @@ pub fn state_dir(config: &Config) -> &Path {
         .unwrap_or(Path::new("."))
 }
 
-/// The history file, opened (its folder made) and migrated.
-async fn open_history(config: &Config) -> Result<sqlx::SqlitePool, String> {
+/// The history file, opened (its folder made) and migrated; and how many old readings were
+/// deleted to make room for a migration.
+async fn open_history(config: &Config) -> Result<(sqlx::SqlitePool, u64), String> {
     let dir = state_dir(config);
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("cannot create the folder {}: {e}", dir.display()))?;
-    crate::history::open_with(&config.history.path, config.history.max_size)
+    crate::history::open_counted(&config.history.path, config.history.max_size)
         .await
         .map_err(|e| e.to_string())
 }
@@ -414,6 +419,7 @@ impl Gateway {
             mut signals,
             history: history_pool,
             history_error,
+            history_made_room,
             command_log,
             forward,
             ephemeral,
@@ -447,7 +453,11 @@ impl Gateway {
         let forward_token = CancellationToken::new();
         let mut forward_stats = None;
         let writer = match (history_pool, history_error) {
-            (Some(pool), _) => Some(History::new(pool, &config.history)),
+            (Some(pool), _) => {
+                let (mut writer, handle) = History::new(pool, &config.history);
+                writer.made_room(history_made_room);
+                Some((writer, handle))
+            }
             (None, Some(why)) => Some(History::unavailable(&why, &config.history)),
             (None, None) => None,
         };

@@ -66,7 +66,7 @@ fn booted() -> Option<&'static Booted> {
     match BOOTED.get_or_init(prepare) {
         Ok(b) => Some(b),
         Err(why) => {
-            shout(&format!("SKIPPED: booted-systemd test, {why}"));
+            common::cannot_run(&format!("booted-systemd test, {why}"));
             None
         }
     }
@@ -81,8 +81,8 @@ fn boot_installed(name: &str, binds: &[Bind]) -> Option<Container> {
             Some(c)
         }
         Err(why) => {
-            shout(&format!(
-                "SKIPPED: booted-systemd test, this machine refuses to boot a container: {why}"
+            common::cannot_run(&format!(
+                "booted-systemd test, this machine refuses to boot a container: {why}"
             ));
             None
         }

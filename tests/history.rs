@@ -233,41 +233,69 @@ async fn kill_9_during_heavy_writing_leaves_an_intact_file_missing_at_most_the_l
     assert!(lost <= 0.25 + 0.5, "{lost:.3} s of readings lost");
 }
 
+/// Retention goes by the time since a row was recorded on the file's own clock, not by the
+/// row's time: rows recorded under a clock 40 days behind (a Pi before NTP) are kept for the
+/// retention period like any, and go once it has passed, whatever their times say.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_removes_old_rows_and_keeps_new_ones() {
+async fn retention_goes_by_the_time_since_recording_not_by_the_rows_times() {
+    const DAY: i64 = 86_400_000;
+    let retention = Duration::from_secs(30 * 86_400);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("h.db");
     let pool = history::open(&db).await.unwrap();
-    let (writer, h) = History::new(pool.clone(), &hcfg(&db, 50));
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(writer.run(stop.clone()));
+    let write = |f: Box<dyn FnOnce(&history::HistoryHandle) + Send>| {
+        let (pool, db) = (pool.clone(), db.clone());
+        async move {
+            let (writer, h) = History::new(pool, &hcfg(&db, 50));
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(writer.run(stop.clone()));
+            f(&h);
+            stop.cancel();
+            task.await.unwrap();
+        }
+    };
+    let old = SystemTime::now() - Duration::from_secs(40 * 86_400);
+    write(Box::new(move |h| {
+        for i in 0..2500 {
+            h.record_reading(
+                "d",
+                "p",
+                old + Duration::from_millis(i),
+                &Value::Int(i.into()),
+            );
+        }
+        h.record_availability("d", true, old);
+    }))
+    .await;
+    // Marks on the file's clock (the writer's own, at its start, are near 0): nothing has been
+    // kept 30 days yet, old as the rows' times are.
+    let t0 = 1_000_000;
+    assert_eq!(history::mark(&pool, t0, retention).await.unwrap(), None);
     let now = SystemTime::now();
-    let old = now - Duration::from_secs(40 * 86_400);
-    for i in 0..2500 {
-        h.record_reading(
-            "d",
-            "p",
-            old + Duration::from_millis(i),
-            &Value::Int(i.into()),
-        );
-    }
-    h.record_reading("d", "p", now, &Value::Float(1.5));
-    h.record_availability("d", true, old);
-    h.record_availability("d", false, now);
-    stop.cancel();
-    task.await.unwrap();
+    write(Box::new(move |h| {
+        h.record_reading("d", "p", now, &Value::Float(1.5));
+        h.record_availability("d", false, now);
+    }))
+    .await;
     assert_eq!(
-        history::query(&pool, &Filter::default())
+        history::mark(&pool, t0 + 10 * DAY, retention)
             .await
-            .unwrap()
-            .len(),
-        2501
+            .unwrap(),
+        None
     );
-    let cutoff = (now - Duration::from_secs(30 * 86_400))
-        .duration_since(SystemTime::UNIX_EPOCH)
+    // 30 days after the first mark: what was recorded before it goes.
+    let upto = history::mark(&pool, t0 + 30 * DAY, retention)
+        .await
         .unwrap()
-        .as_millis() as i64;
-    let removed = history::retain(&pool, cutoff, None).await.unwrap();
+        .expect("a mark 30 days old");
+    assert_eq!(
+        upto,
+        history::Upto {
+            readings: 2500,
+            events: 1
+        }
+    );
+    let removed = history::retain(&pool, upto, None).await.unwrap();
     assert_eq!(removed.rows, 2501);
     let rows = history::query(&pool, &Filter::default()).await.unwrap();
     assert_eq!(rows.len(), 1);
@@ -275,6 +303,16 @@ async fn retention_removes_old_rows_and_keeps_new_ones() {
     let events = history::events(&pool).await.unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].detail, "offline");
+    // The marks older than the one used are gone; it stays for the next run.
+    let marks: Vec<i64> = sqlx::query_scalar("SELECT at FROM retention_marks ORDER BY at")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(marks, [t0, t0 + 10 * DAY, t0 + 30 * DAY]);
+    assert_eq!(
+        history::retain(&pool, upto, None).await.unwrap(),
+        history::Deleted::default()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -627,7 +665,7 @@ async fn history_events_show_availability_changes_and_commands_with_their_result
             .contains("max"),
         "{c2}"
     );
-    // Newest first in time order, as with readings.
+    // In recording order, as with readings: with no clock step, in time order.
     let times: Vec<f64> = events
         .iter()
         .map(|e| e["timestamp"].as_f64().unwrap())
@@ -799,19 +837,17 @@ async fn row_ids_are_never_handed_out_twice_so_a_forward_cursor_stays_true() {
     };
     let old = SystemTime::now() - Duration::from_secs(40 * 86_400);
     write(pool.clone(), old, 10).await;
-    // Retention takes every old row but the newest of each table: SQLite numbers a new row
-    // after the largest rowid left, so the numbers go on instead of starting again at 1.
-    let cutoff = (SystemTime::now() - Duration::from_secs(30 * 86_400))
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    // Retention takes every row but the newest of each table: SQLite numbers a new row after
+    // the largest rowid left, so the numbers go on instead of starting again at 1.
     // Nothing was forwarded to that database: every old row still waits for it, and age alone
     // never removes a row the central database does not have.
-    let d = history::retain(&pool, cutoff, Some("db:5432/x"))
+    let d = history::retain(&pool, history::Upto::ALL, Some("db:5432/x"))
         .await
         .unwrap();
     assert_eq!(d, history::Deleted::default());
-    let d = history::retain(&pool, cutoff, None).await.unwrap();
+    let d = history::retain(&pool, history::Upto::ALL, None)
+        .await
+        .unwrap();
     assert_eq!(d.rows, 18);
     assert_eq!(ids(pool.clone()).await, (vec![10], vec![10]));
     write(pool.clone(), SystemTime::now(), 3).await;
@@ -990,7 +1026,7 @@ async fn truth(
 ) -> Vec<(i64, String, String)> {
     sqlx::query_as(
         "SELECT r.ts, s.device, s.point FROM readings r JOIN series s ON s.id = r.series \
-         WHERE r.ts >= ?1 AND r.ts <= ?2 AND (?3 IS NULL OR s.device = ?3) ORDER BY r.ts, r.rowid",
+         WHERE r.ts >= ?1 AND r.ts <= ?2 AND (?3 IS NULL OR s.device = ?3) ORDER BY r.rowid",
     )
     .bind(since.unwrap_or(i64::MIN))
     .bind(until.unwrap_or(i64::MAX))
@@ -1095,7 +1131,7 @@ async fn time_bounded_queries_stay_exact_when_the_clock_was_stepped_back_and_blo
             want_d1,
             "d1, {since:?}..{until:?}"
         );
-        // --limit: the newest 7 of them, in time order.
+        // --limit: the newest 7 recorded of them, in recording order.
         let tail = want[want.len().saturating_sub(7)..].to_vec();
         assert_eq!(shown(&pool, since, until, None, Some(7)).await, tail);
     }
@@ -1133,11 +1169,12 @@ async fn time_bounded_queries_stay_exact_when_the_clock_was_stepped_back_and_blo
     );
 }
 
-/// Retention after the clock was stepped back and forth: exactly the readings older than the
-/// cutoff go — whole blocks of them by id, others one by one — never the newest reading (even
-/// when it is old), and the blocks left vouch for every reading left.
+/// Retention up to a mark, with the clock stepped back and forth in between (blocks overlapping
+/// in time): exactly the readings up to the mark's id go — whole blocks by id, the one the mark
+/// falls in partly — never one the central database does not have yet, never the newest, and
+/// the blocks left vouch for every reading left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_after_a_clock_jump_deletes_exactly_the_old_readings_and_never_the_newest() {
+async fn retention_deletes_exactly_the_readings_up_to_its_mark_and_never_the_newest() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("h.db");
     let pool = history::open(&db).await.unwrap();
@@ -1158,95 +1195,84 @@ async fn retention_after_a_clock_jump_deletes_exactly_the_old_readings_and_never
     // The clock at boot, 40 days behind, for long enough to fill a whole block...
     push(old, 140_000);
     push(now - Duration::from_secs(1800), 30_000);
-    // ...and once more at the end: the newest reading is an old one.
+    // ...and once more at the end.
     push(old, 10);
     write_readings(&pool, &db, rows).await;
     let b = blocks(&pool).await;
-    let cutoff = ms(now - Duration::from_secs(30 * 86_400));
-    assert!(
-        b.iter().any(|b| b.3 < cutoff),
-        "no block is old throughout: {b:?}"
-    );
-
-    // A central database has the first 100,000 readings.
-    sqlx::query("INSERT INTO forward_cursor (target, readings) VALUES ('db:5432/x', 100000)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    assert!(b.len() >= 4, "{b:?}");
     let max_id: i64 = sqlx::query_scalar("SELECT max(id) FROM readings")
         .fetch_one(&pool)
         .await
         .unwrap();
-    let count = |sql: &'static str| {
+    let ids = || {
         let pool = pool.clone();
         async move {
-            sqlx::query_scalar::<_, i64>(sql)
-                .bind(cutoff)
-                .bind(max_id)
-                .fetch_one(&pool)
+            sqlx::query_scalar::<_, i64>("SELECT id FROM readings ORDER BY id")
+                .fetch_all(&pool)
                 .await
                 .unwrap()
         }
     };
-    let doomed = count("SELECT count(*) FROM readings WHERE ts < ?1 AND id < ?2").await;
-    let unsent =
-        count("SELECT count(*) FROM readings WHERE ts < ?1 AND id < ?2 AND id > 100000").await;
-    // Old rows the central database does not have yet (above the cursor) stay.
-    let kept: Vec<i64> = sqlx::query_scalar(
-        "SELECT id FROM readings WHERE ts >= ? OR id = ? OR id > 100000 ORDER BY id",
-    )
-    .bind(cutoff)
-    .bind(max_id)
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    assert_eq!(doomed, 140_009);
-    assert!(unsent > 0);
+    let exact = || async {
+        assert_eq!(uncovered(&pool).await, 0, "{:?}", blocks(&pool).await);
+        let empty: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM readings_blocks b \
+             WHERE NOT EXISTS (SELECT 1 FROM readings WHERE id BETWEEN b.first AND b.last)",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            empty,
+            0,
+            "blocks without readings: {:?}",
+            blocks(&pool).await
+        );
+        let cutoff = ms(now - Duration::from_secs(86_400));
+        for (since, until) in [(Some(cutoff), None), (None, Some(cutoff)), (None, None)] {
+            assert_eq!(
+                shown(&pool, since, until, None, None).await,
+                truth(&pool, since, until, None).await
+            );
+        }
+    };
+    let upto = |readings: i64| history::Upto {
+        readings,
+        events: 0,
+    };
 
-    let d = history::retain(&pool, cutoff, Some("db:5432/x"))
+    // A mark inside the third block: the first two go whole, the third up to the mark.
+    let d = history::retain(&pool, upto(150_000), None).await.unwrap();
+    assert_eq!(d.rows, 150_000);
+    assert_eq!(ids().await, (150_001..=max_id).collect::<Vec<_>>());
+    exact().await;
+    assert!(blocks(&pool).await.len() < b.len());
+
+    // A central database has the readings up to 170,000: a mark beyond that takes no more.
+    sqlx::query("INSERT INTO forward_cursor (target, readings) VALUES ('db:5432/x', 170000)")
+        .execute(&pool)
         .await
         .unwrap();
-    assert_eq!(d.rows, (doomed - unsent) as u64);
+    let d = history::retain(&pool, history::Upto::ALL, Some("db:5432/x"))
+        .await
+        .unwrap();
+    assert_eq!(d.rows, 20_000);
     assert_eq!(d.unforwarded, 0);
-    let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM readings ORDER BY id")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    assert_eq!(left, kept);
+    assert_eq!(ids().await, (170_001..=max_id).collect::<Vec<_>>());
+    exact().await;
     assert_eq!(
-        *left.last().unwrap(),
-        max_id,
-        "the newest reading was deleted"
-    );
-    assert_eq!(uncovered(&pool).await, 0);
-    let empty: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM readings_blocks b \
-         WHERE NOT EXISTS (SELECT 1 FROM readings WHERE id BETWEEN b.first AND b.last)",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(
-        empty,
-        0,
-        "blocks without readings: {:?}",
-        blocks(&pool).await
-    );
-    // (Blocks whose readings all went are gone, as `empty` shows; the unsent ones keep theirs.)
-    assert!(blocks(&pool).await.len() <= b.len());
-    // Nothing old and sent left: the next run deletes nothing, and the queries are still exact.
-    assert_eq!(
-        history::retain(&pool, cutoff, Some("db:5432/x"))
+        history::retain(&pool, history::Upto::ALL, Some("db:5432/x"))
             .await
             .unwrap(),
         history::Deleted::default()
     );
-    for (since, until) in [(Some(cutoff), None), (None, Some(cutoff)), (None, None)] {
-        assert_eq!(
-            shown(&pool, since, until, None, None).await,
-            truth(&pool, since, until, None).await
-        );
-    }
+
+    // Without forwarding, everything up to the mark, but never the newest reading.
+    history::retain(&pool, history::Upto::ALL, None)
+        .await
+        .unwrap();
+    assert_eq!(ids().await, [max_id], "the newest reading was deleted");
+    exact().await;
     // The next reading gets the next id.
     write_readings(
         &pool,
@@ -1393,6 +1419,65 @@ async fn a_file_from_before_migration_5_keeps_every_reading_its_id_and_its_answe
     let newest = blocks(&pool).await;
     assert_eq!(newest.last().unwrap().1, 150_001);
     assert_eq!(uncovered(&pool).await, 0);
+}
+
+/// Migration 5 copies the readings beside the old table before dropping it: in a file near its
+/// `max_size` the copy did not fit, the migration failed at every start, and the history was
+/// lost for good. Now the oldest readings make room first (as the ring would delete them), are
+/// counted, and the rest move with their ids; the file stays within its cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_near_its_cap_goes_through_migration_5_after_making_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let pool = file_of_migration_4(&db).await;
+    const N: i64 = 200_000;
+    for sql in [
+        "INSERT INTO series (device, point) VALUES ('a', 'x')",
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000) \
+         INSERT INTO readings (ts, series, kind, value) SELECT 1764000000000 + i, 1, 0, i FROM n",
+        "PRAGMA wal_checkpoint(TRUNCATE)",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    // The cap: the file as it is and 64 KiB, far less than the copy needs (~5 MB).
+    let cap = pages as u64 * 4096 + 65_536;
+    let (pool, made_room) = history::open_counted(&db, Some(cap))
+        .await
+        .expect("migration 5 in a capped file");
+    let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM readings ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert!(made_room > 0 && made_room < N as u64, "{made_room} deleted");
+    assert_eq!(left.len() as u64 + made_room, N as u64);
+    // The oldest went; the rest kept their ids, the newest among them.
+    assert_eq!(left, ((N - left.len() as i64 + 1)..=N).collect::<Vec<_>>());
+    assert_eq!(uncovered(&pool).await, 0);
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(pages as u64 * 4096 <= cap, "{pages} pages beyond the cap");
+    // The history goes on: a batch fits (the ring makes room as ever).
+    write_readings(
+        &pool,
+        &db,
+        vec![(SystemTime::now(), "a".into(), "x".into(), Value::Int(1))],
+    )
+    .await;
+    let max: i64 = sqlx::query_scalar("SELECT max(id) FROM readings")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(max, N + 1);
 }
 
 /// Migration 5 copies every reading before READY=1, which on a large history on a Pi could

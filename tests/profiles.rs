@@ -362,6 +362,13 @@ map = { 0 = "off", x = "on" }
 "#;
     let cfg = format!("{RTU}[devices.m]\nbus = \"rs485\"\nunit = 1\nprofile = \"acme-m1\"\n");
     let (dir, path) = config_dir(&cfg, &[("acme-m1", broken)]);
+    // The config's line naming the profile, in the file as written.
+    let line = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("profile = \"acme-m1\""))
+        .unwrap()
+        + 1;
     let (code, _, err) = run(&["check"], &path);
     assert_eq!(code, 78, "{err}");
     let file = dir
@@ -375,7 +382,10 @@ map = { 0 = "off", x = "on" }
         format!("{file}:5:2: document.version: the source document needs a `version` or a `date`"),
         format!("{file}:9:8: points.temp.type: unknown type \"f33\""),
         format!("{file}:12:20: points.mode.map.x: map keys are raw integer values"),
-        format!("{}:", path.display()) + "10:11: devices.m.profile: profile \"acme-m1\" has errors",
+        format!(
+            "{}:{line}:11: devices.m.profile: profile \"acme-m1\" has errors",
+            path.display()
+        ),
     ] {
         assert!(err.contains(&want), "missing {want:?} in:\n{err}");
     }

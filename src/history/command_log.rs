@@ -4,22 +4,19 @@
 //! with the history off too, so that a command the broker delivers again after a crash or a
 //! power cut is never written twice.
 //!
-//! The window is measured on the gateway's own clock, not the wall clock a Raspberry Pi gets
-//! from NTP at some point after boot (it has no real-time clock): while the gateway runs, it is
-//! the monotonic clock; across a restart of the gateway in the same boot, the time since boot
-//! (`CLOCK_BOOTTIME`, which counts suspend too; the kernel's boot id tells a restart from a
-//! reboot); across a reboot, the wall clock's gap, between zero and the window. So a step of the wall clock, either way, neither shortens nor extends
-//! the window.
+//! The window is measured on the gateway's own clock (`clock.rs`), not on the wall clock a
+//! Raspberry Pi gets from NTP at some point after boot: a step of the wall clock, either way,
+//! neither shortens nor extends it.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use sqlx::Row as _;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
-use super::millis;
+use super::clock::GatewayClock;
 use super::store::{Error, one_connection};
 
 /// How long an executed command's id is remembered.
@@ -40,55 +37,6 @@ pub enum Seen {
     Interrupted,
 }
 
-/// Milliseconds on the gateway's clock (see the module docs).
-#[derive(Debug)]
-struct GatewayClock {
-    base: i64,
-    start: Instant,
-}
-
-impl GatewayClock {
-    fn now(&self) -> i64 {
-        self.base
-            .saturating_add(self.start.elapsed().as_millis() as i64)
-    }
-}
-
-/// Milliseconds since boot, suspend included.
-fn boottime_ms() -> i64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .map(|t| t.tv_sec() * 1000 + t.tv_nsec() / 1_000_000)
-        .unwrap_or(0)
-}
-
-/// This boot's id (random, new at every boot); empty where the kernel does not say.
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-/// A checkpoint of the gateway's clock: the wall clock, the gateway's clock and the time since
-/// boot (milliseconds), and the boot's id.
-type Checkpoint = (i64, i64, i64, String);
-
-/// Where the gateway's clock stands now, from its last checkpoint and now's wall clock, time
-/// since boot and boot id.
-fn resume(checkpoint: Option<Checkpoint>, wall_now: i64, boot_now: i64, boot: &str) -> i64 {
-    let Some((wall, gateway, boot_then, boot_id_then)) = checkpoint else {
-        return 0;
-    };
-    let same_boot = !boot.is_empty() && boot == boot_id_then && boot_now >= boot_then;
-    let gap = if same_boot {
-        // The same boot: the time since boot has gone on, whatever the wall clock did.
-        boot_now - boot_then
-    } else {
-        // A reboot: only the wall clock spans it, and it may have been stepped meanwhile.
-        (wall_now - wall).clamp(0, COMMAND_ID_WINDOW.as_millis() as i64)
-    };
-    gateway.saturating_add(gap)
-}
-
 /// The command log: one connection of its own (a command never waits behind a batch of
 /// readings); each call one transaction, synced at commit — one fsync when a command starts
 /// and one when it ends, only for commands that carry an `id`.
@@ -96,7 +44,6 @@ fn resume(checkpoint: Option<Checkpoint>, wall_now: i64, boot_now: i64, boot: &s
 pub struct CommandLog {
     pool: SqlitePool,
     clock: Arc<GatewayClock>,
-    boot: Arc<str>,
 }
 
 impl CommandLog {
@@ -117,34 +64,18 @@ impl CommandLog {
             path: path.display().to_string(),
             source: e,
         };
-        for ddl in [
+        sqlx::query(
             "CREATE TABLE IF NOT EXISTS command_ids (device TEXT NOT NULL, id TEXT NOT NULL, at INTEGER NOT NULL, result TEXT, PRIMARY KEY (device, id))",
-            "CREATE TABLE IF NOT EXISTS clock (one INTEGER PRIMARY KEY CHECK (one = 1), wall INTEGER NOT NULL, gateway INTEGER NOT NULL, boottime INTEGER NOT NULL, boot_id TEXT NOT NULL)",
-        ] {
-            sqlx::query(ddl).execute(&pool).await.map_err(sql)?;
-        }
-        let checkpoint = sqlx::query("SELECT wall, gateway, boottime, boot_id FROM clock")
-            .fetch_optional(&pool)
+        )
+        .execute(&pool)
+        .await
+        .map_err(sql)?;
+        let clock = GatewayClock::load(&pool, COMMAND_ID_WINDOW)
             .await
-            .map_err(sql)?
-            .map(|r| -> Result<Checkpoint, sqlx::Error> {
-                Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))
-            })
-            .transpose()
             .map_err(sql)?;
-        let clock = GatewayClock {
-            base: resume(
-                checkpoint,
-                millis(SystemTime::now()),
-                boottime_ms(),
-                &boot_id(),
-            ),
-            start: Instant::now(),
-        };
         let log = CommandLog {
             pool,
             clock: Arc::new(clock),
-            boot: boot_id().into(),
         };
         log.checkpoint(&log.pool).await.map_err(sql)?;
         Ok(log)
@@ -155,18 +86,7 @@ impl CommandLog {
     where
         E: sqlx::Executor<'c, Database = sqlx::Sqlite>,
     {
-        sqlx::query(
-            "INSERT INTO clock (one, wall, gateway, boottime, boot_id) VALUES (1, ?, ?, ?, ?) \
-             ON CONFLICT (one) DO UPDATE SET wall = excluded.wall, gateway = excluded.gateway, \
-             boottime = excluded.boottime, boot_id = excluded.boot_id",
-        )
-        .bind(millis(SystemTime::now()))
-        .bind(self.clock.now())
-        .bind(boottime_ms())
-        .bind(&self.boot)
-        .execute(on)
-        .await
-        .map(|_| ())
+        self.clock.save(on).await
     }
 
     /// Looks `id` of `device` up; when it was not executed within [`COMMAND_ID_WINDOW`],
@@ -238,43 +158,6 @@ impl CommandLog {
 mod tests {
     use super::*;
 
-    const H: i64 = 3_600_000;
-
-    #[test]
-    fn the_gateway_clock_ignores_wall_steps_within_a_boot_and_bounds_them_across_one() {
-        // No checkpoint: a new clock.
-        assert_eq!(resume(None, 5, 5, "b1"), 0);
-        // Restarted in the same boot 10 minutes later, the wall clock stepped 20 years ahead
-        // meanwhile: 10 minutes passed.
-        let ck = Some((1_000 * H, 50 * H, 2 * H, "b1".to_string()));
-        let twenty_years = 20 * 365 * 24 * H;
-        let ten_minutes = 600_000;
-        assert_eq!(
-            resume(
-                ck.clone(),
-                1_000 * H + twenty_years,
-                2 * H + ten_minutes,
-                "b1"
-            ),
-            50 * H + ten_minutes
-        );
-        // ... or a day back: still 10 minutes.
-        assert_eq!(
-            resume(ck.clone(), 1_000 * H - 24 * H, 2 * H + ten_minutes, "b1"),
-            50 * H + ten_minutes
-        );
-        // Rebooted (another boot id, even with a longer time since boot): the wall clock's
-        // gap, 2 h ...
-        assert_eq!(resume(ck.clone(), 1_002 * H, 3 * H, "b2"), 52 * H);
-        // ... never negative (a Pi without a real-time clock boots in the past) ...
-        assert_eq!(resume(ck.clone(), 990 * H, H / 2, "b2"), 50 * H);
-        // ... and at most the window (a clock stepped 20 years ahead across the reboot).
-        assert_eq!(
-            resume(ck, 1_000 * H + twenty_years, H / 2, "b2"),
-            50 * H + 24 * H
-        );
-    }
-
     #[tokio::test]
     async fn an_id_is_remembered_across_a_reopen_and_forgotten_after_the_window() {
         let dir = tempfile::tempdir().unwrap();
@@ -293,11 +176,9 @@ mod tests {
         // A day and a bit later on the gateway's clock: forgotten.
         let later = CommandLog {
             pool: log.pool.clone(),
-            boot: log.boot.clone(),
-            clock: Arc::new(GatewayClock {
-                base: log.clock.now() + COMMAND_ID_WINDOW.as_millis() as i64 + 1_000,
-                start: Instant::now(),
-            }),
+            clock: Arc::new(GatewayClock::at(
+                log.clock.now() + COMMAND_ID_WINDOW.as_millis() as i64 + 1_000,
+            )),
         };
         assert_eq!(later.begin("d", "a").await.unwrap(), Seen::New);
     }

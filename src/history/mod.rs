@@ -9,9 +9,12 @@
 //!   is on disk when its commit returns (one fsync of the WAL per window; `NORMAL` syncs only at
 //!   checkpoints, so a power cut could lose several windows), and the file is never corrupted.
 //! - [`CommandLog`]: the ids of executed commands, synced before each command's write goes
-//!   out, so a command the broker delivers again after a crash is not written twice. With the
-//!   history off there is no file: ids are remembered in memory only, for the process's life.
-//! - Retention deletes old rows in small batches, so the `history` command can read meanwhile.
+//!   out, so a command the broker delivers again after a crash is not written twice; in a file
+//!   of its own (`commands.db`), kept with the history off too.
+//! - Retention goes by elapsed time on the file's own clock ([`GatewayClock`]), not by the rows'
+//!   times: a mark of the newest ids at each run says what was recorded before then
+//!   (migrations/0006_retention_marks.sql). It deletes in small batches, so the `history`
+//!   command can read meanwhile.
 //! - `max_size` caps the file (SQLite's `max_page_count`): when it, or the disk, is full, the
 //!   oldest tenth of the rows (at least twice the batch) is deleted to make room and the batch
 //!   written again; the database works as a ring and the newest readings are always kept.
@@ -21,8 +24,8 @@
 //!   never handed out twice: `forward.rs` keeps its cursor on them.
 //! - Readings have no index (issue 17: a reading in ~22 bytes of file). `readings_blocks`, a
 //!   sparse time index of one row per 65,536 ids, is kept up to date in each batch's own
-//!   transaction; a time-bounded query reads the id range of the blocks whose times meet it,
-//!   retention deletes whole old blocks by id (migrations/0005_readings_blocks.sql).
+//!   transaction; a time-bounded query reads the id range of the blocks whose times meet it
+//!   (migrations/0005_readings_blocks.sql).
 //! - `history.enabled = false`: no file, no writer; the handle records nothing.
 //! - Runtime queries only (no `query!` macros): the build needs no database, and
 //!   `tests/history.rs` runs every statement against a freshly migrated file.
@@ -31,6 +34,7 @@
 //! `fieldbridge history`, streamed; `forward.rs` the store-and-forward to a central
 //! PostgreSQL (CONTRACT §7).
 
+mod clock;
 mod command_log;
 pub mod forward;
 mod query;
@@ -38,6 +42,7 @@ mod store;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use clock::GatewayClock;
 pub use command_log::{COMMAND_ID_WINDOW, COMMAND_LOG_FILE, CommandLog, Seen};
 pub use forward::{ForwardLink, ForwardStats, Forwarder};
 pub use query::*;

@@ -91,21 +91,17 @@ fn conditions(filter: &Filter, device: &str, point: Option<&str>, ts: &str) -> (
     (sql, args)
 }
 
-/// `select` (whose last two columns are `ts` and `id`) ordered oldest first; with a limit,
-/// the newest `limit` rows, put back in order.
+/// `select` (whose last column is `id`) in the order the rows were recorded; with a limit, the
+/// newest `limit` rows recorded, put back in that order.
 ///
-/// Events are read in this order on their index. Readings have none on their times (issue 17):
-/// SQLite sorts them, in runs of at most the page cache (`cache_size`, 256 KiB) merged from
-/// temporary files, so memory stays near flat (+0.6-0.9 MiB from 10,000 rows to 1,000,000); a
-/// million rows took as long as on the old index, within this machine's noise, and wrote 41 MB
-/// to the temporary directory (BENCHMARKS.md, issue 17). Kept over record (id) order, which
-/// would need neither: that differs from time order after a clock step, and people read by time.
+/// Recording order, not time order: a Raspberry Pi has no real-time clock, and after NTP steps
+/// its clock (ahead or back) the times of rows recorded one after the other may go back; their
+/// order of recording is what happened. It is also the order SQLite reads the table in, so a
+/// dump of any size streams out from its first row, with no sort and no temporary file.
 fn ordered(select: String, limit: Option<u64>) -> String {
     match limit {
-        None => format!("{select} ORDER BY ts, id"),
-        Some(n) => {
-            format!("SELECT * FROM ({select} ORDER BY ts DESC, id DESC LIMIT {n}) ORDER BY ts, id")
-        }
+        None => format!("{select} ORDER BY id"),
+        Some(n) => format!("SELECT * FROM ({select} ORDER BY id DESC LIMIT {n}) ORDER BY id"),
     }
 }
 
@@ -209,7 +205,7 @@ fn id_bounds(
     (lo, hi)
 }
 
-/// Every reading matching `filter`, oldest first, handed to `each` one at a time.
+/// Every reading matching `filter`, in recording order, handed to `each` one at a time.
 pub async fn each_reading(
     pool: &SqlitePool,
     filter: &Filter,
@@ -245,7 +241,8 @@ pub async fn each_reading(
     .await
 }
 
-/// Every event matching `filter` (its `point` does not apply), oldest first, handed to `each`.
+/// Every event matching `filter` (its `point` does not apply), in recording order, handed to
+/// `each`.
 pub async fn each_event(
     pool: &SqlitePool,
     filter: &Filter,

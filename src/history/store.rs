@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::clock::GatewayClock;
 use super::forward::ForwardLink;
 use super::millis;
 use crate::config::HistoryConfig;
@@ -37,8 +38,12 @@ const RETENTION_BATCH: i64 = 1_000;
 /// makes ~130 blocks a day, ~4,000 in 30 days of retention: ~30 pages, which every
 /// time-bounded query and every retention run read whole.
 pub const BLOCK_IDS: i64 = 65_536;
-/// How often retention runs.
+/// How often retention runs, and so how finely it measures a row's age: each run marks the
+/// newest ids (migrations/0006_retention_marks.sql).
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
+/// A gap between the wall clock's and the gateway's clock over one retention period beyond
+/// this is a step of the wall clock, logged once.
+const CLOCK_STEP: i64 = 60_000;
 /// The page size new databases get; `max_size` is turned into pages with it.
 const PAGE_SIZE: u64 = 4096;
 /// SQLite's result code for "database or disk is full".
@@ -128,6 +133,12 @@ pub async fn open(path: &Path) -> Result<SqlitePool, Error> {
 
 /// As `open`, with the file capped at `max_size` bytes (`history.max_size`).
 pub async fn open_with(path: &Path, max_size: Option<u64>) -> Result<SqlitePool, Error> {
+    open_counted(path, max_size).await.map(|(pool, _)| pool)
+}
+
+/// As `open_with`; also how many of the oldest readings were deleted to make room for a
+/// migration in a capped file.
+pub async fn open_counted(path: &Path, max_size: Option<u64>) -> Result<(SqlitePool, u64), Error> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::Open {
             path: path.display().to_string(),
@@ -159,7 +170,19 @@ pub async fn open_with(path: &Path, max_size: Option<u64>) -> Result<SqlitePool,
         None => opts,
     };
     let pool = one_connection(path, opts).await?;
-    before_rebuilding_readings(&pool).await;
+    let made_room = if before_rebuilding_readings(&pool).await {
+        match max_size {
+            Some(max) => room_for_rebuilding_readings(&pool, (max / PAGE_SIZE).max(16))
+                .await
+                .map_err(|source| Error::Open {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+            None => 0,
+        }
+    } else {
+        0
+    };
     sqlx::migrate!("./migrations")
         .run(&pool)
         .await
@@ -167,7 +190,69 @@ pub async fn open_with(path: &Path, max_size: Option<u64>) -> Result<SqlitePool,
             path: path.display().to_string(),
             source,
         })?;
-    Ok(pool)
+    Ok((pool, made_room))
+}
+
+/// Bytes a reading takes in the table migration 5 makes, with a margin (22 measured,
+/// BENCHMARKS.md).
+const REBUILT_READING: i64 = 26;
+/// Bytes an old reading gives back when deleted before migration 5, with a margin (38
+/// measured: 22 of table, 16 of its time index).
+const OLD_READING: i64 = 30;
+
+/// Migration 5 copies the readings into a new table before it drops the old one: in a file
+/// capped by `history.max_size` the copy needs room beside the old table, and a file near its
+/// cap would fail the migration at every start. So the oldest readings are deleted first until
+/// the copy fits in the pages the cap leaves (free ones included), as the ring would delete them
+/// anyway; how many is logged and returned (counted as the history being full). Never the
+/// newest reading (the ids go on from it).
+async fn room_for_rebuilding_readings(
+    pool: &SqlitePool,
+    max_pages: u64,
+) -> Result<u64, sqlx::Error> {
+    let mut deleted = 0u64;
+    loop {
+        let (pages, free): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT page_count FROM pragma_page_count()), (SELECT freelist_count FROM pragma_freelist_count())",
+        )
+        .fetch_one(pool)
+        .await?;
+        let readings: i64 = sqlx::query_scalar("SELECT count(*) FROM readings")
+            .fetch_one(pool)
+            .await?;
+        // A few pages for the blocks and the migrations' own bookkeeping.
+        let room = (max_pages as i64 - pages + free - 16).max(0) * PAGE_SIZE as i64;
+        let need = readings * REBUILT_READING;
+        if need <= room || readings <= 1 {
+            break;
+        }
+        let n = ((need - room) / (REBUILT_READING + OLD_READING) + 1).min(readings - 1);
+        let gone = sqlx::query(
+            "DELETE FROM readings WHERE rowid IN \
+               (SELECT rowid FROM readings WHERE rowid < (SELECT max(rowid) FROM readings) ORDER BY rowid LIMIT ?)",
+        )
+        .bind(n)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        if gone == 0 {
+            break;
+        }
+        deleted += gone;
+    }
+    if deleted > 0 {
+        let unforwarded: i64 =
+            sqlx::query_scalar("SELECT coalesce((SELECT min(readings) FROM forward_cursor), -1)")
+                .fetch_one(pool)
+                .await
+                .unwrap_or(-1);
+        warn!(
+            readings = deleted,
+            forwarded_up_to = unforwarded,
+            "history: the file is near history.max_size; its oldest readings were deleted to make room for moving the rest to their new table (migration 5)"
+        );
+    }
+    Ok(deleted)
 }
 
 /// Migration 5 copies every reading into a new table before READY=1: about a second per
@@ -175,8 +260,8 @@ pub async fn open_with(path: &Path, max_size: Option<u64>) -> Result<SqlitePool,
 /// size. A large history would outlast systemd's start timeout (90 s by default), be killed
 /// mid-way and rolled back, and again at every restart. So when it is still to run, says so
 /// in the log and asks systemd for 30 s plus 20 s per million readings more (ids above the
-/// lowest: an upper bound of the count, read without counting).
-async fn before_rebuilding_readings(pool: &SqlitePool) {
+/// lowest: an upper bound of the count, read without counting). Whether it is still to run.
+async fn before_rebuilding_readings(pool: &SqlitePool) -> bool {
     // Fails (and does nothing) on a new file: no `_sqlx_migrations` yet, nothing to copy.
     let readings: Option<Option<Option<i64>>> = sqlx::query_scalar(
         "SELECT (SELECT max(rowid) - min(rowid) + 1 FROM readings) \
@@ -186,7 +271,7 @@ async fn before_rebuilding_readings(pool: &SqlitePool) {
     .await
     .ok();
     let Some(Some(Some(readings))) = readings else {
-        return;
+        return false;
     };
     info!(
         readings,
@@ -194,6 +279,7 @@ async fn before_rebuilding_readings(pool: &SqlitePool) {
     );
     let usec = 30_000_000u64.saturating_add(20u64.saturating_mul(readings.max(0) as u64));
     crate::systemd::extend_timeout(Duration::from_micros(usec));
+    true
 }
 
 /// A pool of one connection kept for the life of its user: sqlx would otherwise close and reopen
@@ -336,6 +422,11 @@ pub struct History {
     /// Set when the rows are also forwarded to a central database.
     forward: Option<ForwardLink>,
     last_forward_drop_log: Option<Instant>,
+    /// The file's own elapsed-time clock, which retention goes by (loaded at the first run on
+    /// each file opened).
+    clock: Option<GatewayClock>,
+    /// The wall clock and the gateway's clock at the last retention run, to see a step.
+    last_clocks: Option<(i64, i64)>,
 }
 
 pub(super) fn file_id(path: &Path) -> Option<(u64, u64)> {
@@ -412,6 +503,8 @@ impl History {
                 file_id: file_id(&config.path),
                 forward: None,
                 last_forward_drop_log: None,
+                clock: None,
+                last_clocks: None,
             },
             HistoryHandle {
                 tx: Some(tx),
@@ -471,6 +564,11 @@ impl History {
             }
         }
         self.write(&mut buf).await;
+        if let (Some(pool), Some(clock)) = (&self.pool, &self.clock) {
+            if let Err(e) = clock.save(pool).await {
+                debug!(error = %e, "history: the clock was not saved at the stop");
+            }
+        }
         self.pool
     }
 
@@ -571,12 +669,15 @@ impl History {
                 "history database was deleted or replaced; creating it again"
             );
         }
-        match open_with(&self.config.path, self.config.max_size).await {
-            Ok(pool) => {
+        match open_counted(&self.config.path, self.config.max_size).await {
+            Ok((pool, made_room)) => {
+                self.made_room(made_room);
                 if let Some(old) = self.pool.replace(pool) {
                     old.close().await;
                 }
                 self.series.clear();
+                self.clock = None;
+                self.last_clocks = None;
                 self.file_id = file_id(&self.config.path);
                 if self.stats.unavailable().is_some() {
                     info!(path = %self.config.path.display(), "history available again; recording");
@@ -643,6 +744,14 @@ impl History {
                 max_size = ?self.config.max_size,
                 "history database full; oldest rows deleted to make room"
             );
+        }
+    }
+
+    /// Counts readings deleted at open to make room for a migration, as the database being
+    /// full once.
+    pub fn made_room(&mut self, readings: u64) {
+        if readings > 0 {
+            self.stats.full.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -778,11 +887,42 @@ impl History {
         tx.commit().await
     }
 
-    /// Deletes rows older than `retention`, a batch at a time.
+    /// Deletes the rows recorded more than `retention` ago on the file's own clock, a batch at
+    /// a time (README "History": retention goes by elapsed time, not by the wall clock).
     pub async fn retain(&mut self) {
-        let cutoff = millis(SystemTime::now()) - self.config.retention.as_millis() as i64;
         let Some(pool) = &self.pool else { return };
-        match retain(pool, cutoff, self.forward_target()).await {
+        if self.clock.is_none() {
+            match GatewayClock::load(pool, self.config.retention).await {
+                Ok(c) => self.clock = Some(c),
+                Err(e) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %e, "history retention failed");
+                    return;
+                }
+            }
+        }
+        let (Some(pool), Some(clock)) = (&self.pool, &self.clock) else {
+            return;
+        };
+        let (wall, now) = (millis(SystemTime::now()), clock.now());
+        if let Some((wall_then, then)) = self.last_clocks.replace((wall, now)) {
+            let step = (wall - wall_then) - (now - then);
+            if step.abs() > CLOCK_STEP {
+                info!(
+                    by = %format_step(step),
+                    "the wall clock was stepped; history retention goes by elapsed time, not by it"
+                );
+            }
+        }
+        let done = async {
+            clock.save(pool).await?;
+            let upto = mark(pool, now, self.config.retention).await?;
+            match upto {
+                Some(upto) => retain(pool, upto, self.forward_target()).await,
+                None => Ok(Deleted::default()),
+            }
+        };
+        match done.await {
             Ok(d) => {
                 if d.rows > 0 {
                     debug!(rows = d.rows, "history retention");
@@ -795,6 +935,65 @@ impl History {
             }
         }
     }
+}
+
+/// A clock step for people: `+20y 3d`, `-1d`, `+1h 0m`.
+fn format_step(ms: i64) -> String {
+    let sign = if ms < 0 { '-' } else { '+' };
+    let d = Duration::from_millis(ms.unsigned_abs());
+    let rounded = Duration::from_secs(d.as_secs() / 60 * 60);
+    format!("{sign}{}", humantime::format_duration(rounded))
+}
+
+/// Where retention stands: the newest ids of each table recorded before a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upto {
+    pub readings: i64,
+    pub events: i64,
+}
+
+impl Upto {
+    /// Every row (but each table's newest).
+    pub const ALL: Upto = Upto {
+        readings: i64::MAX,
+        events: i64::MAX,
+    };
+}
+
+/// Marks the newest ids at `now` on the file's clock (`retention_marks`), and returns those of
+/// the newest mark at least `retention` old, if any: the rows retention may delete. Older marks
+/// go; that one stays for the next run.
+pub async fn mark(
+    pool: &SqlitePool,
+    now: i64,
+    retention: Duration,
+) -> Result<Option<Upto>, sqlx::Error> {
+    sqlx::query(
+        "INSERT OR REPLACE INTO retention_marks (at, readings, events) VALUES (?1, \
+           coalesce((SELECT max(id) FROM readings), 0), coalesce((SELECT max(rowid) FROM events), 0))",
+    )
+    .bind(now)
+    .execute(pool)
+    .await?;
+    let due = now.saturating_sub(retention.as_millis() as i64);
+    let Some(row) = sqlx::query(
+        "SELECT at, readings, events FROM retention_marks WHERE at <= ? ORDER BY at DESC LIMIT 1",
+    )
+    .bind(due)
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let at: i64 = row.try_get(0)?;
+    sqlx::query("DELETE FROM retention_marks WHERE at < ?")
+        .bind(at)
+        .execute(pool)
+        .await?;
+    Ok(Some(Upto {
+        readings: row.try_get(1)?,
+        events: row.try_get(2)?,
+    }))
 }
 
 /// The readings a batch inserted: how many, and their time range.
@@ -956,22 +1155,19 @@ async fn delete_in_batches(
     }
 }
 
-/// Deletes rows older than `cutoff_ms` in small batches (never a table's newest row); counts
-/// those `target`, the central database forwarded to, did not have yet.
+/// Deletes the rows up to `upto` (ids, recording order) in small batches, never a table's
+/// newest row, and never a row `target`, the central database forwarded to, does not have yet
+/// (only the size cap may drop those, counted).
 ///
-/// Readings are found through their blocks (`readings_blocks`): only blocks holding a reading
-/// older than the cutoff are read, so a run with nothing old reads a few pages of blocks and no
-/// reading. A block older than the cutoff throughout goes by id range; one that straddles it
-/// (the oldest, or any block after the clock was stepped back) by its rows' times. Each block
-/// read is then given the bounds of the rows it has left, or deleted when it has none.
+/// Readings go by id range, block by block (`readings_blocks`): each block touched is then
+/// given the bounds of the rows it has left, or deleted when it has none.
 pub async fn retain(
     pool: &SqlitePool,
-    cutoff_ms: i64,
+    upto: Upto,
     target: Option<&str>,
 ) -> Result<Deleted, sqlx::Error> {
     let mut total = Deleted::default();
-    // Rows the central database does not have yet are never removed by age: only the size cap
-    // may drop them (counted). The cursor is read once; the forwarder only moves it on.
+    // The cursor is read once; the forwarder only moves it on.
     let (sent_readings, sent_events) = match target {
         Some(t) => {
             let row = sqlx::query("SELECT readings, events FROM forward_cursor WHERE target = ?")
@@ -985,37 +1181,34 @@ pub async fn retain(
         }
         None => (i64::MAX, i64::MAX),
     };
-    let blocks = sqlx::query(
-        "SELECT first, last, max_ts FROM readings_blocks WHERE min_ts < ? ORDER BY first",
-    )
-    .bind(cutoff_ms)
-    .fetch_all(pool)
-    .await?;
+    let readings = upto.readings.min(sent_readings);
+    let blocks =
+        sqlx::query("SELECT first, last FROM readings_blocks WHERE first <= ? ORDER BY first")
+            .bind(readings)
+            .fetch_all(pool)
+            .await?;
     for b in blocks {
-        let (first, last, max_ts): (i64, i64, i64) = (b.try_get(0)?, b.try_get(1)?, b.try_get(2)?);
-        let last = last.min(sent_readings);
-        if last < first {
-            continue;
-        }
-        let d = if max_ts < cutoff_ms {
-            let pick = format!(
-                "SELECT rowid AS id FROM {{table}} WHERE rowid >= ?1 AND rowid <= ?2 AND {KEEP_NEWEST} LIMIT {RETENTION_BATCH}"
-            );
-            delete_in_batches(pool, "readings", &pick, &[first, last], target).await?
-        } else {
-            let pick = format!(
-                "SELECT rowid AS id FROM {{table}} WHERE rowid >= ?1 AND rowid <= ?2 AND ts < ?3 AND {KEEP_NEWEST} LIMIT {RETENTION_BATCH}"
-            );
-            delete_in_batches(pool, "readings", &pick, &[first, last, cutoff_ms], target).await?
-        };
+        let (first, last): (i64, i64) = (b.try_get(0)?, b.try_get(1)?);
+        let pick = format!(
+            "SELECT rowid AS id FROM {{table}} WHERE rowid >= ?1 AND rowid <= ?2 AND {KEEP_NEWEST} LIMIT {RETENTION_BATCH}"
+        );
+        let d = delete_in_batches(
+            pool,
+            "readings",
+            &pick,
+            &[first, last.min(readings)],
+            target,
+        )
+        .await?;
         total.rows += d.rows;
         total.unforwarded += d.unforwarded;
         refresh_block(pool, first).await?;
     }
     let pick = format!(
-        "SELECT rowid AS id FROM {{table}} WHERE ts < ?1 AND rowid <= ?2 AND {KEEP_NEWEST} LIMIT {RETENTION_BATCH}"
+        "SELECT rowid AS id FROM {{table}} WHERE rowid <= ?1 AND {KEEP_NEWEST} LIMIT {RETENTION_BATCH}"
     );
-    let d = delete_in_batches(pool, "events", &pick, &[cutoff_ms, sent_events], target).await?;
+    let events = upto.events.min(sent_events);
+    let d = delete_in_batches(pool, "events", &pick, &[events], target).await?;
     total.rows += d.rows;
     total.unforwarded += d.unforwarded;
     Ok(total)

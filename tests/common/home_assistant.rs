@@ -31,9 +31,9 @@ fn default_venv() -> PathBuf {
 /// Panics with the remedy when it is missing.
 pub fn venv(test: &str) -> Option<PathBuf> {
     if std::env::var(SKIP_ENV).is_ok_and(|v| v == "1") {
-        eprintln!(
-            "\n**************** SKIPPED: {test}: {SKIP_ENV}=1 says the Home Assistant tests are not wanted ****************\n"
-        );
+        super::cannot_run(&format!(
+            "{test}: {SKIP_ENV}=1 says the Home Assistant tests are not wanted"
+        ));
         return None;
     }
     let venv = std::env::var_os("FIELDBRIDGE_HA_VENV")

@@ -32,6 +32,15 @@ pub fn exposure_level(text: &str) -> Option<f64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// libfaketime's preload library, where Debian's `faketime` package puts it.
+pub fn libfaketime() -> Option<std::path::PathBuf> {
+    std::fs::read_dir("/usr/lib")
+        .ok()?
+        .flatten()
+        .map(|d| d.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists())
+}
+
 /// Whether every test must run here: under CI (`CI=true`) or with `FIELDBRIDGE_REQUIRE_ALL=1`,
 /// a missing tool, peer or failed boot fails the test (README "Testing").
 pub fn all_required() -> bool {
