@@ -8,8 +8,8 @@
 //! Raspberry Pi gets from NTP at some point after boot: a step of the wall clock, either way,
 //! neither shortens nor extends it.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::Row as _;
@@ -17,7 +17,8 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 use super::clock::GatewayClock;
-use super::store::{Error, one_connection};
+use super::store::{Error, file_id, one_connection};
+use tracing::warn;
 
 /// How long an executed command's id is remembered.
 pub const COMMAND_ID_WINDOW: Duration = Duration::from_secs(24 * 3600);
@@ -39,19 +40,28 @@ pub enum Seen {
 
 /// The command log: one connection of its own (a command never waits behind a batch of
 /// readings); each call one transaction, synced at commit — one fsync when a command starts
-/// and one when it ends, only for commands that carry an `id`.
+/// and one when it ends, only for commands that carry an `id`. A file deleted or replaced
+/// underneath (a restore, a cleanup) is noticed at the next command and opened anew, so ids go
+/// on being kept on disk.
 #[derive(Debug, Clone)]
 pub struct CommandLog {
-    pool: SqlitePool,
-    clock: Arc<GatewayClock>,
+    path: PathBuf,
+    file: Arc<Mutex<File>>,
 }
 
-impl CommandLog {
-    /// Opens (or makes) the command log in the state directory `dir`.
-    pub async fn open(dir: &Path) -> Result<CommandLog, Error> {
-        let path = dir.join(COMMAND_LOG_FILE);
+/// The file the log writes now.
+#[derive(Debug, Clone)]
+struct File {
+    pool: SqlitePool,
+    clock: Arc<GatewayClock>,
+    /// (device, inode) when it was opened.
+    id: Option<(u64, u64)>,
+}
+
+impl File {
+    async fn open(path: &Path) -> Result<File, Error> {
         let opts = SqliteConnectOptions::new()
-            .filename(&path)
+            .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
@@ -59,7 +69,7 @@ impl CommandLog {
             .pragma("cache_size", "-64")
             .pragma("journal_size_limit", "1048576")
             .statement_cache_capacity(8);
-        let pool = one_connection(&path, opts).await?;
+        let pool = one_connection(path, opts).await?;
         let sql = |e: sqlx::Error| Error::Open {
             path: path.display().to_string(),
             source: e,
@@ -73,27 +83,58 @@ impl CommandLog {
         let clock = GatewayClock::load(&pool, COMMAND_ID_WINDOW)
             .await
             .map_err(sql)?;
-        let log = CommandLog {
+        clock.save(&pool).await.map_err(sql)?;
+        Ok(File {
             pool,
             clock: Arc::new(clock),
-        };
-        log.checkpoint(&log.pool).await.map_err(sql)?;
-        Ok(log)
+            id: file_id(path),
+        })
+    }
+}
+
+impl CommandLog {
+    /// Opens (or makes) the command log in the state directory `dir`.
+    pub async fn open(dir: &Path) -> Result<CommandLog, Error> {
+        let path = dir.join(COMMAND_LOG_FILE);
+        let file = File::open(&path).await?;
+        Ok(CommandLog {
+            path,
+            file: Arc::new(Mutex::new(file)),
+        })
     }
 
-    /// Where the gateway's clock stands, saved for the next start.
-    async fn checkpoint<'c, E>(&self, on: E) -> Result<(), sqlx::Error>
-    where
-        E: sqlx::Executor<'c, Database = sqlx::Sqlite>,
-    {
-        self.clock.save(on).await
+    /// The file to write: the one open, or, when it was deleted or replaced, the file now at
+    /// the path, opened anew.
+    async fn file(&self) -> Result<File, sqlx::Error> {
+        let current = match self.file.lock() {
+            Ok(f) => f.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        if current.id.is_some() && file_id(&self.path) == current.id {
+            return Ok(current);
+        }
+        warn!(
+            path = %self.path.display(),
+            "the command log was deleted or replaced; opening it anew (ids recorded since its last copy are gone)"
+        );
+        let fresh = File::open(&self.path).await.map_err(|e| match e {
+            Error::Open { source, .. } | Error::Sql(source) => source,
+            Error::Migrate { source, .. } => sqlx::Error::Migrate(Box::new(source)),
+        })?;
+        match self.file.lock() {
+            Ok(mut f) => *f = fresh.clone(),
+            Err(poisoned) => *poisoned.into_inner() = fresh.clone(),
+        }
+        current.pool.close().await;
+        Ok(fresh)
     }
 
     /// Looks `id` of `device` up; when it was not executed within [`COMMAND_ID_WINDOW`],
     /// records it as running, on disk before this returns. Older ids are forgotten here.
     pub async fn begin(&self, device: &str, id: &str) -> Result<Seen, sqlx::Error> {
-        let now = self.clock.now();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let file = self.file().await?;
+        let now = file.clock.now();
+        let mut tx = file.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("DELETE FROM command_ids WHERE at < ?")
             .bind(now - COMMAND_ID_WINDOW.as_millis() as i64)
             .execute(&mut *tx)
@@ -118,7 +159,8 @@ impl CommandLog {
                 Seen::New
             }
         };
-        self.checkpoint(&mut *tx).await?;
+        // Where the clock stands, for the next start.
+        file.clock.save(&mut *tx).await?;
         tx.commit().await?;
         Ok(seen)
     }
@@ -126,10 +168,14 @@ impl CommandLog {
     /// Closes the log's connection, once no command is left to record (at shutdown), with the
     /// clock saved.
     pub async fn close(&self) {
-        if let Err(e) = self.checkpoint(&self.pool).await {
+        let file = match self.file.lock() {
+            Ok(f) => f.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        if let Err(e) = file.clock.save(&file.pool).await {
             tracing::debug!(error = %e, "command log: the clock was not saved at the stop");
         }
-        self.pool.close().await;
+        file.pool.close().await;
     }
 
     /// Records the result published for `id`.
@@ -138,7 +184,7 @@ impl CommandLog {
             .bind(result)
             .bind(device)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.file().await?.pool)
             .await
             .map(|_| ())
     }
@@ -148,7 +194,7 @@ impl CommandLog {
         sqlx::query("DELETE FROM command_ids WHERE device = ? AND id = ?")
             .bind(device)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.file().await?.pool)
             .await
             .map(|_| ())
     }
@@ -174,12 +220,33 @@ mod tests {
         );
         assert_eq!(log.begin("d", "b").await.unwrap(), Seen::Interrupted);
         // A day and a bit later on the gateway's clock: forgotten.
+        let mut file = log.file().await.unwrap();
+        file.clock = Arc::new(GatewayClock::at(
+            file.clock.now() + COMMAND_ID_WINDOW.as_millis() as i64 + 1_000,
+        ));
         let later = CommandLog {
-            pool: log.pool.clone(),
-            clock: Arc::new(GatewayClock::at(
-                log.clock.now() + COMMAND_ID_WINDOW.as_millis() as i64 + 1_000,
-            )),
+            path: log.path.clone(),
+            file: Arc::new(Mutex::new(file)),
         };
         assert_eq!(later.begin("d", "a").await.unwrap(), Seen::New);
+    }
+
+    /// A command log deleted underneath (a cleanup, a restore of the state directory) is made
+    /// anew at the next command: ids recorded after it are on disk, not in an unlinked file.
+    #[tokio::test]
+    async fn a_deleted_command_log_is_made_anew_and_keeps_the_ids_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = CommandLog::open(dir.path()).await.unwrap();
+        assert_eq!(log.begin("d", "a").await.unwrap(), Seen::New);
+        for f in ["commands.db", "commands.db-wal", "commands.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(f));
+        }
+        assert_eq!(log.begin("d", "b").await.unwrap(), Seen::New);
+        assert!(dir.path().join(COMMAND_LOG_FILE).exists());
+        log.close().await;
+        let log = CommandLog::open(dir.path()).await.unwrap();
+        assert_eq!(log.begin("d", "b").await.unwrap(), Seen::Interrupted);
+        // What went with the old file is gone.
+        assert_eq!(log.begin("d", "a").await.unwrap(), Seen::New);
     }
 }

@@ -700,17 +700,19 @@ impl History {
     /// The database (or the disk) is full: deletes the oldest tenth of each table's rows, and
     /// at least twice what the batch brings to it (`batch`: readings, events), so it works as
     /// a ring that always keeps the newest even when a batch is large beside the cap. "Oldest"
-    /// is the first recorded for readings (the same but across a clock step), by time for events.
+    /// is the first recorded.
     async fn make_room(&mut self, batch: [usize; 2]) {
         self.stats.full.fetch_add(1, Ordering::Relaxed);
         let mut deleted = 0;
         for (table, n) in ["readings", "events"].into_iter().zip(batch) {
             let at_least = (2 * n).max(100) as i64;
-            // Readings by id (the order they were recorded, which their blocks follow; there is
-            // no index on their times to sort by), events by time.
-            let order = if table == "readings" { "rowid" } else { "ts" };
+            // The first recorded (by id, which the blocks follow; after a clock step the times
+            // say nothing of age). A tenth of the ids' span, not of a count: counting walks the
+            // whole table while this statement holds the write lock; the span is two lookups,
+            // and at least the count.
             let pick = format!(
-                "SELECT rowid AS id FROM {table} WHERE {KEEP_NEWEST} ORDER BY {order} LIMIT max(?1, (SELECT count(*) FROM {table}) / 10)"
+                "SELECT rowid AS id FROM {table} WHERE {KEEP_NEWEST} ORDER BY rowid \
+                 LIMIT max(?1, ((SELECT max(rowid) FROM {table}) - (SELECT min(rowid) FROM {table}) + 1) / 10)"
             );
             let Some(pool) = self.pool.clone() else {
                 return;
