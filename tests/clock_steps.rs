@@ -236,6 +236,14 @@ async fn clock_steps_under_load_lose_no_row_repeat_no_command_and_keep_recording
     assert!(here.len() > 3_500, "{} readings", here.len());
     let ids: Vec<i64> = here.iter().map(|(id, _)| *id).collect();
     assert_eq!(ids, (1..=here.len() as i64).collect::<Vec<_>>());
+    eprintln!(
+        "clock steps: {} readings, ids 1..={} without a gap, each in the central database; {} \
+         commands written once each, {} results",
+        here.len(),
+        here.len(),
+        writes(),
+        sub.on(RESULT).len()
+    );
     // (What the stop recorded, if anything, is the file's too.)
     let here = local(&history_db).await;
     // The times went ahead 20 years, back, and ahead again: not in time order...

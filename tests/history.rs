@@ -1457,6 +1457,10 @@ async fn a_file_near_its_cap_goes_through_migration_5_after_making_room() {
         .await
         .unwrap();
     assert!(made_room > 0 && made_room < N as u64, "{made_room} deleted");
+    eprintln!(
+        "migration 5 at the cap: {made_room} of {N} readings deleted to make room, {} moved",
+        N as u64 - made_room
+    );
     assert_eq!(left.len() as u64 + made_room, N as u64);
     // The oldest went; the rest kept their ids, the newest among them.
     assert_eq!(left, ((N - left.len() as i64 + 1)..=N).collect::<Vec<_>>());
