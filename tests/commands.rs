@@ -349,6 +349,16 @@ async fn a_command_during_a_long_poll_cycle_is_written_before_the_rest_of_the_cy
         .wait_for(&result, |p| p.contains("\"mid\""), WAIT)
         .expect("result");
     assert_eq!(json_of(&r.payload)["ok"], json!(true), "{}", r.payload);
+    // The cycle ends: every device read once.
+    let deadline = Instant::now() + WAIT;
+    while !(1..=6u8).all(|d| fake.log().iter().any(|s| s.unit == d && s.fc <= 4)) {
+        assert!(
+            Instant::now() < deadline,
+            "the cycle never ended: {:?}",
+            fake.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let log = fake.log();
     let write_at = log.iter().position(|s| s.fc == 6).expect("written");
     assert_eq!(log[write_at].unit, u);

@@ -195,9 +195,11 @@ fn the_installed_config_checks_and_has_no_devices() {
 }
 
 /// The cross-built binaries under qemu-user (`packaging/qemu-smoke.sh`): `check` on the example
-/// config and a bounded demo publishing to a mosquitto of its own. Only where
-/// `packaging/build-debs.sh` has built them and qemu-user is installed.
+/// config and a bounded demo publishing to a mosquitto of its own. The cross builds take
+/// `packaging/build-debs.sh` (many minutes), which the test command does not run: this test is
+/// listed as ignored in every run, and run on its own after the cross builds.
 #[test]
+#[ignore = "needs the arm cross builds: packaging/build-debs.sh, then cargo test --test packaging -- --ignored"]
 fn the_cross_built_binaries_run_under_qemu() {
     let built = ["aarch64-unknown-linux-gnu", "armv7-unknown-linux-gnueabihf"]
         .iter()
@@ -209,8 +211,7 @@ fn the_cross_built_binaries_run_under_qemu() {
                 .exists()
         });
     if !built || !has("qemu-aarch64", &["--version"]) || !has("qemu-arm", &["--version"]) {
-        // The cross builds come from packaging/build-debs.sh, not from the test command.
-        common::skip(
+        common::cannot_run(
             "the arm smoke test: no cross builds or no qemu-user (packaging/build-debs.sh)",
         );
         return;

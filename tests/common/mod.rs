@@ -57,13 +57,30 @@ pub fn cannot_run(why: &str) {
     skip(why);
 }
 
+/// Where the skips of a run are listed for `tests/zz_skipped.rs`, the run's last target.
+pub fn skipped_list() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped-tests.txt")
+}
+
 /// A test that cannot run here says so where nobody can miss it: on the terminal, past the
-/// test harness's capture (which hides what a passing test prints), and on stderr.
+/// test harness's capture (which hides what a passing test prints), and on stderr; and lists
+/// itself for the run's summary.
 pub fn skip(why: &str) {
+    use std::io::Write;
     let line = format!("\n**************** SKIPPED: {why} ****************\n");
     if let Ok(mut tty) = std::fs::OpenOptions::new().write(true).open("/dev/tty") {
-        use std::io::Write;
         let _ = tty.write_all(line.as_bytes());
     }
     eprintln!("{line}");
+    if let Ok(mut list) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(skipped_list())
+    {
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("a test")
+            .to_string();
+        let _ = writeln!(list, "{test}: {why}");
+    }
 }
