@@ -38,7 +38,7 @@ fn main() {
 /// How the release `fieldbridge` binary is linked on x86_64, where Rust links with LLD:
 /// - its code in the order of packaging/code-order.txt, resolved to this build's symbols by
 ///   packaging/cc-ordered (the linker .cargo/config.toml names). The code a gateway runs is then
-///   one stretch of pages instead of most of .text (BENCHMARKS.md, issue 17, code layout);
+///   one stretch of pages instead of most of .text (BENCHMARKS.md, code layout);
 /// - relative relocations packed as DT_RELR: 5 KB instead of 535 KB of `.rela.dyn` read and
 ///   kept resident at start (glibc 2.36, the packages' floor).
 ///

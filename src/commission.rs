@@ -1,6 +1,6 @@
 // Writing to a String cannot fail; `let _ = writeln!(…)` is how this module formats.
 #![allow(clippy::let_underscore_must_use)]
-//! Commissioning without MQTT (CONTRACT §2): `read` shows raw words and every decoding of them,
+//! Commissioning without MQTT (README "Commands"): `read` shows raw words and every decoding of them,
 //! `write` writes one typed value and reads it back, `scan` finds the unit ids that answer.
 //! They open the bus with the config's settings through the same bus task the daemon uses; a
 //! serial port the daemon holds is refused with a message that says so.

@@ -1,5 +1,5 @@
 //! The running buses and devices, and how a reload changes them: only what changed is stopped
-//! and started again; the MQTT session and everything else keep running (CONTRACT §5, SIGHUP).
+//! and started again; the MQTT session and everything else keep running (README "Signals and systemd", SIGHUP).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! `{base}/gateway/{gateway}/health` (CONTRACT §4): the counters, published every
+//! `{base}/gateway/{gateway}/health` (README "Topics"): the counters, published every
 //! `gateway.health_interval` (QoS 0, not retained).
 
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! The `fieldbridge` binary: parse the command line, start logging, dispatch, and map errors to
-//! the exit codes of CONTRACT §2 (0 normal, 1 runtime failure, 2 usage, 78 config).
+//! the exit codes of README "Commands" (0 normal, 1 runtime failure, 2 usage, 78 config).
 
 use std::process::ExitCode;
 

@@ -5,7 +5,7 @@ use serde_json::Number;
 /// Largest integer a JSON number carries exactly in every consumer (JavaScript's 2^53).
 pub const MAX_EXACT_INT: i128 = 1 << 53;
 
-/// A point's published value (CONTRACT §4 "Values").
+/// A point's published value (README "Topics").
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Bool(bool),

@@ -1,4 +1,4 @@
-//! Every payload of CONTRACT §4 that the gateway itself composes. No other module builds one.
+//! Every payload of README "Topics" that the gateway itself composes. No other module builds one.
 
 use serde_json::json;
 
@@ -169,7 +169,7 @@ mod tests {
         assert_eq!(v, json!({"device": "boiler", "status": "offline"}));
     }
 
-    /// The payload as it was built before issue 17 (a `serde_json::Map`): the prebuilt one must
+    /// The payload built the plain way (a `serde_json::Map`): the prebuilt one must
     /// give the same bytes.
     fn sensor_by_map(
         value: &Value,

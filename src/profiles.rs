@@ -1,6 +1,6 @@
 // Writing to a String cannot fail; `let _ = writeln!(…)` is how this module formats.
 #![allow(clippy::let_underscore_must_use)]
-//! `fieldbridge profiles [NAME]` (CONTRACT §2): the device profiles as people read them, and the
+//! `fieldbridge profiles [NAME]` (README "Commands"): the device profiles as people read them, and the
 //! README's "Supported devices" table, generated from the same profiles.
 
 use std::fmt::Write as _;

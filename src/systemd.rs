@@ -1,4 +1,4 @@
-//! sd_notify for `Type=notify` (CONTRACT §5): READY, STATUS, RELOADING, STOPPING, and a watchdog
+//! sd_notify for `Type=notify` (README "Signals and systemd"): READY, STATUS, RELOADING, STOPPING, and a watchdog
 //! that pets systemd only while the core loops prove they make progress. All of it is a no-op
 //! outside systemd (no NOTIFY_SOCKET); a failing notify is logged at debug, never fatal.
 

@@ -1,4 +1,4 @@
-//! Logging (CONTRACT §5): under journald (`JOURNAL_STREAM` set) native journal entries with
+//! Logging (README "Logs"): under journald (`JOURNAL_STREAM` set) native journal entries with
 //! priorities and flat fields (`journalctl -u fieldbridge DEVICE=boiler`); otherwise readable
 //! lines on stderr, coloured only on a terminal. `--log-level` or `RUST_LOG` filters.
 

@@ -1,4 +1,4 @@
-//! Every MQTT topic the gateway uses, rendered from the `[topics]` templates (CONTRACT §4), and
+//! Every MQTT topic the gateway uses, rendered from the `[topics]` templates (README "Topics"), and
 //! the reverse: which device an incoming command topic belongs to. No other module formats a
 //! topic.
 

@@ -3,7 +3,7 @@
     clippy::expect_used,
     clippy::let_underscore_must_use
 )]
-//! The package under a real, booted systemd (CONTRACT §5; issue 16), in the spirit of Debian's
+//! The package under a real, booted systemd (README "Signals and systemd"), in the spirit of Debian's
 //! autopkgtest: each test boots a Debian bookworm root with `systemd-nspawn --boot` (see
 //! tests/common/nspawn.rs), installs the .deb packed from this test run's binary, and drives
 //! the unit with `systemctl` and `journalctl` inside.

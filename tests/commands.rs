@@ -572,7 +572,7 @@ fn small_config(port: u16, bus: &str, devices: &str) -> String {
     )
 }
 
-/// CONTRACT §4: a command for an offline device is refused at once ("device offline") with no
+/// README "Sending commands": a command for an offline device is refused at once ("device offline") with no
 /// bus time — also while the device's probe waits out a 2 s timeout on the wire — and
 /// `refresh` is the exception: it tries the device once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

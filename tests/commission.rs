@@ -228,7 +228,7 @@ async fn a_port_the_daemon_holds_is_refused_with_the_reason() {
     assert!(err.contains("held by another process"), "{err}");
 }
 
-/// A wrong command line is a usage error (exit 2, CONTRACT §2); a bus or device that fails is
+/// A wrong command line is a usage error (exit 2, README "Commands"); a bus or device that fails is
 /// a runtime failure (exit 1).
 #[test]
 fn usage_errors_exit_2_and_bus_failures_exit_1() {

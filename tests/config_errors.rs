@@ -441,7 +441,7 @@ fn check_shows_where_the_history_goes_without_a_password() {
     let (code, stderr, stdout) = check(
         "[history.forward]\nurl = \"postgres://gw@db.lan/home\"\nsslmode = \"verify-full\"\npassword_file = \"/nonexistent/pg.pass\"\n",
     );
-    // The password file need not exist for `check` (CONTRACT §3).
+    // The password file need not exist for `check` (README "Configuration").
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains("forwarded to postgres://gw@db.lan/home (sslmode verify-full)"),

@@ -3,7 +3,7 @@
     clippy::expect_used,
     clippy::let_underscore_must_use
 )]
-//! The device core (CONTRACT §4, "Values are never invented", "Availability", "Commands"):
+//! The device core (README "Topics": "Values are never invented", "Availability", "Commands"):
 //! the same scenario, assertion for assertion, against a Modbus device (a tokio-modbus server
 //! over TCP) and a serial line device (a socat pseudo-terminal pair), through the real gateway
 //! and a real mosquitto. Only how the device is made to answer, fail one point, or fall

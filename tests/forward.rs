@@ -3,7 +3,7 @@
     clippy::expect_used,
     clippy::let_underscore_must_use
 )]
-//! History forwarding (CONTRACT §7) against the machine's real PostgreSQL: each test creates a
+//! History forwarding (README "Central history (PostgreSQL)") against the machine's real PostgreSQL: each test creates a
 //! database of its own, runs real gateways (in this process or as the `fieldbridge` binary)
 //! polling an in-process Modbus server, and compares the central tables with the gateways'
 //! local history files row by row: every local row once in the database, nothing else.

@@ -911,7 +911,7 @@ async fn with_history_off_no_file_is_made_and_the_gateway_runs() {
     assert!(err.contains("history.enabled = false"), "{err}");
 }
 
-/// Migration 0004 (issue 17): a file made before it loses `readings_series_ts` at the next
+/// Migration 0004: a file made before it loses `readings_series_ts` at the next
 /// start, keeps its rows, and every query still finds them by device and point.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_from_before_migration_4_loses_the_series_index_and_keeps_its_rows() {
@@ -1319,7 +1319,7 @@ async fn file_of_migration_4(db: &std::path::Path) -> sqlx::SqlitePool {
     pool
 }
 
-/// Migration 5 (issue 17) on a file as migrations 1-4 left it: every reading keeps its id (so
+/// Migration 5 on a file as migrations 1-4 left it: every reading keeps its id (so
 /// a forward cursor taken before says exactly which rows a central database has), `readings_ts`
 /// is gone, the blocks vouch for every reading, the same queries give the same answers, and
 /// VACUUM keeps the ids.

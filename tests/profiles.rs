@@ -3,7 +3,7 @@
     clippy::expect_used,
     clippy::let_underscore_must_use
 )]
-//! Device profiles (CONTRACT §6): every built-in profile against a simulated device holding
+//! Device profiles (README "Device profiles"): every built-in profile against a simulated device holding
 //! example register contents from its document, published through the real gateway to a real
 //! mosquitto; user profiles shadowing built-ins; device overrides; broken profile files;
 //! `scan --identify`; `check` on a config that uses every profile.

@@ -52,7 +52,7 @@ async fn json_lines_are_routed_by_match_to_two_devices_sharing_the_line() {
     let sub = Subscriber::connect(broker.port, "t/#");
     let gw = InProcess::start(&cfg).await;
     let mut dev = pty.device();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    pty.opened().await;
     say(
         &mut dev,
         b"{\"id\":\"w1\",\"temp\":\"21.5\",\"env\":{\"p\":10132}}\n{\"id\":\"p1\",\"temp\":27}\n",
@@ -90,7 +90,7 @@ async fn kv_and_regex_lines_give_their_fields() {
     let sub = Subscriber::connect(broker.port, "t/#");
     let gw = InProcess::start(&cfg).await;
     let mut dev = pty.device();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    pty.opened().await;
     say(&mut dev, b"t=21.5, h=40;x=1\r\n").await;
     let s = sub
         .wait_for(
@@ -114,7 +114,7 @@ async fn kv_and_regex_lines_give_their_fields() {
     ) + "[devices.meter]\nbus = \"ard\"\n[devices.meter.points.temperature]\n[devices.meter.points.humidity]\n";
     let gw = InProcess::start(&cfg).await;
     let mut dev = pty.device();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    pty.opened().await;
     say(&mut dev, b"T-3.5 H77\n").await;
     let s = sub
         .wait_for(
@@ -141,7 +141,7 @@ async fn garbage_is_counted_never_fatal_and_the_next_good_line_is_published() {
     let sub = Subscriber::connect(broker.port, "t/#");
     let gw = InProcess::start(&cfg).await;
     let mut dev = pty.device();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    pty.opened().await;
     let mut noise = Vec::new();
     noise.extend_from_slice(b"\xff\xfe\x00garbage\n"); // invalid UTF-8
     noise.extend(std::iter::repeat_n(b'x', 5000)); // over-long
@@ -177,7 +177,7 @@ async fn silence_makes_a_device_offline_and_its_next_line_online() {
     let sub = Subscriber::connect(broker.port, "t/#");
     let gw = InProcess::start(&cfg).await;
     let mut dev = pty.device();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    pty.opened().await;
     say(&mut dev, b"t=1\n").await;
     let avail = "t/lab/device/w/availability";
     sub.wait_for(avail, |p| p.contains("online"), WAIT)
@@ -203,7 +203,7 @@ async fn a_send_template_reaches_the_device_byte_for_byte_and_expect_succeeds_or
     let dev = pty.device();
     let (rd, mut wr) = tokio::io::split(dev);
     let mut lines = BufReader::new(rd).lines();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    pty.opened().await;
     let cmd = "t/lab/device/w/command";
     let result = "t/lab/device/w/command/result";
     publish(
@@ -255,7 +255,7 @@ async fn unplugging_and_replugging_the_serial_cable_resumes_readings() {
     let sub = Subscriber::connect(broker.port, "t/#");
     let gw = InProcess::start(&cfg).await;
     let mut dev = pty.device();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    pty.opened().await;
     say(&mut dev, b"t=1\n").await;
     sub.wait_for(
         "t/lab/sensor/w/t",
@@ -265,6 +265,7 @@ async fn unplugging_and_replugging_the_serial_cable_resumes_readings() {
     .expect("t=1");
     drop(dev);
     pty.unplug();
+    // Unplugged for half a second, as a person pulling the adapter and putting it back.
     tokio::time::sleep(Duration::from_millis(500)).await;
     pty.plug();
     let mut dev = pty.device();
@@ -301,7 +302,7 @@ async fn a_writable_serial_point_sends_its_template_with_the_value() {
     let gw = InProcess::start(&cfg).await;
     let dev = pty.device();
     let mut lines = BufReader::new(dev).lines();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    pty.opened().await;
     let cmd = "t/lab/device/w/command";
     let result = "t/lab/device/w/command/result";
     publish(
@@ -346,7 +347,7 @@ async fn a_cr_terminated_device_is_read_and_written_with_its_own_line_ending() {
     let sub = Subscriber::connect(broker.port, "t/#");
     let gw = InProcess::start(&cfg).await;
     let mut dev = pty.device();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    pty.opened().await;
     say(&mut dev, b"t=3\r").await;
     let v = sub
         .wait_for("t/lab/sensor/w/t", |_| true, WAIT)
@@ -389,7 +390,7 @@ async fn a_serial_device_answers_refresh_honours_retries_and_takes_values_beside
     let dev = pty.device();
     let (rd, mut wr) = tokio::io::split(dev);
     let mut lines = BufReader::new(rd).lines();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    pty.opened().await;
     let cmd = "t/lab/device/w/command";
     let result = "t/lab/device/w/command/result";
     let state = "t/lab/device/w/state";
@@ -480,12 +481,13 @@ async fn a_point_missing_from_the_lines_for_a_silence_period_leaves_the_state() 
     let sub = Subscriber::connect(broker.port, "t/#");
     let gw = InProcess::start(&cfg).await;
     let mut dev = pty.device();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    pty.opened().await;
     let state = "t/lab/device/w/state";
     // `t` and `h` on lines of their own, as some devices send them.
     for _ in 0..5 {
         say(&mut dev, b"t=1\n").await;
         say(&mut dev, b"h=40\n").await;
+        // The device's own pace: ten lines a second, well inside the 1 s `silence`.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     sub.wait_for(
@@ -498,6 +500,7 @@ async fn a_point_missing_from_the_lines_for_a_silence_period_leaves_the_state() 
     sub.clear();
     for _ in 0..15 {
         say(&mut dev, b"t=1\n").await;
+        // 1.5 s of `t` alone: longer than the 1 s `silence` after which `h` is unknown.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let m = sub

@@ -3,7 +3,7 @@
     clippy::expect_used,
     clippy::let_underscore_must_use
 )]
-//! The unit file: what CONTRACT §5 asks of it, `systemd-analyze verify`, and its exposure.
+//! The unit file: what README "Signals and systemd" promises of it, `systemd-analyze verify`, and its exposure.
 //! Under a booted systemd, from the installed package: tests/booted.rs.
 
 mod common;

@@ -1,5 +1,5 @@
 //! Registers ↔ values: word and byte order, types, scale, offset, precision and map labels.
-//! Pure functions, property-tested both ways (CONTRACT §3 `type`, `order`, `scale`).
+//! Pure functions, property-tested both ways (README "Configuration": `type`, `order`, `scale`).
 //!
 //! Byte order rule, the same for 2 and 4 registers: with the value's bytes big-endian as
 //! A B C D (E F G H), `ABCD` puts them on the wire as written; `CDAB` reverses the order of the

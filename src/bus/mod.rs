@@ -1,12 +1,12 @@
-//! Buses: one task owns each port or socket (`modbus.rs` for Modbus, later `serial_line.rs`),
-//! and everything else talks to it through a cheap [`BusHandle`].
+//! Buses: one task owns each port or socket (`modbus.rs` for Modbus, `serial_line.rs` for line
+//! devices), and everything else talks to it through a cheap [`BusHandle`].
 //!
 //! A bus has two bounded queues: commands (MQTT commands and commissioning requests) and polls.
 //! The bus task always takes a waiting command before the next poll (`select! { biased; }`), and
 //! executes one transaction at a time, so transactions on the wire are strictly serialised. A
 //! poll request carries all the reads of one device; the bus executes them read by read and
 //! takes the commands waiting between two reads, so a command waits at most for the one
-//! transaction on the wire, never for the rest of another device's poll (CONTRACT §4).
+//! transaction on the wire, never for the rest of another device's poll (README "Modbus").
 
 pub mod codec;
 pub mod decode;

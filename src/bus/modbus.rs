@@ -1,7 +1,7 @@
 //! The task that owns a Modbus bus (TCP, RTU on a serial port, RTU over TCP) and its one
 //! tokio-modbus `Context`. Transactions are strictly serialised; commands go ahead of polls.
 //!
-//! tokio-modbus has no timeouts and no reconnect (CRATES.md §2), so here:
+//! tokio-modbus has no timeouts and no reconnect, so here:
 //! - every transaction runs under the bus `timeout`, with `retries` more tries on timeouts,
 //!   gateway "no answer" exceptions (0x0A, 0x0B) and transport errors (any other exception is
 //!   the device's answer and is not retried);
@@ -237,7 +237,7 @@ impl ModbusBus {
                 else => break,
             };
             // A read is abandoned at shutdown (a dead device must not hold the stop up); a
-            // write on the wire finishes (CONTRACT §5), also one taken between a poll's reads.
+            // write on the wire finishes (README "Signals and systemd"), also one taken between a poll's reads.
             self.handle(req, interleave).await;
         }
         // Whatever still waits is answered, not left hanging.

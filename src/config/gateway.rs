@@ -42,7 +42,7 @@ impl Cx<'_> {
     }
 }
 
-/// The host name from gethostname(2), as a valid name (CONTRACT §3). Not from
+/// The host name from gethostname(2), as a valid name (README "Configuration"). Not from
 /// `/proc/sys/kernel/hostname`, which the unit's `ProcSubset=pid` hides: every gateway would be
 /// `fieldbridge`, with one MQTT client id and one set of Home Assistant ids among them.
 fn default_gateway_id() -> String {

@@ -1,5 +1,5 @@
 //! `[history]`: the local SQLite history, and `[history.forward]`, the central PostgreSQL it is
-//! forwarded to (CONTRACT §3, §7).
+//! forwarded to (README "History", "Central history (PostgreSQL)").
 
 use std::path::PathBuf;
 use std::time::Duration;

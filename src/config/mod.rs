@@ -1,4 +1,4 @@
-//! The configuration model (CONTRACT §3).
+//! The configuration model (README "Configuration").
 //!
 //! The file is parsed into a spanned TOML tree (`load.rs`) and every key is extracted one by one
 //! into the types below, so that *every* problem — syntax, unknown keys, wrong types, bad
@@ -9,7 +9,7 @@
 //! error types. Each section is extracted in a file of its own: `gateway.rs`, `mqtt.rs`,
 //! `history.rs`, `homeassistant.rs`, `topics.rs`, `buses.rs`, `devices.rs`, and `points.rs` for
 //! a device's points and actions, which reads them from their own table so that other files in
-//! the same form reuse it: `profiles.rs` reads device profiles (CONTRACT §6) with it.
+//! the same form reuse it: `profiles.rs` reads device profiles (README "Device profiles") with it.
 //!
 //! The types here are already validated: code outside this module can rely on names matching
 //! `[a-z0-9_-]+`, a device's bus existing, a point's register table fitting its bus kind, and so on.
@@ -196,7 +196,7 @@ pub struct HistoryConfig {
     pub forward: Option<ForwardConfig>,
 }
 
-/// `[history.forward]` (CONTRACT §7): the central PostgreSQL every local row is also sent to.
+/// `[history.forward]` (README "Central history (PostgreSQL)"): the central PostgreSQL every local row is also sent to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ForwardConfig {
     /// `postgres://user@host[:port]/database[?param=value…]`; never with a password in it.

@@ -2,7 +2,7 @@
 //!
 //! They are extracted from their own table with its own path, not from a device, so that the
 //! same rules and messages apply wherever that table sits: under a device in the config, or at
-//! the top of a device profile file (CONTRACT §6).
+//! the top of a device profile file (README "Device profiles").
 
 use std::collections::{BTreeMap, HashMap};
 

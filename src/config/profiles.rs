@@ -1,4 +1,4 @@
-//! Device profiles (CONTRACT §6): a named set of points and actions for one device model, in the
+//! Device profiles (README "Device profiles"): a named set of points and actions for one device model, in the
 //! same TOML form as a device's `points` and `actions`, read by the same extraction
 //! (`points.rs`), so a profile file gets the config's rules and `file:line:col` messages.
 //!

@@ -1,4 +1,4 @@
-//! Commands (CONTRACT §4 "Commands"): a payload on a device's command topic, validated whole
+//! Commands (README "Sending commands"): a payload on a device's command topic, validated whole
 //! before anything is written. Pure: parse and validate here; the device task executes.
 
 use serde_json::{Map, Value as Json};
@@ -371,7 +371,7 @@ pub struct Outcome {
 }
 
 /// A command that failed at the device: the message, and for a write that failed part-way,
-/// which point failed and which were not written (CONTRACT §4).
+/// which point failed and which were not written (README "Sending commands").
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Failure {
     pub error: String,

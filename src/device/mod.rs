@@ -1,6 +1,6 @@
 //! Devices: what a device *is* to the rest of the gateway, whatever bus it is on. The [`Core`]
 //! here — availability, freshness, the retained state, commands and their results — is written
-//! once (CONTRACT §4); [`modbus`] and [`line`] are the two transports that feed it: a Modbus
+//! once (README "Topics"); [`modbus`] and [`line`] are the two transports that feed it: a Modbus
 //! device polled on its period, a serial line device reporting on its own.
 //!
 //! - [`state`]: what to publish (deadband, heartbeat, the latest values), and availability. Pure.
@@ -53,7 +53,7 @@ pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 /// or this many, the durable command log still has them).
 const RECENT_RESULTS_CAP: usize = 256;
 
-/// The error of a command refused because its device is offline (CONTRACT §4).
+/// The error of a command refused because its device is offline (README "Sending commands").
 pub const DEVICE_OFFLINE: &str = "device offline";
 
 /// The error of a command cut off by a stop before it ran (README "Sending commands").

@@ -1,4 +1,4 @@
-//! The discovery configs of a whole config (CONTRACT §4 "Home Assistant"): in `device` mode one
+//! The discovery configs of a whole config (README "Home Assistant"): in `device` mode one
 //! retained config per device at `{prefix}/device/{gateway}_{device}/config` with `dev`, `o`,
 //! shared availability and one entry per entity in `cmps`; in `entity` mode one per entity at
 //! `{prefix}/{component}/{gateway}_{device}/{object}/config`. The gateway is a device of its own
@@ -187,7 +187,7 @@ enum Counter {
     Percent,
 }
 
-/// The node id of a field device's topics: `{gateway}_{device}` (CONTRACT §4).
+/// The node id of a field device's topics: `{gateway}_{device}` (README "Topics").
 pub fn node(gateway: &str, device: &str) -> String {
     format!("{gateway}_{device}")
 }

@@ -1,4 +1,4 @@
-//! Home Assistant (CONTRACT §3 `[homeassistant]`, §4 "Home Assistant"): what each point and
+//! Home Assistant (README "Home Assistant"): what each point and
 //! action becomes there, the discovery configs in device or entity mode, and which retained
 //! configs on the broker are this gateway's to change.
 //!

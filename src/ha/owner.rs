@@ -14,7 +14,7 @@
 //!   configs removed.
 //! - device → entity mode (HA's documented rollback): `migrate_discovery` on the device config,
 //!   then the device config removed, then the entity configs. HA's removal of a device config
-//!   removes every entity it has discovered under that node id, and in CONTRACT §4's layout
+//!   removes every entity it has discovered under that node id, and in the layout of README "Topics"
 //!   both modes share the node `{gateway}_{device}`: removed after the entity configs (HA's
 //!   order) it would take the new entities (a "conflicting discovery message" warning each);
 //!   removed when nothing is left under the node, HA warns "No device components to cleanup".

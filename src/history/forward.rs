@@ -1,4 +1,4 @@
-//! Forwarding to a central PostgreSQL (CONTRACT §7): every row recorded locally is also written
+//! Forwarding to a central PostgreSQL (README "Central history (PostgreSQL)"): every row recorded locally is also written
 //! there, in order, and exactly once.
 //!
 //! - The local SQLite file is the store-and-forward buffer: the forwarder reads the rows above
@@ -49,7 +49,7 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often an idle forwarder looks at the file although the writer did not wake it.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// At a stop, how long the forwarder may go on sending what the writer flushed last, so that a
-/// clean stop leaves the central database complete (CONTRACT §5 gives the whole stop 2 s).
+/// clean stop leaves the central database complete (the whole stop has 2 s: README "Signals and systemd").
 const DRAIN: Duration = Duration::from_millis(400);
 /// Backoff between attempts while the database is away.
 const RETRY_MIN: Duration = Duration::from_millis(250);

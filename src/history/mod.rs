@@ -1,4 +1,4 @@
-//! The history of record in SQLite (CONTRACT §2-§3): every published value, availability
+//! The history of record in SQLite (README "History"): every published value, availability
 //! change, command and gateway start/stop, written by one task in batches.
 //!
 //! - The poll and command paths never wait for the disk: they `try_send` into a bounded queue
@@ -22,7 +22,7 @@
 //!   inode changed), logged, counted, and opened anew at the same path.
 //! - Deletions (retention, a full database) never take a table's newest row, so rowids are
 //!   never handed out twice: `forward.rs` keeps its cursor on them.
-//! - Readings have no index (issue 17: a reading in ~22 bytes of file). `readings_blocks`, a
+//! - Readings have no index (a reading in ~22 bytes of file, BENCHMARKS.md). `readings_blocks`, a
 //!   sparse time index of one row per 65,536 ids, is kept up to date in each batch's own
 //!   transaction; a time-bounded query reads the id range of the blocks whose times meet it
 //!   (migrations/0005_readings_blocks.sql).
@@ -32,7 +32,7 @@
 //!
 //! `store.rs` is the writer and everything that opens the file; `query.rs` the reads of
 //! `fieldbridge history`, streamed; `forward.rs` the store-and-forward to a central
-//! PostgreSQL (CONTRACT §7).
+//! PostgreSQL (README "Central history (PostgreSQL)").
 
 mod clock;
 mod command_log;

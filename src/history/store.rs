@@ -33,7 +33,7 @@ const READING_INSERTS: [usize; 9] = [256, 128, 64, 32, 16, 8, 4, 2, 1];
 const RETENTION_BATCH: i64 = 1_000;
 /// Readings per block of the sparse time index (`readings_blocks`, 0005_readings_blocks.sql): a
 /// block is closed once it spans this many ids. Small enough that a query needing one block
-/// only in part reads ~1.4 MB of table (22 B a reading): 5-7 ms on the x86 development machine
+/// only in part reads ~1.4 MB of table (22 B a reading): 5-7 ms on an x86 server
 /// (BENCHMARKS.md), a few times that on a Pi. Large enough that a busy gateway (100 readings/s)
 /// makes ~130 blocks a day, ~4,000 in 30 days of retention: ~30 pages, which every
 /// time-bounded query and every retention run read whole.
@@ -1099,7 +1099,7 @@ const KEEP_NEWEST: &str = "rowid < (SELECT max(rowid) FROM {table})";
 /// to ?1, ?2, …), and counts those above `target`'s forward cursor first.
 ///
 /// Two statements, no transaction: this runs when the database is full, right after SQLite
-/// rolled a batch back by itself, when sqlx's connection can't begin one (CRATES.md §12). Only
+/// rolled a batch back by itself, when sqlx's connection can't begin one. Only
 /// the forwarder moves the cursor meanwhile, so the count can only be high by the rows it sent
 /// in between.
 async fn delete_rows(

@@ -1,7 +1,7 @@
 //! The MQTT link (MQTT 3.1.1 through rumqttc, kept behind these types).
 //!
 //! One task owns the rumqttc `EventLoop` and does nothing but poll it, feed it from our own
-//! outbox, and hand incoming messages off. It handles the traps of CRATES.md §1:
+//! outbox, and hand incoming messages off. It handles rumqttc's traps:
 //!
 //! - rumqttc never re-subscribes (rumqtt#250): every ConnAck subscribes to every filter again,
 //!   re-publishes every retained message we were given, and then the `online` status.
@@ -785,7 +785,7 @@ fn on_connect(shared: &Shared, settings: &MqttSettings) {
 /// `Shared::new_filters`), the outbox, then the acks (so a command's result goes out before its
 /// acknowledgement) — through rumqttc's state into the connection's write buffer, and sends it
 /// all with one flush. Handing each packet to rumqttc's request channel instead cost a socket
-/// write per packet (BENCHMARKS.md, issue 17).
+/// write per packet (BENCHMARKS.md).
 ///
 /// Only between polls, while connected, and once rumqttc has re-sent the previous session's
 /// publishes (`pending`): they go first, as they did when everything went through its channel.

@@ -1,4 +1,4 @@
-//! The outbox: messages waiting for the broker (CONTRACT §5). While the broker is away at most
+//! The outbox: messages waiting for the broker (README "The MQTT link"). While the broker is away at most
 //! `cap` messages wait. Retained topics (state, availability, status) keep only the newest
 //! message per topic; readings beyond the bound drop oldest first; every drop is counted.
 //! Retained messages go out before readings: the state of the house matters more than the

@@ -1,7 +1,7 @@
 //! A booted systemd for tests, in the spirit of Debian's autopkgtest: a Debian bookworm root
 //! (debootstrap, minbase + systemd) kept between runs outside the repository, booted with
 //! `systemd-nspawn --boot` on a throwaway overlay, so every container starts from the same
-//! clean root. The machine running the tests need not run systemd itself (CRATES.md §12):
+//! clean root. The machine running the tests need not run systemd itself:
 //! the container is not registered (`--register=no`) and is driven with `nsenter` into its
 //! PID 1's namespaces. It has its own network namespace holding only loopback: no broker, no
 //! device and no other test is reachable from it unless a test puts it there.

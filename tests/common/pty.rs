@@ -62,6 +62,29 @@ impl SocatPair {
         .expect("open the device side")
     }
 
+    /// Waits until this process holds the gateway's end open (an in-process gateway opened its
+    /// port): what the device says before that is lost, as on a real line.
+    pub async fn opened(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(end) = std::fs::canonicalize(&self.path) {
+                let held = std::fs::read_dir("/proc/self/fd").is_ok_and(|fds| {
+                    fds.flatten()
+                        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == end))
+                });
+                if held {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway never opened {}",
+                self.path.display()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn path_str(&self) -> String {
         self.path.display().to_string()
     }
