@@ -8,6 +8,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use tokio_modbus::prelude::ExceptionCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::codec::{self, Raw};
@@ -367,7 +368,7 @@ pub async fn scan_on(
             .await;
         let mut what = match r {
             Ok(_) => "answers with data".to_string(),
-            Err(BusError::Exception(e)) => format!("answers: {e}"),
+            Err(e @ BusError::Exception(_)) => format!("answers: {e}"),
             Err(BusError::Unavailable(e)) => return Err(Error::Failed(e)),
             Err(BusError::Stopped) => return Err(Error::Failed("the bus stopped".into())),
             Err(_) => {
@@ -423,14 +424,13 @@ async fn identify_unit(
         }
     }
     let server_id = if serial_line {
-        handle.identify(unit, IdentifySpec::ServerId).await
+        Some(handle.identify(unit, IdentifySpec::ServerId).await)
     } else {
-        Err(BusError::Exception(
-            "serial line only; not asked over Modbus TCP".into(),
-        ))
+        None
     };
     match server_id {
-        Ok(Identity::ServerId { id, running, data }) => {
+        None => out += "\n  server id (FC 17): serial line only; not asked over Modbus TCP",
+        Some(Ok(Identity::ServerId { id, running, data })) => {
             let text: String = String::from_utf8_lossy(&data)
                 .chars()
                 .filter(|c| !c.is_control())
@@ -444,8 +444,8 @@ async fn identify_unit(
             );
             reported.push((String::new(), text));
         }
-        Ok(Identity::Objects(_)) => {}
-        Err(e) => {
+        Some(Ok(Identity::Objects(_))) => {}
+        Some(Err(e)) => {
             let _ = write!(out, "\n  server id (FC 17): {}", why_not(&e));
         }
     }
@@ -466,7 +466,7 @@ async fn identify_unit(
 
 fn why_not(e: &BusError) -> String {
     match e {
-        BusError::Exception(x) if x == "illegal function" => "not supported".to_string(),
+        BusError::Exception(ExceptionCode::IllegalFunction) => "not supported".to_string(),
         BusError::Timeout(_) => "no answer".to_string(),
         other => other.to_string(),
     }

@@ -155,7 +155,12 @@ async fn writes_use_fc05_fc15_fc06_fc16_and_exceptions_come_back_by_name() {
         .await;
     assert_eq!(r, Ok(RawData::Words(vec![7, 8, 9])));
     let r = h.read(1, holding(500)).await;
-    assert_eq!(r, Err(BusError::Exception("illegal data address".into())));
+    assert_eq!(
+        r,
+        Err(BusError::Exception(
+            tokio_modbus::prelude::ExceptionCode::IllegalDataAddress
+        ))
+    );
     t.cancel();
 }
 

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_modbus::prelude::ExceptionCode;
 
 use crate::config::Table;
 
@@ -84,19 +85,35 @@ pub enum Identity {
 /// Why a transaction failed. Callers branch on these: a timeout, a transport error or a
 /// gateway's "no answer" counts towards `offline_after`; any other exception is the device's
 /// answer.
+/// A Modbus exception by its name in the specification, as logs and results show it.
+pub fn exception_name(e: ExceptionCode) -> String {
+    match e {
+        ExceptionCode::IllegalFunction => "illegal function".into(),
+        ExceptionCode::IllegalDataAddress => "illegal data address".into(),
+        ExceptionCode::IllegalDataValue => "illegal data value".into(),
+        ExceptionCode::ServerDeviceFailure => "server device failure".into(),
+        ExceptionCode::Acknowledge => "acknowledge".into(),
+        ExceptionCode::ServerDeviceBusy => "server device busy".into(),
+        ExceptionCode::MemoryParityError => "memory parity error".into(),
+        ExceptionCode::GatewayPathUnavailable => "gateway path unavailable".into(),
+        ExceptionCode::GatewayTargetDevice => "gateway target device failed to respond".into(),
+        ExceptionCode::Custom(c) => format!("exception 0x{c:02x}"),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BusError {
     /// No (complete) answer within the bus `timeout`, after all retries.
     #[error("timeout: no answer within {0:?}")]
     Timeout(Duration),
-    /// The device answered with a Modbus exception, reported by name ("illegal data address").
-    #[error("{0}")]
-    Exception(String),
+    /// The device answered with a Modbus exception; shown by name ("illegal data address").
+    #[error("{}", exception_name(*.0))]
+    Exception(ExceptionCode),
     /// A Modbus TCP-to-RTU gateway answered for a device behind it that did not (exception 0x0A
     /// "gateway path unavailable" or 0x0B "gateway target device failed to respond"): the
     /// device is as silent as after a timeout.
-    #[error("{0}")]
-    Gateway(String),
+    #[error("{}", exception_name(*.0))]
+    Gateway(ExceptionCode),
     /// The port or connection failed (unplugged, refused, reset, garbled).
     #[error("{0}")]
     Transport(String),
@@ -111,7 +128,7 @@ pub enum BusError {
 impl BusError {
     /// Modbus exception 0x02: a read spanning an address the device does not have.
     pub fn is_illegal_address(&self) -> bool {
-        matches!(self, BusError::Exception(e) if e == "illegal data address")
+        matches!(self, BusError::Exception(ExceptionCode::IllegalDataAddress))
     }
 
     /// Whether the device gave no answer at all (as opposed to an exception, its answer).

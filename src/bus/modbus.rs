@@ -53,22 +53,6 @@ pub const POLLS_CAP: usize = 64;
 /// Extra silence after a timeout on RTU: a slow device may still be sending its answer.
 pub const RTU_TIMEOUT_GUARD: Duration = Duration::from_millis(50);
 
-/// The Modbus exception's name, as users read it in manuals.
-pub fn exception_name(e: ExceptionCode) -> String {
-    match e {
-        ExceptionCode::IllegalFunction => "illegal function".into(),
-        ExceptionCode::IllegalDataAddress => "illegal data address".into(),
-        ExceptionCode::IllegalDataValue => "illegal data value".into(),
-        ExceptionCode::ServerDeviceFailure => "server device failure".into(),
-        ExceptionCode::Acknowledge => "acknowledge".into(),
-        ExceptionCode::ServerDeviceBusy => "server device busy".into(),
-        ExceptionCode::MemoryParityError => "memory parity error".into(),
-        ExceptionCode::GatewayPathUnavailable => "gateway path unavailable".into(),
-        ExceptionCode::GatewayTargetDevice => "gateway target device failed to respond".into(),
-        ExceptionCode::Custom(c) => format!("exception 0x{c:02x}"),
-    }
-}
-
 /// A link whose waiting input can be thrown away.
 pub trait DiscardInput {
     fn discard_input(&mut self) -> io::Result<()>;
@@ -398,12 +382,12 @@ impl ModbusBus {
                     // without the stale answer to fear.
                     self.answered();
                     BusStats::add(&self.stats.gateway_exceptions, 1);
-                    last = BusError::Gateway(exception_name(e));
+                    last = BusError::Gateway(e);
                 }
                 Ok(Ok(Err(exception))) => {
                     self.answered();
                     BusStats::add(&self.stats.exceptions, 1);
-                    return Err(BusError::Exception(exception_name(exception)));
+                    return Err(BusError::Exception(exception));
                 }
                 Ok(Err(tokio_modbus::Error::Protocol(p))) => {
                     // A mismatched answer: a late one, or garbage. Start the link afresh.

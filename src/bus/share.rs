@@ -26,18 +26,18 @@ type BoxFuture = Pin<Box<dyn Future<Output = Result<Option<Response>, ExceptionC
 /// A bus error as the Modbus exception a gateway answers with.
 fn exception(e: &BusError) -> ExceptionCode {
     match e {
-        BusError::Exception(name) => match name.as_str() {
-            "illegal function" => ExceptionCode::IllegalFunction,
-            "illegal data address" => ExceptionCode::IllegalDataAddress,
-            "illegal data value" => ExceptionCode::IllegalDataValue,
-            "acknowledge" => ExceptionCode::Acknowledge,
-            "server device busy" => ExceptionCode::ServerDeviceBusy,
-            _ => ExceptionCode::ServerDeviceFailure,
-        },
+        BusError::Exception(
+            code @ (ExceptionCode::IllegalFunction
+            | ExceptionCode::IllegalDataAddress
+            | ExceptionCode::IllegalDataValue
+            | ExceptionCode::Acknowledge
+            | ExceptionCode::ServerDeviceBusy),
+        ) => *code,
+        BusError::Exception(_) => ExceptionCode::ServerDeviceFailure,
         // What Modbus gateways answer when the device behind them is silent.
         BusError::Timeout(_) => ExceptionCode::GatewayTargetDevice,
         // A gateway behind this one said so: pass its word on.
-        BusError::Gateway(name) if name == "gateway path unavailable" => {
+        BusError::Gateway(ExceptionCode::GatewayPathUnavailable) => {
             ExceptionCode::GatewayPathUnavailable
         }
         BusError::Gateway(_) => ExceptionCode::GatewayTargetDevice,
