@@ -13,9 +13,9 @@
 //!   again, and nothing is published for it;
 //! - a command for an offline device is refused at once ("device offline"), except `refresh`,
 //!   which tries the device once;
-//! - a command whose `id` was executed in the last 60 s is not executed again: its first result
-//!   is published again. The id is on disk (the history file) before the command's write goes
-//!   out, so this holds across a crash too;
+//! - a command whose `id` was executed in the last 24 hours is not executed again: its first
+//!   result is published again. The id is on disk (`commands.db`) before the command's write
+//!   goes out, so this holds across a crash too;
 //! - every delivered command is acknowledged to the broker only once its result is out, so a
 //!   command the gateway did not finish is delivered again after a restart;
 //! - refusals are logged rate-limited per device and reason.
@@ -113,7 +113,7 @@ pub struct CommandStats {
     pub offline: AtomicU64,
     /// Commands refused because the broker handed them over as retained messages.
     pub retained: AtomicU64,
-    /// Commands whose `id` was executed within the last 60 s: answered with the first result.
+    /// Commands whose `id` was executed within the last 24 hours: answered with the first result.
     pub repeated: AtomicU64,
 }
 
@@ -128,7 +128,8 @@ pub struct Links {
     pub topics: Arc<Topics>,
     pub history: Option<HistoryHandle>,
     pub commands: Arc<CommandStats>,
-    /// Executed command ids on disk; `None` without a history file (then in memory only).
+    /// Executed command ids on disk (`commands.db`); `None` when it cannot be written (then in
+    /// memory only).
     pub command_log: Option<CommandLog>,
     /// Where a SunSpec device reports the points its model chain gave it (the supervisor then
     /// announces them to Home Assistant and validates commands against them).
@@ -571,7 +572,7 @@ impl Core {
     /// Answers a command with the result its `id` got the first time.
     fn repeat(&mut self, command: &Command, ack: Option<Ack>, body: String) {
         count(&self.links.commands.repeated);
-        info!(device = %self.name, id = %command.id.as_ref().map(|i| i.to_string()).unwrap_or_default(), "command id executed within the last 60 s; its first result is published again");
+        info!(device = %self.name, id = %command.id.as_ref().map(|i| i.to_string()).unwrap_or_default(), "command id executed within the last 24 hours; its first result is published again");
         self.result(command, body, false);
         self.ack(ack);
     }
