@@ -27,6 +27,9 @@ pub mod config;
 pub mod demo;
 pub mod device;
 pub mod fleet;
+/// The fuzz harnesses (`fuzz/`, `tests/fuzz_corpus.rs`): test scaffolding, so behind the
+/// `fuzzing` feature and out of every build that ships.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz;
 pub mod ha;
@@ -37,7 +40,6 @@ pub mod model;
 pub mod mqtt;
 pub mod payload;
 pub mod profiles;
-pub mod sim;
 pub mod sunspec;
 pub mod systemd;
 pub mod telemetry;

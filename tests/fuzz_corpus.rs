@@ -1,3 +1,4 @@
+#![cfg(feature = "fuzzing")]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -7,7 +7,9 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::parse_mqtt_url;
-use crate::{EXIT_FAILURE, EXIT_USAGE, app, sim};
+use crate::{EXIT_FAILURE, EXIT_USAGE, app};
+
+mod sim;
 
 fn config(
     mqtt: &str,
