@@ -12,7 +12,7 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::gateway::InProcess;
 use common::modbus::FakeModbus;
@@ -263,7 +263,6 @@ async fn availability_and_freshness(kind: &str) {
         s["a"] == json!(5) && s["b"] == json!(6)
     });
     // And it takes commands again.
-    let sent = Instant::now();
     publisher.send(r#"{"id": "on", "a": 7}"#);
     let r = sub
         .wait_for(
@@ -278,7 +277,6 @@ async fn availability_and_freshness(kind: &str) {
         "{kind}: {}",
         r.payload
     );
-    assert!(r.at.duration_since(sent) < WAIT);
     assert!(
         rig.writes() > writes,
         "{kind}: the command did not reach the device"

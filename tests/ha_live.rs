@@ -494,8 +494,23 @@ fn two_gateways_keep_their_entities_through_restarts(
         g = rt.block_on(InProcess::start(&garage));
         check(&format!("garage restarted {round}x"));
     }
+    // Reloading the MQTT entry removes its entities and makes them anew from the retained
+    // configs: each gets a new state (a new context). Checked once every one has it, not after
+    // a pause in which the old states would still pass.
+    let context = |eid: &str| ha.state(eid).map(|s| s["context"]["id"].clone());
+    let before: Vec<(String, Option<Json>)> =
+        all.values().map(|e| (e.clone(), context(e))).collect();
     ha.reload_mqtt();
-    std::thread::sleep(Duration::from_secs(2));
+    for (eid, old) in &before {
+        let deadline = Instant::now() + WAIT;
+        while context(eid).is_none() || context(eid) == *old {
+            assert!(
+                Instant::now() < deadline,
+                "{eid} was not made anew by the reload"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     check("the MQTT entry reloaded");
     note(&format!(
         "{} entities of garage and garage_2 kept",

@@ -250,6 +250,34 @@ pub struct LinePublisher {
     stdin: std::process::ChildStdin,
 }
 
+/// Whether process `pid` holds an established TCP connection to 127.0.0.1:`port`: its sockets'
+/// inodes (`/proc/PID/fd`) looked up in the kernel's table (`/proc/net/tcp`: remote address in
+/// hex, state 01 = ESTABLISHED, inode in the tenth column).
+fn connected_to(pid: u32, port: u16) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let inodes: Vec<String> = fds
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')
+                .map(str::to_string)
+        })
+        .collect();
+    let remote = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp").is_ok_and(|t| {
+        t.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(2) == Some(&remote.as_str())
+                && f.get(3) == Some(&"01")
+                && f.get(9).is_some_and(|i| inodes.iter().any(|n| n == i))
+        })
+    })
+}
+
 impl LinePublisher {
     pub fn start(port: u16, topic: &str) -> Self {
         let mut child = Command::new("mosquitto_pub")
@@ -261,8 +289,13 @@ impl LinePublisher {
             .spawn()
             .expect("start mosquitto_pub");
         let stdin = child.stdin.take().expect("stdin");
-        // Connected before the first line is timed.
-        std::thread::sleep(Duration::from_millis(300));
+        // Connected before the first line is timed: its TCP connection to the broker is up
+        // (the MQTT CONNECT and CONNACK follow on loopback within a millisecond).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !connected_to(child.id(), port) {
+            assert!(Instant::now() < deadline, "mosquitto_pub never connected");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         LinePublisher { child, stdin }
     }
 
