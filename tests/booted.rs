@@ -54,8 +54,8 @@ fn prepare() -> Result<Booted, String> {
     std::fs::create_dir_all(&dir).unwrap();
     Ok(Booted {
         root,
-        v1: deb::pack_host_deb(&dir, 1),
-        v2: deb::pack_host_deb(&dir, 2),
+        v1: deb::pack_release_deb(&dir, 1),
+        v2: deb::pack_release_deb(&dir, 2),
     })
 }
 

@@ -17,7 +17,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::deb::{has, host_arch, pack_host_deb, root_dir, tools};
+use common::deb::{has, host_arch, pack_release_deb, root_dir, tools};
 
 /// The Pi packages from `packaging/build-debs.sh`, when they were built, with their
 /// architecture.
@@ -91,6 +91,16 @@ fn glibc_floor_holds(deb: &str, info: &str) {
         .output()
         .unwrap();
     let relr = String::from_utf8_lossy(&headers.stdout).contains("GLIBC_ABI_DT_RELR");
+    // Stripped: no symbol table (a few MB on a Pi's SD card otherwise).
+    let sections = Command::new("objdump")
+        .arg("-h")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&sections.stdout).contains(".symtab"),
+        "{deb}: the binary is not stripped"
+    );
     let newest = if relr { newest.max((2, 36)) } else { newest };
     assert!(
         newest <= version(floor),
@@ -105,7 +115,7 @@ fn the_debs_install_binary_unit_config_and_scripts() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let mut debs = vec![(pack_host_deb(tmp.path(), 1), host_arch())];
+    let mut debs = vec![(pack_release_deb(tmp.path(), 1), host_arch())];
     debs.extend(pi_debs());
     for (deb, arch) in debs {
         let d = deb.display().to_string();

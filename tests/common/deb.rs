@@ -1,5 +1,5 @@
-//! The host-architecture .deb, packed with cargo-deb from the binary this test run built (the
-//! `dev` profile), and the tools that takes.
+//! The host-architecture .deb users install, made with cargo-deb from a release build (as
+//! packaging/build-debs.sh makes the Pi's), and the tools that takes.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,26 +27,19 @@ pub fn tools() -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Packs the binary this test run built as revision `rev` into `out`.
-/// Runs of cargo-deb are serialised across threads and test processes (a file lock): each writes
-/// its stripped copy of the binary to the same path under `target/`, so two at once clobber each
-/// other.
-pub fn pack_host_deb(out: &Path, rev: u32) -> PathBuf {
-    assert!(Path::new(env!("CARGO_BIN_EXE_fieldbridge")).exists());
+/// The package users get, as revision `rev` in `out`: cargo-deb builds the release binary
+/// (stripped, with build.rs's link options) and packs it. The first call builds; later ones find
+/// it built. Runs of cargo-deb are serialised across threads and test processes (a file lock):
+/// each writes its copy of the binary to the same path under `target/`, and two cargo builds of
+/// one target directory would wait on each other anyway.
+pub fn pack_release_deb(out: &Path, rev: u32) -> PathBuf {
     let lock = std::fs::File::create(Path::new(env!("CARGO_TARGET_TMPDIR")).join("cargo-deb.lock"))
         .unwrap();
     lock.lock().unwrap();
     let file = out.join(format!("fieldbridge-{rev}.deb"));
     let o = Command::new(env!("CARGO"))
         .current_dir(root_dir())
-        .args([
-            "deb",
-            "--no-build",
-            "--fast",
-            "--profile",
-            "dev",
-            "--deb-revision",
-        ])
+        .args(["deb", "--deb-revision"])
         .arg(rev.to_string())
         .arg("--output")
         .arg(&file)
