@@ -8,6 +8,10 @@
 
 mod common;
 
+use common::json_of;
+
+use common::WAIT;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,12 +21,6 @@ use common::modbus::FakeModbus;
 use common::mosquitto::{LinePublisher, Mosquitto, Subscriber, publish};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-fn json_of(p: &str) -> Value {
-    serde_json::from_str(p).unwrap_or(Value::Null)
-}
 
 fn config(port: u16, modbus: &str, extra_bus: &str) -> String {
     format!(
@@ -329,11 +327,12 @@ async fn a_command_during_a_long_poll_cycle_is_written_before_the_rest_of_the_cy
     let gw = InProcess::start(&cfg).await;
     // Once the cycle is under way, command a device whose own poll is still waiting in the
     // bus's queue: the write must not wait for that poll (nor for the rest of the cycle).
-    let deadline = Instant::now() + WAIT;
-    while fake.log().iter().filter(|s| s.fc <= 4).count() < 2 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    common::until(
+        WAIT,
+        || fake.log().iter().filter(|s| s.fc <= 4).count() >= 2,
+        || "the cycle never started".into(),
+    )
+    .await;
     let seen: Vec<u8> = fake.log().iter().map(|s| s.unit).collect();
     let u = (2..=6u8)
         .find(|u| !seen.contains(u))
@@ -350,15 +349,12 @@ async fn a_command_during_a_long_poll_cycle_is_written_before_the_rest_of_the_cy
         .expect("result");
     assert_eq!(json_of(&r.payload)["ok"], json!(true), "{}", r.payload);
     // The cycle ends: every device read once.
-    let deadline = Instant::now() + WAIT;
-    while !(1..=6u8).all(|d| fake.log().iter().any(|s| s.unit == d && s.fc <= 4)) {
-        assert!(
-            Instant::now() < deadline,
-            "the cycle never ended: {:?}",
-            fake.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::until(
+        WAIT,
+        || (1..=6u8).all(|d| fake.log().iter().any(|s| s.unit == d && s.fc <= 4)),
+        || format!("the cycle never ended: {:?}", fake.log()),
+    )
+    .await;
     let log = fake.log();
     let write_at = log.iter().position(|s| s.fc == 6).expect("written");
     assert_eq!(log[write_at].unit, u);
@@ -392,11 +388,12 @@ async fn a_poll_that_read_before_a_write_does_not_publish_its_older_value_after_
     let sub = Subscriber::connect(broker.port, "t/lab/#");
     let gw = InProcess::start(&cfg).await;
     // m2's first poll is on the wire (the device answers in 800 ms): command it now.
-    let deadline = Instant::now() + WAIT;
-    while !fake.log().iter().any(|s| s.unit == 2) {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    common::until(
+        WAIT,
+        || fake.log().iter().any(|s| s.unit == 2),
+        || "m2 never polled".into(),
+    )
+    .await;
     publish(
         broker.port,
         "t/lab/device/m2/command",
@@ -782,20 +779,22 @@ async fn killed_during_a_write() -> Killed {
         r#"{"id": "once", "brightness": 44}"#,
         false,
     );
-    let deadline = Instant::now() + WAIT;
-    while writes(&fake).is_empty() {
-        assert!(Instant::now() < deadline, "never written");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    common::until(
+        WAIT,
+        || !writes(&fake).is_empty(),
+        || "never written".into(),
+    )
+    .await;
     gw.signal(Signal::SIGKILL);
     drop(gw);
     assert!(sub.on(RESULT).is_empty(), "answered before the kill");
     // The device did take it (its answer is still on its way to nobody).
-    let deadline = Instant::now() + WAIT;
-    while fake.unit(1, |u| u.holdings.get(&1).copied()) != Some(44) {
-        assert!(Instant::now() < deadline, "the device never held the write");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::until(
+        WAIT,
+        || fake.unit(1, |u| u.holdings.get(&1).copied()) == Some(44),
+        || "the device never held the write".into(),
+    )
+    .await;
     fake.unit(1, |u| u.delay = Duration::ZERO);
     Killed {
         broker,
@@ -959,11 +958,12 @@ async fn on_a_busy_rtu_bus_a_command_waits_for_one_read_at_most() {
     let sub = Subscriber::connect(broker.port, "t/lab/device/+/command/result");
     let gw = InProcess::start(&cfg).await;
     // Both devices polling: a cycle is 2.4 s of reads, back to back.
-    let deadline = Instant::now() + WAIT;
-    while fake.log().iter().filter(|s| s.unit == 2).count() < 4 {
-        assert!(Instant::now() < deadline, "not polling");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::until(
+        WAIT,
+        || fake.log().iter().filter(|s| s.unit == 2).count() >= 4,
+        || "not polling".into(),
+    )
+    .await;
     let mut publisher = LinePublisher::start(broker.port, "t/lab/device/a/command");
     let mut latencies = Vec::new();
     for i in 0..8u64 {

@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::WAIT;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -17,7 +19,6 @@ use std::time::{Duration, Instant};
 use common::mosquitto::{Mosquitto, Subscriber, publish, retained};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fieldbridge");
-const WAIT: Duration = Duration::from_secs(15);
 
 type Lines = Arc<Mutex<Vec<String>>>;
 

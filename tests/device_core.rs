@@ -11,6 +11,10 @@
 
 mod common;
 
+use common::json_of;
+
+use common::WAIT;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,12 +24,6 @@ use common::mosquitto::{LinePublisher, Mosquitto, Subscriber};
 use common::pty::SocatPair;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-fn json_of(p: &str) -> Value {
-    serde_json::from_str(p).unwrap_or(Value::Null)
-}
 
 /// What the simulated device says.
 #[derive(Debug, Clone, Copy)]

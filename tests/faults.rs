@@ -11,6 +11,10 @@
 
 mod common;
 
+use common::json_of;
+
+use common::WAIT;
+
 use std::time::{Duration, Instant};
 
 use common::gateway::GatewayProcess;
@@ -20,8 +24,6 @@ use common::pty::SocatPair;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-const WAIT: Duration = Duration::from_secs(15);
-
 fn large() -> bool {
     std::env::var("FIELDBRIDGE_FAULTS").as_deref() == Ok("large")
 }
@@ -29,10 +31,6 @@ fn large() -> bool {
 /// `small` in CI, `big` with `FIELDBRIDGE_FAULTS=large`.
 fn scale(small: usize, big: usize) -> usize {
     if large() { big } else { small }
-}
-
-fn json_of(p: &str) -> Value {
-    serde_json::from_str(p).unwrap_or(Value::Null)
 }
 
 /// A pseudo-random number in 0..n (no seed to manage; the campaign wants variety, and every

@@ -8,12 +8,10 @@
 
 mod common;
 
-use std::time::Duration;
+use common::WAIT;
 
 use common::gateway::{BIN, GatewayProcess, config_text};
 use common::mosquitto::Mosquitto;
-
-const WAIT: Duration = Duration::from_secs(20);
 
 #[test]
 fn a_password_to_another_host_without_verify_full_is_warned_about_with_the_fix() {

@@ -45,7 +45,8 @@ use tokio::runtime::Runtime;
 const NETNS_ENV: &str = "FIELDBRIDGE_HA_NETNS";
 const NAME: &str =
     "a_real_home_assistant_shows_and_drives_every_entity_through_restarts_and_mode_switches";
-const WAIT: Duration = Duration::from_secs(60);
+/// Home Assistant's own start and reloads take longer than one event.
+const HA_WAIT: Duration = Duration::from_secs(60);
 
 #[test]
 fn a_real_home_assistant_shows_and_drives_every_entity_through_restarts_and_mode_switches() {
@@ -138,7 +139,7 @@ fn tables_are_this_home_assistants(venv: &std::path::Path) {
 
 /// Waits for `entity`'s state to satisfy `pred`, naming what it saw on failure.
 fn expect(ha: &HomeAssistant, entity: &str, what: &str, pred: impl Fn(&str) -> bool) {
-    if let Err(last) = ha.wait_state(entity, pred, WAIT) {
+    if let Err(last) = ha.wait_state(entity, pred, HA_WAIT) {
         panic!("{entity}: expected {what}, Home Assistant shows {last:?}");
     }
 }
@@ -372,7 +373,7 @@ fn every_component_shows_its_value_and_takes_commands(
     let holding = |a: u16| fake.unit(1, |u| u.holdings.get(&a).copied());
     let coil = |a: u16| fake.unit(1, |u| u.coils.get(&a).copied());
     let until = |what: &str, ok: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + HA_WAIT;
         while !ok() {
             assert!(Instant::now() < deadline, "{what}");
             std::thread::sleep(Duration::from_millis(100));
@@ -432,7 +433,7 @@ fn every_component_shows_its_value_and_takes_commands(
     let ok = results.wait_for(
         "t/home/device/meter/command/result",
         |p| p.contains("\"action\":\"refresh\"") && p.contains("\"ok\":true"),
-        WAIT,
+        HA_WAIT,
     );
     assert!(ok.is_some(), "no refresh result: {:?}", results.seen());
     assert!(ha.state("button.weather_refresh").is_none());
@@ -479,7 +480,7 @@ fn two_gateways_keep_their_entities_through_restarts(
     all.extend(entity_ids(&garage_2));
     let check = |when: &str| {
         for eid in all.values() {
-            if let Err(last) = ha.wait_state(eid, |s| s != "unavailable", WAIT) {
+            if let Err(last) = ha.wait_state(eid, |s| s != "unavailable", HA_WAIT) {
                 panic!("{when}: {eid} shows {last:?}");
             }
         }
@@ -502,7 +503,7 @@ fn two_gateways_keep_their_entities_through_restarts(
         all.values().map(|e| (e.clone(), context(e))).collect();
     ha.reload_mqtt();
     for (eid, old) in &before {
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + HA_WAIT;
         while context(eid).is_none() || context(eid) == *old {
             assert!(
                 Instant::now() < deadline,
@@ -533,7 +534,7 @@ fn switching_modes_keeps_entity_ids_and_leaves_no_orphans(ha: &HomeAssistant, br
     let ids = entity_ids(&text("entity"));
     let settle = |mode: &str, gw: &GatewayProcess| -> BTreeMap<String, String> {
         let want = discovery_topics(&text(mode));
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + HA_WAIT;
         loop {
             let on_broker: Vec<String> = ours_on_broker(broker.port, "modes").into_keys().collect();
             if on_broker == want {
@@ -573,7 +574,11 @@ fn switching_modes_keeps_entity_ids_and_leaves_no_orphans(ha: &HomeAssistant, br
     let history = gw.dir.path().display().to_string();
     std::fs::write(&gw.config_path, text("device").replace("{dir}", &history)).unwrap();
     gw.signal(Signal::SIGHUP);
-    assert!(gw.wait_log("SIGHUP: config applied", WAIT), "{}", gw.log());
+    assert!(
+        gw.wait_log("SIGHUP: config applied", HA_WAIT),
+        "{}",
+        gw.log()
+    );
     let second = settle("device", &gw);
     assert_eq!(
         first, second,

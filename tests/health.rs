@@ -8,16 +8,14 @@
 
 mod common;
 
+use common::json_of;
+
 use std::time::Duration;
 
 use common::gateway::GatewayProcess;
 use common::modbus::FakeModbus;
 use common::mosquitto::{Mosquitto, Subscriber, publish};
-use serde_json::{Value, json};
-
-fn json_of(p: &str) -> Value {
-    serde_json::from_str(p).unwrap_or(Value::Null)
-}
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_counts_timeouts_rejected_commands_and_reconnects() {

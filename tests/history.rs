@@ -7,6 +7,10 @@
 
 mod common;
 
+use common::json_of;
+
+use common::WAIT;
+
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
@@ -21,8 +25,6 @@ use nix::sys::signal::Signal;
 use serde_json::{Value as Json, json};
 use tokio_util::sync::CancellationToken;
 
-const WAIT: Duration = Duration::from_secs(10);
-
 fn hcfg(path: &std::path::Path, flush_ms: u64) -> HistoryConfig {
     HistoryConfig {
         enabled: true,
@@ -32,10 +34,6 @@ fn hcfg(path: &std::path::Path, flush_ms: u64) -> HistoryConfig {
         max_size: None,
         forward: None,
     }
-}
-
-fn json_of(p: &str) -> Json {
-    serde_json::from_str(p).unwrap_or(Json::Null)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

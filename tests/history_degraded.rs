@@ -10,6 +10,10 @@
 
 mod common;
 
+use common::json_of;
+
+use common::WAIT;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -18,8 +22,6 @@ use common::gateway::GatewayProcess;
 use common::modbus::FakeModbus;
 use common::mosquitto::{Mosquitto, Subscriber, publish};
 
-const WAIT: Duration = Duration::from_secs(20);
-
 fn config(port: u16, plc: &str, history: &Path) -> String {
     format!(
         "[gateway]\nid = \"hd\"\nbase_topic = \"t\"\nlocation = \"lab\"\nhealth_interval = \"1s\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n[history]\npath = \"{}\"\nflush = \"100ms\"\n[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{plc}\"\n[devices.dev]\nbus = \"plc\"\nunit = 1\npoll = \"200ms\"\n[devices.dev.points.v]\nregister = \"holding:0\"\nwritable = true\n",
@@ -27,15 +29,11 @@ fn config(port: u16, plc: &str, history: &Path) -> String {
     )
 }
 
-fn json(p: &str) -> serde_json::Value {
-    serde_json::from_str(p).unwrap_or_default()
-}
-
 /// The gateway bridges: a value reaches the broker, and a command is written and answered.
 fn bridges(sub: &Subscriber, port: u16, fake: &FakeModbus, value: u16, id: &str) {
     fake.set_holding(1, 0, &[value]);
     assert!(
-        sub.wait_for("t/lab/device/dev/state", |p| json(p)["v"] == value, WAIT)
+        sub.wait_for("t/lab/device/dev/state", |p| json_of(p)["v"] == value, WAIT)
             .is_some(),
         "no state with {value}"
     );
@@ -51,7 +49,7 @@ fn bridges(sub: &Subscriber, port: u16, fake: &FakeModbus, value: u16, id: &str)
             |p| p.contains(&format!("\"{id}\"")),
             WAIT,
         )
-        .map(|m| json(&m.payload))
+        .map(|m| json_of(&m.payload))
         .expect("a command result");
     assert_eq!(result["ok"], true, "{result}");
     assert_eq!(
@@ -78,10 +76,10 @@ async fn a_history_folder_that_cannot_be_made_leaves_the_gateway_bridging() {
     let health = sub
         .wait_for(
             "t/gateway/hd/health",
-            |p| json(p)["history"].is_object(),
+            |p| json_of(p)["history"].is_object(),
             WAIT,
         )
-        .map(|m| json(&m.payload))
+        .map(|m| json_of(&m.payload))
         .unwrap();
     assert_eq!(health["history"]["available"], false, "{health}");
     let why = health["history"]["unavailable"]
@@ -142,10 +140,10 @@ async fn a_full_disk_leaves_the_gateway_bridging_and_the_history_resumes_when_ro
     let health = sub
         .wait_for(
             "t/gateway/hd/health",
-            |p| json(p)["history"]["available"] == false,
+            |p| json_of(p)["history"]["available"] == false,
             WAIT,
         )
-        .map(|m| json(&m.payload))
+        .map(|m| json_of(&m.payload))
         .expect("health says the history is unavailable");
     assert!(
         health["history"]["unavailable"]
@@ -158,7 +156,7 @@ async fn a_full_disk_leaves_the_gateway_bridging_and_the_history_resumes_when_ro
     assert!(
         sub.wait_for(
             "t/gateway/hd/health",
-            |p| json(p)["history"]["available"] == true,
+            |p| json_of(p)["history"]["available"] == true,
             Duration::from_secs(90),
         )
         .is_some(),
@@ -169,7 +167,7 @@ async fn a_full_disk_leaves_the_gateway_bridging_and_the_history_resumes_when_ro
     assert!(
         sub.wait_for(
             "t/gateway/hd/health",
-            |p| json(p)["history"]["rows"].as_u64() > Some(0),
+            |p| json_of(p)["history"]["rows"].as_u64() > Some(0),
             WAIT,
         )
         .is_some(),

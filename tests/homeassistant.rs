@@ -13,6 +13,8 @@
 
 mod common;
 
+use common::WAIT;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -28,8 +30,6 @@ use fieldbridge::payload;
 use fieldbridge::topics::Topics;
 use nix::sys::signal::Signal;
 use serde_json::{Value as Json, json};
-
-const WAIT: Duration = Duration::from_secs(15);
 
 /// The gateway around `EVERY_COMPONENT`, in `mode`.
 const GATEWAY: &str = r#"
@@ -620,11 +620,12 @@ async fn reloads_remove_configs_and_old_topics_and_follow_a_new_prefix() {
         .is_some()
     );
     for old in ["t/lab/device/d/state", "t/lab/device/d/availability"] {
-        let deadline = Instant::now() + WAIT;
-        while retained(broker.port, old).is_some() {
-            assert!(Instant::now() < deadline, "{old} still retained");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        common::until(
+            WAIT,
+            || retained(broker.port, old).is_none(),
+            || format!("{old} still retained"),
+        )
+        .await;
     }
     assert!(
         wait_retained(
@@ -675,14 +676,12 @@ async fn reloads_remove_configs_and_old_topics_and_follow_a_new_prefix() {
         "{}",
         gw.log()
     );
-    let deadline = Instant::now() + WAIT;
-    while !ours_on_broker(broker.port, "rl").is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "configs left under the old prefix"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::until(
+        WAIT,
+        || ours_on_broker(broker.port, "rl").is_empty(),
+        || "configs left under the old prefix".into(),
+    )
+    .await;
     let sub = Subscriber::connect(broker.port, "ha2/#");
     sub.clear();
     publish(broker.port, "ha2/status", "online", false);

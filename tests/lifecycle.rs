@@ -8,14 +8,14 @@
 
 mod common;
 
+use common::WAIT;
+
 use std::time::{Duration, Instant};
 
 use common::gateway::{GatewayProcess, config_text};
 use common::mosquitto::{Certs, Mosquitto, Subscriber, publish, wait_retained};
 use common::notify::NotifySocket;
 use nix::sys::signal::Signal;
-
-const WAIT: Duration = Duration::from_secs(10);
 
 fn online(p: &str) -> bool {
     p.contains("\"status\":\"online\"")

@@ -8,6 +8,10 @@
 
 mod common;
 
+use common::json_of;
+
+use common::WAIT;
+
 use std::time::{Duration, Instant};
 
 use common::gateway::InProcess;
@@ -15,16 +19,10 @@ use common::modbus::FakeModbus;
 use common::mosquitto::{Mosquitto, Subscriber};
 use serde_json::{Value, json};
 
-const WAIT: Duration = Duration::from_secs(10);
-
 fn head(port: u16, id: &str) -> String {
     format!(
         "[gateway]\nid = \"{id}\"\nbase_topic = \"t\"\nlocation = \"lab\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n[history]\npath = \"{{dir}}/history.db\"\n"
     )
-}
-
-fn json_of(p: &str) -> Value {
-    serde_json::from_str(p).unwrap_or(Value::Null)
 }
 
 /// Waits until the device state carries `key` and returns the whole state.

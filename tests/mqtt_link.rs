@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::WAIT;
+
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -15,8 +17,6 @@ use common::mosquitto::{Mosquitto, Subscriber};
 use common::proxy::Proxy;
 use fieldbridge::mqtt::{Mqtt, MqttHandle, MqttSettings};
 use tokio_util::sync::CancellationToken;
-
-const WAIT: Duration = Duration::from_secs(10);
 
 fn settings(port: u16, id: &str, queue: usize) -> MqttSettings {
     MqttSettings {
@@ -50,11 +50,12 @@ fn start(s: MqttSettings) -> (MqttHandle, CancellationToken, tokio::task::JoinHa
 }
 
 async fn wait_connected(h: &MqttHandle, up: bool) {
-    let deadline = Instant::now() + WAIT;
-    while h.stats().connected != up {
-        assert!(Instant::now() < deadline, "connected never became {up}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::until(
+        WAIT,
+        || h.stats().connected == up,
+        || format!("connected never became {up}"),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,16 +10,12 @@
 
 mod common;
 
-use std::time::Duration;
+use common::json_of;
+
+use common::WAIT;
 
 use common::gateway::{GatewayProcess, config_text};
 use common::mosquitto::{Mosquitto, Subscriber, retained, wait_retained};
-
-const WAIT: Duration = Duration::from_secs(20);
-
-fn json(p: &str) -> serde_json::Value {
-    serde_json::from_str(p).unwrap_or_default()
-}
 
 #[test]
 fn a_second_gateway_with_the_same_id_refuses_to_start_and_leaves_the_first_alone() {
@@ -34,11 +30,11 @@ fn a_second_gateway_with_the_same_id_refuses_to_start_and_leaves_the_first_alone
     let status = wait_retained(
         broker.port,
         "test/gateway/twin/status",
-        |p| json(p)["status"] == "online",
+        |p| json_of(p)["status"] == "online",
         WAIT,
     )
     .unwrap_or_else(|| panic!("the first gateway is not online\n{}", first.log()));
-    let first_host = json(&status)["host"].as_str().unwrap().to_string();
+    let first_host = json_of(&status)["host"].as_str().unwrap().to_string();
     assert!(!first_host.is_empty(), "{status}");
     let discovery = "homeassistant/device/twin_lamp/config";
     assert!(
@@ -65,12 +61,12 @@ fn a_second_gateway_with_the_same_id_refuses_to_start_and_leaves_the_first_alone
     sub.clear();
     let health = sub
         .wait_for("test/gateway/twin/health", |_| true, WAIT)
-        .map(|m| json(&m.payload))
+        .map(|m| json_of(&m.payload))
         .expect("the first gateway's health");
     assert_eq!(health["mqtt"]["reconnects"], 0, "{health}");
     let status = retained(broker.port, "test/gateway/twin/status").unwrap_or_default();
-    assert_eq!(json(&status)["status"], "online", "{status}");
-    assert_eq!(json(&status)["host"], first_host.as_str(), "{status}");
+    assert_eq!(json_of(&status)["status"], "online", "{status}");
+    assert_eq!(json_of(&status)["host"], first_host.as_str(), "{status}");
     assert!(
         retained(broker.port, discovery).is_some_and(|p| !p.is_empty()),
         "the first gateway's discovery config was removed"
@@ -94,7 +90,7 @@ fn the_same_installation_restarting_is_not_a_neighbour() {
         wait_retained(
             broker.port,
             "test/gateway/solo/status",
-            |p| json(p)["status"] == "online",
+            |p| json_of(p)["status"] == "online",
             WAIT
         )
         .is_some()

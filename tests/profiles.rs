@@ -10,6 +10,10 @@
 
 mod common;
 
+use common::json_of;
+
+use common::WAIT;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,7 +26,6 @@ use fieldbridge::config::{self, Profiles, Table};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fieldbridge");
-const WAIT: Duration = Duration::from_secs(20);
 
 /// `test-data/profiles/<name>.toml`: register contents and what they must publish.
 struct Example {
@@ -79,10 +82,6 @@ fn every_built_in_profile_has_examples_for_every_point() {
     }
 }
 
-fn json(p: &str) -> Value {
-    serde_json::from_str(p).unwrap_or(Value::Null)
-}
-
 /// The Home Assistant discovery entry of one point, in either discovery layout.
 fn discovery_entry(sub: &Subscriber, gateway: &str, device: &str, point: &str) -> Option<Value> {
     let per_point = format!("/{gateway}_{device}/{point}/config");
@@ -90,10 +89,10 @@ fn discovery_entry(sub: &Subscriber, gateway: &str, device: &str, point: &str) -
     let unique = format!("fieldbridge:{gateway}:{device}:{point}");
     for m in sub.seen().iter().rev() {
         if m.topic.ends_with(&per_point) && !m.payload.is_empty() {
-            return Some(json(&m.payload));
+            return Some(json_of(&m.payload));
         }
         if m.topic == per_device {
-            let cfg = json(&m.payload);
+            let cfg = json_of(&m.payload);
             if let Some(cmps) = cfg.get("cmps").and_then(Value::as_object) {
                 if let Some(c) = cmps.values().find(|c| c["unique_id"] == unique.as_str()) {
                     return Some(c.clone());
@@ -155,10 +154,10 @@ async fn every_built_in_profile_publishes_the_documented_values_units_and_classe
         let state = sub
             .wait_for(
                 &topic,
-                |s| ex.expect.keys().all(|k| json(s).get(k).is_some()),
+                |s| ex.expect.keys().all(|k| json_of(s).get(k).is_some()),
                 WAIT,
             )
-            .map(|m| json(&m.payload))
+            .map(|m| json_of(&m.payload))
             .unwrap_or(Value::Null);
         for (point, want) in &ex.expect {
             let got = &state[point.as_str()];
@@ -171,7 +170,7 @@ async fn every_built_in_profile_publishes_the_documented_values_units_and_classe
             // The unit rides on the sensor topic; the classes on the discovery config.
             let sensor = sub.wait_for(&format!("t/lab/sensor/{}/{point}", p.name), |_| true, WAIT);
             let unit = sensor
-                .map(|m| json(&m.payload)["unit"].clone())
+                .map(|m| json_of(&m.payload)["unit"].clone())
                 .unwrap_or(Value::Null);
             let want_unit = want.get("unit").and_then(|u| u.as_str());
             if unit.as_str() != want_unit {

@@ -9,14 +9,14 @@
 
 mod common;
 
+use common::WAIT;
+
 use std::time::{Duration, Instant};
 
 use common::gateway::GatewayProcess;
 use common::modbus::FakeModbus;
 use common::mosquitto::{Mosquitto, Subscriber, retained};
 use nix::sys::signal::Signal;
-
-const WAIT: Duration = Duration::from_secs(10);
 
 fn config(port: u16, plc: &str, plc2: &str, dir: &str, second: bool) -> String {
     let mut c = format!(
@@ -124,14 +124,12 @@ async fn sighup_restarts_exactly_what_changed_and_keeps_the_mqtt_session() {
         "{}",
         gw.log()
     );
-    let deadline = Instant::now() + WAIT;
-    while retained(broker.port, gone_discovery).is_some() {
-        assert!(
-            Instant::now() < deadline,
-            "discovery of the removed device not deleted"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::until(
+        WAIT,
+        || retained(broker.port, gone_discovery).is_none(),
+        || "discovery of the removed device not deleted".into(),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
 
     // The unchanged device kept its rhythm through the reload: no gap beyond one period

@@ -7,19 +7,17 @@
 
 mod common;
 
+use common::json_of;
+
+use common::WAIT;
+
 use std::time::Duration;
 
 use common::gateway::InProcess;
 use common::mosquitto::{Mosquitto, Subscriber, publish};
 use common::pty::SocatPair;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-fn json_of(p: &str) -> Value {
-    serde_json::from_str(p).unwrap_or(Value::Null)
-}
 
 fn head(port: u16, id: &str, tty: &str, format: &str) -> String {
     format!(

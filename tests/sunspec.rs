@@ -12,8 +12,11 @@
 
 mod common;
 
+use common::json_of;
+
+use common::WAIT;
+
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use common::gateway::GatewayProcess;
 use common::modbus::FakeModbus;
@@ -23,8 +26,6 @@ use common::sunspec::{
 };
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-
-const WAIT: Duration = Duration::from_secs(20);
 
 fn config(port: u16, addr: std::net::SocketAddr, devices: &str) -> String {
     format!(
@@ -44,10 +45,6 @@ address = "{addr}"
 timeout = "1s"
 {devices}"#
     )
-}
-
-fn json_of(payload: &str) -> Value {
-    serde_json::from_str(payload).unwrap_or(Value::Null)
 }
 
 fn state_keys(state: &Value) -> BTreeSet<String> {

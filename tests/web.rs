@@ -10,10 +10,11 @@
 
 mod common;
 
+use common::WAIT;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use common::browser::{self, Browser};
 use common::gateway::GatewayProcess;
@@ -21,7 +22,6 @@ use common::modbus::FakeModbus;
 use common::mosquitto::{Mosquitto, Subscriber, free_port};
 use fantoccini::Locator;
 
-const WAIT: Duration = Duration::from_secs(20);
 const PASSWORD: &str = "correct horse battery staple";
 
 /// A gateway with a thermostat on Modbus TCP, a meter on an RTU bus, and the page.

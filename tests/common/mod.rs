@@ -8,6 +8,50 @@
     clippy::let_underscore_must_use
 )]
 
+use std::time::Duration;
+
+/// How long a test waits for an event (a message, a log line, a state) before it fails. Waits
+/// end when the event comes, so a generous bound costs nothing on a passing run and spares a
+/// loaded 2-core machine false failures.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Waits until `done()` holds, asking again every 10 ms, and fails the test with `what()` once
+/// `timeout` has passed. For async tests: between looks it yields to the runtime, on which an
+/// in-process gateway runs.
+pub async fn until(timeout: Duration, mut done: impl FnMut() -> bool, what: impl Fn() -> String) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?}: {}",
+            what()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// As [`until`], for code without a runtime.
+pub fn until_blocking(
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+    what: impl Fn() -> String,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?}: {}",
+            what()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A payload as JSON (`null` when it is not).
+pub fn json_of(payload: &str) -> serde_json::Value {
+    serde_json::from_str(payload).unwrap_or(serde_json::Value::Null)
+}
+
 pub mod browser;
 pub mod deb;
 pub mod gateway;
@@ -62,6 +106,11 @@ pub fn skipped_list() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped-tests.txt")
 }
 
+/// The run a test belongs to: every test binary of one `cargo test` is a child of that cargo.
+pub fn run_id() -> u32 {
+    std::os::unix::process::parent_id()
+}
+
 /// A test that cannot run here says so where nobody can miss it: on the terminal, past the
 /// test harness's capture (which hides what a passing test prints), and on stderr; and lists
 /// itself for the run's summary.
@@ -81,6 +130,6 @@ pub fn skip(why: &str) {
             .name()
             .unwrap_or("a test")
             .to_string();
-        let _ = writeln!(list, "{test}: {why}");
+        let _ = writeln!(list, "{}\t{test}: {why}", run_id());
     }
 }

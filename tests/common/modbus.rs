@@ -377,11 +377,11 @@ impl PtyBus {
             .spawn()
             .expect("socat (scripts/setup.sh installs it)");
         self.socat = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !(self.path.exists() && self.server_path.exists()) {
-            assert!(Instant::now() < deadline, "socat made no ptys");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        super::until_blocking(
+            Duration::from_secs(5),
+            || self.path.exists() && self.server_path.exists(),
+            || "socat made no ptys".into(),
+        );
         let port = tokio_serial::SerialStream::open(&tokio_serial::new(
             self.server_path.display().to_string(),
             9600,

@@ -291,11 +291,12 @@ impl LinePublisher {
         let stdin = child.stdin.take().expect("stdin");
         // Connected before the first line is timed: its TCP connection to the broker is up
         // (the MQTT CONNECT and CONNACK follow on loopback within a millisecond).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !connected_to(child.id(), port) {
-            assert!(Instant::now() < deadline, "mosquitto_pub never connected");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let pid = child.id();
+        super::until_blocking(
+            Duration::from_secs(10),
+            || connected_to(pid, port),
+            || "mosquitto_pub never connected".into(),
+        );
         LinePublisher { child, stdin }
     }
 

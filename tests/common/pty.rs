@@ -35,11 +35,11 @@ impl SocatPair {
             .spawn()
             .expect("socat (scripts/setup.sh installs it)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !(self.path.exists() && self.device_path.exists()) {
-            assert!(Instant::now() < deadline, "socat made no ptys");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        super::until_blocking(
+            Duration::from_secs(5),
+            || self.path.exists() && self.device_path.exists(),
+            || "socat made no ptys".into(),
+        );
     }
 
     pub fn unplug(&mut self) {
