@@ -47,17 +47,15 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .expect("start chromedriver");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = driver.try_wait() {
-                panic!("chromedriver exited: {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver did not listen on {port}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let listening =
+            super::poll_async(Duration::from_secs(20), Duration::from_millis(50), || {
+                if let Ok(Some(status)) = driver.try_wait() {
+                    panic!("chromedriver exited: {status}");
+                }
+                std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+            })
+            .await;
+        assert!(listening.is_some(), "chromedriver did not listen on {port}");
         let profile = tempfile::tempdir().expect("profile dir");
         let mut caps = serde_json::Map::new();
         caps.insert(

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -99,14 +99,10 @@ impl GatewayProcess {
 
     /// Waits for the process to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        None
+        let child = &mut self.child;
+        super::poll(timeout, Duration::from_millis(10), || {
+            child.try_wait().expect("try_wait")
+        })
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -120,14 +116,10 @@ impl GatewayProcess {
 
     /// Waits until the log contains `needle`.
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.log().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        super::poll(timeout, Duration::from_millis(20), || {
+            self.log().contains(needle).then_some(())
+        })
+        .is_some()
     }
 
     /// CPU time used so far (user + system), in clock ticks (usually 10 ms).

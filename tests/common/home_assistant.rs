@@ -339,18 +339,13 @@ impl HomeAssistant {
             mqtt_entry: String::new(),
             started: Instant::now(),
         };
-        let deadline = Instant::now() + Duration::from_secs(240);
-        while ha.get_anon("/api/onboarding").status != 200 {
+        let answered = super::poll(Duration::from_secs(240), Duration::from_millis(250), || {
             if let Ok(Some(status)) = ha.child.try_wait() {
                 panic!("hass exited: {status}\n{}", ha.log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "hass did not answer\n{}",
-                ha.log()
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
+            (ha.get_anon("/api/onboarding").status == 200).then_some(())
+        });
+        assert!(answered.is_some(), "hass did not answer\n{}", ha.log());
         ha.onboard();
         ha.setup_mqtt(mqtt_port);
         eprintln!(
@@ -439,18 +434,13 @@ impl HomeAssistant {
         pred: impl Fn(&str) -> bool,
         timeout: Duration,
     ) -> Result<String, String> {
-        let deadline = Instant::now() + timeout;
         let mut last = String::from("<no entity>");
-        while Instant::now() < deadline {
-            if let Some(s) = self.state(entity_id) {
-                last = s["state"].as_str().unwrap_or_default().to_string();
-                if pred(&last) {
-                    return Ok(last);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        Err(last)
+        super::poll(timeout, Duration::from_millis(250), || {
+            let s = self.state(entity_id)?;
+            last = s["state"].as_str().unwrap_or_default().to_string();
+            pred(&last).then(|| last.clone())
+        })
+        .ok_or(last)
     }
 
     /// Calls a service, as the UI does.

@@ -15,18 +15,48 @@ use std::time::Duration;
 /// loaded 2-core machine false failures.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// Asks `f` until it gives `Some`, every `every`, for at most `timeout`: the one place where
+/// the blocking helpers wait for an event (a message, a log line, a state, a socket).
+pub fn poll<T>(timeout: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// As [`poll`], for async code: between looks it yields to the runtime.
+pub async fn poll_async<T>(
+    timeout: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Waits until `done()` holds, asking again every 10 ms, and fails the test with `what()` once
 /// `timeout` has passed. For async tests: between looks it yields to the runtime, on which an
 /// in-process gateway runs.
 pub async fn until(timeout: Duration, mut done: impl FnMut() -> bool, what: impl Fn() -> String) {
-    let deadline = std::time::Instant::now() + timeout;
-    while !done() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out after {timeout:?}: {}",
-            what()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    if poll_async(timeout, Duration::from_millis(10), || done().then_some(()))
+        .await
+        .is_none()
+    {
+        panic!("timed out after {timeout:?}: {}", what());
     }
 }
 
@@ -36,14 +66,8 @@ pub fn until_blocking(
     mut done: impl FnMut() -> bool,
     what: impl Fn() -> String,
 ) {
-    let deadline = std::time::Instant::now() + timeout;
-    while !done() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out after {timeout:?}: {}",
-            what()
-        );
-        std::thread::sleep(Duration::from_millis(10));
+    if poll(timeout, Duration::from_millis(10), || done().then_some(())).is_none() {
+        panic!("timed out after {timeout:?}: {}", what());
     }
 }
 

@@ -214,20 +214,11 @@ impl Subscriber {
         pred: impl Fn(&str) -> bool,
         timeout: Duration,
     ) -> Option<Msg> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(m) = self
-                .seen()
+        super::poll(timeout, Duration::from_millis(20), || {
+            self.seen()
                 .into_iter()
                 .find(|m| m.topic == topic && pred(&m.payload))
-            {
-                return Some(m);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        })
     }
 
     /// Forgets what was seen so far.

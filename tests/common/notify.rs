@@ -3,7 +3,7 @@
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct NotifySocket {
     pub path: PathBuf,
@@ -40,15 +40,8 @@ impl NotifySocket {
 
     /// Waits for a line like `READY=1`.
     pub fn wait_for(&self, pred: impl Fn(&str) -> bool, timeout: Duration) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(m) = self.messages().into_iter().find(|m| pred(m)) {
-                return Some(m);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        super::poll(timeout, Duration::from_millis(20), || {
+            self.messages().into_iter().find(|m| pred(m))
+        })
     }
 }

@@ -358,12 +358,13 @@ impl Drop for Container {
         // SIGTERM: nspawn asks the container's systemd to power off.
         let nspawn = nix::unistd::Pid::from_raw(self.nspawn.id() as i32);
         let _ = nix::sys::signal::kill(nspawn, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if self.nspawn.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        let nspawn = &mut self.nspawn;
+        if super::poll(Duration::from_secs(20), Duration::from_millis(100), || {
+            nspawn.try_wait().ok().flatten()
+        })
+        .is_some()
+        {
+            return;
         }
         // Killing PID 1 ends every process of the container.
         let _ = nix::sys::signal::kill(
@@ -376,16 +377,7 @@ impl Drop for Container {
 }
 
 /// Polls `f` every 200 ms until it returns `Some`, or panics after `timeout` naming `what`.
-pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+pub fn eventually<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    super::poll(timeout, Duration::from_millis(200), f)
+        .unwrap_or_else(|| panic!("timed out after {timeout:?}: {what}"))
 }

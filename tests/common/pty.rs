@@ -47,10 +47,10 @@ impl SocatPair {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.path.exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // Gone with socat, or given up on after 5 s (a replug makes it anew either way).
+        let _ = super::poll(Duration::from_secs(5), Duration::from_millis(10), || {
+            (!self.path.exists()).then_some(())
+        });
     }
 
     /// The device's end of the cable.
