@@ -287,6 +287,8 @@ fn a_broken_config_leaves_the_unit_failed_after_one_start() {
         !restart.status.success(),
         "restart succeeded on a broken config"
     );
+    // The promise is about 30 s: one start attempt in them, where a restart loop would have
+    // made several (RestartSec=5).
     std::thread::sleep(Duration::from_secs(30));
     assert_eq!(c.show("fieldbridge", "ActiveState"), "failed");
     assert_eq!(c.show("fieldbridge", "ExecMainStatus"), "78");

@@ -80,14 +80,13 @@ async fn central(pg: &sqlx::PgPool) -> Vec<(i64, i64)> {
 async fn wait_central(pg: &sqlx::PgPool, what: &str, fits: impl Fn(i64) -> bool) {
     let count = |rows: Vec<(i64, i64)>| rows.iter().filter(|(_, ts)| fits(*ts)).count();
     let want = count(central(pg).await) + 500;
-    let deadline = Instant::now() + CATCH_UP;
-    loop {
-        if count(central(pg).await) >= want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no reading forwarded {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::until_queried(
+        CATCH_UP,
+        Duration::from_millis(100),
+        async || count(central(pg).await) >= want,
+        || format!("no reading forwarded {what}"),
+    )
+    .await;
 }
 
 /// Sends a command and waits for its result (the `n`th on the result topic).
@@ -200,14 +199,13 @@ async fn clock_steps_under_load_lose_no_row_repeat_no_command_and_keep_recording
         assert_eq!(writes(), n + 1, "a command written twice at {step}");
         let before = local(&history_db).await.len();
         wait_central(&pg, &format!("after the restart at {step}"), fits).await;
-        let deadline = Instant::now() + CATCH_UP;
-        while local(&history_db).await.len() <= before + 100 {
-            assert!(
-                Instant::now() < deadline,
-                "no readings after the restart at {step}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        common::until_queried(
+            CATCH_UP,
+            Duration::from_millis(100),
+            async || local(&history_db).await.len() > before + 100,
+            || format!("no readings after the restart at {step}"),
+        )
+        .await;
     }
 
     // Quiet: the values stop moving; the forwarder catches up (the same rows on both sides,

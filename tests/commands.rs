@@ -408,6 +408,8 @@ async fn a_poll_that_read_before_a_write_does_not_publish_its_older_value_after_
         )
         .expect("result");
     assert_eq!(json_of(&r.payload)["ok"], json!(true), "{}", r.payload);
+    // Something that must not happen: an older value published after the result. The poll's
+    // answer was due before the write; half a second more is where it would show.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let log = fake.log();
     let first_read = log.iter().position(|s| s.unit == 2 && s.fc == 3).unwrap();
@@ -613,6 +615,7 @@ async fn a_command_for_an_offline_device_is_refused_at_once_and_refresh_tries_it
                 json_of(&m.payload),
                 json!({"id": id, "action": "set", "ok": false, "error": "device offline"})
             );
+            // Commands spread over time, as a user's clicks: not one burst the link batches.
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
     }

@@ -59,6 +59,7 @@ async fn the_history_holds_exactly_what_was_published_with_availability_and_comm
     );
     sub.wait_for("t/lab/device/d/command/result", |p| p.contains("h1"), WAIT)
         .unwrap();
+    // Readings go on for half a second after the command: the history holds more than it.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (code, _dir) = gw.stop_keeping_dir().await;
     assert_eq!(code, 0);
@@ -204,6 +205,7 @@ async fn kill_9_during_heavy_writing_leaves_an_intact_file_missing_at_most_the_l
         .replace("{dir}", &dir.path().display().to_string());
     let db = dir.path().join("history.db");
     let mut gw = GatewayProcess::spawn(&cfg, &[("RUST_LOG", "warn")]);
+    // 2.5 s of heavy writing (400 points every 20 ms), then the kill lands mid-stream.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let killed_at = SystemTime::now();
     gw.signal(Signal::SIGKILL);
@@ -470,6 +472,7 @@ async fn history_keeps_recording_while_the_broker_is_away() {
     );
     let gw = InProcess::start(&cfg).await;
     let db = gw.dir.path().join("history.db");
+    // Half a second with the broker, then 1.5 s without it: both stretches must be recorded.
     tokio::time::sleep(Duration::from_millis(500)).await;
     broker.kill();
     let away_from = SystemTime::now();
@@ -523,6 +526,7 @@ async fn a_capped_history_full_again_and_again_drops_nothing_and_keeps_the_newes
                 &Value::Int(i128::from(last)),
             );
         }
+        // Batches a flush window apart, as a poll loop produces them.
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     stop.cancel();

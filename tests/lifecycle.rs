@@ -207,6 +207,7 @@ fn a_bad_config_on_sighup_is_refused_with_its_errors_and_the_gateway_keeps_runni
             .wait_for(|m| m.starts_with("RELOADING=1"), WAIT)
             .is_some()
     );
+    // Something that must not happen (the process exiting on the bad file): given 300 ms.
     std::thread::sleep(Duration::from_millis(300));
     assert!(gw.is_running());
     assert_eq!(
@@ -303,6 +304,7 @@ fn a_password_file_logs_in_and_a_wrong_password_is_not_authorized_and_never_logg
     let cfg = config_text(dir.path(), broker.port, "gw-auth2", &extra);
     let mut bad = GatewayProcess::spawn_in(dir, &cfg, &[("RUST_LOG", "trace")]);
     assert!(bad.wait_log("not authorized", WAIT), "{}", bad.log());
+    // A crash would follow the refusal at once; 1.5 s spans several reconnect attempts.
     std::thread::sleep(Duration::from_millis(1500));
     assert!(bad.is_running(), "crashed on a refused login");
     let log = bad.log();
@@ -405,6 +407,7 @@ fn tls_with_a_ca_and_client_certificate_connects_and_a_wrong_ca_is_a_clear_retri
         log.to_lowercase().contains("certificate"),
         "the error should name the certificate problem:\n{log}"
     );
+    // A crash would follow the TLS failure at once; 1.5 s spans several reconnect attempts.
     std::thread::sleep(Duration::from_millis(1500));
     assert!(bad.is_running());
     assert!(common::mosquitto::retained(plain_port, "test/gateway/gw-tls-bad/status").is_none());
@@ -436,6 +439,7 @@ fn tls_verification_is_on_by_default_and_tls_insecure_is_an_explicit_logged_opt_
         "{}",
         strict.log()
     );
+    // Something that must not happen (an exit on the refused certificate): given a second.
     std::thread::sleep(Duration::from_millis(1000));
     assert!(strict.is_running());
     assert!(common::mosquitto::retained(plain_port, "test/gateway/gw-strict/status").is_none());

@@ -191,6 +191,7 @@ async fn forty_points_in_three_contiguous_runs_cost_three_reads_per_cycle() {
         cfg += &format!("[devices.d.points.c{a}]\nregister = \"coil:{a}\"\n");
     }
     let gw = InProcess::start(&cfg).await;
+    // The measured stretch: poll cycles are counted over 1.4 s of running.
     tokio::time::sleep(Duration::from_millis(1400)).await;
     gw.stop().await;
     let c = cycles(&fake, 1, Duration::from_millis(150));
@@ -224,6 +225,7 @@ async fn a_read_refused_for_a_gap_is_split_once_and_the_split_is_remembered() {
         (state["a"].clone(), state["b"].clone()),
         (json!(7), json!(9))
     );
+    // The measured stretch: a second of polls, whose reads are then checked.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     gw.stop().await;
     let reads: Vec<(u16, u16)> = fake
@@ -418,6 +420,7 @@ fn a_device_that_accepts_and_resets_is_retried_with_growing_backoff_and_logged_o
         "[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{addr}\"\nretries = 0\n[devices.d]\nbus = \"plc\"\nunit = 1\npoll = \"200ms\"\n[devices.d.points.v]\nregister = \"holding:0\"\n"
     );
     let gw = common::gateway::GatewayProcess::spawn(&cfg, &[]);
+    // The measured stretch: connection attempts are counted over 6 s (see below).
     std::thread::sleep(Duration::from_secs(6));
     let log = gw.log();
     let n = accepts.load(Ordering::Relaxed);
@@ -533,6 +536,7 @@ async fn on_an_rtu_bus_a_dead_unit_does_not_starve_the_others() {
     .expect("u3 offline");
     fake.clear_log();
     let window = Duration::from_secs(3);
+    // The measured stretch: the bus's transactions over 3 s.
     tokio::time::sleep(window).await;
     gw.stop().await;
     let log = fake.log();

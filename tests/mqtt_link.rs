@@ -133,6 +133,8 @@ async fn publishes_in_flight_when_the_session_is_lost_are_sent_again() {
     for i in 0..5 {
         h.publish(format!("t/inflight/{i}"), format!("m{i}"), 1, false);
     }
+    // Something that must not happen (the queue emptying while nothing is acknowledged): given
+    // 300 ms to show.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         h.stats().queued,
@@ -201,6 +203,7 @@ async fn a_slow_connack_is_waited_for_on_one_connection_and_no_last_will_is_trig
     status
         .wait_for("t/slow/status", |p| p == "online", WAIT)
         .expect("online");
+    // Something that must not happen (a second connection, a will published): given 500 ms.
     tokio::time::sleep(Duration::from_millis(500)).await;
     // One look at the status topic under its own client id (the id check), then the link's
     // one connection: both waited for their slow CONNACK.

@@ -71,6 +71,25 @@ pub fn until_blocking(
     }
 }
 
+/// As [`until`], for a condition that is itself asked asynchronously (a database query),
+/// every `every`.
+pub async fn until_queried(
+    timeout: Duration,
+    every: Duration,
+    mut done: impl AsyncFnMut() -> bool,
+    what: impl Fn() -> String,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?}: {}",
+            what()
+        );
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// A payload as JSON (`null` when it is not).
 pub fn json_of(payload: &str) -> serde_json::Value {
     serde_json::from_str(payload).unwrap_or(serde_json::Value::Null)
