@@ -48,14 +48,9 @@ fn demo_logged(args: &[&str]) -> (Child, Lines, Lines) {
 }
 
 fn wait_line(lines: &Arc<Mutex<Vec<String>>>, pred: impl Fn(&str) -> bool) -> Option<String> {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if let Some(l) = lines.lock().unwrap().iter().find(|l| pred(l)) {
-            return Some(l.clone());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
+    common::poll(WAIT, Duration::from_millis(50), || {
+        lines.lock().unwrap().iter().find(|l| pred(l)).cloned()
+    })
 }
 
 /// All three devices publish, a command through the broker is executed, the demo ends by itself.
@@ -119,18 +114,11 @@ fn exercise(port: u16, child: &mut Child, lines: &Arc<Mutex<Vec<String>>>) {
     assert!(html.starts_with("HTTP/1.1 200"), "{html}");
     assert!(html.contains("id=\"value-setpoint\""), "{html}");
     assert!(wait_line(lines, |l| l.starts_with("demo/home/sensor/meter/power ")).is_some());
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert_eq!(status.code(), Some(0));
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the demo did not stop after --duration"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let status = common::poll(WAIT, Duration::from_millis(50), || {
+        child.try_wait().unwrap()
+    })
+    .expect("the demo did not stop after --duration");
+    assert_eq!(status.code(), Some(0));
 }
 
 #[test]

@@ -373,11 +373,7 @@ fn every_component_shows_its_value_and_takes_commands(
     let holding = |a: u16| fake.unit(1, |u| u.holdings.get(&a).copied());
     let coil = |a: u16| fake.unit(1, |u| u.coils.get(&a).copied());
     let until = |what: &str, ok: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + HA_WAIT;
-        while !ok() {
-            assert!(Instant::now() < deadline, "{what}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        common::until_blocking(HA_WAIT, ok, || what.to_string());
     };
     set("number.meter_setpoint", json!(42.5));
     until("setpoint written", &|| holding(10) == Some(85));
@@ -503,14 +499,11 @@ fn two_gateways_keep_their_entities_through_restarts(
         all.values().map(|e| (e.clone(), context(e))).collect();
     ha.reload_mqtt();
     for (eid, old) in &before {
-        let deadline = Instant::now() + HA_WAIT;
-        while context(eid).is_none() || context(eid) == *old {
-            assert!(
-                Instant::now() < deadline,
-                "{eid} was not made anew by the reload"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        common::until_blocking(
+            HA_WAIT,
+            || context(eid).is_some_and(|c| Some(c) != *old),
+            || format!("{eid} was not made anew by the reload"),
+        );
     }
     check("the MQTT entry reloaded");
     note(&format!(

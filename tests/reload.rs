@@ -237,9 +237,12 @@ async fn commands_queued_for_a_reconfigured_device_are_answered_and_never_run_la
         ids.sort();
         ids
     };
-    while answered(&results).len() < 5 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::until(
+        deadline.saturating_duration_since(Instant::now()),
+        || answered(&results).len() >= 5,
+        || format!("{:?}", results.seen()),
+    )
+    .await;
     let ids = answered(&results);
     assert_eq!(ids, ["c1", "c2", "c3", "c4", "c5"], "{:?}", results.seen());
     let reconfigured = results
@@ -257,11 +260,9 @@ async fn commands_queued_for_a_reconfigured_device_are_answered_and_never_run_la
     let mut broker = broker;
     broker.restart_saving();
     assert!(gw.wait_log("mqtt connected", WAIT), "{}", gw.log());
-    // Long enough for a redelivered command to be executed by the 400 ms device.
-    let settle = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < settle {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Something that must not happen (a redelivered command written): given 3 s, long enough
+    // for the 400 ms device to have taken several.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let writes_after = fake
         .log()
         .iter()

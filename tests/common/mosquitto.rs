@@ -337,18 +337,9 @@ pub fn wait_retained(
     pred: impl Fn(&str) -> bool,
     timeout: Duration,
 ) -> Option<String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(r) = retained(port, topic) {
-            if pred(&r) {
-                return Some(r);
-            }
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    super::poll(timeout, Duration::from_millis(100), || {
+        retained(port, topic).filter(|r| pred(r))
+    })
 }
 
 /// A CA, a server certificate for 127.0.0.1/localhost and a client certificate, made with the
