@@ -17,6 +17,8 @@ CREATE TABLE retention_marks (
 INSERT OR IGNORE INTO retention_marks (at, readings, events)
     SELECT upto - CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER),
            last,
-           coalesce((SELECT max(rowid) FROM events WHERE ts <= upto), 0)
+           -- The event with the latest time not after the block's: one step down events_ts,
+           -- not a walk over every older event for each block.
+           coalesce((SELECT rowid FROM events WHERE ts <= upto ORDER BY ts DESC LIMIT 1), 0)
     FROM (SELECT last, max(max_ts) OVER (ORDER BY first) AS upto FROM readings_blocks)
     ORDER BY last;

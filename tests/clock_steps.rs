@@ -92,19 +92,10 @@ async fn wait_central(pg: &sqlx::PgPool, what: &str, fits: impl Fn(i64) -> bool)
 /// Sends a command and waits for its result (the `n`th on the result topic).
 fn command(broker: u16, sub: &Subscriber, body: &str, n: usize, gw: &GatewayProcess) -> Value {
     publish(broker, CMD, body, false);
-    let deadline = Instant::now() + CATCH_UP;
-    loop {
-        let results = sub.on(RESULT);
-        if results.len() >= n {
-            return serde_json::from_str(&results[n - 1].payload).unwrap();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no result for {body}\n{}",
-            gw.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let m = sub
+        .wait_nth(RESULT, n, CATCH_UP)
+        .unwrap_or_else(|| panic!("no result for {body}\n{}", gw.log()));
+    serde_json::from_str(&m.payload).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,6 +217,8 @@ async fn clock_steps_under_load_lose_no_row_repeat_no_command_and_keep_recording
             there.len()
         );
         last = here;
+        // Caught up means the same rows on both sides and no new one for a second: the second
+        // is the point.
         tokio::time::sleep(Duration::from_millis(1_000)).await;
     };
     gw.signal(Signal::SIGTERM);

@@ -812,19 +812,10 @@ const INTERRUPTED: &str = r#"{"id": "once", "action": "set", "ok": false, "error
 
 /// Waits for the `n`th result (1-based) and returns it.
 fn nth_result(sub: &Subscriber, n: usize, gw: &GatewayProcess) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let results = sub.on(RESULT);
-        if results.len() >= n {
-            return json_of(&results[n - 1].payload);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no result #{n}; results {results:?}\n{}",
-            gw.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let m = sub
+        .wait_nth(RESULT, n, WAIT)
+        .unwrap_or_else(|| panic!("no result #{n}; results {:?}\n{}", sub.on(RESULT), gw.log()));
+    json_of(&m.payload)
 }
 
 /// The id was on disk before the write, so the command the broker delivers again after the

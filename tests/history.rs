@@ -1398,6 +1398,22 @@ async fn a_file_from_before_migration_5_keeps_every_reading_its_id_and_its_answe
     let b = blocks(&pool).await;
     assert_eq!(b.len(), 3, "{b:?}");
     assert_eq!(uncovered(&pool).await, 0);
+    // Migration 6 marks blocks' newest readings at the time their readings say (before now,
+    // on the file's new clock, which starts at 0), in recording order. The third block, recorded
+    // after the clock went back a day, brings no later time: it gets no mark of its own (the
+    // writer's first mark covers it), never one that would date the second block later.
+    let marks: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT at, readings FROM retention_marks ORDER BY readings")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        marks.iter().map(|m| m.1).collect::<Vec<_>>(),
+        [b[0].1, b[1].1],
+        "{marks:?}"
+    );
+    assert!(marks.iter().all(|m| m.0 < 0), "{marks:?}");
+    assert!(marks.windows(2).all(|w| w[0].0 <= w[1].0), "{marks:?}");
     let mut answers = answers.into_iter();
     for (since, until) in ranges {
         for device in [None, Some("b")] {

@@ -58,8 +58,8 @@ impl GatewayClock {
     }
 
     /// A clock at `at` now, for tests that need time to have passed.
-    #[doc(hidden)]
-    pub fn at(at: i64) -> Self {
+    #[cfg(test)]
+    pub(crate) fn at(at: i64) -> Self {
         GatewayClock {
             base: at,
             start: Instant::now(),

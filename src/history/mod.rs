@@ -11,7 +11,7 @@
 //! - [`CommandLog`]: the ids of executed commands, synced before each command's write goes
 //!   out, so a command the broker delivers again after a crash is not written twice; in a file
 //!   of its own (`commands.db`), kept with the history off too.
-//! - Retention goes by elapsed time on the file's own clock ([`GatewayClock`]), not by the rows'
+//! - Retention goes by elapsed time on the file's own clock (`clock.rs`), not by the rows'
 //!   times: a mark of the newest ids at each run says what was recorded before then
 //!   (migrations/0006_retention_marks.sql). It deletes in small batches, so the `history`
 //!   command can read meanwhile.
@@ -42,7 +42,6 @@ mod store;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use clock::GatewayClock;
 pub use command_log::{COMMAND_ID_WINDOW, COMMAND_LOG_FILE, CommandLog, Seen};
 pub use forward::{ForwardLink, ForwardStats, Forwarder};
 pub use query::*;

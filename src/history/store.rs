@@ -241,14 +241,14 @@ async fn room_for_rebuilding_readings(
         deleted += gone;
     }
     if deleted > 0 {
-        let unforwarded: i64 =
+        let forwarded_up_to: i64 =
             sqlx::query_scalar("SELECT coalesce((SELECT min(readings) FROM forward_cursor), -1)")
                 .fetch_one(pool)
                 .await
                 .unwrap_or(-1);
         warn!(
             readings = deleted,
-            forwarded_up_to = unforwarded,
+            forwarded_up_to,
             "history: the file is near history.max_size; its oldest readings were deleted to make room for moving the rest to their new table (migration 5)"
         );
     }

@@ -221,6 +221,13 @@ impl Subscriber {
         })
     }
 
+    /// Waits for the `n`th message (1-based) on `topic`.
+    pub fn wait_nth(&self, topic: &str, n: usize, timeout: Duration) -> Option<Msg> {
+        super::poll(timeout, Duration::from_millis(20), || {
+            self.on(topic).into_iter().nth(n - 1)
+        })
+    }
+
     /// Forgets what was seen so far.
     pub fn clear(&self) {
         self.seen.lock().unwrap().clear();
