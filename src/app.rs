@@ -17,14 +17,15 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::bridge::Bridge;
 use crate::config::{Config, ConfigErrors, FORWARD_PASSWORD_ENV, PASSWORD_ENV};
-use crate::device::Sink;
-use crate::fleet::{self, Fleet};
+use crate::device::Links;
+use crate::fleet::Fleet;
 use crate::history::{ForwardLink, Forwarder, History, HistoryHandle};
-use crate::mqtt::{Incoming, Mqtt, MqttHandle, MqttSettings, Secret, TlsSettings};
+use crate::mqtt::{Incoming, Mqtt, MqttHandle, MqttSettings, Outgoing, Secret, TlsSettings};
+use crate::report::Reports;
+use crate::router::Router;
 use crate::topics::Topic;
 use crate::topics::Topics;
 use crate::{EXIT_CONFIG, EXIT_FAILURE, ha, health, payload, systemd};
@@ -437,8 +438,8 @@ impl Gateway {
             handle.subscribe(topic);
         }
 
-        let shared_topics = std::sync::Arc::new(topics.clone());
-        let mut sink: std::sync::Arc<dyn Sink> = std::sync::Arc::new(handle.clone());
+        let mut shared_topics = std::sync::Arc::new(topics.clone());
+        let mut sink: std::sync::Arc<dyn Outgoing> = std::sync::Arc::new(handle.clone());
         // The commissioning page sees what the devices publish through a tee in front of the
         // link; without `[web]` there is none.
         let tap = web
@@ -486,8 +487,9 @@ impl Gateway {
             }
         };
         history.record_gateway("start", std::time::SystemTime::now());
-        let mut bridge = Bridge::new(shared_topics.clone(), sink.clone());
-        bridge.set_history(history.clone());
+        // Every device reports through these (`crate::output`): over the link, into the history.
+        let reports = Reports::new(sink.clone(), shared_topics.clone(), history.clone());
+        let mut router = Router::new(std::sync::Arc::new(reports.clone()));
         // SunSpec devices report the points their model chain gave them; a reload asks them to
         // read it again.
         let (walked_tx, mut walked_rx) = mpsc::channel(crate::device::WALKED_CAP);
@@ -495,22 +497,22 @@ impl Gateway {
         // The config as the file gives it, before SunSpec walks added points: what a reload's
         // file is compared with.
         let mut loaded = config.clone();
-        let mut ctx = fleet::Ctx {
-            sink: sink.clone(),
-            topics: shared_topics.clone(),
-            history: history.clone(),
-            commands: bridge.stats.clone(),
-            command_log,
+        let mut links = Links {
+            outputs: std::sync::Arc::new(reports.clone()),
+            commands: router.stats.clone(),
+            command_ids: command_log
+                .clone()
+                .map(|l| std::sync::Arc::new(l) as std::sync::Arc<dyn crate::output::CommandIds>),
             fatal: fatal_tx.clone(),
             walked: walked_tx,
             rewalk: rewalk_rx,
             stopping: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         // Buses and devices stop first at shutdown; then history; MQTT last.
-        let mut fleet = Fleet::start(&config, &ctx, &mut bridge);
+        let mut fleet = Fleet::start(&config, &links, &mut router);
         let health_base = health::Sources {
             mqtt: Some(handle.clone()),
-            commands: Some(bridge.stats.clone()),
+            commands: Some(router.stats.clone()),
             history: history.enabled().then(|| history.stats.clone()),
             forward: forward_stats,
             ..Default::default()
@@ -589,8 +591,9 @@ impl Gateway {
             })
         };
         // Without the page, no view is made (nothing would read it).
-        let (view_tx, view_rx) =
-            tokio::sync::watch::channel(web.is_some().then(|| view(&config, &ctx.topics, &fleet)));
+        let (view_tx, view_rx) = tokio::sync::watch::channel(
+            web.is_some().then(|| view(&config, &shared_topics, &fleet)),
+        );
         let web_task = match (web, &config.web, tap) {
             (Some((listener, password)), Some(w), Some(tap)) => {
                 let page = crate::web::Web::new(
@@ -660,11 +663,13 @@ impl Gateway {
                         for (topic, _) in new_topics.command_topics() {
                             handle.subscribe(topic);
                         }
-                        ctx.topics = std::sync::Arc::new(new_topics.clone());
-                        bridge.set_topics(ctx.topics.clone());
+                        shared_topics = std::sync::Arc::new(new_topics.clone());
+                        let outputs = std::sync::Arc::new(reports.with_topics(shared_topics.clone()));
+                        router.set_outputs(outputs.clone());
+                        links.outputs = outputs;
                         // Discovery first: an entity leaves Home Assistant before its state does.
                         discovery.reload(&new, &new_topics);
-                        fleet.apply(&config, &new, &ctx, &mut bridge).await;
+                        fleet.apply(&config, &new, &links, &mut router).await;
                         health_token.cancel();
                         health_token = CancellationToken::new();
                         tracker.spawn(health::run(
@@ -675,7 +680,7 @@ impl Gateway {
                         ));
                         config = new;
                         if view_tx.borrow().is_some() {
-                            view_tx.send_replace(Some(view(&config, &ctx.topics, &fleet)));
+                            view_tx.send_replace(Some(view(&config, &shared_topics, &fleet)));
                         }
                     }
                     // A firmware update may have changed a SunSpec device's models.
@@ -692,16 +697,19 @@ impl Gateway {
                     {
                         let mut new = config.clone();
                         new.devices.insert(walked.device.clone(), walked.config.clone());
-                        discovery.reload(&new, &ctx.topics);
-                        bridge.update_device(&walked.device, &walked.config);
+                        discovery.reload(&new, &shared_topics);
+                        router.update_device(&walked.device, &walked.config);
                         config = new;
                         if view_tx.borrow().is_some() {
-                            view_tx.send_replace(Some(view(&config, &ctx.topics, &fleet)));
+                            view_tx.send_replace(Some(view(&config, &shared_topics, &fleet)));
                         }
                     }
                 }
                 // A command from the commissioning page, as if it came over MQTT.
-                Some(msg) = web_rx.recv() => bridge.handle(&msg),
+                Some(msg) = web_rx.recv() => match shared_topics.parse(&msg.topic) {
+                    Some(Topic::Command { device }) => router.command(&device, &msg),
+                    _ => debug!(topic = %msg.topic, "the page sent a message on no command topic"),
+                },
                 Some(reason) = refused_rx.recv() => {
                     error!("{reason}");
                     break EXIT_CONFIG;
@@ -710,8 +718,14 @@ impl Gateway {
                     error!(error = %reason, "a core task failed; stopping");
                     break EXIT_FAILURE;
                 }
-                Some(msg) = incoming.recv() => match ctx.topics.parse(&msg.topic) {
-                    Some(Topic::Command { .. }) | None => bridge.handle(&msg),
+                Some(msg) = incoming.recv() => match shared_topics.parse(&msg.topic) {
+                    Some(Topic::Command { device }) => router.command(&device, &msg),
+                    None => {
+                        debug!(topic = %msg.topic, "message on an unhandled topic");
+                        if let Some(a) = msg.ack {
+                            handle.ack(a);
+                        }
+                    }
                     Some(t) => {
                         discovery.handle(&t, &msg.topic, &msg.payload);
                         if let Some(a) = msg.ack {
@@ -735,7 +749,8 @@ impl Gateway {
         // 1. Devices and buses: polls end, a write on the wire finishes its try, the rest of
         //    what waits is answered "stopped" (and its commands left to the broker).
         health_token.cancel();
-        ctx.stopping
+        links
+            .stopping
             .store(true, std::sync::atomic::Ordering::Relaxed);
         // The page asks the buses for things; it goes with them.
         web_token.cancel();
@@ -748,7 +763,7 @@ impl Gateway {
                 warn!("shutdown: the commissioning page did not stop in time");
             }
         }
-        if let Some(log) = &ctx.command_log {
+        if let Some(log) = &command_log {
             // Before the history writer's, which closes the file's last connection.
             if tokio::time::timeout_at(history_end, log.close())
                 .await
@@ -761,8 +776,8 @@ impl Gateway {
         if ephemeral {
             discovery.remove_all();
             for (name, dev) in &config.devices {
-                handle.clear_retained(ctx.topics.state(name, &dev.location));
-                handle.clear_retained(ctx.topics.availability(name, &dev.location));
+                handle.clear_retained(shared_topics.state(name, &dev.location));
+                handle.clear_retained(shared_topics.availability(name, &dev.location));
             }
         }
         // 3. History: everything queued goes to disk; then the forwarder sends what it can of

@@ -10,53 +10,17 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::bridge::Bridge;
 use crate::bus::BusStats;
 use crate::bus::modbus::ModbusBus;
 use crate::bus::serial_line::{LineStats, SerialLineBus};
 use crate::config::{BusConfig, Config, DeviceConfig};
 use crate::device::line::LineDevice;
 use crate::device::modbus::DevicePoller;
-use crate::device::{CommandStats, DEVICE_COMMANDS_CAP, Links, Sink};
-use crate::history::{CommandLog, HistoryHandle};
-use crate::topics::Topics;
+use crate::device::{DEVICE_COMMANDS_CAP, Links};
+use crate::router::Router;
 
 /// How long a stopping bus or device may take before it is abandoned.
 const STOP_WAIT: Duration = Duration::from_secs(2);
-
-/// What every task needs from the outside.
-#[derive(Clone)]
-pub struct Ctx {
-    pub sink: Arc<dyn Sink>,
-    pub topics: Arc<Topics>,
-    pub history: HistoryHandle,
-    pub commands: Arc<CommandStats>,
-    /// Executed command ids on disk (the history file).
-    pub command_log: Option<CommandLog>,
-    pub fatal: mpsc::Sender<String>,
-    /// SunSpec devices report the points their model chain gave them here.
-    pub walked: mpsc::Sender<crate::device::Walked>,
-    /// Bumped by a reload: SunSpec devices read their chain again.
-    pub rewalk: tokio::sync::watch::Receiver<u64>,
-    /// Set when the gateway stops (commands cut off are answered "stopping").
-    pub stopping: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Ctx {
-    /// What a device task shares with the rest of the gateway.
-    fn links(&self) -> Links {
-        Links {
-            sink: self.sink.clone(),
-            topics: self.topics.clone(),
-            history: Some(self.history.clone()),
-            commands: self.commands.clone(),
-            command_log: self.command_log.clone(),
-            walked: Some(self.walked.clone()),
-            rewalk: Some(self.rewalk.clone()),
-            stopping: self.stopping.clone(),
-        }
-    }
-}
 
 struct RunningDevice {
     token: CancellationToken,
@@ -118,15 +82,15 @@ async fn stop(token: &CancellationToken, task: JoinHandle<()>) {
 
 impl Fleet {
     /// Starts every bus and device of `config`.
-    pub fn start(config: &Config, ctx: &Ctx, bridge: &mut Bridge) -> Fleet {
+    pub fn start(config: &Config, links: &Links, router: &mut Router) -> Fleet {
         let mut fleet = Fleet::default();
         for name in config.buses.keys() {
-            fleet.start_bus(name, config, ctx, bridge);
+            fleet.start_bus(name, config, links, router);
         }
         fleet
     }
 
-    fn start_bus(&mut self, name: &str, config: &Config, ctx: &Ctx, bridge: &mut Bridge) {
+    fn start_bus(&mut self, name: &str, config: &Config, links: &Links, router: &mut Router) {
         let Some(bus_config) = config.buses.get(name) else {
             return;
         };
@@ -151,7 +115,7 @@ impl Fleet {
             let task = tokio::spawn(supervised(
                 format!("bus {name}"),
                 bus.run(token.clone()),
-                ctx.fatal.clone(),
+                links.fatal.clone(),
             ));
             (task, Some(handle), stats)
         } else {
@@ -159,15 +123,15 @@ impl Fleet {
             for (dev_name, dev) in &devices {
                 let lines = bus.add_device(dev_name, dev.r#match.clone());
                 let (cmd_tx, cmd_rx) = mpsc::channel(DEVICE_COMMANDS_CAP);
-                bridge.add_device(dev_name, dev, cmd_tx);
-                let device = LineDevice::new(dev_name, dev, lines, line.clone(), ctx.links())
+                router.add_device(dev_name, dev, cmd_tx);
+                let device = LineDevice::new(dev_name, dev, lines, line.clone(), links.clone())
                     .with_commands(cmd_rx)
                     .with_timing(bus_config.timeout, bus_config.retries);
                 let dev_token = CancellationToken::new();
                 let task = tokio::spawn(supervised(
                     format!("device {dev_name}"),
                     device.run(dev_token.clone()),
-                    ctx.fatal.clone(),
+                    links.fatal.clone(),
                 ));
                 running.insert(
                     (*dev_name).clone(),
@@ -181,7 +145,7 @@ impl Fleet {
             let task = tokio::spawn(supervised(
                 format!("bus {name}"),
                 bus.run(token.clone()),
-                ctx.fatal.clone(),
+                links.fatal.clone(),
             ));
             (task, None, stats)
         };
@@ -195,7 +159,7 @@ impl Fleet {
         };
         if rb.modbus.is_some() {
             for (dev_name, dev) in devices {
-                Self::start_modbus_device(&mut rb, dev_name, dev, ctx, bridge);
+                Self::start_modbus_device(&mut rb, dev_name, dev, links, router);
             }
         }
         self.buses.insert(name.to_string(), rb);
@@ -205,33 +169,33 @@ impl Fleet {
         rb: &mut RunningBus,
         name: &str,
         dev: &Arc<DeviceConfig>,
-        ctx: &Ctx,
-        bridge: &mut Bridge,
+        links: &Links,
+        router: &mut Router,
     ) {
         let Some(handle) = rb.modbus.clone() else {
             return;
         };
         let (cmd_tx, cmd_rx) = mpsc::channel(DEVICE_COMMANDS_CAP);
-        bridge.add_device(name, dev, cmd_tx);
-        let poller = DevicePoller::new(name, dev, rb.config.max_gap, handle, ctx.links())
+        router.add_device(name, dev, cmd_tx);
+        let poller = DevicePoller::new(name, dev, rb.config.max_gap, handle, links.clone())
             .with_commands(cmd_rx);
         let token = CancellationToken::new();
         let task = tokio::spawn(supervised(
             format!("device {name}"),
             poller.run(token.clone()),
-            ctx.fatal.clone(),
+            links.fatal.clone(),
         ));
         rb.devices
             .insert(name.to_string(), RunningDevice { token, task });
     }
 
     /// Stops a bus: its devices first, then the bus (which finishes its transaction).
-    async fn stop_bus(&mut self, name: &str, bridge: &mut Bridge) {
+    async fn stop_bus(&mut self, name: &str, router: &mut Router) {
         let Some(rb) = self.buses.remove(name) else {
             return;
         };
         for (dev, d) in rb.devices {
-            bridge.remove_device(&dev);
+            router.remove_device(&dev);
             stop(&d.token, d.task).await;
         }
         // The bus lets go of its port before a new one opens it (ports open exclusively).
@@ -245,8 +209,8 @@ impl Fleet {
         &mut self,
         old: &Config,
         new: &Config,
-        ctx: &Ctx,
-        bridge: &mut Bridge,
+        links: &Links,
+        router: &mut Router,
     ) -> Applied {
         let mut applied = Applied::default();
         let device_changed = |name: &str| old.devices.get(name) != new.devices.get(name);
@@ -269,7 +233,7 @@ impl Fleet {
             .map(|(n, _)| n.clone())
             .collect();
         for name in &restart {
-            self.stop_bus(name, bridge).await;
+            self.stop_bus(name, router).await;
             if new.buses.contains_key(name) {
                 applied.buses_restarted.push(name.clone());
             }
@@ -282,14 +246,14 @@ impl Fleet {
                 let moved_or_gone = new.devices.get(&dev).is_none_or(|d| &d.bus != bus_name);
                 if moved_or_gone || device_changed(&dev) {
                     if let Some(d) = rb.devices.remove(&dev) {
-                        bridge.remove_device(&dev);
+                        router.remove_device(&dev);
                         stop(&d.token, d.task).await;
                     }
                 }
             }
             for (dev, d) in new.devices.iter().filter(|(_, d)| &d.bus == bus_name) {
                 if rb.modbus.is_some() && !rb.devices.contains_key(dev) {
-                    Self::start_modbus_device(rb, dev, d, ctx, bridge);
+                    Self::start_modbus_device(rb, dev, d, links, router);
                     started.push(dev.clone());
                 }
             }
@@ -297,7 +261,7 @@ impl Fleet {
         // New buses, and the restarted ones, with their devices.
         for name in new.buses.keys() {
             if !self.buses.contains_key(name) {
-                self.start_bus(name, new, ctx, bridge);
+                self.start_bus(name, new, links, router);
                 if let Some(rb) = self.buses.get(name) {
                     started.extend(rb.devices.keys().cloned());
                 }
@@ -320,24 +284,9 @@ impl Fleet {
         // message at its old topics: state, availability and retained readings are removed from
         // the broker and from the link's re-publish cache. Its tasks have stopped by now.
         for (dev, d) in &old.devices {
-            let removed = !new.devices.contains_key(dev);
-            let moved = new.devices.get(dev).is_some_and(|n| {
-                ctx.topics.state(dev, &n.location) != ctx.topics.state(dev, &d.location)
-            });
-            if !(removed || moved) {
-                continue;
-            }
-            ctx.sink.clear_retained(ctx.topics.state(dev, &d.location));
-            ctx.sink
-                .clear_retained(ctx.topics.availability(dev, &d.location));
-            for (point, _) in d.points.iter().filter(|(_, p)| p.retain) {
-                ctx.sink
-                    .clear_retained(ctx.topics.sensor(dev, &d.location, point));
-            }
-            if removed {
-                ctx.history
-                    .record_availability(dev, false, std::time::SystemTime::now());
-            }
+            links
+                .outputs
+                .replaced(dev, d, new.devices.get(dev).map(|n| &**n));
         }
         applied.devices_added.sort();
         applied.devices_restarted.sort();

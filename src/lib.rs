@@ -10,15 +10,15 @@
 //! - [`bus`]: one task owns each bus (`bus::modbus`, `bus::serial_line`); pure codecs
 //!   (`bus::codec`, `bus::line`) and the poll plan (`bus::plan`).
 //! - [`device`]: one task per device. The core (availability, freshness, the retained state,
-//!   commands and results) is written once; `device::modbus` and `device::line` feed it.
-//! - [`bridge`]: incoming MQTT commands, validated, to device tasks.
+//!   commands and results) is written once; `device::modbus` and `device::line` feed it. It
+//!   reports through the [`output`] seam, which [`report`] carries to MQTT and the history.
+//! - [`router`]: incoming MQTT commands, validated, to device tasks.
 //! - [`mqtt`]: the broker link and its bounded outbox; [`topics`] and [`payload`] are the only
 //!   places that shape topics and payloads.
 //! - [`ha`]: Home Assistant: discovery in device or entity mode, the configs this gateway owns.
 //! - [`telemetry`], [`systemd`]: logs and sd_notify.
 
 pub mod app;
-pub mod bridge;
 pub mod bus;
 pub mod check;
 pub mod cli;
@@ -38,8 +38,12 @@ pub mod history;
 pub mod installation;
 pub mod model;
 pub mod mqtt;
+pub mod output;
 pub mod payload;
 pub mod profiles;
+pub mod rate_limit;
+pub mod report;
+pub mod router;
 pub mod sunspec;
 pub mod systemd;
 pub mod telemetry;

@@ -18,7 +18,7 @@ use crate::bus::BusError;
 use crate::bus::line::{self, Frame, LineCodec};
 use crate::bus::port::{self, Backoff};
 use crate::config::{BusConfig, LineFormat, MatchConfig};
-use crate::telemetry::RateLimit;
+use crate::rate_limit::RateLimit;
 
 /// Parsed lines waiting for one device task. When full the line is dropped and counted: a
 /// device that talks faster than we publish loses readings, not memory.

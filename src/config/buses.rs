@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use super::load::{Cx, Sec};
+use super::extract::{Extractor, Section};
 use super::*;
 
-impl Cx<'_> {
-    pub(super) fn bus(&mut self, s: &Sec) -> Option<BusConfig> {
+impl Extractor<'_> {
+    pub(super) fn bus(&mut self, s: &Section) -> Option<BusConfig> {
         let kind_i = self.choice(s, "kind", "bus kind", BusKind::NAMES);
         let kind = kind_i.map(|i| match i {
             0 => BusKind::ModbusRtu,

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use toml::de::DeValue;
 
-use super::load::{Cx, Sec};
+use super::extract::{Extractor, Section};
 use super::*;
 
-impl Cx<'_> {
+impl Extractor<'_> {
     pub(super) fn device(
         &mut self,
-        s: &Sec,
+        s: &Section,
         default_location: &str,
         buses: &BTreeMap<String, BusConfig>,
         profiles: &Profiles,
@@ -210,7 +210,7 @@ impl Cx<'_> {
     #[allow(clippy::type_complexity)]
     fn sunspec_points(
         &mut self,
-        s: &Sec,
+        s: &Section,
     ) -> (
         BTreeMap<String, (PointConfig, Vec<String>)>,
         BTreeMap<String, PointConfig>,

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use super::load::{Cx, Sec};
+use super::extract::{Extractor, Section};
 use super::*;
 
-impl Cx<'_> {
-    pub(super) fn gateway(&mut self, s: &Sec) -> GatewayConfig {
+impl Extractor<'_> {
+    pub(super) fn gateway(&mut self, s: &Section) -> GatewayConfig {
         self.keys(s, &["id", "base_topic", "location", "health_interval"]);
         let given = self.string(s, "id");
         let id = match &given {

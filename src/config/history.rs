@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::load::{Cx, Sec};
+use super::extract::{Extractor, Section};
 use super::*;
 
-impl Cx<'_> {
-    pub(super) fn history(&mut self, s: &Sec) -> HistoryConfig {
+impl Extractor<'_> {
+    pub(super) fn history(&mut self, s: &Section) -> HistoryConfig {
         self.keys(
             s,
             &[
@@ -36,7 +36,7 @@ impl Cx<'_> {
         }
     }
 
-    fn forward(&mut self, s: &Sec) -> ForwardConfig {
+    fn forward(&mut self, s: &Section) -> ForwardConfig {
         self.keys(s, &["url", "password_file", "sslmode", "ca_file"]);
         let url = self.text(s, "url");
         let url = self.required(s, "url", url, "url (postgres://user@host/database)");

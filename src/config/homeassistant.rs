@@ -1,10 +1,10 @@
 //! `[homeassistant]`: MQTT discovery for Home Assistant.
 
-use super::load::{Cx, Sec};
+use super::extract::{Extractor, Section};
 use super::*;
 
-impl Cx<'_> {
-    pub(super) fn homeassistant(&mut self, s: &Sec) -> HomeAssistantConfig {
+impl Extractor<'_> {
+    pub(super) fn homeassistant(&mut self, s: &Section) -> HomeAssistantConfig {
         self.keys(s, &["discovery", "prefix", "mode"]);
         let prefix = match self.text(s, "prefix") {
             Some(p) if p.contains(['+', '#']) || p.starts_with('/') || p.ends_with('/') => {
@@ -29,7 +29,7 @@ impl Cx<'_> {
 
     /// A point's Home Assistant keys, each `None` when not given (a profile's point may give
     /// it); `check_point_ha` checks them against the whole point.
-    pub(super) fn point_ha(&mut self, s: &Sec) -> PointHa {
+    pub(super) fn point_ha(&mut self, s: &Section) -> PointHa {
         let entity_category = self
             .choice(
                 s,
@@ -56,7 +56,7 @@ impl Cx<'_> {
     }
 
     /// Home Assistant refuses the `config` category on sensors.
-    pub(super) fn check_point_ha(&mut self, s: &Sec, p: &PointConfig) {
+    pub(super) fn check_point_ha(&mut self, s: &Section, p: &PointConfig) {
         if p.entity_category == Some(EntityCategory::Config) && !p.writable {
             self.error_at(
                 &s.key("entity_category"),

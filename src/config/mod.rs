@@ -5,7 +5,7 @@
 //! durations and the cross-checks of `validate.rs` — is reported in one pass as
 //! `file:line:col: key.path: message`, not only the first one serde would stop at.
 //!
-//! `load.rs` holds the machinery (positions and the typed key readers of `Cx`), `error.rs` the
+//! `load.rs` holds the machinery (positions and the typed key readers of `Extractor`), `error.rs` the
 //! error types. Each section is extracted in a file of its own: `gateway.rs`, `mqtt.rs`,
 //! `history.rs`, `homeassistant.rs`, `topics.rs`, `buses.rs`, `devices.rs`, and `points.rs` for
 //! a device's points and actions, which reads them from their own table so that other files in
@@ -17,6 +17,7 @@
 mod buses;
 mod devices;
 mod error;
+mod extract;
 mod gateway;
 mod history;
 mod homeassistant;
@@ -35,8 +36,9 @@ use std::time::Duration;
 
 pub use devices::SUNSPEC_PROFILE;
 pub use error::{ConfigError, ConfigErrors};
+pub use extract::{is_valid_name, one_of};
 pub use history::check_postgres_url;
-pub use load::{is_valid_name, load, one_of, parse, parse_with};
+pub use load::{load, parse, parse_with};
 pub use mqtt::parse_mqtt_url;
 pub use points::{ALL_TYPES, override_point, parse_register};
 pub use profiles::{

@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::load::{Cx, Sec};
+use super::extract::{Extractor, Section};
 use super::*;
 
-impl Cx<'_> {
-    pub(super) fn mqtt(&mut self, s: &Sec) -> MqttConfig {
+impl Extractor<'_> {
+    pub(super) fn mqtt(&mut self, s: &Section) -> MqttConfig {
         self.keys(
             s,
             &[

@@ -8,15 +8,15 @@ use std::collections::{BTreeMap, HashMap};
 
 use toml::de::DeValue;
 
-use super::load::{Cx, Sec, closest};
+use super::extract::{Extractor, Section, closest};
 use super::*;
 
-impl Cx<'_> {
+impl Extractor<'_> {
     /// A `points` table: each named point extracted under `t`'s path. `kind` is the bus kind
     /// the points are read over, when known; it decides between `register` and `field`.
     pub(super) fn points(
         &mut self,
-        t: &Sec,
+        t: &Section,
         kind: Option<BusKind>,
     ) -> BTreeMap<String, PointConfig> {
         self.points_over(t, kind, &BTreeMap::new(), WordOrder::Abcd)
@@ -27,7 +27,7 @@ impl Cx<'_> {
     /// the word order of points that set none (a profile's default).
     pub(super) fn points_over(
         &mut self,
-        t: &Sec,
+        t: &Section,
         kind: Option<BusKind>,
         base: &BTreeMap<String, PointConfig>,
         order: WordOrder,
@@ -57,7 +57,7 @@ impl Cx<'_> {
     /// `points` (the points it may `set`).
     pub(super) fn actions(
         &mut self,
-        t: &Sec,
+        t: &Section,
         kind: Option<BusKind>,
         points: &BTreeMap<String, PointConfig>,
     ) -> BTreeMap<String, ActionConfig> {
@@ -81,7 +81,7 @@ impl Cx<'_> {
     /// One point. With `base`, every key it does not give is the base point's.
     fn point(
         &mut self,
-        s: &Sec,
+        s: &Section,
         kind: Option<BusKind>,
         base: Option<&PointConfig>,
         default_order: WordOrder,
@@ -260,7 +260,7 @@ impl Cx<'_> {
     }
 
     /// `map = { 0 = "off", 1 = "on" }`: integer keys, unique labels.
-    fn map(&mut self, s: &Sec) -> Option<BTreeMap<i64, String>> {
+    fn map(&mut self, s: &Section) -> Option<BTreeMap<i64, String>> {
         let m = self.table(s, "map")?;
         let mut out = BTreeMap::new();
         let mut labels: HashMap<String, String> = HashMap::new();
@@ -303,7 +303,7 @@ impl Cx<'_> {
     }
 
     /// `unavailable = [0x8000, nan]`: integers (a raw value or its bit pattern) and `nan`.
-    fn unavailable(&mut self, s: &Sec) -> Option<Vec<Unavailable>> {
+    fn unavailable(&mut self, s: &Section) -> Option<Vec<Unavailable>> {
         let v = self.value(s, "unavailable")?;
         let DeValue::Array(items) = v.get_ref() else {
             self.type_error(s, "unavailable", v, "an array of raw values");
@@ -340,7 +340,7 @@ impl Cx<'_> {
         Some(out)
     }
 
-    fn check_point(&mut self, s: &Sec, p: &PointConfig, kind: Option<BusKind>) {
+    fn check_point(&mut self, s: &Section, p: &PointConfig, kind: Option<BusKind>) {
         self.check_point_ha(s, p);
         let ty = p.effective_type();
         if let (Some(reg), Some(ty)) = (p.register, ty) {
@@ -492,7 +492,7 @@ impl Cx<'_> {
     }
 
     /// Every `unavailable` entry must be a value the point's type can hold.
-    fn check_unavailable(&mut self, s: &Sec, p: &PointConfig, ty: Option<DataType>) {
+    fn check_unavailable(&mut self, s: &Section, p: &PointConfig, ty: Option<DataType>) {
         let key = s.key("unavailable");
         let Some(ty) = ty.filter(|t| t.is_numeric()) else {
             let t = ty.map(DataType::name).unwrap_or("");
@@ -531,7 +531,7 @@ impl Cx<'_> {
 
     fn action(
         &mut self,
-        s: &Sec,
+        s: &Section,
         kind: Option<BusKind>,
         points: &BTreeMap<String, PointConfig>,
     ) -> Option<ActionConfig> {
@@ -766,7 +766,7 @@ pub fn parse_register(s: &str) -> Result<Register, String> {
 mod tests {
     use std::path::Path;
 
-    use super::super::load::parse_document;
+    use super::super::extract::parse_document;
     use super::*;
 
     type Extracted = (

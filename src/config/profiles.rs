@@ -14,7 +14,7 @@ use std::time::Duration;
 use toml::de::DeValue;
 
 use super::error::{ConfigError, ConfigErrors};
-use super::load::{Cx, Sec, parse_document};
+use super::extract::{Extractor, Section, parse_document};
 use super::*;
 
 // `BUILTIN: &[(&str, &str)]`: (file name, text) of every `profiles/*.toml`, from `build.rs`.
@@ -299,8 +299,8 @@ pub fn parse_profile(
     parse_document(text, path, |cx, root| cx.profile(root, name, source))
 }
 
-impl Cx<'_> {
-    fn profile(&mut self, s: &Sec, name: &str, source: ProfileSource) -> Profile {
+impl Extractor<'_> {
+    fn profile(&mut self, s: &Section, name: &str, source: ProfileSource) -> Profile {
         self.keys(
             s,
             &[
@@ -422,7 +422,7 @@ impl Cx<'_> {
     }
 
     /// `buses = ["modbus-rtu", "modbus-tcp"]`: at least one known bus kind.
-    fn bus_kinds(&mut self, s: &Sec) -> Vec<BusKind> {
+    fn bus_kinds(&mut self, s: &Section) -> Vec<BusKind> {
         const KINDS: [BusKind; 4] = [
             BusKind::ModbusRtu,
             BusKind::ModbusTcp,
@@ -470,7 +470,7 @@ impl Cx<'_> {
     /// A device's `profile = "NAME"`, checked against its bus kind.
     pub(super) fn device_profile<'p>(
         &mut self,
-        s: &Sec,
+        s: &Section,
         kind: Option<BusKind>,
         profiles: &'p Profiles,
     ) -> Option<&'p Profile> {
@@ -484,7 +484,7 @@ impl Cx<'_> {
                 );
             } else {
                 let names = profiles.names();
-                let msg = match super::load::closest(&name, &names) {
+                let msg = match super::extract::closest(&name, &names) {
                     Some(near) => format!("unknown profile \"{name}\" (did you mean \"{near}\"?)"),
                     None => {
                         format!("unknown profile \"{name}\"; `fieldbridge profiles` lists them")
@@ -513,7 +513,7 @@ impl Cx<'_> {
     /// The device's points over its profile's, and where each came from.
     pub(super) fn device_points(
         &mut self,
-        s: &Sec,
+        s: &Section,
         kind: Option<BusKind>,
         profile: Option<&Profile>,
     ) -> (BTreeMap<String, PointConfig>, Option<DeviceProfile>) {
@@ -552,7 +552,7 @@ impl Cx<'_> {
     /// same name; the profile's others must still fit the device's points.
     pub(super) fn device_actions(
         &mut self,
-        s: &Sec,
+        s: &Section,
         kind: Option<BusKind>,
         profile: Option<&Profile>,
         points: &BTreeMap<String, PointConfig>,

@@ -1,10 +1,10 @@
 //! `[topics]`: the device topic templates (checked whole in `validate.rs`).
 
-use super::load::{Cx, Sec};
+use super::extract::{Extractor, Section};
 use super::*;
 
-impl Cx<'_> {
-    pub(super) fn topics(&mut self, s: &Sec) -> TopicsConfig {
+impl Extractor<'_> {
+    pub(super) fn topics(&mut self, s: &Section) -> TopicsConfig {
         self.keys(s, &["sensor", "state", "command", "availability"]);
         TopicsConfig {
             sensor: self

@@ -5,13 +5,13 @@
 
 use std::collections::BTreeMap;
 
-use super::load::Cx;
+use super::extract::Extractor;
 use super::{BusKind, Config};
 
 /// Placeholders a topic template may use.
 const PLACEHOLDERS: &[&str] = &["{base}", "{location}", "{device}", "{point}", "{gateway}"];
 
-pub(super) fn validate(config: &Config, cx: &mut Cx) {
+pub(super) fn validate(config: &Config, cx: &mut Extractor) {
     // One owner per serial port: two buses on one port would interleave frames on the wire.
     let mut ports: BTreeMap<&str, &str> = BTreeMap::new();
     for (name, bus) in &config.buses {
@@ -126,7 +126,7 @@ pub(super) fn validate(config: &Config, cx: &mut Cx) {
 
 /// A topic template keeps `{device}` (and the sensor one `{point}`), uses only known
 /// placeholders, and has no wildcards or empty levels.
-fn topic_template(cx: &mut Cx, key: &str, t: &str, sensor: bool) {
+fn topic_template(cx: &mut Extractor, key: &str, t: &str, sensor: bool) {
     if t.contains('+') || t.contains('#') {
         cx.error_at(key, format!("\"{t}\" contains an MQTT wildcard (+ or #)"));
         return;
@@ -156,7 +156,7 @@ fn topic_template(cx: &mut Cx, key: &str, t: &str, sensor: bool) {
                 key,
                 format!(
                     "unknown placeholder {ph}; expected {}",
-                    super::load::one_of(PLACEHOLDERS)
+                    super::extract::one_of(PLACEHOLDERS)
                 ),
             );
         }
@@ -168,7 +168,7 @@ fn topic_template(cx: &mut Cx, key: &str, t: &str, sensor: bool) {
 }
 
 /// A fixed topic prefix: no wildcards, no empty levels.
-fn topic_level(cx: &mut Cx, key: &str, t: &str) {
+fn topic_level(cx: &mut Extractor, key: &str, t: &str) {
     if t.contains('+') || t.contains('#') {
         cx.error_at(key, format!("\"{t}\" contains an MQTT wildcard (+ or #)"));
     } else if t.starts_with('/') || t.ends_with('/') || t.contains("//") {

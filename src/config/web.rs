@@ -3,11 +3,11 @@
 
 use std::net::SocketAddr;
 
-use super::load::{Cx, Sec};
+use super::extract::{Extractor, Section};
 use super::*;
 
-impl Cx<'_> {
-    pub(super) fn web(&mut self, s: &Sec) -> WebConfig {
+impl Extractor<'_> {
+    pub(super) fn web(&mut self, s: &Section) -> WebConfig {
         self.keys(s, &["listen", "password_file", "allow_writes"]);
         let listen = match self.text(s, "listen") {
             Some(text) => match text.parse::<SocketAddr>() {

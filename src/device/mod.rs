@@ -27,18 +27,18 @@ pub mod state;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+
+pub use crate::output::Ack;
 use tracing::{debug, info, warn};
 
 use crate::config::{DeviceConfig, PointConfig};
-use crate::history::{COMMAND_ID_WINDOW, CommandLog, HistoryHandle, Seen};
 use crate::model::Value;
-use crate::payload;
-use crate::telemetry::RateLimits;
-use crate::topics::Topics;
+use crate::output::{COMMAND_ID_WINDOW, CommandIds, DeviceOutput, Outputs, Seen};
+use crate::rate_limit::RateLimits;
 use command::{Command, CommandKind, Outcome};
 use state::{Availability, Change, DeviceState, PublishRule};
 
@@ -65,29 +65,6 @@ pub const RECONFIGURED: &str = "device reconfigured";
 /// The error of a command that was running when the gateway stopped (a crash, a power cut) and
 /// that the broker delivered again: it is not written a second time.
 pub const INTERRUPTED: &str = "interrupted";
-
-/// The delivery of a QoS 1 command, to acknowledge once its result is out: the MQTT packet id,
-/// and the broker session it came in (an id means nothing in a later session).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ack {
-    pub pkid: u16,
-    pub session: u64,
-}
-
-/// Where device tasks send what they publish. The MQTT handle implements it; so can a test.
-pub trait Sink: Send + Sync + 'static {
-    /// A reading on a sensor topic: never blocks; when the broker is away the link queues it
-    /// with drop-oldest.
-    fn publish(&self, topic: String, payload: String, qos: u8, retain: bool);
-    /// Retained state or availability: never blocks; newest per topic wins while queued.
-    fn publish_retained(&self, topic: String, payload: String);
-    /// Deletes a retained message (empty retained payload).
-    fn clear_retained(&self, topic: String) {
-        self.publish_retained(topic, String::new());
-    }
-    /// Acknowledges a delivered command to the broker, after what was published before it.
-    fn ack(&self, _ack: Ack) {}
-}
 
 /// A validated command on its way to its device, with its delivery to acknowledge.
 #[derive(Debug)]
@@ -121,24 +98,26 @@ fn count(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// What every device task shares with the rest of the gateway.
+/// What the device tasks share with the rest of the gateway, and the supervisor with what it
+/// starts (buses, devices).
 #[derive(Clone)]
 pub struct Links {
-    pub sink: Arc<dyn Sink>,
-    pub topics: Arc<Topics>,
-    pub history: Option<HistoryHandle>,
+    /// Where devices report (the output seam, README "Topics").
+    pub outputs: Arc<dyn Outputs>,
     pub commands: Arc<CommandStats>,
     /// Executed command ids on disk (`commands.db`); `None` when it cannot be written (then in
     /// memory only).
-    pub command_log: Option<CommandLog>,
+    pub command_ids: Option<Arc<dyn CommandIds>>,
     /// Where a SunSpec device reports the points its model chain gave it (the supervisor then
     /// announces them to Home Assistant and validates commands against them).
-    pub walked: Option<mpsc::Sender<Walked>>,
+    pub walked: mpsc::Sender<Walked>,
     /// Bumped at each reload: SunSpec devices read their model chain again.
-    pub rewalk: Option<tokio::sync::watch::Receiver<u64>>,
+    pub rewalk: watch::Receiver<u64>,
     /// The gateway is stopping: commands cut off are answered "stopping", not "device
     /// reconfigured".
-    pub stopping: Arc<std::sync::atomic::AtomicBool>,
+    pub stopping: Arc<AtomicBool>,
+    /// A task that panicked reports here; the supervisor then stops the process.
+    pub fatal: mpsc::Sender<String>,
 }
 
 /// A device's points changed at run time: its model chain was read (`crate::sunspec`).
@@ -210,6 +189,8 @@ pub struct Core {
     name: String,
     config: Arc<DeviceConfig>,
     links: Links,
+    /// Where this device reports.
+    out: Box<dyn DeviceOutput>,
     state: DeviceState,
     availability: Availability,
     /// The device's points in the order of `config.points` (by name): a point's index here is
@@ -228,20 +209,10 @@ pub struct Core {
 struct PointSlot {
     name: String,
     rule: PublishRule,
-    qos: u8,
-    retain: bool,
     /// Written (or read by a refresh) during the current poll.
     superseded: bool,
     /// Last error logged, so a failing point warns once, not every poll.
     error: Option<String>,
-    /// Its sensor topic and the fixed part of its payload, made at its first publish.
-    output: Option<SensorOutput>,
-}
-
-/// What is fixed per point on its sensor topic.
-struct SensorOutput {
-    topic: String,
-    payload: payload::SensorPayload,
 }
 
 impl Core {
@@ -250,6 +221,7 @@ impl Core {
         Core {
             name: name.to_string(),
             config: config.clone(),
+            out: links.outputs.device(name, config),
             links,
             state: DeviceState::new(config.points.len()),
             availability: Availability::new(offline_after),
@@ -266,6 +238,7 @@ impl Core {
     /// log's rate limits stay.
     pub fn reconfigure(&mut self, config: &Arc<DeviceConfig>) {
         self.config = config.clone();
+        self.out.reconfigure(config);
         self.state = DeviceState::new(config.points.len());
         self.points = slots(config);
         self.superseded.clear();
@@ -312,16 +285,7 @@ impl Core {
         } else {
             warn!(device = %self.name, reason = %why, "device offline");
         }
-        let topic = self
-            .links
-            .topics
-            .availability(&self.name, &self.config.location);
-        self.links
-            .sink
-            .publish_retained(topic, payload::availability(&self.name, online));
-        if let Some(h) = &self.links.history {
-            h.record_availability(&self.name, online, SystemTime::now());
-        }
+        self.out.availability(online);
     }
 
     /// A poll starts: what commands write during it is newer than what it reads.
@@ -429,38 +393,11 @@ impl Core {
         }
         self.forced = false;
         let decision = self.state.apply(values, failed, std::time::Instant::now());
-        let loc = &self.config.location;
         for (i, value) in &decision.sensors {
-            let Some(slot) = self.points.get_mut(*i) else {
-                continue;
-            };
-            let out = slot.output.get_or_insert_with(|| {
-                let unit = self
-                    .config
-                    .points
-                    .get(&slot.name)
-                    .and_then(|p| p.unit.as_deref());
-                SensorOutput {
-                    topic: self.links.topics.sensor(&self.name, loc, &slot.name),
-                    payload: payload::SensorPayload::new(unit, &self.name, loc),
-                }
-            });
-            let body = out.payload.render(value, at);
-            self.links
-                .sink
-                .publish(out.topic.clone(), body, slot.qos, slot.retain);
-            if let Some(h) = &self.links.history {
-                h.record_reading(&self.name, &slot.name, at, value);
-            }
+            self.out.reading(*i, value, at);
         }
         if decision.state {
-            let topic = self.links.topics.state(&self.name, loc);
-            let names = self.points.iter().map(|p| p.name.as_str());
-            let latest = names
-                .zip(self.state.latest())
-                .filter_map(|(name, v)| v.as_ref().map(|v| (name, v)));
-            let body = payload::state(latest, at);
-            self.links.sink.publish_retained(topic, body);
+            self.out.state(self.state.latest(), at);
         }
     }
 
@@ -483,7 +420,7 @@ impl Core {
             return None;
         }
         let mut interrupted = false;
-        if let (Some(k), Some(log)) = (&key, &self.links.command_log) {
+        if let (Some(k), Some(log)) = (&key, &self.links.command_ids) {
             match log.begin(&self.name, k).await {
                 Ok(Seen::New) => {}
                 Ok(Seen::Done(body)) => {
@@ -527,21 +464,21 @@ impl Core {
         }
         let body = command::result_payload(command.id.as_ref(), Some(&command.action), &outcome);
         if let Some(k) = key {
-            if let Some(log) = &self.links.command_log {
+            if let Some(log) = &self.links.command_ids {
                 if let Err(e) = log.finish(&self.name, &k, &body).await {
                     debug!(device = %self.name, error = %e, "command result not recorded in the command log");
                 }
             }
             self.recent.insert(k, body.clone(), Instant::now());
         }
-        self.result(&command, body, true);
+        self.out.result(&command.raw, body);
         self.ack(ack);
     }
 
     /// The gateway is stopping and the command was not executed: it is neither answered nor
     /// acknowledged, so the broker delivers it again after the restart, and it runs then.
     pub async fn abandon(&mut self, admitted: Admitted) {
-        if let (Some(k), Some(log)) = (&admitted.key, &self.links.command_log) {
+        if let (Some(k), Some(log)) = (&admitted.key, &self.links.command_ids) {
             if let Err(e) = log.forget(&self.name, k).await {
                 debug!(device = %self.name, error = %e, "command id not forgotten");
             }
@@ -573,7 +510,7 @@ impl Core {
     fn repeat(&mut self, command: &Command, ack: Option<Ack>, body: String) {
         count(&self.links.commands.repeated);
         info!(device = %self.name, id = %command.id.as_ref().map(|i| i.to_string()).unwrap_or_default(), "command id executed within the last 24 hours; its first result is published again");
-        self.result(command, body, false);
+        self.out.result(&command.raw, body);
         self.ack(ack);
     }
 
@@ -584,31 +521,17 @@ impl Core {
             warn!(device = %self.name, action = %command.action, error = %error, suppressed, "command refused");
         }
         let body = command::refusal_payload(command.id.as_ref(), Some(&command.action), error);
-        self.result(command, body, true);
+        self.out.result(&command.raw, body);
         self.ack(ack);
     }
 
-    fn result(&self, command: &Command, body: String, record: bool) {
-        if record {
-            if let Some(h) = &self.links.history {
-                h.record_command(&self.name, &command.raw, &body, SystemTime::now());
-            }
-        }
-        let topic = self
-            .links
-            .topics
-            .command_result(&self.name, &self.config.location);
-        self.links.sink.publish(topic, body, 1, false);
-    }
-
-    fn ack(&self, ack: Option<Ack>) {
+    fn ack(&mut self, ack: Option<Ack>) {
         if let Some(a) = ack {
-            self.links.sink.ack(a);
+            self.out.ack(a);
         }
     }
 }
 
-/// A point's publishing rules.
 /// What the core keeps per point, in the order of `config.points`.
 fn slots(config: &DeviceConfig) -> Vec<PointSlot> {
     config
@@ -617,11 +540,8 @@ fn slots(config: &DeviceConfig) -> Vec<PointSlot> {
         .map(|(name, p)| PointSlot {
             name: name.clone(),
             rule: rule(p),
-            qos: p.qos,
-            retain: p.retain,
             superseded: false,
             error: None,
-            output: None,
         })
         .collect()
 }

@@ -69,8 +69,8 @@ struct SunSpecWalk {
     due: bool,
     /// The last walk's error, so a device that keeps failing the same way warns once.
     error: Option<WalkError>,
-    walked: Option<mpsc::Sender<Walked>>,
-    rewalk: Option<tokio::sync::watch::Receiver<u64>>,
+    walked: mpsc::Sender<Walked>,
+    rewalk: tokio::sync::watch::Receiver<u64>,
 }
 
 impl DevicePoller {
@@ -424,7 +424,7 @@ impl DevicePoller {
             from,
             config: dev,
         };
-        if let Some(tx) = self.sunspec.as_ref().and_then(|s| s.walked.clone()) {
+        if let Some(tx) = self.sunspec.as_ref().map(|s| s.walked.clone()) {
             // The supervisor drains these at once; a stopping one no longer does, and the
             // device's own stop cancels this task.
             if tx.send(report).await.is_err() {
@@ -589,7 +589,7 @@ fn decode_point(p: &PointConfig, data: &RawData) -> Result<Value, String> {
 
 /// Whether a reload asked SunSpec devices to read their chain again; never for other devices.
 async fn rewalk(sunspec: &mut Option<SunSpecWalk>) -> bool {
-    match sunspec.as_mut().and_then(|s| s.rewalk.as_mut()) {
+    match sunspec.as_mut().map(|s| &mut s.rewalk) {
         Some(rx) => rx.changed().await.is_ok(),
         None => std::future::pending().await,
     }

@@ -23,7 +23,22 @@ pub struct Message {
 impl Message {
     /// The unique ids of the entities it configures.
     pub fn unique_ids(&self) -> Vec<String> {
-        super::owner::unique_ids(&self.payload)
+        unique_ids(&self.payload)
+    }
+}
+
+/// The unique ids a discovery payload configures (one in entity mode, one per `cmps` entry in
+/// device mode).
+pub fn unique_ids(payload: &Json) -> Vec<String> {
+    let uid = |v: &Json| {
+        v.get("unique_id")
+            .or_else(|| v.get("uniq_id"))
+            .and_then(Json::as_str)
+            .map(str::to_string)
+    };
+    match payload.get("cmps").or_else(|| payload.get("components")) {
+        Some(Json::Object(c)) => c.values().filter_map(uid).collect(),
+        _ => uid(payload).into_iter().collect(),
     }
 }
 

@@ -5,7 +5,7 @@
 //! said once at load time, with its line, and never reaches Home Assistant.
 
 use super::classes;
-use super::entity::Component;
+use super::component::{self, Component};
 use crate::config::{Config, DataType, PointConfig};
 
 /// The hints to publish for a point, and what was wrong with the configured ones.
@@ -242,7 +242,7 @@ pub fn config(config: &Config) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (dev, d) in &config.devices {
         for (name, p) in &d.points {
-            let component = super::entity::component(p);
+            let component = component::component(p);
             for (key, message) in hints(p, component).problems {
                 out.push((format!("devices.{dev}.points.{name}.{key}"), message));
             }

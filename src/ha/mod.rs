@@ -2,7 +2,7 @@
 //! action becomes there, the discovery configs in device or entity mode, and which retained
 //! configs on the broker are this gateway's to change.
 //!
-//! - [`entity`]: the component and options of each point, action and `refresh`; [`templates`]
+//! - [`component`]: the platform a point becomes; [`entity`]: the component and options of each point, action and `refresh`; [`templates`]
 //!   the Jinja they carry, written for Home Assistant's Jinja2 (attribute before item).
 //! - [`lint`]: a point's device class, unit and state class checked against Home Assistant's
 //!   own tables ([`classes`], generated from the version the tests prove against); what it
@@ -14,6 +14,7 @@
 
 #[rustfmt::skip]
 pub mod classes;
+pub mod component;
 pub mod discovery;
 pub mod entity;
 pub mod lint;

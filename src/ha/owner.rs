@@ -45,21 +45,6 @@ pub fn owner(payload: &Json) -> Option<&str> {
     ids::owner(first)
 }
 
-/// The unique ids a discovery payload configures (one in entity mode, one per `cmps` entry in
-/// device mode).
-pub fn unique_ids(payload: &Json) -> Vec<String> {
-    let uid = |v: &Json| {
-        v.get("unique_id")
-            .or_else(|| v.get("uniq_id"))
-            .and_then(Json::as_str)
-            .map(str::to_string)
-    };
-    match payload.get("cmps").or_else(|| payload.get("components")) {
-        Some(Json::Object(c)) => c.values().filter_map(uid).collect(),
-        _ => uid(payload).into_iter().collect(),
-    }
-}
-
 /// `{prefix}/device/{node}/config`: a device-mode topic.
 pub fn is_device_topic(prefix: &str, topic: &str) -> bool {
     topic

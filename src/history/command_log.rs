@@ -12,31 +12,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use sqlx::Row as _;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 use super::clock::GatewayClock;
-use super::store::{Error, file_id, one_connection};
+use super::file_id;
+use super::store::{Error, one_connection};
+use crate::output::{COMMAND_ID_WINDOW, CommandIds, Seen};
 use tracing::warn;
-
-/// How long an executed command's id is remembered.
-pub const COMMAND_ID_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// The command log's file, in the state directory.
 pub const COMMAND_LOG_FILE: &str = "commands.db";
-
-/// What the command log knew of an id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Seen {
-    /// Not executed within the window: now recorded (on disk) as running.
-    New,
-    /// Executed; its result payload.
-    Done(String),
-    /// Recorded as running, with no result: the gateway stopped (a crash, power loss) while
-    /// executing it. It may have been written.
-    Interrupted,
-}
 
 /// The command log: one connection of its own (a command never waits behind a batch of
 /// readings); each call one transaction, synced at commit — one fsync when a command starts
@@ -197,6 +185,38 @@ impl CommandLog {
             .execute(&self.file().await?.pool)
             .await
             .map(|_| ())
+    }
+}
+
+/// The device layer reaches the log through the output seam (`crate::output`).
+impl CommandIds for CommandLog {
+    fn begin<'a>(&'a self, device: &'a str, id: &'a str) -> BoxFuture<'a, Result<Seen, String>> {
+        Box::pin(async move {
+            CommandLog::begin(self, device, id)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn finish<'a>(
+        &'a self,
+        device: &'a str,
+        id: &'a str,
+        result: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            CommandLog::finish(self, device, id, result)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn forget<'a>(&'a self, device: &'a str, id: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            CommandLog::forget(self, device, id)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }
 

@@ -473,7 +473,7 @@ async fn open_if_needed<'a>(
     path: &std::path::Path,
     target: &str,
 ) -> Result<&'a mut Local, Failure> {
-    let now = super::store::file_id(path);
+    let now = super::file_id(path);
     if local.as_ref().is_some_and(|l| l.file_id != now) {
         *local = None;
     }
@@ -502,7 +502,7 @@ impl From<sqlx::Error> for Failure {
 }
 
 async fn open_local(path: &std::path::Path, target: &str) -> Result<Local, sqlx::Error> {
-    let file_id = super::store::file_id(path);
+    let file_id = super::file_id(path);
     let opts = SqliteConnectOptions::new()
         .filename(path)
         .journal_mode(SqliteJournalMode::Wal)

@@ -42,10 +42,18 @@ mod store;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use command_log::{COMMAND_ID_WINDOW, COMMAND_LOG_FILE, CommandLog, Seen};
+pub use crate::output::{COMMAND_ID_WINDOW, Seen};
+pub use command_log::{COMMAND_LOG_FILE, CommandLog};
 pub use forward::{ForwardLink, ForwardStats, Forwarder};
 pub use query::*;
 pub use store::*;
+
+/// The (device, inode) of a file: a file deleted or replaced underneath the daemon shows as a
+/// new one.
+fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
 
 /// UNIX milliseconds, as the history stores times.
 fn millis(t: SystemTime) -> i64 {

@@ -1,7 +1,6 @@
 //! The writer: one task takes rows from a bounded queue and writes them to SQLite in batches.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -16,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::clock::GatewayClock;
 use super::forward::ForwardLink;
-use super::millis;
+use super::{file_id, millis};
 use crate::config::HistoryConfig;
 use crate::model::Value;
 
@@ -427,10 +426,6 @@ pub struct History {
     clock: Option<GatewayClock>,
     /// The wall clock and the gateway's clock at the last retention run, to see a step.
     last_clocks: Option<(i64, i64)>,
-}
-
-pub(super) fn file_id(path: &Path) -> Option<(u64, u64)> {
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 fn is_full(e: &sqlx::Error) -> bool {

@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::bus::port::Backoff;
+use crate::output::Ack;
 use queue::{Message, Outbox};
 
 /// Largest packet in either direction (discovery configs can pass rumqttc's 10 KiB default).
@@ -159,7 +160,7 @@ pub struct Incoming {
     /// Handed over flagged retained: a retained message delivered at a (re)subscription.
     pub retained: bool,
     /// To acknowledge (QoS 1) once handled; `None` for QoS 0.
-    pub ack: Option<crate::device::Ack>,
+    pub ack: Option<Ack>,
 }
 
 /// Counters for the health topic.
@@ -207,7 +208,7 @@ struct Shared {
     /// before them).
     /// Acknowledgements waiting, each with the outbox's mark when it was given: it goes out
     /// once what was queued before it (its command's result) has.
-    acks: Mutex<Vec<(crate::device::Ack, u64)>>,
+    acks: Mutex<Vec<(Ack, u64)>>,
     /// The broker session acknowledgements belong to: a new one at each ConnAck without the old
     /// session, so a late ack never acknowledges a new message that reuses its packet id.
     session: AtomicU64,
@@ -259,7 +260,7 @@ impl MqttHandle {
     }
 
     /// Acknowledges a delivered message (see the module docs: acks are manual).
-    pub fn ack(&self, ack: crate::device::Ack) {
+    pub fn ack(&self, ack: Ack) {
         // The outbox's mark now: everything queued before this ack (the command's result)
         // leaves before it.
         let mark = lock(&self.shared.outbox).mark();
@@ -344,7 +345,24 @@ impl MqttHandle {
     }
 }
 
-impl crate::device::Sink for MqttHandle {
+/// What goes out to the broker, as the layers above the link see it: publishes and the
+/// acknowledgements of deliveries. [`MqttHandle`] is the link itself; the commissioning page's
+/// tap stands in front of it.
+pub trait Outgoing: Send + Sync + 'static {
+    /// A reading on a sensor topic: never blocks; when the broker is away the link queues it
+    /// with drop-oldest.
+    fn publish(&self, topic: String, payload: String, qos: u8, retain: bool);
+    /// Retained state or availability: never blocks; newest per topic wins while queued.
+    fn publish_retained(&self, topic: String, payload: String);
+    /// Deletes a retained message (empty retained payload).
+    fn clear_retained(&self, topic: String) {
+        self.publish_retained(topic, String::new());
+    }
+    /// Acknowledges a delivered message to the broker, after what was published before it.
+    fn ack(&self, ack: Ack);
+}
+
+impl Outgoing for MqttHandle {
     fn publish(&self, topic: String, payload: String, qos: u8, retain: bool) {
         MqttHandle::publish(self, topic, payload, qos, retain);
     }
@@ -354,7 +372,7 @@ impl crate::device::Sink for MqttHandle {
     fn clear_retained(&self, topic: String) {
         MqttHandle::clear_retained(self, topic);
     }
-    fn ack(&self, ack: crate::device::Ack) {
+    fn ack(&self, ack: Ack) {
         MqttHandle::ack(self, ack);
     }
 }
@@ -473,7 +491,7 @@ impl Mqtt {
                         on_connect(&shared, &settings);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let ack = (p.qos != QoS::AtMostOnce).then_some(crate::device::Ack {
+                        let ack = (p.qos != QoS::AtMostOnce).then_some(Ack {
                             pkid: p.pkid,
                             session: shared.session.load(Ordering::Relaxed),
                         });

@@ -35,7 +35,7 @@ pub(crate) struct Client(pub IpAddr);
 
 /// The request's session, put there by the guard.
 #[derive(Clone)]
-struct Cx {
+struct SessionOf {
     token: String,
     session: Session,
 }
@@ -119,7 +119,7 @@ async fn guard(State(s): State<Arc<Shared>>, mut req: Request, next: Next) -> Re
         .map(str::to_string);
     let existing = presented.and_then(|t| {
         let session = s.sessions.lock().ok()?.get(&t, now)?;
-        Some(Cx { token: t, session })
+        Some(SessionOf { token: t, session })
     });
     // A browser without a session gets one at once: its CSRF token is needed before any login.
     let (cx, new_cookie) = match existing {
@@ -137,7 +137,7 @@ async fn guard(State(s): State<Arc<Shared>>, mut req: Request, next: Next) -> Re
                 );
             };
             (
-                Cx {
+                SessionOf {
                     token: token.clone(),
                     session,
                 },
@@ -147,7 +147,7 @@ async fn guard(State(s): State<Arc<Shared>>, mut req: Request, next: Next) -> Re
     };
     let path = req.uri().path().to_string();
     let public = path == "/login" || path.starts_with("/static/");
-    let csrf_ok = |headers: &HeaderMap, cx: &Cx| {
+    let csrf_ok = |headers: &HeaderMap, cx: &SessionOf| {
         headers
             .get("x-csrf-token")
             .is_some_and(|t| auth::same_secret(t.as_bytes(), cx.session.csrf.as_bytes()))
@@ -207,7 +207,7 @@ struct Nav {
     buses: Vec<String>,
 }
 
-fn nav(s: &Shared, view: &View, cx: &Cx) -> Nav {
+fn nav(s: &Shared, view: &View, cx: &SessionOf) -> Nav {
     Nav {
         gateway: s.gateway.clone(),
         csrf: cx.session.csrf.clone(),
@@ -270,7 +270,7 @@ struct LoginPage {
     error: Option<String>,
 }
 
-async fn login_page(State(s): State<Arc<Shared>>, Extension(cx): Extension<Cx>) -> Response {
+async fn login_page(State(s): State<Arc<Shared>>, Extension(cx): Extension<SessionOf>) -> Response {
     if s.password.is_none() || cx.session.authenticated {
         return Redirect::to("/").into_response();
     }
@@ -289,7 +289,7 @@ struct LoginForm {
 
 async fn login(
     State(s): State<Arc<Shared>>,
-    Extension(cx): Extension<Cx>,
+    Extension(cx): Extension<SessionOf>,
     Extension(client): Extension<Client>,
     Form(form): Form<LoginForm>,
 ) -> Response {
@@ -364,7 +364,7 @@ struct CsrfForm {
 
 async fn logout(
     State(s): State<Arc<Shared>>,
-    Extension(cx): Extension<Cx>,
+    Extension(cx): Extension<SessionOf>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
     if !auth::same_secret(form.csrf.as_bytes(), cx.session.csrf.as_bytes()) {
@@ -449,7 +449,10 @@ fn availability(s: &Shared, topic: &str) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-async fn gateway_page(State(s): State<Arc<Shared>>, Extension(cx): Extension<Cx>) -> Response {
+async fn gateway_page(
+    State(s): State<Arc<Shared>>,
+    Extension(cx): Extension<SessionOf>,
+) -> Response {
     let Some(view) = s.view.borrow().clone() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "starting");
     };
@@ -591,7 +594,7 @@ fn input_of(p: &crate::config::PointConfig) -> (&'static str, Vec<String>) {
 
 async fn device_page(
     State(s): State<Arc<Shared>>,
-    Extension(cx): Extension<Cx>,
+    Extension(cx): Extension<SessionOf>,
     Path(name): Path<String>,
 ) -> Response {
     let Some(view) = s.view.borrow().clone() else {
@@ -871,7 +874,7 @@ struct BusPage {
 
 async fn bus_page(
     State(s): State<Arc<Shared>>,
-    Extension(cx): Extension<Cx>,
+    Extension(cx): Extension<SessionOf>,
     Path(name): Path<String>,
 ) -> Response {
     let Some(view) = s.view.borrow().clone() else {
@@ -1058,7 +1061,7 @@ struct ScanQuery {
 /// `done` or `error`. One scan per bus at a time; each read waits its turn in the bus queue.
 async fn scan(
     State(s): State<Arc<Shared>>,
-    Extension(cx): Extension<Cx>,
+    Extension(cx): Extension<SessionOf>,
     Path(name): Path<String>,
     Query(q): Query<ScanQuery>,
 ) -> Response {
@@ -1195,7 +1198,10 @@ struct ConfigPage {
     path: String,
 }
 
-async fn config_page(State(s): State<Arc<Shared>>, Extension(cx): Extension<Cx>) -> Response {
+async fn config_page(
+    State(s): State<Arc<Shared>>,
+    Extension(cx): Extension<SessionOf>,
+) -> Response {
     let Some(view) = s.view.borrow().clone() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "starting");
     };

@@ -1,4 +1,4 @@
-//! What the devices publish, seen by the commissioning page: the `Sink` the device tasks and the
+//! What the devices publish, seen by the commissioning page: what the device tasks and the
 //! command router publish through, in front of the MQTT link. It keeps the newest retained
 //! payload of each device (its state and availability: the page's first view), the recent
 //! command results, and hands every message to the pages that are open (server-sent events).
@@ -11,7 +11,8 @@ use std::time::SystemTime;
 
 use tokio::sync::broadcast;
 
-use crate::device::{Ack, Sink};
+use crate::mqtt::Outgoing;
+use crate::output::Ack;
 
 /// Live messages waiting for a slow page at most; a page that falls further behind is told to
 /// reload (it lost messages), and nothing else waits for it.
@@ -30,14 +31,14 @@ pub struct Published {
 
 /// The tee in front of the MQTT link.
 pub struct Tap {
-    inner: Arc<dyn Sink>,
+    inner: Arc<dyn Outgoing>,
     latest: Mutex<HashMap<String, Published>>,
     results: Mutex<VecDeque<Published>>,
     live: broadcast::Sender<Arc<Published>>,
 }
 
 impl Tap {
-    pub fn new(inner: Arc<dyn Sink>) -> Tap {
+    pub fn new(inner: Arc<dyn Outgoing>) -> Tap {
         Tap {
             inner,
             latest: Mutex::new(HashMap::new()),
@@ -110,7 +111,7 @@ fn is_result(topic: &str) -> bool {
     topic.ends_with("/command/result")
 }
 
-impl Sink for Tap {
+impl Outgoing for Tap {
     fn publish(&self, topic: String, payload: String, qos: u8, retain: bool) {
         if is_result(&topic) {
             self.seen(&topic, &payload, true);
@@ -136,13 +137,14 @@ mod tests {
 
     #[derive(Default)]
     struct Null(Mutex<Vec<String>>);
-    impl Sink for Null {
+    impl Outgoing for Null {
         fn publish(&self, topic: String, _: String, _: u8, _: bool) {
             self.0.lock().unwrap().push(topic);
         }
         fn publish_retained(&self, topic: String, _: String) {
             self.0.lock().unwrap().push(topic);
         }
+        fn ack(&self, _: Ack) {}
     }
 
     #[test]
