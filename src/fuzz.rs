@@ -110,14 +110,14 @@ pub fn command(data: &[u8]) {
                 for (point, value) in values {
                     let p = device.points.get(point);
                     assert!(p.is_some_and(|p| p.writable), "{point} is not writable");
-                    if let Some(p) = p {
-                        let planned = command::plan_write(point, p, value, false);
-                        assert!(
-                            planned.is_ok(),
-                            "{point} = {value:?} validated but {planned:?}"
-                        );
-                    }
+                    // Planned once, at validation: every value carries its write.
+                    assert!(
+                        cmd.writes.iter().any(|w| w.point == *point),
+                        "{point} = {value:?} validated without its write: {:?}",
+                        cmd.writes
+                    );
                 }
+                assert_eq!(cmd.writes.len(), values.len());
             }
             let body = command::result_payload(
                 cmd.id.as_ref(),

@@ -21,6 +21,9 @@ pub struct Command {
     /// `set`, `refresh` or a named action.
     pub action: String,
     pub kind: CommandKind,
+    /// The register writes of the point values it sets, in their order, encoded once when it
+    /// was validated (README "Sending commands"); empty for a serial device's points.
+    pub writes: Vec<PlannedWrite>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +104,7 @@ pub fn parse(device: &DeviceConfig, payload: &[u8]) -> Result<Command, Refused> 
             id,
             action,
             kind: CommandKind::Refresh,
+            writes: Vec::new(),
         });
     }
     let mut values: Vec<(String, Value)> = Vec::new();
@@ -116,7 +120,7 @@ pub fn parse(device: &DeviceConfig, payload: &[u8]) -> Result<Command, Refused> 
         if let Some(template) = &a.send {
             let text = render(template, &mut obj).map_err(|m| fail(format!("{action}: {m}")))?;
             // The keys the template did not take are point values, as beside a `set` action.
-            let values = point_values(device, obj, Vec::new()).map_err(fail)?;
+            let (values, writes) = point_values(device, obj, Vec::new()).map_err(fail)?;
             return Ok(Command {
                 raw: String::from_utf8_lossy(payload).into_owned(),
                 id,
@@ -126,6 +130,7 @@ pub fn parse(device: &DeviceConfig, payload: &[u8]) -> Result<Command, Refused> 
                     expect: a.expect.clone(),
                     values,
                 },
+                writes,
             });
         }
         for (point, v) in &a.set {
@@ -135,7 +140,7 @@ pub fn parse(device: &DeviceConfig, payload: &[u8]) -> Result<Command, Refused> 
         }
     }
     // The payload's own values, after the action's (the payload wins).
-    let values = point_values(device, obj, values).map_err(fail)?;
+    let (values, writes) = point_values(device, obj, values).map_err(fail)?;
     if values.is_empty() {
         return Err(fail(
             "nothing to set: give writable points and their values, e.g. {\"state\": \"on\"}"
@@ -147,16 +152,22 @@ pub fn parse(device: &DeviceConfig, payload: &[u8]) -> Result<Command, Refused> 
         id,
         action,
         kind: CommandKind::Set(values),
+        writes,
     })
 }
 
+/// Points and the values to write, in order.
+type PointValues = Vec<(String, Value)>;
+
 /// `values` (an action's `set` table), then the payload's own point values after them, each
-/// validated: writable, its type, its limits, and anything its write could refuse.
+/// validated: writable, its type, its limits, and anything its write could refuse. A point
+/// with a register is planned as its write here, once: the planned writes come back beside
+/// the values.
 fn point_values(
     device: &DeviceConfig,
     given: Map<String, Json>,
     mut values: Vec<(String, Value)>,
-) -> Result<Vec<(String, Value)>, String> {
+) -> Result<(PointValues, Vec<PlannedWrite>), String> {
     let mut given: Vec<(String, Json)> = given.into_iter().collect();
     given.sort_by(|a, b| a.0.cmp(&b.0));
     for (point, v) in given {
@@ -164,16 +175,19 @@ fn point_values(
         let value = json_value(&point, p, &v)?;
         values.push((point, value));
     }
+    let mut writes = Vec::new();
     for (point, value) in &values {
         let p = check_point(device, point)?;
         check_limits(point, p, value)?;
         // Everything the write itself could refuse (a string too long for its registers, a
         // value the type can't hold) is refused here, before the command is queued.
         if p.register.is_some() {
-            plan_write(point, p, value, false)?;
+            writes.push(plan_write(point, p, value, device.write_multiple)?);
+        } else {
+            check_encodes(point, p, value)?;
         }
     }
-    Ok(values)
+    Ok((values, writes))
 }
 
 /// Fills a `send` template's `{value}` and `{name}` placeholders from the command's keys, and
@@ -263,6 +277,7 @@ fn json_value(point: &str, p: &PointConfig, v: &Json) -> Result<Value, String> {
     }
 }
 
+/// `min` and `max`.
 fn check_limits(point: &str, p: &PointConfig, v: &Value) -> Result<(), String> {
     let Some(x) = v.as_f64() else { return Ok(()) };
     if let Some(min) = p.min {
@@ -275,7 +290,15 @@ fn check_limits(point: &str, p: &PointConfig, v: &Value) -> Result<(), String> {
             return Err(format!("{point}: {} is above max {max}", fmt_num(v)));
         }
     }
-    // The type's own range, after scale and offset.
+    Ok(())
+}
+
+/// The type's own range, after scale and offset, for a point with no register (a register's
+/// write is planned whole instead).
+fn check_encodes(point: &str, p: &PointConfig, v: &Value) -> Result<(), String> {
+    if v.as_f64().is_none() {
+        return Ok(());
+    }
     codec::from_value(v, p)
         .and_then(|e| {
             codec::encode(
@@ -286,7 +309,11 @@ fn check_limits(point: &str, p: &PointConfig, v: &Value) -> Result<(), String> {
             )
         })
         .map(|_| ())
-        .map_err(|e| format!("{point}: {} cannot be written: {e}", fmt_num(v)))
+        .map_err(|e| cannot_write(point, v, e))
+}
+
+fn cannot_write(point: &str, v: &Value, e: impl std::fmt::Display) -> String {
+    format!("{point}: {} cannot be written: {e}", fmt_num(v))
 }
 
 fn fmt_num(v: &Value) -> String {
@@ -297,6 +324,8 @@ fn fmt_num(v: &Value) -> String {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedWrite {
     pub point: String,
+    /// The point as it was when planned (a SunSpec walk may change it before the write runs).
+    pub config: PointConfig,
     pub spec: WriteSpec,
     /// The value after rounding to the register's resolution.
     pub effective: Value,
@@ -316,7 +345,16 @@ pub fn plan_write(
         .register
         .ok_or_else(|| format!("{point}: has no register"))?;
     let ty = p.effective_type().unwrap_or(DataType::U16);
-    let enc = codec::from_value(value, p).map_err(|e| format!("{point}: {e}"))?;
+    let numeric = value.as_f64().is_some();
+    // A value the type cannot hold is said as `check_encodes` says it.
+    let failed = |e: String| {
+        if numeric {
+            cannot_write(point, value, e)
+        } else {
+            format!("{point}: {e}")
+        }
+    };
+    let enc = codec::from_value(value, p).map_err(|e| failed(e.to_string()))?;
     let spec = match reg.table {
         Table::Coil => {
             let on = match &enc.raw {
@@ -336,7 +374,7 @@ pub fn plan_write(
                 (r, _) => r.clone(),
             };
             let words = codec::encode(&raw, ty, p.order, p.length.unwrap_or(1))
-                .map_err(|e| format!("{point}: {e}"))?;
+                .map_err(|e| failed(e.to_string()))?;
             if words.len() == 1 && !force_multiple {
                 WriteSpec::Register {
                     address: reg.address,
@@ -353,6 +391,7 @@ pub fn plan_write(
     };
     Ok(PlannedWrite {
         point: point.to_string(),
+        config: p.clone(),
         spec,
         effective: enc.effective,
         rounded: enc.rounded,

@@ -192,7 +192,11 @@ impl DevicePoller {
         self.executing = true;
         let outcome = match &admitted.command.kind {
             CommandKind::Refresh => self.refresh(unit).await,
-            CommandKind::Set(values) => self.write(unit, values, !admitted.interrupted).await,
+            CommandKind::Set(values) => {
+                let writes = &admitted.command.writes;
+                self.write(unit, values, writes, !admitted.interrupted)
+                    .await
+            }
             // Validation makes Send only for serial devices.
             CommandKind::Send { .. } => Some(Outcome::error("not a serial device")),
         };
@@ -241,17 +245,31 @@ impl DevicePoller {
     /// With `send` false (a command interrupted by a crash) nothing is written: the points
     /// are read back, and the command is confirmed only if the device holds what it asked.
     /// `None` when the bus stopped before anything was written.
-    async fn write(&mut self, unit: u8, values: &[(String, Value)], send: bool) -> Option<Outcome> {
-        let mut planned: Vec<(PlannedWrite, PointConfig, ReadSpec)> = Vec::new();
-        for (point, value) in values {
-            let Some(p) = self.config().points.get(point).cloned() else {
+    async fn write(
+        &mut self,
+        unit: u8,
+        values: &[(String, Value)],
+        writes: &[PlannedWrite],
+        send: bool,
+    ) -> Option<Outcome> {
+        let mut planned: Vec<(PlannedWrite, ReadSpec)> = Vec::new();
+        for (i, (point, value)) in values.iter().enumerate() {
+            let Some(p) = self.config().points.get(point) else {
                 return Some(Outcome::error(format!("{point}: unknown point")));
             };
-            let w = match command::plan_write(point, &p, value, self.force_multiple) {
-                Ok(w) => w,
-                Err(e) => return Some(Outcome::error(e)),
+            // Planned when the command was validated; again only if the point changed since
+            // (a SunSpec walk read a new model chain meanwhile).
+            let w = match writes
+                .get(i)
+                .filter(|w| w.point == *point && w.config == *p)
+            {
+                Some(w) => w.clone(),
+                None => match command::plan_write(point, p, value, self.force_multiple) {
+                    Ok(w) => w,
+                    Err(e) => return Some(Outcome::error(e)),
+                },
             };
-            let Some(slot) = plan::slot(&p) else {
+            let Some(slot) = plan::slot(p) else {
                 return Some(Outcome::error(format!("{point}: has no register")));
             };
             let read = ReadSpec {
@@ -259,17 +277,14 @@ impl DevicePoller {
                 start: slot.address,
                 count: slot.len,
             };
-            planned.push((w, p, read));
+            planned.push((w, read));
         }
         let results: Vec<Written> = if send {
-            let pairs = planned
-                .iter()
-                .map(|(w, _, r)| (w.spec.clone(), *r))
-                .collect();
+            let pairs = planned.iter().map(|(w, r)| (w.spec.clone(), *r)).collect();
             self.bus.command(unit, pairs).await
         } else {
             let mut out = Vec::with_capacity(planned.len());
-            for (_, _, r) in &planned {
+            for (_, r) in &planned {
                 out.push(Written {
                     write: Some(Ok(())),
                     read_back: Some(self.bus.read(unit, *r).await),
@@ -284,7 +299,7 @@ impl DevicePoller {
             return None;
         }
         let mut outcome = Outcome::default();
-        for (i, ((w, p, _), r)) in planned.iter().zip(results).enumerate() {
+        for (i, ((w, _), r)) in planned.iter().zip(results).enumerate() {
             match r.write {
                 Some(Ok(())) => {}
                 Some(Err(e)) => {
@@ -305,9 +320,8 @@ impl DevicePoller {
                 ));
             }
             let back = match r.read_back {
-                Some(Ok(data)) => {
-                    decode_point(p, &data).map_err(|e| format!("the read-back is unusable: {e}"))
-                }
+                Some(Ok(data)) => decode_point(&w.config, &data)
+                    .map_err(|e| format!("the read-back is unusable: {e}")),
                 Some(Err(e)) => Err(format!("reading it back failed: {e}")),
                 None => Err("not read back".to_string()),
             };
@@ -333,7 +347,7 @@ impl DevicePoller {
             outcome.written.retain(|(point, v)| {
                 planned
                     .iter()
-                    .any(|(w, _, _)| w.point == *point && w.effective == *v)
+                    .any(|(w, _)| w.point == *point && w.effective == *v)
             });
             outcome.failure = Some(Failure {
                 error: super::INTERRUPTED.to_string(),
