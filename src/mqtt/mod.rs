@@ -191,29 +191,49 @@ pub struct MqttCounters {
 }
 
 struct Shared {
-    outbox: Mutex<Outbox>,
+    /// What the device tasks, the app and the link's own task change together, behind one
+    /// lock (see [`State`]).
+    state: Mutex<State>,
     notify: Notify,
-    /// Filters to subscribe to on every ConnAck, with their QoS.
-    filters: Mutex<Vec<(String, QoS)>>,
-    /// Filters added since the last ConnAck, subscribed as soon as the link can take them: the
-    /// app adds some after the link is up (Home Assistant's status), a reload adds devices.
-    /// Nothing is published while some wait, so a publish made after `subscribe` goes out after
-    /// the SUBSCRIBE (the discovery scan's probe relies on it).
-    new_filters: Mutex<Vec<(String, QoS)>>,
-    /// Filters dropped while subscribed, unsubscribed as soon as the link can take them.
-    gone_filters: Mutex<Vec<String>>,
-    /// The newest payload of every retained topic, re-published on every ConnAck.
-    retained: Mutex<HashMap<String, Vec<u8>>>,
-    /// Deliveries to acknowledge, sent after the outbox is empty (after the results published
-    /// before them).
-    /// Acknowledgements waiting, each with the outbox's mark when it was given: it goes out
-    /// once what was queued before it (its command's result) has.
-    acks: Mutex<Vec<(Ack, u64)>>,
     /// The broker session acknowledgements belong to: a new one at each ConnAck without the old
     /// session, so a late ack never acknowledges a new message that reuses its packet id.
     session: AtomicU64,
     stats: MqttStats,
     connected_tx: watch::Sender<bool>,
+}
+
+/// The link's queued work, under one lock so that what must hold across its parts holds:
+///
+/// - a retained message is in `retained` (re-published at every ConnAck) exactly when its
+///   newest payload is what went into `outbox` last for that topic;
+/// - an ack in `acks` carries the outbox's mark taken in the same critical section as it was
+///   added, so it leaves only after what was queued before it (its command's result);
+/// - a filter is in at most one of `new_filters` and `gone_filters`, and in `new_filters` only
+///   while it is in `filters`.
+///
+/// Each critical section is a few container operations; none is held across an `.await`.
+struct State {
+    outbox: Outbox,
+    /// Filters to subscribe to on every ConnAck, with their QoS.
+    filters: Vec<(String, QoS)>,
+    /// Filters added since the last ConnAck, subscribed as soon as the link can take them: the
+    /// app adds some after the link is up (Home Assistant's status), a reload adds devices.
+    /// Nothing is published while some wait, so a publish made after `subscribe` goes out after
+    /// the SUBSCRIBE (the discovery scan's probe relies on it).
+    new_filters: Vec<(String, QoS)>,
+    /// Filters dropped while subscribed, unsubscribed as soon as the link can take them.
+    gone_filters: Vec<String>,
+    /// The newest payload of every retained topic, re-published on every ConnAck.
+    retained: HashMap<String, Vec<u8>>,
+    /// Acknowledgements waiting, each with the outbox's mark when it was given: it goes out
+    /// once what was queued before it (its command's result) has.
+    acks: Vec<(Ack, u64)>,
+}
+
+impl Shared {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        lock(&self.state)
+    }
 }
 
 /// The cheap, clonable side of the link. No method blocks.
@@ -233,29 +253,39 @@ impl MqttHandle {
     /// reconnect; while queued, a newer one for the same topic replaces it.
     pub fn publish_retained(&self, topic: String, payload: String) {
         let payload = payload.into_bytes();
-        lock(&self.shared.retained).insert(topic.clone(), payload.clone());
-        lock(&self.shared.outbox).push_retained(topic, payload, 1);
+        {
+            let mut s = self.shared.state();
+            s.retained.insert(topic.clone(), payload.clone());
+            s.outbox.push_retained(topic, payload, 1);
+        }
         self.shared.notify.notify_one();
     }
 
     /// Publishes a message; when the outbox is full the oldest reading is dropped.
     pub fn publish(&self, topic: String, payload: String, qos: u8, retain: bool) {
-        if retain {
-            lock(&self.shared.retained).insert(topic.clone(), payload.clone().into_bytes());
+        {
+            let mut s = self.shared.state();
+            if retain {
+                s.retained
+                    .insert(topic.clone(), payload.clone().into_bytes());
+            }
+            s.outbox.push(Message {
+                topic,
+                payload: payload.into_bytes(),
+                qos,
+                retain,
+            });
         }
-        lock(&self.shared.outbox).push(Message {
-            topic,
-            payload: payload.into_bytes(),
-            qos,
-            retain,
-        });
         self.shared.notify.notify_one();
     }
 
     /// Removes a retained message from the broker (empty retained payload) and forgets it.
     pub fn clear_retained(&self, topic: String) {
-        lock(&self.shared.retained).remove(&topic);
-        lock(&self.shared.outbox).push_retained(topic, Vec::new(), 1);
+        {
+            let mut s = self.shared.state();
+            s.retained.remove(&topic);
+            s.outbox.push_retained(topic, Vec::new(), 1);
+        }
         self.shared.notify.notify_one();
     }
 
@@ -263,8 +293,11 @@ impl MqttHandle {
     pub fn ack(&self, ack: Ack) {
         // The outbox's mark now: everything queued before this ack (the command's result)
         // leaves before it.
-        let mark = lock(&self.shared.outbox).mark();
-        lock(&self.shared.acks).push((ack, mark));
+        {
+            let mut s = self.shared.state();
+            let mark = s.outbox.mark();
+            s.acks.push((ack, mark));
+        }
         self.shared.notify.notify_one();
     }
 
@@ -274,16 +307,18 @@ impl MqttHandle {
     /// one removes the topic from it).
     pub fn publish_sequence(&self, msgs: Vec<(String, String)>) {
         {
-            let mut retained = lock(&self.shared.retained);
+            let mut s = self.shared.state();
             for (topic, payload) in &msgs {
                 if payload.is_empty() {
-                    retained.remove(topic);
+                    s.retained.remove(topic);
                 } else {
-                    retained.insert(topic.clone(), payload.clone().into_bytes());
+                    s.retained
+                        .insert(topic.clone(), payload.clone().into_bytes());
                 }
             }
+            s.outbox
+                .push_sequence(msgs.into_iter().map(|(t, p)| (t, p.into_bytes())));
         }
-        lock(&self.shared.outbox).push_sequence(msgs.into_iter().map(|(t, p)| (t, p.into_bytes())));
         self.shared.notify.notify_one();
     }
 
@@ -300,31 +335,32 @@ impl MqttHandle {
     }
 
     fn subscribe_qos(&self, filter: &str, qos: QoS) {
-        let mut f = lock(&self.shared.filters);
-        if !f.iter().any(|(x, _)| x == filter) {
-            f.push((filter.to_string(), qos));
-            lock(&self.shared.new_filters).push((filter.to_string(), qos));
-            lock(&self.shared.gone_filters).retain(|x| x != filter);
+        let mut s = self.shared.state();
+        if !s.filters.iter().any(|(x, _)| x == filter) {
+            s.filters.push((filter.to_string(), qos));
+            s.new_filters.push((filter.to_string(), qos));
+            s.gone_filters.retain(|x| x != filter);
         }
-        drop(f);
+        drop(s);
         self.shared.notify.notify_one();
     }
 
     /// Unsubscribes now if connected; the filter is not subscribed again at reconnects.
     pub fn unsubscribe(&self, filter: &str) {
-        let mut f = lock(&self.shared.filters);
-        if f.iter().any(|(x, _)| x == filter) {
-            f.retain(|(x, _)| x != filter);
-            lock(&self.shared.new_filters).retain(|(x, _)| x != filter);
-            lock(&self.shared.gone_filters).push(filter.to_string());
+        let mut s = self.shared.state();
+        if s.filters.iter().any(|(x, _)| x == filter) {
+            s.filters.retain(|(x, _)| x != filter);
+            s.new_filters.retain(|(x, _)| x != filter);
+            s.gone_filters.push(filter.to_string());
         }
-        drop(f);
+        drop(s);
         self.shared.notify.notify_one();
     }
 
     pub fn stats(&self) -> MqttCounters {
         let s = &self.shared.stats;
-        let outbox = lock(&self.shared.outbox);
+        let state = self.shared.state();
+        let outbox = &state.outbox;
         MqttCounters {
             connected: s.connected.load(Ordering::Relaxed),
             reconnects: s.reconnects.load(Ordering::Relaxed),
@@ -402,13 +438,15 @@ impl Mqtt {
         let options = options(&settings)?;
         let (connected_tx, _) = watch::channel(false);
         let shared = Arc::new(Shared {
-            outbox: Mutex::new(Outbox::new(settings.queue)),
+            state: Mutex::new(State {
+                outbox: Outbox::new(settings.queue),
+                filters: Vec::new(),
+                new_filters: Vec::new(),
+                gone_filters: Vec::new(),
+                retained: HashMap::new(),
+                acks: Vec::new(),
+            }),
             notify: Notify::new(),
-            filters: Mutex::new(Vec::new()),
-            new_filters: Mutex::new(Vec::new()),
-            gone_filters: Mutex::new(Vec::new()),
-            retained: Mutex::new(HashMap::new()),
-            acks: Mutex::new(Vec::new()),
             session: AtomicU64::new(0),
             stats: MqttStats::default(),
             connected_tx,
@@ -467,7 +505,7 @@ impl Mqtt {
                         if !ack.session_present {
                             // The old session's packet ids mean nothing in the new one.
                             shared.session.fetch_add(1, Ordering::Relaxed);
-                            lock(&shared.acks).clear();
+                            shared.state().acks.clear();
                         }
                         if !ack.session_present && !snapshot.is_empty() {
                             debug!(count = snapshot.len(), "session lost; re-sending publishes that were in flight");
@@ -574,7 +612,7 @@ impl Mqtt {
         // STOP_FLUSH. The last will is for crashes only.
         shared.connected_tx.send_replace(false);
         if connected {
-            lock(&shared.outbox).push_retained(
+            shared.state().outbox.push_retained(
                 settings.status_topic.clone(),
                 settings.offline_payload.clone().into_bytes(),
                 1,
@@ -590,10 +628,11 @@ impl Mqtt {
                         warn!("mqtt: could not flush everything before stopping");
                         break;
                     }
-                    if lock(&shared.outbox).is_empty()
-                        && lock(&shared.acks).is_empty()
-                        && eventloop.state.inflight() == 0
-                    {
+                    let drained = {
+                        let s = shared.state();
+                        s.outbox.is_empty() && s.acks.is_empty()
+                    };
+                    if drained && eventloop.state.inflight() == 0 {
                         disconnecting = client.try_disconnect().is_ok();
                     }
                 }
@@ -782,17 +821,13 @@ fn subscription(filters: &[(String, QoS)]) -> Vec<rumqttc::SubscribeFilter> {
 fn on_connect(shared: &Shared, settings: &MqttSettings) {
     // A new session: what was unsubscribed is gone with the old one or will be unsubscribed
     // by `send`; every filter is subscribed again by `send`, ahead of any publish.
-    let all = lock(&shared.filters).clone();
-    *lock(&shared.new_filters) = all;
-    let retained: Vec<(String, Vec<u8>)> = lock(&shared.retained)
-        .iter()
-        .map(|(t, p)| (t.clone(), p.clone()))
-        .collect();
-    let mut outbox = lock(&shared.outbox);
-    for (topic, payload) in retained {
-        outbox.push_retained(topic, payload, 1);
+    let mut guard = shared.state();
+    let s = &mut *guard;
+    s.new_filters = s.filters.clone();
+    for (topic, payload) in &s.retained {
+        s.outbox.push_retained(topic.clone(), payload.clone(), 1);
     }
-    outbox.push_retained(
+    s.outbox.push_retained(
         settings.status_topic.clone(),
         settings.online_payload.clone().into_bytes(),
         1,
@@ -843,11 +878,11 @@ async fn send(eventloop: &mut rumqttc::EventLoop, shared: &Shared) {
     // taken, and goes out ahead of it. The app's task adds them while this one writes.
     let mut taken: Option<queue::Message> = None;
     for turn in 0..=SEND_BATCH {
-        let gone = std::mem::take(&mut *lock(&shared.gone_filters));
+        let gone = std::mem::take(&mut shared.state().gone_filters);
         for f in gone {
             wrote |= put(state, Request::Unsubscribe(rumqttc::Unsubscribe::new(f))).await;
         }
-        let new = std::mem::take(&mut *lock(&shared.new_filters));
+        let new = std::mem::take(&mut shared.state().new_filters);
         if !new.is_empty() {
             let subscribe = rumqttc::Subscribe::new_many(subscription(&new));
             wrote |= put(state, Request::Subscribe(subscribe)).await;
@@ -869,7 +904,8 @@ async fn send(eventloop: &mut rumqttc::EventLoop, shared: &Shared) {
             break;
         }
         // Not held across the write: device tasks push while this waits for the socket.
-        match lock(&shared.outbox).pop() {
+        let popped = shared.state().outbox.pop();
+        match popped {
             Some((msg, _)) => taken = Some(msg),
             None => break,
         }
@@ -879,12 +915,16 @@ async fn send(eventloop: &mut rumqttc::EventLoop, shared: &Shared) {
     // broker's in-flight window fills and no command arrives any more. One of an earlier
     // session is dropped: its packet id may be a new message's now.
     let session = shared.session.load(Ordering::Relaxed);
-    let acks = std::mem::take(&mut *lock(&shared.acks));
-    if !acks.is_empty() {
-        let (ready, waiting): (Vec<_>, Vec<_>) = {
-            let outbox = lock(&shared.outbox);
-            acks.into_iter().partition(|(_, mark)| outbox.passed(*mark))
-        };
+    let ready: Vec<(Ack, u64)> = {
+        let mut guard = shared.state();
+        let s = &mut *guard;
+        let (ready, waiting) = std::mem::take(&mut s.acks)
+            .into_iter()
+            .partition(|(_, mark)| s.outbox.passed(*mark));
+        s.acks = waiting;
+        ready
+    };
+    {
         for (a, _) in ready {
             if a.session == session {
                 wrote |= put(state, Request::PubAck(rumqttc::PubAck::new(a.pkid))).await;
@@ -894,9 +934,6 @@ async fn send(eventloop: &mut rumqttc::EventLoop, shared: &Shared) {
                     "mqtt: an ack of an earlier session is dropped"
                 );
             }
-        }
-        if !waiting.is_empty() {
-            lock(&shared.acks).splice(0..0, waiting);
         }
     }
     if wrote {
@@ -908,7 +945,8 @@ async fn send(eventloop: &mut rumqttc::EventLoop, shared: &Shared) {
             Err(_) => debug!("mqtt: flush still waiting for the socket; continued by the next one"),
         }
     }
-    let outbox = lock(&shared.outbox);
+    let state = shared.state();
+    let outbox = &state.outbox;
     shared
         .stats
         .queued
