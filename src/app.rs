@@ -10,11 +10,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
@@ -408,16 +410,26 @@ impl Gateway {
 
     /// Runs until `stop` is cancelled, a signal arrives, or a core task fails; then stops in
     /// order, as for SIGTERM (`stop` is not the tasks' own token: MQTT must outlive the rest).
+    /// The lifecycle of docs/design.md: start, then the supervisor's events (a message, a
+    /// reload, a SunSpec walk), then the stop.
     pub async fn run_until(self, stop: CancellationToken) -> u8 {
-        let shutdown = CancellationToken::new();
+        let (mut supervisor, mut events, winding) = self.start();
+        let code = supervisor.supervise(&mut events, stop).await;
+        supervisor.stop(winding).await;
+        code
+    }
+
+    /// Wires and spawns every task: the history writer and forwarder, the router, buses and
+    /// devices, the MQTT link, status lines, discovery, health and the commissioning page.
+    fn start(self) -> (Supervisor, Events, Winding) {
         let Gateway {
-            mut config,
+            config,
             config_path,
             mqtt,
             handle,
-            mut incoming,
+            incoming,
             topics,
-            mut signals,
+            signals,
             history: history_pool,
             history_error,
             history_made_room,
@@ -427,89 +439,57 @@ impl Gateway {
             web,
         } = self;
         log_warnings(&config);
+        let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         // Core tasks report here when they die; the supervisor then stops everything.
-        let (fatal_tx, mut fatal_rx) = mpsc::channel::<String>(4);
+        let (fatal_tx, fatal_rx) = mpsc::channel::<String>(4);
         // The link found this gateway's id online from another installation: the start is
         // refused as for an invalid config (78), before anything reached the broker.
-        let (refused_tx, mut refused_rx) = mpsc::channel::<String>(1);
+        let (refused_tx, refused_rx) = mpsc::channel::<String>(1);
 
         for (topic, _) in topics.command_topics() {
             handle.subscribe(topic);
         }
 
-        let mut shared_topics = std::sync::Arc::new(topics.clone());
-        let mut sink: std::sync::Arc<dyn Outgoing> = std::sync::Arc::new(handle.clone());
+        let shared_topics = Arc::new(topics.clone());
+        let mut outgoing: Arc<dyn Outgoing> = Arc::new(handle.clone());
         // The commissioning page sees what the devices publish through a tee in front of the
         // link; without `[web]` there is none.
         let tap = web
             .as_ref()
-            .map(|_| std::sync::Arc::new(crate::web::tap::Tap::new(sink.clone())));
+            .map(|_| Arc::new(crate::web::tap::Tap::new(outgoing.clone())));
         if let Some(t) = &tap {
-            sink = t.clone();
+            outgoing = t.clone();
         }
         let web_history = history_pool.clone();
-        // The history writer, and the forwarder reading behind it; neither when it is off.
-        let history_token = CancellationToken::new();
-        let forward_token = CancellationToken::new();
-        let mut forward_stats = None;
-        let writer = match (history_pool, history_error) {
-            (Some(pool), _) => {
-                let (mut writer, handle) = History::new(pool, &config.history);
-                writer.made_room(history_made_room);
-                Some((writer, handle))
-            }
-            (None, Some(why)) => Some(History::unavailable(&why, &config.history)),
-            (None, None) => None,
-        };
-        let (history, history_task, forward_task) = match writer {
-            Some((mut writer, handle)) => {
-                let mut forward_task = None;
-                if let (Some(options), Some(f)) = (forward, &config.history.forward) {
-                    let link = ForwardLink::new(f);
-                    forward_stats = Some(link.stats.clone());
-                    writer = writer.forward_to(link.clone());
-                    let forwarder = Forwarder::new(
-                        config.history.path.clone(),
-                        &config.gateway.id,
-                        &f.url,
-                        options,
-                        link,
-                    );
-                    forward_task = Some(tokio::spawn(forwarder.run(forward_token.clone())));
-                }
-                let task = tokio::spawn(writer.run(history_token.clone()));
-                (handle, Some(task), forward_task)
-            }
-            None => {
-                info!("history turned off (history.enabled = false): nothing is recorded");
-                (HistoryHandle::disabled(), None, None)
-            }
-        };
+        let (history, history_writer, forwarder, forward_stats) = start_history(
+            &config,
+            history_pool,
+            history_error,
+            history_made_room,
+            forward,
+        );
         history.record_gateway("start", std::time::SystemTime::now());
         // Every device reports through these (`crate::output`): over the link, into the history.
-        let reports = Reports::new(sink.clone(), shared_topics.clone(), history.clone());
-        let mut router = Router::new(std::sync::Arc::new(reports.clone()));
+        let reports = Reports::new(outgoing, shared_topics.clone(), history.clone());
+        let mut router = Router::new(Arc::new(reports.clone()));
         // SunSpec devices report the points their model chain gave them; a reload asks them to
         // read it again.
-        let (walked_tx, mut walked_rx) = mpsc::channel(crate::device::WALKED_CAP);
-        let (rewalk_tx, rewalk_rx) = tokio::sync::watch::channel(0u64);
-        // The config as the file gives it, before SunSpec walks added points: what a reload's
-        // file is compared with.
-        let mut loaded = config.clone();
-        let mut links = Links {
-            outputs: std::sync::Arc::new(reports.clone()),
+        let (walked_tx, walked_rx) = mpsc::channel(crate::device::WALKED_CAP);
+        let (rewalk_tx, rewalk_rx) = watch::channel(0u64);
+        let links = Links {
+            outputs: Arc::new(reports.clone()),
             commands: router.stats.clone(),
             command_ids: command_log
                 .clone()
-                .map(|l| std::sync::Arc::new(l) as std::sync::Arc<dyn crate::output::CommandIds>),
+                .map(|l| Arc::new(l) as Arc<dyn crate::output::CommandIds>),
             fatal: fatal_tx.clone(),
             walked: walked_tx,
             rewalk: rewalk_rx,
-            stopping: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         // Buses and devices stop first at shutdown; then history; MQTT last.
-        let mut fleet = Fleet::start(&config, &links, &mut router);
+        let fleet = Fleet::start(&config, &links, &mut router);
         let health_base = health::Sources {
             mqtt: Some(handle.clone()),
             commands: Some(router.stats.clone()),
@@ -519,58 +499,14 @@ impl Gateway {
         };
 
         // Before the link runs, so that no change is missed.
-        let mut link_up = handle.connected();
-        let mut link_open = true;
+        let link_up = handle.connected();
         let mqtt_heartbeat = mqtt.heartbeat();
-        let mqtt_token = shutdown.child_token();
-        {
-            let fatal = fatal_tx.clone();
-            tracker.spawn(async move {
-                match mqtt.run(mqtt_token).await {
-                    Ok(()) => {}
-                    Err(e @ crate::mqtt::Error::IdTaken { .. }) => {
-                        if refused_tx.try_send(e.to_string()).is_err() {
-                            error!(error = %e, "refusing to start");
-                        }
-                    }
-                    Err(e) => {
-                        if fatal.try_send(format!("mqtt: {e}")).is_err() {
-                            error!(error = %e, "mqtt task failed");
-                        }
-                    }
-                }
-            });
-        }
-
-        // Status lines for `systemctl status` follow the broker connection and the history.
-        {
-            let mut connected = handle.connected();
-            let token = shutdown.child_token();
-            let devices = config.devices.len();
-            let history_stats = history.enabled().then(|| history.stats.clone());
-            tracker.spawn(async move {
-                loop {
-                    let up = *connected.borrow_and_update();
-                    let unavailable = history_stats.as_ref().and_then(|h| h.unavailable());
-                    systemd::status(&status_line(up, devices, unavailable.as_deref()));
-                    let history_changed = async {
-                        match &history_stats {
-                            Some(h) => h.changed.notified().await,
-                            None => std::future::pending().await,
-                        }
-                    };
-                    tokio::select! {
-                        _ = token.cancelled() => break,
-                        changed = connected.changed() => if changed.is_err() { break },
-                        _ = history_changed => {}
-                    }
-                }
-            });
-        }
+        spawn_link(&tracker, mqtt, shutdown.child_token(), fatal_tx, refused_tx);
+        spawn_status_lines(&tracker, &handle, &history, &config, shutdown.child_token());
 
         // Discovery scans the broker at the first connection, then publishes.
-        let mut discovery = ha::Publisher::new(&config, &topics, handle.clone());
-        let mut health_token = CancellationToken::new();
+        let discovery = ha::Publisher::new(&config, &topics, handle.clone());
+        let health_token = CancellationToken::new();
         tracker.spawn(health::run(
             fleet.health_sources(&health_base),
             topics.gateway_health(),
@@ -579,22 +515,14 @@ impl Gateway {
         ));
 
         // The commissioning page: its view of the running gateway is replaced whenever the
-        // config or the buses change; its commands come to the router here.
-        let web_token = CancellationToken::new();
-        let (web_tx, mut web_rx) = mpsc::channel(crate::web::COMMANDS_CAP);
-        let view = |config: &Config, topics: &std::sync::Arc<Topics>, fleet: &Fleet| {
-            std::sync::Arc::new(crate::web::View {
-                config: std::sync::Arc::new(config.clone()),
-                topics: topics.clone(),
-                buses: fleet.modbus_handles(),
-                health: fleet.health_sources(&health_base),
-            })
-        };
-        // Without the page, no view is made (nothing would read it).
-        let (view_tx, view_rx) = tokio::sync::watch::channel(
-            web.is_some().then(|| view(&config, &shared_topics, &fleet)),
+        // config or the buses change; its commands come to the router here. Without the page,
+        // no view is made (nothing would read it).
+        let (page_tx, page_rx) = mpsc::channel(crate::web::COMMANDS_CAP);
+        let (view_tx, view_rx) = watch::channel(
+            web.is_some()
+                .then(|| view(&config, &shared_topics, &fleet, &health_base)),
         );
-        let web_task = match (web, &config.web, tap) {
+        let page = match (web, &config.web, tap) {
             (Some((listener, password)), Some(w), Some(tap)) => {
                 let page = crate::web::Web::new(
                     w,
@@ -606,17 +534,18 @@ impl Gateway {
                         tap,
                         mqtt: handle.clone(),
                         history: web_history,
-                        commands: web_tx,
+                        commands: page_tx,
                     },
                 );
-                Some(tokio::spawn(page.run(web_token.clone())))
+                let token = CancellationToken::new();
+                Some((token.clone(), tokio::spawn(page.run(token))))
             }
             _ => None,
         };
 
-        let main_heartbeat = systemd::Heartbeat::new("supervisor");
-        let _watchdog = systemd::spawn_watchdog(
-            vec![main_heartbeat.clone(), mqtt_heartbeat],
+        let heartbeat = systemd::Heartbeat::new("supervisor");
+        let watchdog = systemd::spawn_watchdog(
+            vec![heartbeat.clone(), mqtt_heartbeat],
             shutdown.child_token(),
         );
 
@@ -631,131 +560,381 @@ impl Gateway {
             version = payload::VERSION,
             "fieldbridge started"
         );
-
-        let mut beat = tokio::time::interval(Duration::from_secs(1));
-        let code = loop {
-            tokio::select! {
-                _ = stop.cancelled() => break 0,
-                _ = signals.term.recv() => { info!("SIGTERM: stopping"); break 0 }
-                _ = signals.int.recv() => { info!("SIGINT: stopping"); break 0 }
-                _ = signals.hup.recv() => {
-                    if let Some(mut new_loaded) = reload(&config_path, &loaded) {
-                        log_warnings(&new_loaded);
-                        // Sections that need a restart keep their running values until then,
-                        // so topics and the session stay consistent.
-                        new_loaded.mqtt = config.mqtt.clone();
-                        new_loaded.gateway = config.gateway.clone();
-                        new_loaded.topics = config.topics.clone();
-                        new_loaded.history = config.history.clone();
-                        let mut new = new_loaded.clone();
-                        // A SunSpec device the file leaves as it was keeps the points its walk
-                        // gave it (and keeps running); it reads its chain again below.
-                        for (name, dev) in new.devices.iter_mut() {
-                            if dev.awaits_walk() && loaded.devices.get(name) == Some(&*dev) {
-                                if let Some(running) = config.devices.get(name) {
-                                    *dev = running.clone();
-                                }
-                            }
-                        }
-                        loaded = new_loaded;
-                        // New devices may bring new command topics.
-                        let new_topics = Topics::new(&new);
-                        for (topic, _) in new_topics.command_topics() {
-                            handle.subscribe(topic);
-                        }
-                        shared_topics = std::sync::Arc::new(new_topics.clone());
-                        let outputs = std::sync::Arc::new(reports.with_topics(shared_topics.clone()));
-                        router.set_outputs(outputs.clone());
-                        links.outputs = outputs;
-                        // Discovery first: an entity leaves Home Assistant before its state does.
-                        discovery.reload(&new, &new_topics);
-                        fleet.apply(&config, &new, &links, &mut router).await;
-                        health_token.cancel();
-                        health_token = CancellationToken::new();
-                        tracker.spawn(health::run(
-                            fleet.health_sources(&health_base),
-                            new_topics.gateway_health(),
-                            new.gateway.health_interval,
-                            health_token.clone(),
-                        ));
-                        config = new;
-                        if view_tx.borrow().is_some() {
-                            view_tx.send_replace(Some(view(&config, &shared_topics, &fleet)));
-                        }
-                    }
-                    // A firmware update may have changed a SunSpec device's models.
-                    rewalk_tx.send_modify(|generation| *generation += 1);
-                    systemd::ready();
-                }
-                Some(walked) = walked_rx.recv() => {
-                    // Only while the device still runs the config it walked with: a reload may
-                    // have replaced it since.
-                    if config
-                        .devices
-                        .get(&walked.device)
-                        .is_some_and(|d| std::sync::Arc::ptr_eq(d, &walked.from))
-                    {
-                        let mut new = config.clone();
-                        new.devices.insert(walked.device.clone(), walked.config.clone());
-                        discovery.reload(&new, &shared_topics);
-                        router.update_device(&walked.device, &walked.config);
-                        config = new;
-                        if view_tx.borrow().is_some() {
-                            view_tx.send_replace(Some(view(&config, &shared_topics, &fleet)));
-                        }
-                    }
-                }
-                // A command from the commissioning page, as if it came over MQTT.
-                Some(msg) = web_rx.recv() => match shared_topics.parse(&msg.topic) {
-                    Some(Topic::Command { device }) => router.command(&device, &msg),
-                    _ => debug!(topic = %msg.topic, "the page sent a message on no command topic"),
-                },
-                Some(reason) = refused_rx.recv() => {
-                    error!("{reason}");
-                    break EXIT_CONFIG;
-                }
-                Some(reason) = fatal_rx.recv() => {
-                    error!(error = %reason, "a core task failed; stopping");
-                    break EXIT_FAILURE;
-                }
-                Some(msg) = incoming.recv() => match shared_topics.parse(&msg.topic) {
-                    Some(Topic::Command { device }) => router.command(&device, &msg),
-                    None => {
-                        debug!(topic = %msg.topic, "message on an unhandled topic");
-                        if let Some(a) = msg.ack {
-                            handle.ack(a);
-                        }
-                    }
-                    Some(t) => {
-                        discovery.handle(&t, &msg.topic, &msg.payload);
-                        if let Some(a) = msg.ack {
-                            handle.ack(a);
-                        }
-                    }
-                },
-                changed = link_up.changed(), if link_open => match changed {
-                    Ok(()) => discovery.on_link(*link_up.borrow_and_update()),
-                    Err(_) => link_open = false,
-                },
-                _ = sleep_until(discovery.deadline()) => discovery.on_deadline(),
-                _ = beat.tick() => main_heartbeat.beat(),
-            }
+        let events = Events {
+            signals,
+            incoming,
+            walked: walked_rx,
+            page: page_rx,
+            refused: refused_rx,
+            fatal: fatal_rx,
+            link_up,
+            link_open: true,
+            heartbeat,
         };
+        let supervisor = Supervisor {
+            loaded: config.clone(),
+            config,
+            config_path,
+            topics: shared_topics,
+            reports,
+            router,
+            links,
+            fleet,
+            discovery,
+            handle,
+            health_base,
+            health_token,
+            tracker,
+            view_tx,
+            rewalk_tx,
+        };
+        let winding = Winding {
+            shutdown,
+            page,
+            command_log,
+            history,
+            history_writer,
+            forwarder,
+            ephemeral,
+            _watchdog: watchdog,
+        };
+        (supervisor, events, winding)
+    }
+}
 
+/// The history writer and its forwarder, started when the history is on: the handle devices
+/// record through, and each task with its token.
+type HistoryParts = (
+    HistoryHandle,
+    Option<(CancellationToken, JoinHandle<Option<sqlx::SqlitePool>>)>,
+    Option<(CancellationToken, JoinHandle<()>)>,
+    Option<std::sync::Arc<crate::history::ForwardStats>>,
+);
+
+/// Starts the history writer (or one that says why it is unavailable, retrying) and, with
+/// `[history.forward]`, the forwarder reading behind it; neither when the history is off.
+fn start_history(
+    config: &Config,
+    pool: Option<sqlx::SqlitePool>,
+    error: Option<String>,
+    made_room: u64,
+    forward: Option<sqlx::postgres::PgConnectOptions>,
+) -> HistoryParts {
+    let writer = match (pool, error) {
+        (Some(pool), _) => {
+            let (mut writer, handle) = History::new(pool, &config.history);
+            writer.made_room(made_room);
+            Some((writer, handle))
+        }
+        (None, Some(why)) => Some(History::unavailable(&why, &config.history)),
+        (None, None) => None,
+    };
+    let Some((mut writer, handle)) = writer else {
+        info!("history turned off (history.enabled = false): nothing is recorded");
+        return (HistoryHandle::disabled(), None, None, None);
+    };
+    let mut forwarder = None;
+    let mut stats = None;
+    if let (Some(options), Some(f)) = (forward, &config.history.forward) {
+        let link = ForwardLink::new(f);
+        stats = Some(link.stats.clone());
+        writer = writer.forward_to(link.clone());
+        let task = Forwarder::new(
+            config.history.path.clone(),
+            &config.gateway.id,
+            &f.url,
+            options,
+            link,
+        );
+        let token = CancellationToken::new();
+        forwarder = Some((token.clone(), tokio::spawn(task.run(token))));
+    }
+    let token = CancellationToken::new();
+    let writer = Some((token.clone(), tokio::spawn(writer.run(token))));
+    (handle, writer, forwarder, stats)
+}
+
+/// The MQTT link's task: a fatal error stops the gateway (exit 1); this gateway's id online
+/// from another installation refuses the start (exit 78).
+fn spawn_link(
+    tracker: &TaskTracker,
+    mqtt: Mqtt,
+    token: CancellationToken,
+    fatal: mpsc::Sender<String>,
+    refused: mpsc::Sender<String>,
+) {
+    tracker.spawn(async move {
+        match mqtt.run(token).await {
+            Ok(()) => {}
+            Err(e @ crate::mqtt::Error::IdTaken { .. }) => {
+                if refused.try_send(e.to_string()).is_err() {
+                    error!(error = %e, "refusing to start");
+                }
+            }
+            Err(e) => {
+                if fatal.try_send(format!("mqtt: {e}")).is_err() {
+                    error!(error = %e, "mqtt task failed");
+                }
+            }
+        }
+    });
+}
+
+/// Status lines for `systemctl status`: they follow the broker connection and the history.
+fn spawn_status_lines(
+    tracker: &TaskTracker,
+    handle: &MqttHandle,
+    history: &HistoryHandle,
+    config: &Config,
+    token: CancellationToken,
+) {
+    let mut connected = handle.connected();
+    let devices = config.devices.len();
+    let history_stats = history.enabled().then(|| history.stats.clone());
+    tracker.spawn(async move {
+        loop {
+            let up = *connected.borrow_and_update();
+            let unavailable = history_stats.as_ref().and_then(|h| h.unavailable());
+            systemd::status(&status_line(up, devices, unavailable.as_deref()));
+            let history_changed = async {
+                match &history_stats {
+                    Some(h) => h.changed.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = token.cancelled() => break,
+                changed = connected.changed() => if changed.is_err() { break },
+                _ = history_changed => {}
+            }
+        }
+    });
+}
+
+/// The commissioning page's view of the running gateway.
+fn view(
+    config: &Config,
+    topics: &Arc<Topics>,
+    fleet: &Fleet,
+    health: &health::Sources,
+) -> Arc<crate::web::View> {
+    Arc::new(crate::web::View {
+        config: Arc::new(config.clone()),
+        topics: topics.clone(),
+        buses: fleet.modbus_handles(),
+        health: fleet.health_sources(health),
+    })
+}
+
+/// What the supervisor waits on.
+struct Events {
+    signals: Signals,
+    /// Messages from the broker.
+    incoming: mpsc::Receiver<Incoming>,
+    /// SunSpec devices whose model chain gave them new points.
+    walked: mpsc::Receiver<crate::device::Walked>,
+    /// Commands from the commissioning page, as if they came over MQTT.
+    page: mpsc::Receiver<Incoming>,
+    /// The start is refused (this gateway's id is online elsewhere).
+    refused: mpsc::Receiver<String>,
+    /// A core task failed.
+    fatal: mpsc::Receiver<String>,
+    link_up: watch::Receiver<bool>,
+    link_open: bool,
+    /// Beaten every second: the watchdog sees the supervisor's loop turn.
+    heartbeat: systemd::Heartbeat,
+}
+
+/// The running gateway, as the supervisor changes it.
+struct Supervisor {
+    /// The config running, with what SunSpec walks added.
+    config: Config,
+    /// The config as the file gives it, before SunSpec walks added points: what a reload's
+    /// file is compared with.
+    loaded: Config,
+    config_path: PathBuf,
+    topics: Arc<Topics>,
+    reports: Reports,
+    router: Router,
+    links: Links,
+    fleet: Fleet,
+    discovery: ha::Publisher,
+    handle: MqttHandle,
+    health_base: health::Sources,
+    health_token: CancellationToken,
+    tracker: TaskTracker,
+    view_tx: watch::Sender<Option<Arc<crate::web::View>>>,
+    rewalk_tx: watch::Sender<u64>,
+}
+
+/// What the stop winds down after the devices, in its order.
+struct Winding {
+    /// The tasks' own token (MQTT, status lines, watchdog): cancelled last.
+    shutdown: CancellationToken,
+    page: Option<(CancellationToken, JoinHandle<()>)>,
+    command_log: Option<crate::history::CommandLog>,
+    history: HistoryHandle,
+    history_writer: Option<(CancellationToken, JoinHandle<Option<sqlx::SqlitePool>>)>,
+    forwarder: Option<(CancellationToken, JoinHandle<()>)>,
+    ephemeral: bool,
+    _watchdog: Option<JoinHandle<()>>,
+}
+
+impl Supervisor {
+    /// Handles events until one of them ends the run; returns the exit code.
+    async fn supervise(&mut self, ev: &mut Events, stop: CancellationToken) -> u8 {
+        let mut beat = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return 0,
+                _ = ev.signals.term.recv() => { info!("SIGTERM: stopping"); return 0 }
+                _ = ev.signals.int.recv() => { info!("SIGINT: stopping"); return 0 }
+                _ = ev.signals.hup.recv() => self.on_reload().await,
+                Some(walked) = ev.walked.recv() => self.on_walked(walked),
+                Some(msg) = ev.page.recv() => self.on_message(&msg),
+                Some(reason) = ev.refused.recv() => {
+                    error!("{reason}");
+                    return EXIT_CONFIG;
+                }
+                Some(reason) = ev.fatal.recv() => {
+                    error!(error = %reason, "a core task failed; stopping");
+                    return EXIT_FAILURE;
+                }
+                Some(msg) = ev.incoming.recv() => self.on_message(&msg),
+                changed = ev.link_up.changed(), if ev.link_open => match changed {
+                    Ok(()) => self.discovery.on_link(*ev.link_up.borrow_and_update()),
+                    Err(_) => ev.link_open = false,
+                },
+                _ = sleep_until(self.discovery.deadline()) => self.discovery.on_deadline(),
+                _ = beat.tick() => ev.heartbeat.beat(),
+            }
+        }
+    }
+
+    /// A message from the broker or the page: its topic parsed once, then to the router (a
+    /// command) or to discovery (Home Assistant's); anything else is acknowledged and dropped.
+    fn on_message(&mut self, msg: &Incoming) {
+        match self.topics.parse(&msg.topic) {
+            Some(Topic::Command { device }) => self.router.command(&device, msg),
+            Some(t) => {
+                self.discovery.handle(&t, &msg.topic, &msg.payload);
+                if let Some(a) = msg.ack {
+                    self.handle.ack(a);
+                }
+            }
+            None => {
+                debug!(topic = %msg.topic, "message on an unhandled topic");
+                if let Some(a) = msg.ack {
+                    self.handle.ack(a);
+                }
+            }
+        }
+    }
+
+    /// SIGHUP: the file read again; a good one applied (only what changed restarts), a bad
+    /// one refused with the running config kept. SunSpec devices read their chain again.
+    async fn on_reload(&mut self) {
+        if let Some(mut new_loaded) = reload(&self.config_path, &self.loaded) {
+            log_warnings(&new_loaded);
+            // Sections that need a restart keep their running values until then, so topics
+            // and the session stay consistent.
+            new_loaded.mqtt = self.config.mqtt.clone();
+            new_loaded.gateway = self.config.gateway.clone();
+            new_loaded.topics = self.config.topics.clone();
+            new_loaded.history = self.config.history.clone();
+            let mut new = new_loaded.clone();
+            // A SunSpec device the file leaves as it was keeps the points its walk gave it
+            // (and keeps running); it reads its chain again below.
+            for (name, dev) in new.devices.iter_mut() {
+                if dev.awaits_walk() && self.loaded.devices.get(name) == Some(&*dev) {
+                    if let Some(running) = self.config.devices.get(name) {
+                        *dev = running.clone();
+                    }
+                }
+            }
+            self.loaded = new_loaded;
+            // New devices may bring new command topics.
+            let new_topics = Topics::new(&new);
+            for (topic, _) in new_topics.command_topics() {
+                self.handle.subscribe(topic);
+            }
+            self.topics = Arc::new(new_topics.clone());
+            let outputs = Arc::new(self.reports.with_topics(self.topics.clone()));
+            self.router.set_outputs(outputs.clone());
+            self.links.outputs = outputs;
+            // Discovery first: an entity leaves Home Assistant before its state does.
+            self.discovery.reload(&new, &new_topics);
+            self.fleet
+                .apply(&self.config, &new, &self.links, &mut self.router)
+                .await;
+            self.health_token.cancel();
+            self.health_token = CancellationToken::new();
+            self.tracker.spawn(health::run(
+                self.fleet.health_sources(&self.health_base),
+                new_topics.gateway_health(),
+                new.gateway.health_interval,
+                self.health_token.clone(),
+            ));
+            self.config = new;
+            self.refresh_view();
+        }
+        // A firmware update may have changed a SunSpec device's models.
+        self.rewalk_tx.send_modify(|generation| *generation += 1);
+        systemd::ready();
+    }
+
+    /// A SunSpec device read its model chain: its new points are announced and commands are
+    /// validated against them, only while the device still runs the config it walked with (a
+    /// reload may have replaced it since).
+    fn on_walked(&mut self, walked: crate::device::Walked) {
+        if !self
+            .config
+            .devices
+            .get(&walked.device)
+            .is_some_and(|d| Arc::ptr_eq(d, &walked.from))
+        {
+            return;
+        }
+        let mut new = self.config.clone();
+        new.devices
+            .insert(walked.device.clone(), walked.config.clone());
+        self.discovery.reload(&new, &self.topics);
+        self.router.update_device(&walked.device, &walked.config);
+        self.config = new;
+        self.refresh_view();
+    }
+
+    /// The page's view follows the config and the buses; without the page there is none.
+    fn refresh_view(&self) {
+        if self.view_tx.borrow().is_some() {
+            self.view_tx.send_replace(Some(view(
+                &self.config,
+                &self.topics,
+                &self.fleet,
+                &self.health_base,
+            )));
+        }
+    }
+
+    /// The stop, in the order and budget of README "Signals and systemd": devices and buses,
+    /// then the history, then MQTT.
+    async fn stop(mut self, w: Winding) {
         systemd::stopping();
         let started = tokio::time::Instant::now();
         let end = started + STOP_TOTAL;
         let history_end = started + STOP_HISTORY;
         // 1. Devices and buses: polls end, a write on the wire finishes its try, the rest of
         //    what waits is answered "stopped" (and its commands left to the broker).
-        health_token.cancel();
-        links
+        self.health_token.cancel();
+        self.links
             .stopping
             .store(true, std::sync::atomic::Ordering::Relaxed);
         // The page asks the buses for things; it goes with them.
-        web_token.cancel();
-        fleet.stop_all(started + STOP_DEVICES).await;
-        if let Some(task) = web_task {
+        if let Some((token, _)) = &w.page {
+            token.cancel();
+        }
+        self.fleet.stop_all(started + STOP_DEVICES).await;
+        if let Some((_, task)) = w.page {
             if tokio::time::timeout_at(started + STOP_DEVICES, task)
                 .await
                 .is_err()
@@ -763,7 +942,7 @@ impl Gateway {
                 warn!("shutdown: the commissioning page did not stop in time");
             }
         }
-        if let Some(log) = &command_log {
+        if let Some(log) = &w.command_log {
             // Before the history writer's, which closes the file's last connection.
             if tokio::time::timeout_at(history_end, log.close())
                 .await
@@ -773,27 +952,30 @@ impl Gateway {
             }
         }
         // 2. With nothing left to publish state: remove what an ephemeral gateway leaves.
-        if ephemeral {
-            discovery.remove_all();
-            for (name, dev) in &config.devices {
-                handle.clear_retained(shared_topics.state(name, &dev.location));
-                handle.clear_retained(shared_topics.availability(name, &dev.location));
+        if w.ephemeral {
+            self.discovery.remove_all();
+            for (name, dev) in &self.config.devices {
+                self.handle
+                    .clear_retained(self.topics.state(name, &dev.location));
+                self.handle
+                    .clear_retained(self.topics.availability(name, &dev.location));
             }
         }
         // 3. History: everything queued goes to disk; then the forwarder sends what it can of
         //    the last rows within the history's share (the rest goes at the next start).
-        history.record_gateway("stop", std::time::SystemTime::now());
-        history_token.cancel();
+        w.history
+            .record_gateway("stop", std::time::SystemTime::now());
         let mut pool = None;
-        if let Some(task) = history_task {
+        if let Some((token, task)) = w.history_writer {
+            token.cancel();
             match tokio::time::timeout_at(history_end, task).await {
                 Ok(Ok(p)) => pool = p,
                 Ok(Err(e)) => warn!("shutdown: the history writer failed: {e}"),
                 Err(_) => warn!("shutdown: history did not flush in time"),
             }
         }
-        forward_token.cancel();
-        if let Some(task) = forward_task {
+        if let Some((token, task)) = w.forwarder {
+            token.cancel();
             if tokio::time::timeout_at(history_end, task).await.is_err() {
                 warn!("shutdown: history forwarding did not stop in time");
             }
@@ -810,13 +992,15 @@ impl Gateway {
             }
         }
         // 4. MQTT publishes `offline` and disconnects.
-        shutdown.cancel();
-        tracker.close();
-        if tokio::time::timeout_at(end, tracker.wait()).await.is_err() {
+        w.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout_at(end, self.tracker.wait())
+            .await
+            .is_err()
+        {
             warn!("shutdown: some tasks did not stop within {STOP_MQTT:?}; exiting anyway");
         }
         info!("fieldbridge stopped");
-        code
     }
 }
 
