@@ -14,8 +14,8 @@ use crate::bus::BusStats;
 use crate::bus::modbus::ModbusBus;
 use crate::bus::serial_line::{LineStats, SerialLineBus};
 use crate::config::{BusConfig, Config, DeviceConfig};
-use crate::device::line::LineDevice;
 use crate::device::modbus::DevicePoller;
+use crate::device::serial::LineDevice;
 use crate::device::{DEVICE_COMMANDS_CAP, Links};
 use crate::router::Router;
 

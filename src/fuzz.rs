@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use tokio_util::codec::Decoder;
 
 use crate::bus::codec;
-use crate::bus::line::{self, Frame, LineCodec};
+use crate::bus::line_codec::{self as line, Frame, LineCodec};
 use crate::config::{self, Config, DataType, LineFormat, PointConfig, Table, WordOrder};
 use crate::device::command::{self, CommandKind};
 
@@ -185,7 +185,7 @@ pub fn serial_line(data: &[u8]) {
                             let _ = line::typed(v);
                         }
                         // A value or a reason, never a panic.
-                        if let Err(e) = crate::device::line::point_value(&doc, name, &point) {
+                        if let Err(e) = crate::device::serial::point_value(&doc, name, &point) {
                             assert!(!e.is_empty());
                         }
                         let _ = line::matches(&doc, name, "x");

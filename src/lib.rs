@@ -4,7 +4,8 @@
 //! Module map (data flows top to bottom):
 //!
 //! - [`config`]: the TOML model, extracted key by key so every mistake is reported at once;
-//!   device profiles (`config::Profiles`) are read by the same extraction. [`profiles`] shows them.
+//!   device profiles (`config::Profiles`) are read by the same extraction. [`catalogue`]
+//!   shows them (`fieldbridge profiles`).
 //! - [`app`]: build everything fallible, spawn the tasks under one cancellation tree, supervise,
 //!   reload on SIGHUP, stop in order.
 //! - [`bus`]: one task owns each bus (`bus::modbus`, `bus::serial_line`); pure codecs
@@ -20,6 +21,7 @@
 
 pub mod app;
 pub mod bus;
+pub mod catalogue;
 pub mod check;
 pub mod cli;
 pub mod commission;
@@ -40,7 +42,6 @@ pub mod model;
 pub mod mqtt;
 pub mod output;
 pub mod payload;
-pub mod profiles;
 pub mod rate_limit;
 pub mod report;
 pub mod router;

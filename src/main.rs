@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use fieldbridge::cli::{Cli, Command};
 use fieldbridge::{
-    EXIT_CONFIG, EXIT_FAILURE, EXIT_USAGE, app, check, commission, config, demo, history, profiles,
-    telemetry,
+    EXIT_CONFIG, EXIT_FAILURE, EXIT_USAGE, app, catalogue, check, commission, config, demo,
+    history, telemetry,
 };
 
 /// Runs a commissioning command: config from `path`, the async work, its text on stdout. A
@@ -301,16 +301,16 @@ fn scan(path: &Path, bus: String, units: String, identify: bool) -> ExitCode {
 
 /// `fieldbridge profiles --check FILE [--dump DUMP]`.
 fn profiles_check(file: &Path, dump: Option<&Path>) -> ExitCode {
-    match profiles::check_file(file, dump) {
+    match catalogue::check_file(file, dump) {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
         }
-        Err(profiles::CheckError::Profile(e)) => {
+        Err(catalogue::CheckError::Profile(e)) => {
             eprintln!("{e}");
             ExitCode::from(EXIT_CONFIG)
         }
-        Err(profiles::CheckError::Dump(e)) => {
+        Err(catalogue::CheckError::Dump(e)) => {
             eprintln!("fieldbridge profiles: {e}");
             ExitCode::from(EXIT_USAGE)
         }
@@ -327,16 +327,16 @@ fn profiles_show(path: &Path, name: Option<String>) -> ExitCode {
     }
     match name {
         None => {
-            print!("{}", profiles::list(&all));
+            print!("{}", catalogue::list(&all));
             ExitCode::SUCCESS
         }
         Some(n) if n == config::SUNSPEC_PROFILE => {
-            print!("{}", profiles::show_sunspec());
+            print!("{}", catalogue::show_sunspec());
             ExitCode::SUCCESS
         }
         Some(n) => match all.get(&n) {
             Some(p) => {
-                print!("{}", profiles::show(p));
+                print!("{}", catalogue::show(p));
                 ExitCode::SUCCESS
             }
             None => {

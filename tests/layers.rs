@@ -21,7 +21,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("web", 4),
     ("check", 4),
     ("commission", 4),
-    ("profiles", 4),
+    ("catalogue", 4),
     ("device", 3),
     ("sunspec", 3),
     ("ha", 3),

@@ -524,7 +524,7 @@ fn the_readme_supported_devices_table_matches_the_built_in_profiles() {
     let (begin, end) = ("<!-- profiles:begin -->\n", "<!-- profiles:end -->");
     let start = readme.find(begin).expect("README has the profiles markers") + begin.len();
     let stop = readme.find(end).unwrap();
-    let table = fieldbridge::profiles::readme_table(builtin());
+    let table = fieldbridge::catalogue::readme_table(builtin());
     if readme[start..stop] != table {
         if std::env::var_os("FIELDBRIDGE_BLESS").is_some() {
             let updated = format!("{}{table}{}", &readme[..start], &readme[stop..]);

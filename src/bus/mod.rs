@@ -10,7 +10,7 @@
 
 pub mod codec;
 pub mod decode;
-pub mod line;
+pub mod line_codec;
 pub mod modbus;
 pub mod plan;
 pub mod port;

@@ -148,7 +148,7 @@ enum Op {
     Identify(IdentifySpec),
 }
 
-enum Outcome {
+enum Answer {
     Data(RawData),
     Written,
     Identity(Identity),
@@ -251,7 +251,7 @@ impl ModbusBus {
             }
             BusRequest::Identify { unit, spec, reply } => {
                 let r = match self.transaction(unit, &Op::Identify(spec)).await {
-                    Ok(Outcome::Identity(i)) => Ok(i),
+                    Ok(Answer::Identity(i)) => Ok(i),
                     Ok(_) => Err(BusError::Transport("unexpected answer".into())),
                     Err(e) => Err(e),
                 };
@@ -333,13 +333,13 @@ impl ModbusBus {
 
     async fn read(&mut self, unit: u8, spec: ReadSpec) -> Result<RawData, BusError> {
         match self.transaction(unit, &Op::Read(spec)).await? {
-            Outcome::Data(d) => Ok(d),
+            Answer::Data(d) => Ok(d),
             _ => Err(BusError::Transport("unexpected answer".into())),
         }
     }
 
     /// One transaction with timeout, retries and the silence before it.
-    async fn transaction(&mut self, unit: u8, op: &Op) -> Result<Outcome, BusError> {
+    async fn transaction(&mut self, unit: u8, op: &Op) -> Result<Answer, BusError> {
         let mut last = BusError::Timeout(self.config.timeout);
         for attempt in 0..=self.config.retries {
             // Stopping: no more tries (a try on the wire finishes).
@@ -538,7 +538,7 @@ async fn open(config: &BusConfig, name: &str) -> Result<Context, String> {
 async fn exec(
     ctx: &mut Context,
     op: &Op,
-) -> Result<Result<Outcome, ExceptionCode>, tokio_modbus::Error> {
+) -> Result<Result<Answer, ExceptionCode>, tokio_modbus::Error> {
     let request = match op {
         Op::Read(r) => match r.table {
             Table::Coil => Request::ReadCoils(r.start, r.count),
@@ -568,11 +568,11 @@ async fn exec(
         Err(exception) => return Ok(Err(exception)),
     };
     Ok(Ok(match op {
-        Op::Read(r) => Outcome::Data(read_answer(r, response)?),
+        Op::Read(r) => Answer::Data(read_answer(r, response)?),
         // A write's echo may differ from the request (a device that clamps); the read-back
         // that follows every command says what the device kept.
-        Op::Write(_) => Outcome::Written,
-        Op::Identify(_) => Outcome::Identity(identity_answer(response)?),
+        Op::Write(_) => Answer::Written,
+        Op::Identify(_) => Answer::Identity(identity_answer(response)?),
     }))
 }
 

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::bus::BusError;
-use crate::bus::line::{self, Frame, LineCodec};
+use crate::bus::line_codec::{self as line, Frame, LineCodec};
 use crate::bus::port::{self, Backoff};
 use crate::config::{BusConfig, LineFormat, MatchConfig};
 use crate::rate_limit::RateLimit;

@@ -25,7 +25,7 @@ mod load;
 mod mqtt;
 mod points;
 mod profiles;
-mod topics;
+mod topic_templates;
 mod validate;
 mod web;
 

@@ -1,6 +1,6 @@
 //! Devices: what a device *is* to the rest of the gateway, whatever bus it is on. The [`Core`]
 //! here — availability, freshness, the retained state, commands and their results — is written
-//! once (README "Topics"); [`modbus`] and [`line`] are the two transports that feed it: a Modbus
+//! once (README "Topics"); [`modbus`] and [`serial`] are the two transports that feed it: a Modbus
 //! device polled on its period, a serial line device reporting on its own.
 //!
 //! - [`state`]: what to publish (deadband, heartbeat, the latest values), and availability. Pure.
@@ -21,8 +21,8 @@
 //! - refusals are logged rate-limited per device and reason.
 
 pub mod command;
-pub mod line;
 pub mod modbus;
+pub mod serial;
 pub mod state;
 
 use std::collections::VecDeque;

@@ -26,7 +26,7 @@ use super::command::{CommandKind, Failure, Outcome};
 use super::{Core, Links, Queued, next_command};
 use crate::bus::BusError;
 use crate::bus::codec::{self, Raw};
-use crate::bus::line;
+use crate::bus::line_codec as line;
 use crate::bus::serial_line::LineHandle;
 use crate::config::{DataType, DeviceConfig, PointConfig};
 use crate::model::Value;
