@@ -36,18 +36,22 @@ where
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    match rt.block_on(f(config)) {
+    printed(rt.block_on(f(config)).map_err(|e| match e {
+        commission::Error::Usage(e) => (EXIT_USAGE, format!("fieldbridge: {e}")),
+        commission::Error::Failed(e) => (EXIT_FAILURE, format!("fieldbridge: {e}")),
+    }))
+}
+
+/// A command's text on stdout; or its message on stderr, and its exit code.
+fn printed(result: Result<String, (u8, String)>) -> ExitCode {
+    match result {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
         }
-        Err(commission::Error::Usage(e)) => {
-            eprintln!("fieldbridge: {e}");
-            ExitCode::from(EXIT_USAGE)
-        }
-        Err(commission::Error::Failed(e)) => {
-            eprintln!("fieldbridge: {e}");
-            ExitCode::from(EXIT_FAILURE)
+        Err((code, message)) => {
+            eprintln!("{message}");
+            ExitCode::from(code)
         }
     }
 }
@@ -301,20 +305,10 @@ fn scan(path: &Path, bus: String, units: String, identify: bool) -> ExitCode {
 
 /// `fieldbridge profiles --check FILE [--dump DUMP]`.
 fn profiles_check(file: &Path, dump: Option<&Path>) -> ExitCode {
-    match catalogue::check_file(file, dump) {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
-        Err(catalogue::CheckError::Profile(e)) => {
-            eprintln!("{e}");
-            ExitCode::from(EXIT_CONFIG)
-        }
-        Err(catalogue::CheckError::Dump(e)) => {
-            eprintln!("fieldbridge profiles: {e}");
-            ExitCode::from(EXIT_USAGE)
-        }
-    }
+    printed(catalogue::check_file(file, dump).map_err(|e| match e {
+        catalogue::CheckError::Profile(e) => (EXIT_CONFIG, e.to_string()),
+        catalogue::CheckError::Dump(e) => (EXIT_USAGE, format!("fieldbridge profiles: {e}")),
+    }))
 }
 
 /// `fieldbridge profiles [NAME]`: the profiles, or one of them.
