@@ -22,6 +22,8 @@
 
 pub mod command;
 pub mod modbus;
+#[cfg(test)]
+pub(crate) mod recorder;
 pub mod serial;
 pub mod state;
 

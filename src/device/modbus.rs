@@ -625,6 +625,118 @@ pub fn next_tick(previous: Instant, period: Duration, now: Instant, stats: &BusS
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::BusRequest;
+    use crate::device::recorder::Recorder;
+
+    /// A device polled every second that answers its first three polls with a changing value,
+    /// then goes silent; `offline_after = 2`, `offline_retry = 10s`.
+    fn device() -> Arc<DeviceConfig> {
+        let text = r#"
+[buses.plc]
+kind = "modbus-tcp"
+address = "127.0.0.1:502"
+[devices.meter]
+bus = "plc"
+unit = 1
+poll = "1s"
+offline_after = 2
+offline_retry = "10s"
+[devices.meter.points.power]
+register = "holding:0"
+"#;
+        crate::config::parse(text, std::path::Path::new("t.toml"))
+            .unwrap()
+            .devices["meter"]
+            .clone()
+    }
+
+    /// The poller's timing on tokio's paused clock: no wall time passes, and every instant is
+    /// exact. Polls stay on their 1 s grid; a device silent for `offline_after` polls goes
+    /// offline once, is then probed every `offline_retry` (a read of its first register only),
+    /// and is online again with its first answer.
+    #[tokio::test(start_paused = true)]
+    async fn polls_keep_their_grid_and_a_silent_device_is_probed_every_offline_retry() {
+        let (commands_tx, mut commands) = mpsc::channel(8);
+        let (polls_tx, mut polls) = mpsc::channel(8);
+        let stats = Arc::new(BusStats::default());
+        let poller_stats = stats.clone();
+        let bus = BusHandle::from_senders("plc".into(), commands_tx, polls_tx, stats);
+        let recorder = Recorder::new();
+        let links = recorder.links();
+        let token = CancellationToken::new();
+        let poller = DevicePoller::new("meter", &device(), 10, bus, links);
+        let task = tokio::spawn(poller.run(token.clone()));
+        // The bus: the first three polls answered (values 10, 11, 12), then silence until 42 s,
+        // then answers again (the value is 10 + the request's number); what was asked is
+        // recorded with its time.
+        let mut asked: Vec<(u128, &str)> = Vec::new();
+        let t0 = recorder.t0();
+        let silent = || Err(BusError::Timeout(Duration::from_millis(500)));
+        while asked.len() < 11 {
+            tokio::select! {
+                Some(BusRequest::Poll { reads, reply, .. }) = polls.recv() => {
+                    let n = asked.len() as u16;
+                    let at = t0.elapsed().as_millis();
+                    asked.push((at, "poll"));
+                    let answer = if n < 3 || at >= 42_000 {
+                        reads.iter().map(|_| Ok(RawData::Words(vec![10 + n]))).collect()
+                    } else {
+                        reads.iter().map(|_| silent()).collect()
+                    };
+                    assert!(reply.send(answer).is_ok(), "the poller waits for its answer");
+                }
+                Some(BusRequest::Read { reply, .. }) = commands.recv() => {
+                    let at = t0.elapsed().as_millis();
+                    asked.push((at, "probe"));
+                    let answer = if at >= 42_000 {
+                        Ok(RawData::Words(vec![20]))
+                    } else {
+                        silent()
+                    };
+                    assert!(reply.send(answer).is_ok(), "the poller waits for its answer");
+                }
+            }
+        }
+        token.cancel();
+        task.await.unwrap();
+        // In request order, at exact instants: 1 s apart while online, then (offline after
+        // the second silent poll, at 4 s) a probe every 10 s on the grid from the last poll;
+        // the probe that is answered is followed at once by a full poll.
+        assert_eq!(
+            asked,
+            [
+                (0, "poll"),
+                (1_000, "poll"),
+                (2_000, "poll"),
+                (3_000, "poll"),
+                (4_000, "poll"),
+                (14_000, "probe"),
+                (24_000, "probe"),
+                (34_000, "probe"),
+                (44_000, "probe"),
+                (44_000, "poll"),
+                // Online again: back to 1 s.
+                (45_000, "poll"),
+            ]
+        );
+        // One line per state change, none per poll: no reading while silent, offline once.
+        let events = recorder.events();
+        let expected: Vec<(u128, String)> = [
+            (0, "reading 10"),
+            (0, "online"),
+            (1_000, "reading 11"),
+            (2_000, "reading 12"),
+            (4_000, "offline"),
+            (44_000, "reading 19"),
+            (44_000, "online"),
+            (45_000, "reading 20"),
+        ]
+        .iter()
+        .map(|(t, e)| (*t, e.to_string()))
+        .collect();
+        assert_eq!(events, expected);
+        assert_eq!(BusStats::get(&poller_stats.overruns), 0);
+    }
 
     #[test]
     fn ticks_stay_on_the_grid_and_skipped_ones_are_counted() {

@@ -337,7 +337,55 @@ impl LineDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::serial_line::SerialLineBus;
+    use crate::device::recorder::Recorder;
     use std::path::Path;
+
+    /// Silence on tokio's paused clock: a device is offline one `silence` after its last line
+    /// (counted from start-up too), once, and online with its next line; the instants are
+    /// exact, and no wall time passes.
+    #[tokio::test(start_paused = true)]
+    async fn a_device_is_offline_one_silence_after_its_last_line_and_online_with_the_next() {
+        let text = r#"
+[buses.ard]
+kind = "serial"
+port = "/dev/ttyACM0"
+[devices.w]
+bus = "ard"
+silence = "5s"
+[devices.w.points.t]
+field = "t"
+"#;
+        let c = crate::config::parse(text, Path::new("t.toml")).unwrap();
+        let (_bus, handle) = SerialLineBus::new("ard", &c.buses["ard"]);
+        let recorder = Recorder::new();
+        let t0 = recorder.t0();
+        let (lines, rx) = mpsc::channel(4);
+        let token = CancellationToken::new();
+        let device = LineDevice::new("w", &c.devices["w"], rx, handle, recorder.links());
+        let task = tokio::spawn(device.run(token.clone()));
+        for (at, t) in [(1_000, 1), (3_000, 2), (20_000, 3)] {
+            tokio::time::sleep_until(t0 + Duration::from_millis(at)).await;
+            lines.send(serde_json::json!({ "t": t })).await.unwrap();
+        }
+        // Past the last line's silence (offline at 25 s), then stop.
+        tokio::time::sleep_until(t0 + Duration::from_secs(30)).await;
+        token.cancel();
+        task.await.unwrap();
+        let expected: Vec<(u128, String)> = [
+            (1_000, "reading 1"),
+            (1_000, "online"),
+            (3_000, "reading 2"),
+            (8_000, "offline"),
+            (20_000, "reading 3"),
+            (20_000, "online"),
+            (25_000, "offline"),
+        ]
+        .iter()
+        .map(|(t, e)| (*t, e.to_string()))
+        .collect();
+        assert_eq!(recorder.events(), expected);
+    }
 
     #[test]
     fn line_fields_become_point_values_with_scale_and_labels() {
