@@ -179,15 +179,11 @@ async fn every_built_in_profile_publishes_the_documented_values_units_and_classe
                     p.name
                 ));
             }
-            let mut disc = discovery_entry(&sub, "prof", &p.name, point);
-            for _ in 0..100 {
-                if disc.is_some() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                disc = discovery_entry(&sub, "prof", &p.name, point);
-            }
-            let disc = disc.unwrap_or(Value::Null);
+            let disc = common::poll_async(WAIT, Duration::from_millis(100), || {
+                discovery_entry(&sub, "prof", &p.name, point)
+            })
+            .await
+            .unwrap_or(Value::Null);
             for (key, field) in [
                 ("device_class", "device_class"),
                 ("state_class", "state_class"),
