@@ -14,7 +14,7 @@ use common::WAIT;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::gateway::{GatewayProcess, InProcess};
 use common::modbus::FakeModbus;
@@ -615,7 +615,8 @@ async fn a_command_for_an_offline_device_is_refused_at_once_and_refresh_tries_it
                 json_of(&m.payload),
                 json!({"id": id, "action": "set", "ok": false, "error": "device offline"})
             );
-            // Commands spread over time, as a user's clicks: not one burst the link batches.
+            // Commands spread over time, as a user's clicks: not one burst the link batches
+            // (each latency is then that of a lone command, the thing measured).
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
     }
@@ -714,31 +715,21 @@ async fn a_retained_command_is_not_executed_at_a_start_or_a_reconnect() {
     // is where to look: a subscriber of ours may reconnect after the result went out.)
     broker.restart_saving();
     let db = dir.path().join("history.db");
-    let refused_again = async {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(pool) = fieldbridge::history::open_read_only(&db).await {
-                let events = fieldbridge::history::events(&pool)
-                    .await
-                    .unwrap_or_default();
-                let n = events
-                    .iter()
-                    .filter(|e| {
-                        e.kind == "command"
-                            && e.detail.contains("live")
-                            && e.detail.contains("retained")
-                    })
-                    .count();
-                if n > 0 {
-                    return true;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        false
-    };
+    let refused_again = common::poll_queried(WAIT, Duration::from_millis(200), async || {
+        let pool = fieldbridge::history::open_read_only(&db).await.ok()?;
+        let events = fieldbridge::history::events(&pool)
+            .await
+            .unwrap_or_default();
+        events
+            .iter()
+            .any(|e| {
+                e.kind == "command" && e.detail.contains("live") && e.detail.contains("retained")
+            })
+            .then_some(())
+    })
+    .await;
     assert!(
-        refused_again.await,
+        refused_again.is_some(),
         "not refused at the reconnect:\n{}",
         gw.log()
     );
@@ -961,7 +952,8 @@ async fn on_a_busy_rtu_bus_a_command_waits_for_one_read_at_most() {
     let mut publisher = LinePublisher::start(broker.port, "t/lab/device/a/command");
     let mut latencies = Vec::new();
     for i in 0..8u64 {
-        // Spread over the cycle: some land in a's poll, some in b's.
+        // Spread over the 2.4 s cycle at varied offsets, so that some land in a's poll and some
+        // in b's: when a command arrives relative to the reads is the thing varied.
         tokio::time::sleep(Duration::from_millis(400 + 137 * i)).await;
         let id = format!("c{i}");
         let sent = publisher.send(&format!(r#"{{"id": "{id}", "p1": {i}}}"#));

@@ -90,6 +90,7 @@ impl Rig {
                                 break;
                             }
                         }
+                        // The device's own pace: a line every 100 ms.
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 });

@@ -43,7 +43,10 @@ fn jitter(n: u64) -> u64 {
     (t.wrapping_mul(6364136223846793005) >> 17) % n.max(1)
 }
 
+/// A real duration of the campaign: a fault's length, a moment chosen at random, a sampling
+/// interval, a warm-up. Each call says which; events are waited for, never slept for.
 fn sleep_ms(ms: u64) {
+    // The duration the caller names (see above).
     std::thread::sleep(Duration::from_millis(ms));
 }
 
@@ -186,6 +189,7 @@ fn fds_peak(pid: i32, window: Duration) -> Vec<String> {
     let end = Instant::now() + window;
     let mut peak = fds(pid);
     while Instant::now() < end {
+        // The sampling interval over the window.
         sleep_ms(50);
         let now = fds(pid);
         if now.len() > peak.len() {
@@ -198,14 +202,10 @@ fn fds_peak(pid: i32, window: Duration) -> Vec<String> {
 /// The descriptors once they are back to at most `baseline`, or the last look after `within`:
 /// what comes and goes settles, a leak stays.
 fn fds_settled(pid: i32, baseline: usize, within: Duration) -> Vec<String> {
-    let end = Instant::now() + within;
-    loop {
-        let now = fds(pid);
-        if now.len() <= baseline || Instant::now() >= end {
-            return now;
-        }
-        sleep_ms(50);
-    }
+    common::poll(within, Duration::from_millis(50), || {
+        Some(fds(pid)).filter(|now| now.len() <= baseline)
+    })
+    .unwrap_or_else(|| fds(pid))
 }
 
 /// Health reports until `counter` (a path like `["history", "full"]`) reaches `at_least`.
@@ -243,6 +243,8 @@ fn broker_killed_and_restarted_under_load_leaves_nothing_stale_and_answers_every
     let gw = GatewayProcess::spawn(&cfg, &[("RUST_LOG", "info"), ("MALLOC_ARENA_MAX", "1")]);
     let pid = gw.pid().as_raw();
     wait_retained(port, "f/gateway/fz/status", online, WAIT).expect("online");
+    // A warm-up at full load (queues, caches and the allocator's arenas grown to their working
+    // size) before the memory baseline: the leak looked for is growth beyond it.
     sleep_ms(3000);
     let baseline = rss_kib(pid);
 
@@ -264,22 +266,23 @@ fn broker_killed_and_restarted_under_load_leaves_nothing_stale_and_answers_every
             );
             sent += 1;
         }
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let seen = results.seen();
-            if ids.iter().all(|id| {
-                seen.iter()
-                    .any(|m| json_of(&m.payload)["id"] == *id.as_str())
-            }) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: not every command was answered: {seen:?}"
-            );
-            sleep_ms(50);
-        }
-        // Late duplicates would show up here.
+        common::until_blocking(
+            WAIT,
+            || {
+                let seen = results.seen();
+                ids.iter().all(|id| {
+                    seen.iter()
+                        .any(|m| json_of(&m.payload)["id"] == *id.as_str())
+                })
+            },
+            || {
+                format!(
+                    "round {round}: not every command was answered: {:?}",
+                    results.seen()
+                )
+            },
+        );
+        // Something that must not happen (a late duplicate answer): given 300 ms to show.
         sleep_ms(300);
         let seen = results.on(&format!("{cmd}/result"));
         for id in &ids {
@@ -294,9 +297,10 @@ fn broker_killed_and_restarted_under_load_leaves_nothing_stale_and_answers_every
         queued_seen.push(next_health(&health)["mqtt"]["queued"].as_u64().unwrap());
         drop(results);
         drop(health);
-        // Readings in flight when it dies; an outage long enough to overflow the queue.
+        // Readings in flight when it dies, at a moment chosen at random...
         sleep_ms(jitter(700));
         rig.broker.kill();
+        // ...and an outage long enough to overflow the queue.
         sleep_ms(600 + jitter(900));
         rig.broker.restart();
         wait_retained(port, "f/gateway/fz/status", online, WAIT)
@@ -396,8 +400,11 @@ retries = 0
         // A missed poll or two (below offline_after = 3) must not flip availability.
         sub.clear();
         fake.unit(2, |u| u.silent = true);
+        // Silent for 350 ms: one or two of its 300 ms polls missed.
         sleep_ms(350);
         fake.unit(2, |u| u.silent = false);
+        // Answering again for 700 ms (two polls), in which a flip of its availability would
+        // show.
         sleep_ms(700);
         assert!(
             sub.on(avail).is_empty(),
@@ -544,6 +551,7 @@ register = "holding:0"
     for i in 0..times {
         cable.unplug();
         rs485.unplug();
+        // Unplugged for a while chosen at random, as a person pulling the adapters.
         sleep_ms(200 + jitter(800));
         cable.plug();
         rs485.plug();
@@ -604,6 +612,8 @@ fn fifty_reloads_under_load_keep_the_mqtt_session_and_leak_no_tasks_or_descripto
     status
         .wait_for("f/gateway/fz/status", online, WAIT)
         .unwrap();
+    // A warm-up at full load before the baseline of tasks and descriptors that reloads must
+    // come back to.
     sleep_ms(2000);
     let before = next_health(&health);
     let fds_before = fds_peak(pid, Duration::from_secs(1));
@@ -616,20 +626,20 @@ fn fifty_reloads_under_load_keep_the_mqtt_session_and_leak_no_tasks_or_descripto
         };
         std::fs::write(&gw.config_path, text).unwrap();
         gw.signal(Signal::SIGHUP);
-        let deadline = Instant::now() + WAIT;
-        while gw.log().matches("SIGHUP: config reloaded").count() < i + 1 {
-            assert!(
-                Instant::now() < deadline,
-                "reload {i} not done: {}",
-                gw.log()
-            );
-            sleep_ms(20);
-        }
+        assert!(
+            gw.wait_log_count("SIGHUP: config reloaded", i + 1, WAIT),
+            "reload {i} not done: {}",
+            gw.log()
+        );
+        // The next reload after a while chosen at random.
         sleep_ms(jitter(300));
     }
-    // Back to the first config: the same tasks as before.
-    sleep_ms(1500);
-    let after = next_health(&health);
+    // Back to the first config: the same tasks as before, once the removed device's have
+    // ended (what comes and goes settles, a leak stays).
+    let after = common::poll(WAIT, Duration::ZERO, || {
+        Some(next_health(&health)).filter(|h| h["tasks"] == before["tasks"])
+    })
+    .unwrap_or_else(|| next_health(&health));
     let fds_after = fds_settled(pid, fds_before.len(), Duration::from_secs(5));
     let threads_after = proc_status(pid, "Threads:");
     println!(
@@ -671,6 +681,17 @@ async fn newest_reading_ms(db: &std::path::Path) -> Option<i64> {
     ts
 }
 
+/// The readings in the history file.
+async fn readings(db: &std::path::Path) -> i64 {
+    let pool = fieldbridge::history::open_read_only(db).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM readings")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    n
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -690,8 +711,13 @@ fn a_full_history_makes_room_and_a_deleted_one_is_recreated_while_bridging_goes_
     let gw = GatewayProcess::spawn(&cfg, &[("RUST_LOG", "info")]);
     // 1,000 rows a second fill 256 KiB in seconds.
     let full = health_until(&health, ["history", "full"], 2, Duration::from_secs(60));
-    sleep_ms(2000);
-    let later = next_health(&health);
+    // Full twice more: room made again and again while the rows keep coming.
+    let later = health_until(
+        &health,
+        ["history", "full"],
+        full["history"]["full"].as_u64().unwrap() + 2,
+        Duration::from_secs(60),
+    );
     let size = std::fs::metadata(&db).unwrap().len();
     println!("full: {full}\nlater: {later}\nfile {size} bytes");
     assert!(size <= 256 * 1024, "the file outgrew max_size: {size}");
@@ -711,7 +737,16 @@ fn a_full_history_makes_room_and_a_deleted_one_is_recreated_while_bridging_goes_
     }
     sensor.clear();
     let h = health_until(&health, ["history", "reopened"], 1, WAIT);
-    sleep_ms(1500);
+    // Readings recorded in the new file and published meanwhile.
+    common::until_blocking(
+        WAIT,
+        || {
+            rt.block_on(newest_reading_ms(&db))
+                .is_some_and(|n| n > deleted_at)
+                && sensor.on("f/lab/sensor/d5/p5").len() >= 5
+        },
+        || "nothing recorded in the new file, or bridging stopped".into(),
+    );
     let newest = rt.block_on(newest_reading_ms(&db)).expect("a new database");
     assert!(newest > deleted_at, "nothing written after the delete");
     assert!(
@@ -743,23 +778,22 @@ fn kill_9_at_random_moments_restarts_cleanly_with_an_intact_history() {
         let log = gw.log();
         assert!(!log.contains("history database"), "run {run}: {log}");
         assert!(!log.contains("ERROR"), "run {run}: {log}");
+        // Killed at a moment chosen at random.
         sleep_ms(jitter(2500));
         gw.signal(Signal::SIGKILL);
         drop(gw);
-        rows.push(rt.block_on(async {
-            let pool = fieldbridge::history::open_read_only(&db).await.unwrap();
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM readings")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            pool.close().await;
-            n
-        }));
+        rows.push(rt.block_on(readings(&db)));
     }
-    // A last clean run, then the file is checked page by page.
+    // A last clean run that records readings of its own, then the file is checked page by
+    // page.
     let mut gw = GatewayProcess::spawn(&cfg, &[("RUST_LOG", "info")]);
     wait_retained(broker.port, "f/gateway/fz/status", online, WAIT).unwrap();
-    sleep_ms(500);
+    let killed = *rows.last().unwrap();
+    common::until_blocking(
+        WAIT,
+        || rt.block_on(readings(&db)) > killed,
+        || format!("the last run recorded nothing: {}", gw.log()),
+    );
     gw.signal(Signal::SIGTERM);
     assert!(gw.wait_exit(Duration::from_secs(3)).unwrap().success());
     let check: String = rt.block_on(async {

@@ -12,7 +12,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use common::gateway::{GatewayProcess, InProcess};
 use common::modbus::FakeModbus;
@@ -233,18 +233,20 @@ async fn forward_rest_with(
     );
     let stop = CancellationToken::new();
     let task = tokio::spawn(forwarder.run(stop.clone()));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (l, c) = counts(db, pool, gateway).await;
-        if l == c {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{gateway}: {c} of {l} rows forwarded"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let last = std::cell::Cell::new((0, 0));
+    common::until_queried(
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        async || {
+            last.set(counts(db, pool, gateway).await);
+            last.get().0 == last.get().1
+        },
+        || {
+            let (l, c) = last.get();
+            format!("{gateway}: {c} of {l} rows forwarded")
+        },
+    )
+    .await;
     stop.cancel();
     task.await.unwrap();
 }
@@ -309,16 +311,19 @@ async fn three_gateways_write_to_one_database_and_each_reading_arrives_once_with
     }
     let pool = pg.pool().await;
     // Rows reach the database while the gateways run...
-    let deadline = Instant::now() + CATCH_UP;
     for (id, gw, _) in &running {
-        loop {
-            let (_, c) = counts(&gw.dir.path().join("history.db"), &pool, id).await;
-            if c >= 50 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{id}: only {c} rows forwarded");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let db = gw.dir.path().join("history.db");
+        let c = std::cell::Cell::new(0);
+        common::until_queried(
+            CATCH_UP,
+            Duration::from_millis(100),
+            async || {
+                c.set(counts(&db, &pool, id).await.1);
+                c.get() >= 50
+            },
+            || format!("{id}: only {} rows forwarded", c.get()),
+        )
+        .await;
     }
     // ...and a clean stop sends the last of them (the stop event included).
     let mut total = 0;
@@ -409,23 +414,19 @@ async fn a_60_s_cut_under_1000_readings_per_s_leaves_exactly_the_local_rows_in_t
 
     // Back: the rows that waited go out, and the backlog drains while new ones keep coming.
     health.clear();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Some(h) = health_json(&health, id) {
-            if h["forward"]["connected"] == true
-                && h["forward"]["pending"].as_u64().unwrap() < 2_000
-            {
-                assert!(h["forward"]["lag"].as_f64().unwrap() < 10.0, "{h}");
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "backlog not sent: {:?}",
-            health_json(&health, id)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let drained = health
+        .wait_for(
+            &format!("t/gateway/{id}/health"),
+            |p| {
+                let h = common::json_of(p);
+                h["forward"]["connected"] == true
+                    && h["forward"]["pending"].as_u64().is_some_and(|n| n < 2_000)
+            },
+            Duration::from_secs(90),
+        )
+        .unwrap_or_else(|| panic!("backlog not sent: {:?}", health_json(&health, id)));
+    let h = common::json_of(&drained.payload);
+    assert!(h["forward"]["lag"].as_f64().unwrap() < 10.0, "{h}");
     let (code, dir) = gw.stop_keeping_dir().await;
     assert_eq!(code, 0);
     let db = dir.path().join("history.db");
@@ -489,20 +490,15 @@ async fn killed_with_9_mid_forwarding_ten_times_no_row_is_missing_or_twice() {
         let (_, before) = counts(&db, &pool, id).await;
         let mut gw = GatewayProcess::spawn_in(dir.take().unwrap(), &cfg, &[("RUST_LOG", "info")]);
         // Forwarding is under way: rows keep arriving in the database...
-        let deadline = Instant::now() + CATCH_UP;
-        loop {
-            let (_, c) = counts(&db, &pool, id).await;
-            if c > before {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: nothing forwarded\n{}",
-                gw.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // ...when it is killed, at a different moment each round.
+        common::until_queried(
+            CATCH_UP,
+            Duration::from_millis(20),
+            async || counts(&db, &pool, id).await.1 > before,
+            || format!("round {round}: nothing forwarded\n{}", gw.log()),
+        )
+        .await;
+        // ...when it is killed, at a different moment each round: the offset into the
+        // forwarding (0 to 333 ms) is the thing varied.
         tokio::time::sleep(Duration::from_millis(37 * round)).await;
         gw.signal(Signal::SIGKILL);
         gw.wait_exit(CATCH_UP).unwrap();
@@ -598,7 +594,8 @@ async fn the_database_dropping_the_connection_mid_batch_loses_and_doubles_nothin
             || format!("round {i}: not forwarding again"),
         )
         .await;
-        // Cut at a different moment of the batch each round.
+        // Cut at a different moment of the batch each round: the offset (0 to 117 ms) is the
+        // thing varied.
         tokio::time::sleep(Duration::from_millis(13 * i)).await;
         let killed: Vec<bool> = sqlx::query_scalar(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
@@ -662,7 +659,8 @@ async fn a_database_crash_mid_forwarding_loses_and_doubles_nothing() {
         // The server dies with batches in flight, and comes back after recovery.
         pool.close().await;
         pg.crash();
-        // Down for half a second, as a crashed server before its restart.
+        // Down for half a second, as a crashed server before its restart: the outage is the
+        // thing tested (the gateway's attempts meanwhile are refused).
         tokio::time::sleep(Duration::from_millis(500)).await;
         pg.run();
         pool = private_pool(&pg, "central").await;
@@ -683,25 +681,17 @@ async fn the_password_comes_from_password_file_or_the_environment_and_is_never_l
     let broker = Mosquitto::start();
     let (_fake, addr) = devices(3).await;
     let pool = private_pool(&pg, "central").await;
-    let arrived = |id: &'static str| {
-        let pool = pool.clone();
-        async move {
-            let deadline = Instant::now() + CATCH_UP;
-            loop {
-                let n: Result<i64, _> =
-                    sqlx::query_scalar("SELECT count(*) FROM readings WHERE gateway = $1")
-                        .bind(id)
-                        .fetch_one(&pool)
-                        .await;
-                if n.is_ok_and(|n| n > 0) {
-                    return true;
-                }
-                if Instant::now() > deadline {
-                    return false;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+    let arrived = async |id: &'static str| {
+        common::poll_queried(CATCH_UP, Duration::from_millis(100), async || {
+            let n: Result<i64, _> =
+                sqlx::query_scalar("SELECT count(*) FROM readings WHERE gateway = $1")
+                    .bind(id)
+                    .fetch_one(&pool)
+                    .await;
+            n.is_ok_and(|n| n > 0).then_some(())
+        })
+        .await
+        .is_some()
     };
     let spawn = |id: &str, password_file: Option<&str>, env: &[(&str, &str)]| {
         let dir = tempfile::tempdir().unwrap();
@@ -860,15 +850,16 @@ async fn tls_follows_sslmode_and_a_certificate_for_another_name_is_refused() {
         let stop = CancellationToken::new();
         let task =
             tokio::spawn(Forwarder::new(db.clone(), id, &f.url, options, link).run(stop.clone()));
-        let deadline = Instant::now() + CATCH_UP;
-        loop {
-            let errors = stats.errors.load(std::sync::atomic::Ordering::Relaxed);
-            if reaches && counts(&db, &pool, id).await.1 > 0 || !reaches && errors >= 2 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{id}: {stats:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        common::until_queried(
+            CATCH_UP,
+            Duration::from_millis(50),
+            async || {
+                let errors = stats.errors.load(std::sync::atomic::Ordering::Relaxed);
+                reaches && counts(&db, &pool, id).await.1 > 0 || !reaches && errors >= 2
+            },
+            || format!("{id}: {stats:?}"),
+        )
+        .await;
         if reaches {
             let ssl: bool = sqlx::query_scalar(
                 "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1",

@@ -538,8 +538,12 @@ fn switching_modes_keeps_entity_ids_and_leaves_no_orphans(ha: &HomeAssistant, br
                 "{mode}: orphans or missing configs: {on_broker:?}, want {want:?}\n{}",
                 gw.log()
             );
+            // The poll interval while the configs settle on the broker.
             std::thread::sleep(Duration::from_millis(200));
         }
+        // Home Assistant takes the configs up in its own time, and nothing on the broker says
+        // when it has: a second copy of an entity (`_2`), which must not happen, is given 2 s
+        // to show before the checks below.
         std::thread::sleep(Duration::from_secs(2));
         // The same entity ids, each on its device, and no second copy (`_2`) of any.
         let mut devices = BTreeMap::new();

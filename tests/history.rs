@@ -59,8 +59,10 @@ async fn the_history_holds_exactly_what_was_published_with_availability_and_comm
     );
     sub.wait_for("t/lab/device/d/command/result", |p| p.contains("h1"), WAIT)
         .unwrap();
-    // Readings go on for half a second after the command: the history holds more than it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Readings go on after the command (three more of `a`): the history holds more than it.
+    let after = sub.on("t/lab/sensor/d/a").len() + 3;
+    sub.wait_nth("t/lab/sensor/d/a", after, WAIT)
+        .expect("readings after the command");
     let (code, _dir) = gw.stop_keeping_dir().await;
     assert_eq!(code, 0);
 
@@ -205,8 +207,22 @@ async fn kill_9_during_heavy_writing_leaves_an_intact_file_missing_at_most_the_l
         .replace("{dir}", &dir.path().display().to_string());
     let db = dir.path().join("history.db");
     let mut gw = GatewayProcess::spawn(&cfg, &[("RUST_LOG", "warn")]);
-    // 2.5 s of heavy writing (400 points every 20 ms), then the kill lands mid-stream.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Heavy writing (400 points every 20 ms) under way, several flush windows of it committed,
+    // then the kill lands mid-stream.
+    let committed = async || -> Option<i64> {
+        let pool = history::open_read_only(&db).await.ok()?;
+        let n = sqlx::query_scalar("SELECT count(*) FROM readings")
+            .fetch_one(&pool)
+            .await
+            .ok();
+        pool.close().await;
+        n
+    };
+    let before_kill = common::poll_queried(WAIT, Duration::from_millis(100), async || {
+        committed().await.filter(|n| *n >= 5_000)
+    })
+    .await
+    .expect("5,000 readings committed");
     let killed_at = SystemTime::now();
     gw.signal(Signal::SIGKILL);
     gw.wait_exit(WAIT).unwrap();
@@ -219,8 +235,8 @@ async fn kill_9_during_heavy_writing_leaves_an_intact_file_missing_at_most_the_l
     assert_eq!(check, "ok");
     let rows = history::query(&pool, &Filter::default()).await.unwrap();
     assert!(
-        rows.len() > 1000,
-        "only {} rows written under load",
+        rows.len() as i64 >= before_kill,
+        "{} rows after the kill, {before_kill} committed before it",
         rows.len()
     );
     let last = rows.iter().map(|r| r.timestamp).fold(0.0, f64::max);
@@ -470,28 +486,38 @@ async fn history_keeps_recording_while_the_broker_is_away() {
         "[gateway]\nid = \"away\"\nbase_topic = \"t\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n[history]\npath = \"{{dir}}/history.db\"\nflush = \"100ms\"\n[buses.plc]\nkind = \"modbus-tcp\"\naddress = \"{addr}\"\n[devices.d]\nbus = \"plc\"\nunit = 1\npoll = \"100ms\"\n[devices.d.points.a]\nregister = \"holding:0\"\n",
         broker.port
     );
+    let sub = Subscriber::connect(broker.port, "t/#");
     let gw = InProcess::start(&cfg).await;
     let db = gw.dir.path().join("history.db");
-    // Half a second with the broker, then 1.5 s without it: both stretches must be recorded.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Readings published while the broker is there; then, with it gone, eight more recorded.
+    sub.wait_nth("t/home/sensor/d/a", 3, WAIT)
+        .unwrap_or_else(|| panic!("no readings published: {:?}", sub.seen()));
     broker.kill();
     let away_from = SystemTime::now();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (_, _dir) = gw.stop_keeping_dir().await;
-    let pool = history::open_read_only(&db).await.unwrap();
-    let rows = history::query(
-        &pool,
-        &Filter {
+    let away = async || -> usize {
+        let Ok(pool) = history::open_read_only(&db).await else {
+            return 0;
+        };
+        let filter = Filter {
             since: Some(away_from),
             ..Filter::default()
-        },
+        };
+        let n = history::query(&pool, &filter).await.map_or(0, |r| r.len());
+        pool.close().await;
+        n
+    };
+    common::until_queried(
+        WAIT,
+        Duration::from_millis(100),
+        async || away().await >= 8,
+        || "fewer than 8 readings recorded while the broker was away".into(),
     )
-    .await
-    .unwrap();
+    .await;
+    let (_, _dir) = gw.stop_keeping_dir().await;
+    let n = away().await;
     assert!(
-        rows.len() >= 8,
-        "only {} readings recorded while the broker was away",
-        rows.len()
+        n >= 8,
+        "only {n} readings recorded while the broker was away"
     );
 }
 
@@ -515,6 +541,7 @@ async fn a_capped_history_full_again_and_again_drops_nothing_and_keeps_the_newes
     let stop = CancellationToken::new();
     let task = tokio::spawn(writer.run(stop.clone()));
     let t0 = SystemTime::now();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     let mut last = 0;
     for batch in 0..40u64 {
         for i in 0..500u64 {
@@ -526,12 +553,18 @@ async fn a_capped_history_full_again_and_again_drops_nothing_and_keeps_the_newes
                 &Value::Int(i128::from(last)),
             );
         }
-        // Batches a flush window apart, as a poll loop produces them.
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        // Each batch written (or dropped, which is counted and fails below) before the next
+        // comes, as a poll loop's batches come a flush window apart.
+        let handled = (batch + 1) * 500;
+        common::until(
+            WAIT,
+            || load(&h.stats.rows) + load(&h.stats.dropped) >= handled,
+            || format!("batch {batch} not written: {:?}", h.stats),
+        )
+        .await;
     }
     stop.cancel();
     task.await.unwrap();
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     assert!(load(&h.stats.full) >= 3, "never full: {:?}", h.stats);
     assert_eq!(load(&h.stats.dropped), 0, "{:?}", h.stats);
     assert_eq!(load(&h.stats.rows), 20_000, "{:?}", h.stats);
@@ -611,8 +644,9 @@ async fn history_events_show_availability_changes_and_commands_with_their_result
         WAIT,
     )
     .unwrap();
-    // A second of heartbeats: readings enough for --limit to cut.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Heartbeats: readings enough for --limit to cut.
+    sub.wait_nth("t/lab/sensor/d/a", 6, WAIT)
+        .expect("heartbeats");
     let (code, dir) = gw.stop_keeping_dir().await;
     assert_eq!(code, 0);
     let config = dir.path().join("config.toml");
@@ -732,6 +766,7 @@ fn peak_rss_kib(child: &mut std::process::Child) -> u64 {
         if child.try_wait().unwrap().is_some() {
             return peak;
         }
+        // The sampling interval: short, so the peak of a brief run is seen.
         std::thread::sleep(Duration::from_millis(2));
     }
 }

@@ -17,7 +17,6 @@ use common::WAIT;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use common::gateway::{GatewayProcess, InProcess};
 use common::home_assistant::{self, EVERY_COMPONENT, Render, discovery_topics, ours_on_broker};
@@ -332,21 +331,19 @@ async fn the_gateways_health_entities_render_against_the_health_it_publishes() {
         .replace("127.0.0.1:1", &silent.to_string());
     let gw = InProcess::start(&text).await;
     // The second report has utilisation over a whole interval and the bus's first timeouts.
-    let deadline = Instant::now() + WAIT;
-    let health = loop {
-        let seen = sub.on("t/gateway/hg/health");
-        if let Some(m) = seen
-            .iter()
-            .find(|m| m.payload.contains("\"timeouts\":") && !m.payload.contains("\"timeouts\":0"))
-        {
-            break m.payload.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no health with timeouts: {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let health = sub
+        .wait_for(
+            "t/gateway/hg/health",
+            |p| p.contains("\"timeouts\":") && !p.contains("\"timeouts\":0"),
+            WAIT,
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "no health with timeouts: {:?}",
+                sub.on("t/gateway/hg/health")
+            )
+        })
+        .payload;
     gw.stop().await;
     let h: Json = serde_json::from_str(&health).unwrap();
     let config =
@@ -439,19 +436,18 @@ async fn discovery_is_republished_when_home_assistant_comes_online_and_removed_f
         &[("d", &["a"]), ("e", &["x"])],
     ))
     .await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let ours = ours_on_broker(broker.port, "hagw");
-        let done = !ours.contains_key(config)
+    let done = |ours: &BTreeMap<String, Json>| {
+        !ours.contains_key(config)
             && ours.contains_key("homeassistant/sensor/hagw_d/a/config")
             && ours.contains_key("homeassistant/sensor/hagw_e/x/config")
-            && !ours.keys().any(|t| t.ends_with("/b/config"));
-        if done {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{:?}", ours.keys());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            && !ours.keys().any(|t| t.ends_with("/b/config"))
+    };
+    common::until(
+        WAIT,
+        || done(&ours_on_broker(broker.port, "hagw")),
+        || format!("{:?}", ours_on_broker(broker.port, "hagw").keys()),
+    )
+    .await;
     gw.stop().await;
 }
 
@@ -525,8 +521,8 @@ async fn the_start_up_scan_leaves_nothing_queued_in_the_persistent_session() {
         )
         .is_some()
     );
-    // Wait for the scan to end (its probe unsubscribed) before stopping.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The scan is over: nothing is published before it ends, and its unsubscriptions go out
+    // ahead of what it publishes, so the broker dropped them before it took the config above.
     gw.stop().await;
     for i in 0..20 {
         publish(
@@ -699,17 +695,15 @@ async fn reloads_remove_configs_and_old_topics_and_follow_a_new_prefix() {
     )
     .unwrap();
     gw.signal(Signal::SIGHUP);
-    let deadline = Instant::now() + WAIT;
-    while retained(broker.port, "ha2/device/rl_d/config").is_some()
-        || retained(broker.port, "ha2/device/rl/config").is_some()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "configs left with discovery off\n{}",
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::until(
+        WAIT,
+        || {
+            retained(broker.port, "ha2/device/rl_d/config").is_none()
+                && retained(broker.port, "ha2/device/rl/config").is_none()
+        },
+        || format!("configs left with discovery off\n{}", gw.log()),
+    )
+    .await;
     assert!(gw.is_running());
 }
 
@@ -733,18 +727,13 @@ async fn switching_modes_migrates_in_order_and_leaves_no_orphan_configs() {
         sub.clear();
         let gw = InProcess::start(text).await;
         let want = discovery_topics(text);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let topics: Vec<String> = ours_on_broker(broker.port, "mg").into_keys().collect();
-            if topics == want {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{mode}: on the broker {topics:?}, want {want:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let topics = || -> Vec<String> { ours_on_broker(broker.port, "mg").into_keys().collect() };
+        common::until(
+            WAIT,
+            || topics() == want,
+            || format!("{mode}: on the broker {:?}, want {want:?}", topics()),
+        )
+        .await;
         let kind = |p: &str| {
             if p.is_empty() {
                 "remove"

@@ -138,9 +138,15 @@ fn with_no_broker_at_start_it_is_ready_idles_and_connects_when_the_broker_appear
         gw.log()
     );
     // While the broker is away: no busy loop. 3 s of retrying with a 1 s backoff cap must cost
-    // far less than a core (generous bound: 30 ticks = 0.3 s of CPU).
-    std::thread::sleep(Duration::from_millis(500));
+    // far less than a core (generous bound: 30 ticks = 0.3 s of CPU). Measured from its second
+    // failed attempt, when the start's own work is done and it only retries.
+    assert!(
+        gw.wait_log("still not connected", WAIT),
+        "no retry without a broker; log:\n{}",
+        gw.log()
+    );
     let before = gw.cpu_ticks();
+    // The measured stretch: 3 s of retrying.
     std::thread::sleep(Duration::from_secs(3));
     let used = gw.cpu_ticks() - before;
     assert!(
@@ -207,8 +213,21 @@ fn a_bad_config_on_sighup_is_refused_with_its_errors_and_the_gateway_keeps_runni
             .wait_for(|m| m.starts_with("RELOADING=1"), WAIT)
             .is_some()
     );
-    // Something that must not happen (the process exiting on the bad file): given 300 ms.
-    std::thread::sleep(Duration::from_millis(300));
+    // Still at work on the running config after the refusal: a command is answered.
+    let result = "test/lab/device/lamp/command/result";
+    let sub = Subscriber::connect(broker.port, result);
+    publish(
+        broker.port,
+        "test/lab/device/lamp/command",
+        r#"{"id": "after-hup"}"#,
+        false,
+    );
+    assert!(
+        sub.wait_for(result, |p| p.contains("after-hup"), WAIT)
+            .is_some(),
+        "no result after the refused reload; log:\n{}",
+        gw.log()
+    );
     assert!(gw.is_running());
     assert_eq!(
         wait_retained(broker.port, status, online, WAIT).map(|p| online(&p)),
@@ -304,7 +323,8 @@ fn a_password_file_logs_in_and_a_wrong_password_is_not_authorized_and_never_logg
     let cfg = config_text(dir.path(), broker.port, "gw-auth2", &extra);
     let mut bad = GatewayProcess::spawn_in(dir, &cfg, &[("RUST_LOG", "trace")]);
     assert!(bad.wait_log("not authorized", WAIT), "{}", bad.log());
-    // A crash would follow the refusal at once; 1.5 s spans several reconnect attempts.
+    // A crash would follow the refusal at once. The window over which attempts are counted
+    // below: 1.5 s spans several with reconnect_min 100 ms, max 1 s.
     std::thread::sleep(Duration::from_millis(1500));
     assert!(bad.is_running(), "crashed on a refused login");
     let log = bad.log();
@@ -330,8 +350,7 @@ fn a_password_file_logs_in_and_a_wrong_password_is_not_authorized_and_never_logg
 }
 
 fn wait_for_retained_auth(port: u16, topic: &str) -> Option<String> {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
+    common::poll(WAIT, Duration::from_millis(100), || {
         let out = std::process::Command::new("mosquitto_sub")
             .args([
                 "-h",
@@ -347,12 +366,8 @@ fn wait_for_retained_auth(port: u16, topic: &str) -> Option<String> {
             .output()
             .ok()?;
         let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if online(&s) {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    None
+        online(&s).then_some(s)
+    })
 }
 
 #[test]
@@ -407,8 +422,12 @@ fn tls_with_a_ca_and_client_certificate_connects_and_a_wrong_ca_is_a_clear_retri
         log.to_lowercase().contains("certificate"),
         "the error should name the certificate problem:\n{log}"
     );
-    // A crash would follow the TLS failure at once; 1.5 s spans several reconnect attempts.
-    std::thread::sleep(Duration::from_millis(1500));
+    // A crash would follow the TLS failure at once: it lives on to try again, twice.
+    assert!(
+        bad.wait_log_count("still not connected", 2, WAIT),
+        "{}",
+        bad.log()
+    );
     assert!(bad.is_running());
     assert!(common::mosquitto::retained(plain_port, "test/gateway/gw-tls-bad/status").is_none());
 }
@@ -439,8 +458,12 @@ fn tls_verification_is_on_by_default_and_tls_insecure_is_an_explicit_logged_opt_
         "{}",
         strict.log()
     );
-    // Something that must not happen (an exit on the refused certificate): given a second.
-    std::thread::sleep(Duration::from_millis(1000));
+    // No exit on the refused certificate: it lives on to try again, twice.
+    assert!(
+        strict.wait_log_count("still not connected", 2, WAIT),
+        "{}",
+        strict.log()
+    );
     assert!(strict.is_running());
     assert!(common::mosquitto::retained(plain_port, "test/gateway/gw-strict/status").is_none());
 
@@ -512,9 +535,16 @@ async fn sigterm_with_dead_rtu_units_exits_0_in_2s_publishes_offline_and_flushes
     // Readings flow, and the dead units' timeouts are on the wire.
     sub.wait_for("test/lab/sensor/live/v", |_| true, WAIT)
         .expect("live readings");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let dead_polls = fake.log().iter().filter(|s| s.unit != 1).count();
-    assert!(dead_polls >= 2, "the dead units were not polled");
+    common::until(
+        WAIT,
+        || {
+            [2, 3]
+                .iter()
+                .all(|u| fake.log().iter().any(|s| s.unit == *u))
+        },
+        || "the dead units were not polled".into(),
+    )
+    .await;
     let before = std::time::SystemTime::now();
     let t0 = Instant::now();
     gw.signal(Signal::SIGTERM);

@@ -61,21 +61,30 @@ async fn late_answer_is_never_taken_for_the_next(handle: &BusHandle, fake: &Fake
     fake.unit(1, |u| u.delay = Duration::from_millis(400));
     let r = handle.read(1, holding(100)).await;
     assert!(matches!(r, Err(BusError::Timeout(_))), "{r:?}");
-    // Let the late answer arrive, then ask for something else.
+    // The late answer (400 ms after the request, 200 ms after the timeout) arrives while the
+    // bus is idle, then something else is asked. Waiting out the device's delay is the point:
+    // nothing shows when the late frame is through, and an RTU answer still on the line as the
+    // next request goes out carries nothing to tell it from that request's own.
     tokio::time::sleep(Duration::from_millis(500)).await;
     fake.unit(1, |u| u.delay = Duration::ZERO);
-    for _ in 0..3 {
+    // An error is acceptable (never a wrong value): three tries, 100 ms apart.
+    let mut tries = 0;
+    let good = common::poll_queried(common::WAIT, Duration::from_millis(100), async || {
+        tries += 1;
         match handle.read(1, holding(200)).await {
-            Ok(RawData::Words(w)) => {
-                assert_eq!(w, vec![2222], "took the late answer for the next request");
-                return;
-            }
+            Ok(RawData::Words(w)) => Some(Some(w)),
             Ok(other) => panic!("{other:?}"),
-            // An error is acceptable (never a wrong value); try again.
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(_) => (tries == 3).then_some(None),
         }
-    }
-    panic!("no good answer after the late one");
+    })
+    .await
+    .flatten()
+    .expect("no good answer after the late one");
+    assert_eq!(
+        good,
+        vec![2222],
+        "took the late answer for the next request"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,14 +179,21 @@ async fn a_command_goes_ahead_of_polls_already_queued() {
     fake.unit(1, |u| u.delay = Duration::from_millis(100));
     let addr = fake.serve_tcp().await;
     let (h, t) = start(&bus_config(BusKind::ModbusTcp, &addr.to_string(), 1000));
-    // Five devices' polls queue up behind each other...
+    // Five devices' polls queue up behind each other: each is in the bus's queue (its first
+    // step, here on the test's task) before the next is made...
     let mut polls = Vec::new();
     for i in 0..5u16 {
         let h = h.clone();
-        polls.push(tokio::spawn(async move {
-            h.poll(1, vec![holding(10 + i)]).await
-        }));
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut poll = Box::pin(async move { h.poll(1, vec![holding(10 + i)]).await });
+        let queued = std::future::Future::poll(
+            poll.as_mut(),
+            &mut std::task::Context::from_waker(std::task::Waker::noop()),
+        );
+        assert!(
+            queued.is_pending(),
+            "poll {i} answered before it was queued"
+        );
+        polls.push(tokio::spawn(poll));
     }
     // ...then a write arrives; it must be on the wire right after the poll in progress.
     h.write(

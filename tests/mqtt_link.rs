@@ -133,14 +133,13 @@ async fn publishes_in_flight_when_the_session_is_lost_are_sent_again() {
     for i in 0..5 {
         h.publish(format!("t/inflight/{i}"), format!("m{i}"), 1, false);
     }
-    // Something that must not happen (the queue emptying while nothing is acknowledged): given
-    // 300 ms to show.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        h.stats().queued,
-        0,
-        "the messages should be in rumqttc's hands"
-    );
+    // The outbox empties into rumqttc's hands, where the publishes wait unacknowledged.
+    common::until(
+        WAIT,
+        || h.stats().queued == 0,
+        || "the messages should be in rumqttc's hands".into(),
+    )
+    .await;
 
     // The broker restarts without persistence (session gone) and the link is cut.
     broker.restart();

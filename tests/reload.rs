@@ -130,7 +130,17 @@ async fn sighup_restarts_exactly_what_changed_and_keeps_the_mqtt_session() {
         || "discovery of the removed device not deleted".into(),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The unchanged device is polled past the end of the stretch examined next.
+    common::until(
+        WAIT,
+        || {
+            fake.log()
+                .iter()
+                .any(|s| s.unit == 1 && s.at > reload_at + Duration::from_secs(2))
+        },
+        || "the unchanged device stopped being polled".into(),
+    )
+    .await;
 
     // The unchanged device kept its rhythm through the reload: no gap beyond one period
     // (200 ms; generous margin for a loaded machine).

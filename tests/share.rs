@@ -39,18 +39,19 @@ async fn a_third_party_master_shares_the_rtu_bus_without_collisions() {
     )
     .expect("polling");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{share}").parse().unwrap();
-    let mut ctx = {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match tcp::connect_slave(addr, Slave(3)).await {
-                Ok(c) => break c,
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "share not listening: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    };
+    let mut refused = None;
+    let mut ctx = common::poll_queried(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        async || {
+            tcp::connect_slave(addr, Slave(3))
+                .await
+                .map_err(|e| refused = Some(e))
+                .ok()
+        },
+    )
+    .await
+    .unwrap_or_else(|| panic!("share not listening: {refused:?}"));
     let polls_before = fake.log().iter().filter(|s| s.unit != 3).count();
     let mut worst = Duration::ZERO;
     for i in 0..25u16 {

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 
@@ -99,18 +99,13 @@ impl Browser {
         pred: impl Fn(&str) -> bool,
         timeout: Duration,
     ) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let t = self.text(css).await;
-            if pred(&t) {
-                return t;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{css} never satisfied the condition; it says {t:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let mut last = String::new();
+        let got = super::poll_queried(timeout, Duration::from_millis(100), async || {
+            last = self.text(css).await;
+            pred(&last).then(|| last.clone())
+        })
+        .await;
+        got.unwrap_or_else(|| panic!("{css} never satisfied the condition; it says {last:?}"))
     }
 
     /// Runs `js` in the page and returns its value.

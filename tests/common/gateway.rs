@@ -116,8 +116,13 @@ impl GatewayProcess {
 
     /// Waits until the log contains `needle`.
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        self.wait_log_count(needle, 1, timeout)
+    }
+
+    /// Waits until the log contains `needle` at least `n` times (the `n`th retry, reload…).
+    pub fn wait_log_count(&self, needle: &str, n: usize, timeout: Duration) -> bool {
         super::poll(timeout, Duration::from_millis(20), || {
-            self.log().contains(needle).then_some(())
+            (self.log().matches(needle).count() >= n).then_some(())
         })
         .is_some()
     }

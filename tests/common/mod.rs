@@ -26,7 +26,29 @@ pub fn poll<T>(timeout: Duration, every: Duration, mut f: impl FnMut() -> Option
         if std::time::Instant::now() >= deadline {
             return None;
         }
+        // The poll interval: how long until the next look.
         std::thread::sleep(every);
+    }
+}
+
+/// As [`poll`], for async code and a look that is itself asynchronous (a database query, a
+/// connection attempt): between looks it yields to the runtime. The one place where the async
+/// helpers wait for an event.
+pub async fn poll_queried<T>(
+    timeout: Duration,
+    every: Duration,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        // The poll interval: how long until the next look.
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -36,16 +58,7 @@ pub async fn poll_async<T>(
     every: Duration,
     mut f: impl FnMut() -> Option<T>,
 ) -> Option<T> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if std::time::Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(every).await;
-    }
+    poll_queried(timeout, every, async || f()).await
 }
 
 /// Waits until `done()` holds, asking again every 10 ms, and fails the test with `what()` once
@@ -79,14 +92,11 @@ pub async fn until_queried(
     mut done: impl AsyncFnMut() -> bool,
     what: impl Fn() -> String,
 ) {
-    let deadline = std::time::Instant::now() + timeout;
-    while !done().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out after {timeout:?}: {}",
-            what()
-        );
-        tokio::time::sleep(every).await;
+    if poll_queried(timeout, every, async || done().await.then_some(()))
+        .await
+        .is_none()
+    {
+        panic!("timed out after {timeout:?}: {}", what());
     }
 }
 

@@ -260,6 +260,8 @@ impl Service for FakeModbus {
                 return Ok(None);
             }
             if !delay.is_zero() {
+                // The unit's own answer time (`delay`, or `late` past the gateway's timeout):
+                // a slow device is the thing tested.
                 tokio::time::sleep(delay).await;
             }
             let mut s = sim.lock().unwrap();

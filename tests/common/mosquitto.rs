@@ -2,7 +2,7 @@
 //! same port at will. Never the system broker on 1883.
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -73,23 +73,20 @@ impl Mosquitto {
             .stderr(Stdio::null())
             .spawn()
             .expect("start mosquitto (is it installed? scripts/setup.sh installs it)");
+        let pid = child.id();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            // Ours, not another broker on the port: ours must still be running.
+        // Ours listening, not another broker on the port (ours would then exit, unable to bind).
+        let up = super::poll(Duration::from_secs(10), Duration::from_millis(20), || {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("mosquitto on port {} exited: {status}", self.port);
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                std::thread::sleep(Duration::from_millis(30));
-                if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                    panic!("mosquitto on port {} exited: {status}", self.port);
-                }
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("mosquitto did not listen on port {}", self.port);
+            listening_on(pid, self.port).then_some(())
+        });
+        assert!(
+            up.is_some(),
+            "mosquitto did not listen on port {}",
+            self.port
+        );
     }
 
     pub fn url(&self) -> String {
@@ -184,15 +181,13 @@ impl Subscriber {
             }
         });
         let s = Subscriber { child, seen };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
+        // Live once its own probe comes back through the broker.
+        let live = super::poll(Duration::from_secs(10), Duration::from_millis(50), || {
             publish(port, &probe, "probe", false);
-            if s.seen().iter().any(|m| m.topic == probe) {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("subscriber did not come up");
+            s.seen().iter().any(|m| m.topic == probe).then_some(())
+        });
+        assert!(live.is_some(), "subscriber did not come up");
+        s
     }
 
     pub fn seen(&self) -> Vec<Msg> {
@@ -248,10 +243,11 @@ pub struct LinePublisher {
     stdin: std::process::ChildStdin,
 }
 
-/// Whether process `pid` holds an established TCP connection to 127.0.0.1:`port`: its sockets'
-/// inodes (`/proc/PID/fd`) looked up in the kernel's table (`/proc/net/tcp`: remote address in
-/// hex, state 01 = ESTABLISHED, inode in the tenth column).
-fn connected_to(pid: u32, port: u16) -> bool {
+/// Whether process `pid` holds a TCP socket in `state` whose `column` (1: local address,
+/// 2: remote address) is 127.0.0.1:`port`: its sockets' inodes (`/proc/PID/fd`) looked up in
+/// the kernel's table (`/proc/net/tcp`: addresses in hex, state 01 = ESTABLISHED,
+/// 0A = LISTEN, inode in the tenth column).
+fn tcp_socket(pid: u32, column: usize, port: u16, state: &str) -> bool {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return false;
     };
@@ -265,15 +261,25 @@ fn connected_to(pid: u32, port: u16) -> bool {
                 .map(str::to_string)
         })
         .collect();
-    let remote = format!("0100007F:{port:04X}");
+    let address = format!("0100007F:{port:04X}");
     std::fs::read_to_string("/proc/net/tcp").is_ok_and(|t| {
         t.lines().any(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            f.get(2) == Some(&remote.as_str())
-                && f.get(3) == Some(&"01")
+            f.get(column) == Some(&address.as_str())
+                && f.get(3) == Some(&state)
                 && f.get(9).is_some_and(|i| inodes.iter().any(|n| n == i))
         })
     })
+}
+
+/// Whether process `pid` holds an established TCP connection to 127.0.0.1:`port`.
+fn connected_to(pid: u32, port: u16) -> bool {
+    tcp_socket(pid, 2, port, "01")
+}
+
+/// Whether process `pid` listens on 127.0.0.1:`port`.
+pub fn listening_on(pid: u32, port: u16) -> bool {
+    tcp_socket(pid, 1, port, "0A")
 }
 
 impl LinePublisher {

@@ -200,6 +200,7 @@ impl Container {
             if Instant::now() > deadline || c.nspawn.try_wait().ok().flatten().is_some() {
                 return Err(format!("systemd-nspawn did not boot:\n{}", c.nspawn_log()));
             }
+            // The poll interval while PID 1 comes up in the container.
             std::thread::sleep(Duration::from_millis(50));
         }
         // Until the boot is finished (or 90 s): "running", or "degraded" when a unit failed.
@@ -212,6 +213,7 @@ impl Container {
             if !matches!(state.as_str(), "" | "offline") || Instant::now() > deadline {
                 break state;
             }
+            // The poll interval while PID 1 makes its socket (systemctl answers at once until).
             std::thread::sleep(Duration::from_millis(100));
         };
         match state.as_str() {

@@ -184,23 +184,29 @@ impl PrivatePostgres {
             self.dir.path().display()
         );
         let log = self.dir.path().join("log").display().to_string();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            let out = as_postgres(
-                "pg_ctl",
-                &["-D", &self.data(), "-o", &opts, "-l", &log, "-w", "start"],
-            );
-            if out.status.success() {
-                return;
-            }
-            // After a kill, the old server's processes may still be on their way out.
-            assert!(
-                std::time::Instant::now() < deadline,
+        // After a kill, the old server's processes may still be on their way out: pg_ctl
+        // refuses to start until they are gone.
+        let mut last = None;
+        let started = super::poll(
+            std::time::Duration::from_secs(30),
+            std::time::Duration::from_millis(200),
+            || {
+                let out = as_postgres(
+                    "pg_ctl",
+                    &["-D", &self.data(), "-o", &opts, "-l", &log, "-w", "start"],
+                );
+                let ok = out.status.success();
+                last = Some(out);
+                ok.then_some(())
+            },
+        );
+        if started.is_none() {
+            panic!(
                 "pg_ctl start: {}{}",
-                String::from_utf8_lossy(&out.stdout),
+                last.map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                    .unwrap_or_default(),
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
-            std::thread::sleep(std::time::Duration::from_millis(200));
         }
     }
 
@@ -214,14 +220,11 @@ impl PrivatePostgres {
             nix::sys::signal::Signal::SIGKILL,
         );
         // Its backends end as soon as they see it gone; the port must be free again.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect((HOST, self.port)).is_ok() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "server still listening"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        super::until_blocking(
+            std::time::Duration::from_secs(10),
+            || std::net::TcpStream::connect((HOST, self.port)).is_err(),
+            || "server still listening".into(),
+        );
     }
 
     /// A URL for `user` (no password in it) to database `db`.

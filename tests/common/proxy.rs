@@ -126,6 +126,8 @@ fn pipe(
                 break;
             }
             if let Some(d) = delay.take() {
+                // The server's first reply held back for `delay_first_reply`'s duration: the
+                // slow answer is what the test is about.
                 std::thread::sleep(d);
             }
             if freeze.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {

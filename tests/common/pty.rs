@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct SocatPair {
     pub path: PathBuf,
@@ -65,24 +65,19 @@ impl SocatPair {
     /// Waits until this process holds the gateway's end open (an in-process gateway opened its
     /// port): what the device says before that is lost, as on a real line.
     pub async fn opened(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(end) = std::fs::canonicalize(&self.path) {
-                let held = std::fs::read_dir("/proc/self/fd").is_ok_and(|fds| {
-                    fds.flatten()
-                        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == end))
-                });
-                if held {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the gateway never opened {}",
-                self.path.display()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        super::until(
+            Duration::from_secs(10),
+            || {
+                std::fs::canonicalize(&self.path).is_ok_and(|end| {
+                    std::fs::read_dir("/proc/self/fd").is_ok_and(|fds| {
+                        fds.flatten()
+                            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == end))
+                    })
+                })
+            },
+            || format!("the gateway never opened {}", self.path.display()),
+        )
+        .await;
     }
 
     pub fn path_str(&self) -> String {
